@@ -1,0 +1,187 @@
+//! `agentkernel.toml`: the project config file. Unknown keys are errors that name the key, so a
+//! typo never silently weakens a policy.
+
+use crate::CoreError;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// File name looked up in the current directory.
+pub const PROJECT_CONFIG: &str = "agentkernel.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub sandbox: SandboxSection,
+    #[serde(default)]
+    pub agent: AgentSection,
+    #[serde(default)]
+    pub resources: ResourcesSection,
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSection {
+    pub name: Option<String>,
+    pub base_image: Option<String>,
+    pub backend: Option<String>,
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    pub preferred: Option<String>,
+    pub compatibility_mode: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesSection {
+    pub vcpus: Option<f64>,
+    pub memory_mb: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    pub profile: Option<String>,
+    pub network: Option<bool>,
+    pub read_only: Option<bool>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, CoreError> {
+        let err = |message: String| CoreError::Config { path: path.display().to_string(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        Config::parse(&text).map_err(|m| err(m))
+    }
+
+    /// Parses config text; the error names the offending key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_string();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })?;
+        config.check_values()?;
+        Ok(config)
+    }
+
+    fn check_values(&self) -> Result<(), String> {
+        if let Some(p) = &self.security.profile {
+            p.parse::<crate::Profile>().map_err(|e| format!("[security] profile: {e}"))?;
+        }
+        if let Some(b) = &self.sandbox.backend {
+            b.parse::<crate::BackendKind>().map_err(|e| format!("[sandbox] backend: {e}"))?;
+        }
+        if let Some(n) = &self.sandbox.name {
+            crate::validate_name(n).map_err(|e| format!("[sandbox] name: {e}"))?;
+        }
+        if let Some(w) = &self.sandbox.workdir {
+            crate::spec::validate_workdir(w).map_err(|e| format!("[sandbox] workdir: {e}"))?;
+        }
+        if let Some(mode) = &self.agent.compatibility_mode {
+            match mode.as_str() {
+                "native" => {}
+                "claude" | "codex" | "gemini" => {
+                    return Err(format!(
+                        "[agent] compatibility_mode = {mode:?} needs the egress domain allowlist, which this build does not enforce yet: use \"native\" or remove the key"
+                    ));
+                }
+                other => {
+                    return Err(format!(
+                        "[agent] compatibility_mode: unknown mode {other:?}: use native, claude, codex or gemini"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Layers `self` over `lower`: every key set here wins.
+    pub fn over(self, lower: Config) -> Config {
+        Config {
+            sandbox: SandboxSection {
+                name: self.sandbox.name.or(lower.sandbox.name),
+                base_image: self.sandbox.base_image.or(lower.sandbox.base_image),
+                backend: self.sandbox.backend.or(lower.sandbox.backend),
+                workdir: self.sandbox.workdir.or(lower.sandbox.workdir),
+            },
+            agent: AgentSection {
+                preferred: self.agent.preferred.or(lower.agent.preferred),
+                compatibility_mode: self.agent.compatibility_mode.or(lower.agent.compatibility_mode),
+            },
+            resources: ResourcesSection {
+                vcpus: self.resources.vcpus.or(lower.resources.vcpus),
+                memory_mb: self.resources.memory_mb.or(lower.resources.memory_mb),
+                pids: self.resources.pids.or(lower.resources.pids),
+            },
+            security: SecuritySection {
+                profile: self.security.profile.or(lower.security.profile),
+                network: self.security.network.or(lower.security.network),
+                read_only: self.security.read_only.or(lower.security.read_only),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_seed_example() {
+        let c = Config::parse(
+            r#"
+[sandbox]
+name = "my-project"
+base_image = "python:3.12-alpine"
+[agent]
+preferred = "claude"
+[resources]
+vcpus = 2
+memory_mb = 1024
+[security]
+profile = "restrictive"
+network = false
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.resources.memory_mb, Some(1024));
+        assert_eq!(c.security.network, Some(false));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[security]\nprofle = \"x\"\n").expect_err("must fail");
+        assert!(e.contains("profle"), "{e}");
+        assert!(e.contains("line 2"), "{e}");
+        let e = Config::parse("[nope]\n").expect_err("must fail");
+        assert!(e.contains("nope"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = Config::parse("[security]\nprofile = \"lax\"\n").expect_err("must fail");
+        assert!(e.contains("lax"), "{e}");
+    }
+
+    #[test]
+    fn layering() {
+        let hi = Config::parse("[resources]\nmemory_mb = 10\n").expect("ok");
+        let lo = Config::parse("[resources]\nmemory_mb = 20\nvcpus = 1\n").expect("ok");
+        let m = hi.over(lo);
+        assert_eq!(m.resources.memory_mb, Some(10));
+        assert_eq!(m.resources.vcpus, Some(1.0));
+    }
+}

@@ -1,0 +1,47 @@
+//! What an exec asks for and what it produces.
+
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// One command to run in a sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Extra environment, applied over the sandbox's own.
+    pub env: Vec<(String, String)>,
+    /// Absolute path inside the sandbox; the sandbox's default when `None`.
+    pub workdir: Option<String>,
+    /// Run under a pseudo-terminal (attach).
+    pub tty: bool,
+    /// Forward the caller's stdin to the command; otherwise it reads /dev/null.
+    pub stdin: bool,
+    pub timeout: Option<Duration>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ExitStatus {
+    /// The exit code as a shell reports it: the command's own code, or 128 + signal.
+    pub code: i32,
+    pub signal: Option<i32>,
+    /// The sandbox's memory limit was hit and the kernel killed a process.
+    pub oom_killed: bool,
+    /// The request's timeout elapsed and the command was killed.
+    pub timed_out: bool,
+}
+
+/// The stream every exec yields: `Started`, then output chunks as produced, then `Exit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExecEvent {
+    Started { pid: u32 },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exit(ExitStatus),
+}
+
+/// Exit code when agentkernel itself could not run the command.
+pub const EXIT_AGENTKERNEL_ERROR: i32 = 125;
+/// Exit code when the command exists but cannot be executed.
+pub const EXIT_NOT_EXECUTABLE: i32 = 126;
+/// Exit code when the command is not found.
+pub const EXIT_NOT_FOUND: i32 = 127;

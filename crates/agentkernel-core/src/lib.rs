@@ -1,0 +1,20 @@
+//! Domain types shared by every part of agentkernel: what a sandbox is (`SandboxSpec`), what it
+//! may do (`Policy`, built from a `Profile`), how it is configured (`Config`), what an exec
+//! produces (`ExecEvent`), and the validation every surface relies on.
+
+pub mod config;
+pub mod duration;
+pub mod error;
+pub mod exec;
+pub mod image;
+pub mod name;
+pub mod paths;
+pub mod policy;
+pub mod spec;
+
+pub use error::CoreError;
+pub use exec::{ExecEvent, ExecRequest, ExitStatus};
+pub use image::ImageRef;
+pub use name::validate_name;
+pub use policy::{NetworkMode, Policy, Profile};
+pub use spec::{BackendKind, SandboxSpec};

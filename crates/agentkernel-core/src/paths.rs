@@ -1,0 +1,13 @@
+use std::path::PathBuf;
+
+/// The state directory: `$AGENTKERNEL_HOME`, else `~/.agentkernel`.
+pub fn agentkernel_home() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AGENTKERNEL_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".agentkernel")
+}

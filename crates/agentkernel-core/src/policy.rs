@@ -1,0 +1,304 @@
+//! Security profiles and the one concrete `Policy` every backend enforces (or refuses).
+
+use crate::CoreError;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// The named security profiles of the CLI (`-p/--profile`) and config (`[security] profile`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Permissive,
+    #[default]
+    Moderate,
+    Restrictive,
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Profile::Permissive => "permissive",
+            Profile::Moderate => "moderate",
+            Profile::Restrictive => "restrictive",
+        }
+    }
+}
+
+impl FromStr for Profile {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "permissive" => Ok(Profile::Permissive),
+            "moderate" => Ok(Profile::Moderate),
+            "restrictive" => Ok(Profile::Restrictive),
+            other => Err(CoreError::UnknownProfile(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the sandbox reaches the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A fresh network namespace with only loopback.
+    None,
+    /// Outbound network through user-mode networking (pasta). Host loopback services are
+    /// reachable only when `Policy::host_loopback` is set.
+    User,
+}
+
+/// Which seccomp filter the sandbox gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// Everything but a list of dangerous calls (mount, unshare, setns, kexec, modules, bpf, …).
+    DenyList,
+    /// Only a list of ordinary calls; everything else fails with EPERM.
+    AllowList,
+}
+
+/// A host path made visible inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+/// Resource limits, enforced through cgroups.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_mb: u64,
+    pub pids: u64,
+    /// CPU bandwidth in cores (1.5 = one and a half cores); 0 means unlimited.
+    pub vcpus: f64,
+}
+
+/// The uid/gid the command runs as inside the sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Capabilities Docker grants by default; moderate and permissive keep these and drop the rest.
+pub const DEFAULT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+];
+
+/// Host environment variables that permissive sandboxes inherit: locale and terminal settings,
+/// never credentials.
+pub const PASSTHROUGH_ENV: &[&str] = &["TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "NO_COLOR"];
+
+/// Everything a sandbox may do, in one concrete value. Backends enforce every field or refuse
+/// the sandbox; none is silently skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub profile: Profile,
+    pub network: NetworkMode,
+    /// Whether services listening on the host's loopback are reachable from the sandbox.
+    pub host_loopback: bool,
+    pub read_only_root: bool,
+    pub mounts: Vec<BindMount>,
+    /// Capabilities kept (names as `CAP_*`); all others are dropped from every set.
+    pub capabilities: Vec<String>,
+    pub seccomp: SeccompMode,
+    pub no_new_privs: bool,
+    pub user: UserSpec,
+    pub limits: Limits,
+    /// Domains reachable when egress filtering is on; empty means no filtering. Enforced by the
+    /// egress proxy, which no backend has yet: a non-empty list is refused.
+    pub egress_allowlist: Vec<String>,
+    /// Host environment variables passed into the sandbox.
+    pub env_passthrough: Vec<String>,
+}
+
+/// Overrides of a profile's defaults from flags and config, applied in `Policy::resolve`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyOverrides {
+    pub network: Option<bool>,
+    pub memory_mb: Option<u64>,
+    pub pids: Option<u64>,
+    pub vcpus: Option<f64>,
+    pub read_only_root: Option<bool>,
+    /// The host directory permissive sandboxes mount at /workspace (the caller's cwd).
+    pub project_dir: Option<PathBuf>,
+    /// The host home directory permissive sandboxes mount read-only.
+    pub home_dir: Option<PathBuf>,
+}
+
+/// Where a permissive sandbox sees the caller's working directory.
+pub const WORKSPACE: &str = "/workspace";
+
+impl Policy {
+    /// The profile's defaults.
+    pub fn for_profile(profile: Profile) -> Policy {
+        let default_caps = DEFAULT_CAPABILITIES.iter().map(|c| c.to_string()).collect();
+        match profile {
+            Profile::Permissive => Policy {
+                profile,
+                network: NetworkMode::User,
+                host_loopback: false,
+                read_only_root: false,
+                mounts: Vec::new(),
+                capabilities: default_caps,
+                seccomp: SeccompMode::DenyList,
+                no_new_privs: true,
+                user: UserSpec { uid: 0, gid: 0 },
+                limits: Limits { memory_mb: 4096, pids: 4096, vcpus: 0.0 },
+                egress_allowlist: Vec::new(),
+                env_passthrough: PASSTHROUGH_ENV.iter().map(|v| v.to_string()).collect(),
+            },
+            Profile::Moderate => Policy {
+                profile,
+                network: NetworkMode::User,
+                host_loopback: false,
+                read_only_root: false,
+                mounts: Vec::new(),
+                capabilities: default_caps,
+                seccomp: SeccompMode::DenyList,
+                no_new_privs: true,
+                user: UserSpec { uid: 0, gid: 0 },
+                limits: Limits { memory_mb: 2048, pids: 1024, vcpus: 0.0 },
+                egress_allowlist: Vec::new(),
+                env_passthrough: Vec::new(),
+            },
+            Profile::Restrictive => Policy {
+                profile,
+                network: NetworkMode::None,
+                host_loopback: false,
+                read_only_root: true,
+                mounts: Vec::new(),
+                capabilities: Vec::new(),
+                seccomp: SeccompMode::AllowList,
+                no_new_privs: true,
+                user: UserSpec { uid: 65534, gid: 65534 },
+                limits: Limits { memory_mb: 512, pids: 256, vcpus: 1.0 },
+                egress_allowlist: Vec::new(),
+                env_passthrough: Vec::new(),
+            },
+        }
+    }
+
+    /// The profile's defaults with the overrides applied.
+    pub fn resolve(profile: Profile, overrides: &PolicyOverrides) -> Policy {
+        let mut policy = Policy::for_profile(profile);
+        if let Some(network) = overrides.network {
+            policy.network = if network { NetworkMode::User } else { NetworkMode::None };
+        }
+        if let Some(m) = overrides.memory_mb {
+            policy.limits.memory_mb = m;
+        }
+        if let Some(p) = overrides.pids {
+            policy.limits.pids = p;
+        }
+        if let Some(v) = overrides.vcpus {
+            policy.limits.vcpus = v;
+        }
+        if let Some(ro) = overrides.read_only_root {
+            policy.read_only_root = ro;
+        }
+        if profile == Profile::Permissive {
+            if let Some(dir) = &overrides.project_dir {
+                policy.mounts.push(BindMount {
+                    source: dir.clone(),
+                    target: PathBuf::from(WORKSPACE),
+                    read_only: false,
+                });
+            }
+            if let Some(home) = &overrides.home_dir
+                && overrides.project_dir.as_deref() != Some(home.as_path())
+            {
+                policy.mounts.push(BindMount {
+                    source: home.clone(),
+                    target: home.clone(),
+                    read_only: true,
+                });
+            }
+        }
+        policy
+    }
+
+    /// Checks the limits are ones a backend can apply.
+    pub fn validate(&self) -> Result<(), CoreError> {
+        if self.limits.memory_mb < 16 {
+            return Err(CoreError::Unsupported(format!(
+                "memory limit {} MB is too small: give at least 16 MB",
+                self.limits.memory_mb
+            )));
+        }
+        if self.limits.pids < 8 {
+            return Err(CoreError::Unsupported(format!(
+                "pids limit {} is too small: give at least 8",
+                self.limits.pids
+            )));
+        }
+        if !(self.limits.vcpus >= 0.0 && self.limits.vcpus <= 1024.0) {
+            return Err(CoreError::Unsupported(format!(
+                "vcpus {} is out of range: give 0 (unlimited) to 1024",
+                self.limits.vcpus
+            )));
+        }
+        if !self.egress_allowlist.is_empty() {
+            return Err(CoreError::Unsupported(
+                "a domain allowlist needs the egress proxy, which this build does not have: use --no-network or full network".to_string(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restrictive_is_locked_down() {
+        let p = Policy::for_profile(Profile::Restrictive);
+        assert_eq!(p.network, NetworkMode::None);
+        assert!(p.read_only_root);
+        assert!(p.capabilities.is_empty());
+        assert_eq!(p.seccomp, SeccompMode::AllowList);
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let o = PolicyOverrides { network: Some(false), memory_mb: Some(64), ..Default::default() };
+        let p = Policy::resolve(Profile::Moderate, &o);
+        assert_eq!(p.network, NetworkMode::None);
+        assert_eq!(p.limits.memory_mb, 64);
+    }
+
+    #[test]
+    fn permissive_mounts_project_and_home() {
+        let o = PolicyOverrides {
+            project_dir: Some("/src/app".into()),
+            home_dir: Some("/home/u".into()),
+            ..Default::default()
+        };
+        let p = Policy::resolve(Profile::Permissive, &o);
+        assert_eq!(p.mounts.len(), 2);
+        assert_eq!(p.mounts[0].target, PathBuf::from(WORKSPACE));
+        assert!(p.mounts[1].read_only);
+        let m = Policy::resolve(Profile::Moderate, &o);
+        assert!(m.mounts.is_empty());
+    }
+}

@@ -1,0 +1,126 @@
+//! What a sandbox is: the resolved, validated description every backend receives.
+
+use crate::{CoreError, ImageRef, Policy};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+/// The backends agentkernel knows by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Native,
+    Microvm,
+    Firecracker,
+    Qemu,
+    Docker,
+    Podman,
+    Gvisor,
+    Kubernetes,
+    Nomad,
+    Wasm,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 10] = [
+        BackendKind::Native,
+        BackendKind::Microvm,
+        BackendKind::Firecracker,
+        BackendKind::Qemu,
+        BackendKind::Docker,
+        BackendKind::Podman,
+        BackendKind::Gvisor,
+        BackendKind::Kubernetes,
+        BackendKind::Nomad,
+        BackendKind::Wasm,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Native => "native",
+            BackendKind::Microvm => "microvm",
+            BackendKind::Firecracker => "firecracker",
+            BackendKind::Qemu => "qemu",
+            BackendKind::Docker => "docker",
+            BackendKind::Podman => "podman",
+            BackendKind::Gvisor => "gvisor",
+            BackendKind::Kubernetes => "kubernetes",
+            BackendKind::Nomad => "nomad",
+            BackendKind::Wasm => "wasm",
+        }
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = CoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = BackendKind::ALL.iter().map(|b| b.as_str()).collect();
+                CoreError::UnknownBackend(s.to_string(), names.join(", "))
+            })
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A fully resolved sandbox description.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub name: String,
+    pub image: ImageRef,
+    pub backend: BackendKind,
+    pub policy: Policy,
+    /// Environment every command in the sandbox starts with.
+    pub env: Vec<(String, String)>,
+    /// Default working directory inside the sandbox.
+    pub workdir: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// Parses `KEY=VALUE` as given to `-e/--env`.
+pub fn parse_env(text: &str) -> Result<(String, String), CoreError> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(CoreError::InvalidEnv(text.to_string())),
+    }
+}
+
+/// Checks a working directory given for inside the sandbox.
+pub fn validate_workdir(dir: &str) -> Result<(), CoreError> {
+    if dir.starts_with('/') && !dir.contains('\0') && dir.len() < 4096 {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidWorkdir(dir.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_parsing() {
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A="), Ok(("A".into(), "".into())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("NOEQ").is_err());
+    }
+
+    #[test]
+    fn backend_names() {
+        assert_eq!("native".parse::<BackendKind>(), Ok(BackendKind::Native));
+        assert!("vmware".parse::<BackendKind>().is_err());
+    }
+}
