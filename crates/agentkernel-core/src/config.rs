@@ -56,9 +56,13 @@ pub struct SecuritySection {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, CoreError> {
-        let err = |message: String| CoreError::Config { path: path.display().to_string(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
-        Config::parse(&text).map_err(|m| err(m))
+        let err = |message: String| CoreError::Config {
+            path: path.display().to_string(),
+            message,
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+        Config::parse(&text).map_err(err)
     }
 
     /// Parses config text; the error names the offending key and line.
@@ -79,10 +83,12 @@ impl Config {
 
     fn check_values(&self) -> Result<(), String> {
         if let Some(p) = &self.security.profile {
-            p.parse::<crate::Profile>().map_err(|e| format!("[security] profile: {e}"))?;
+            p.parse::<crate::Profile>()
+                .map_err(|e| format!("[security] profile: {e}"))?;
         }
         if let Some(b) = &self.sandbox.backend {
-            b.parse::<crate::BackendKind>().map_err(|e| format!("[sandbox] backend: {e}"))?;
+            b.parse::<crate::BackendKind>()
+                .map_err(|e| format!("[sandbox] backend: {e}"))?;
         }
         if let Some(n) = &self.sandbox.name {
             crate::validate_name(n).map_err(|e| format!("[sandbox] name: {e}"))?;
@@ -119,7 +125,10 @@ impl Config {
             },
             agent: AgentSection {
                 preferred: self.agent.preferred.or(lower.agent.preferred),
-                compatibility_mode: self.agent.compatibility_mode.or(lower.agent.compatibility_mode),
+                compatibility_mode: self
+                    .agent
+                    .compatibility_mode
+                    .or(lower.agent.compatibility_mode),
             },
             resources: ResourcesSection {
                 vcpus: self.resources.vcpus.or(lower.resources.vcpus),

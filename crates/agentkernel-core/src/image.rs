@@ -26,7 +26,9 @@ impl ImageRef {
             reason: reason.to_string(),
         };
         if text.is_empty() {
-            return Err(invalid("it is empty; give an image name, a directory or `host`"));
+            return Err(invalid(
+                "it is empty; give an image name, a directory or `host`",
+            ));
         }
         if text.chars().any(|c| c.is_control()) {
             return Err(invalid("it contains control characters"));
@@ -39,13 +41,21 @@ impl ImageRef {
             if path.is_empty() {
                 return Err(invalid("give the layout directory after `oci:`"));
             }
-            return Ok(ImageRef::OciLayout { path: absolute(cwd, path), tag });
+            return Ok(ImageRef::OciLayout {
+                path: absolute(cwd, path),
+                tag,
+            });
         }
-        if text.starts_with('/') || text.starts_with("./") || text.starts_with("../") || text == "." {
-            return Ok(ImageRef::Directory { path: absolute(cwd, text) });
+        if text.starts_with('/') || text.starts_with("./") || text.starts_with("../") || text == "."
+        {
+            return Ok(ImageRef::Directory {
+                path: absolute(cwd, text),
+            });
         }
         validate_reference(text).map_err(|reason| invalid(&reason))?;
-        Ok(ImageRef::Registry { reference: text.to_string() })
+        Ok(ImageRef::Registry {
+            reference: text.to_string(),
+        })
     }
 
     /// The text shown in listings and stored in state.
@@ -62,7 +72,11 @@ impl ImageRef {
 
 fn absolute(cwd: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
-    let joined = if p.is_absolute() { p.to_path_buf() } else { cwd.join(p) };
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        cwd.join(p)
+    };
     // Lexical normalisation: `.` and `..` components are resolved so listings are readable;
     // symlinks are resolved later, when the directory is opened.
     let mut out = PathBuf::new();
@@ -102,7 +116,9 @@ fn validate_reference(text: &str) -> Result<(), String> {
         let (algo, hex) = d
             .split_once(':')
             .ok_or("a digest looks like sha256:<64 hex digits>")?;
-        let hex_ok = hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
+        let hex_ok = hex
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c));
         if algo != "sha256" || hex.len() != 64 || !hex_ok {
             return Err("a digest looks like sha256:<64 lowercase hex digits>".to_string());
         }
@@ -110,16 +126,26 @@ fn validate_reference(text: &str) -> Result<(), String> {
     // The tag is after the last ':' that follows the last '/'.
     let last_slash = name_tag.rfind('/').map_or(0, |i| i + 1);
     let (name, tag) = match name_tag[last_slash..].rfind(':') {
-        Some(i) => (&name_tag[..last_slash + i], Some(&name_tag[last_slash + i + 1..])),
+        Some(i) => (
+            &name_tag[..last_slash + i],
+            Some(&name_tag[last_slash + i + 1..]),
+        ),
         None => (name_tag, None),
     };
     if let Some(tag) = tag {
         let valid = !tag.is_empty()
             && tag.len() <= 128
-            && tag.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-            && tag.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+            && tag
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if !valid {
-            return Err(format!("tag {tag:?} is not valid: use letters, digits, '_', '.', '-'"));
+            return Err(format!(
+                "tag {tag:?} is not valid: use letters, digits, '_', '.', '-'"
+            ));
         }
     }
     if name.is_empty() {
@@ -190,13 +216,32 @@ mod tests {
     #[test]
     fn parses_kinds() {
         assert_eq!(parse("host"), Ok(ImageRef::Host));
-        assert_eq!(parse("./root"), Ok(ImageRef::Directory { path: "/cwd/root".into() }));
-        assert_eq!(parse("/abs/dir"), Ok(ImageRef::Directory { path: "/abs/dir".into() }));
+        assert_eq!(
+            parse("./root"),
+            Ok(ImageRef::Directory {
+                path: "/cwd/root".into()
+            })
+        );
+        assert_eq!(
+            parse("/abs/dir"),
+            Ok(ImageRef::Directory {
+                path: "/abs/dir".into()
+            })
+        );
         assert_eq!(
             parse("oci:/l:v1"),
-            Ok(ImageRef::OciLayout { path: "/l".into(), tag: Some("v1".into()) })
+            Ok(ImageRef::OciLayout {
+                path: "/l".into(),
+                tag: Some("v1".into())
+            })
         );
-        assert_eq!(parse("oci:./l"), Ok(ImageRef::OciLayout { path: "/cwd/l".into(), tag: None }));
+        assert_eq!(
+            parse("oci:./l"),
+            Ok(ImageRef::OciLayout {
+                path: "/cwd/l".into(),
+                tag: None
+            })
+        );
         for ok in [
             "python:3.12-alpine",
             "alpine",

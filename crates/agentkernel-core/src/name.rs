@@ -57,7 +57,17 @@ mod tests {
 
     #[test]
     fn rejects_invalid_names() {
-        for n in ["", "-x", ".x", "../../x", "a/b", "a b", "x;rm", &"x".repeat(64), "é"] {
+        for n in [
+            "",
+            "-x",
+            ".x",
+            "../../x",
+            "a/b",
+            "a b",
+            "x;rm",
+            &"x".repeat(64),
+            "é",
+        ] {
             assert!(validate_name(n).is_err(), "{n}");
         }
     }

@@ -163,7 +163,11 @@ impl Policy {
                 seccomp: SeccompMode::DenyList,
                 no_new_privs: true,
                 user: UserSpec { uid: 0, gid: 0 },
-                limits: Limits { memory_mb: 4096, pids: 4096, vcpus: 0.0 },
+                limits: Limits {
+                    memory_mb: 4096,
+                    pids: 4096,
+                    vcpus: 0.0,
+                },
                 egress_allowlist: Vec::new(),
                 env_passthrough: PASSTHROUGH_ENV.iter().map(|v| v.to_string()).collect(),
             },
@@ -177,7 +181,11 @@ impl Policy {
                 seccomp: SeccompMode::DenyList,
                 no_new_privs: true,
                 user: UserSpec { uid: 0, gid: 0 },
-                limits: Limits { memory_mb: 2048, pids: 1024, vcpus: 0.0 },
+                limits: Limits {
+                    memory_mb: 2048,
+                    pids: 1024,
+                    vcpus: 0.0,
+                },
                 egress_allowlist: Vec::new(),
                 env_passthrough: Vec::new(),
             },
@@ -190,8 +198,15 @@ impl Policy {
                 capabilities: Vec::new(),
                 seccomp: SeccompMode::AllowList,
                 no_new_privs: true,
-                user: UserSpec { uid: 65534, gid: 65534 },
-                limits: Limits { memory_mb: 512, pids: 256, vcpus: 1.0 },
+                user: UserSpec {
+                    uid: 65534,
+                    gid: 65534,
+                },
+                limits: Limits {
+                    memory_mb: 512,
+                    pids: 256,
+                    vcpus: 1.0,
+                },
                 egress_allowlist: Vec::new(),
                 env_passthrough: Vec::new(),
             },
@@ -202,7 +217,11 @@ impl Policy {
     pub fn resolve(profile: Profile, overrides: &PolicyOverrides) -> Policy {
         let mut policy = Policy::for_profile(profile);
         if let Some(network) = overrides.network {
-            policy.network = if network { NetworkMode::User } else { NetworkMode::None };
+            policy.network = if network {
+                NetworkMode::User
+            } else {
+                NetworkMode::None
+            };
         }
         if let Some(m) = overrides.memory_mb {
             policy.limits.memory_mb = m;
@@ -281,7 +300,11 @@ mod tests {
 
     #[test]
     fn overrides_apply() {
-        let o = PolicyOverrides { network: Some(false), memory_mb: Some(64), ..Default::default() };
+        let o = PolicyOverrides {
+            network: Some(false),
+            memory_mb: Some(64),
+            ..Default::default()
+        };
         let p = Policy::resolve(Profile::Moderate, &o);
         assert_eq!(p.network, NetworkMode::None);
         assert_eq!(p.limits.memory_mb, 64);
