@@ -1,1 +1,91 @@
+//! Root filesystems for agentkernel sandboxes.
+//!
+//! [`ImageStore::resolve`] turns an [`ImageRef`] into a [`Rootfs`]: the overlayfs lower
+//! directories (and, for the host image, read-only host binds) that a backend stacks under a
+//! private upper directory. Preparing an image (unpacking layers, building the host skeleton)
+//! happens once; afterwards resolving it is a handful of `stat` calls and one small read, since
+//! it sits on the path of every `agentkernel run`.
+//!
+//! Store layout under the root (`~/.agentkernel/images`):
+//! - `layers/sha256-<hex>/` — one unpacked layer per compressed layer digest;
+//! - `oci/<hex>.json` — a resolved image (its layers and config) by manifest digest;
+//! - `host/rootfs/` — the skeleton of the `host` image, `host/stamp.v1` its build stamp;
+//! - `.tmp-*` entries anywhere — staging directories, removed once abandoned.
 
+mod blob;
+mod directory;
+mod error;
+mod extract;
+mod host;
+mod layout;
+mod record;
+mod registry;
+mod staging;
+pub mod testing;
+mod unpack;
+
+pub use agentkernel_core::ImageRef;
+pub use error::ImageError;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How a sandbox should run by default, from the image's OCI config where there is one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `KEY=VALUE` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub entrypoint: Vec<String>,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// What a backend mounts as a sandbox's root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rootfs {
+    /// overlayfs lower directories, TOP layer first (as overlay's `lowerdir=` wants them).
+    pub lower_dirs: Vec<PathBuf>,
+    /// Host directories to bind-mount read-only on top of the overlay at the same path (host
+    /// image only).
+    pub host_binds: Vec<PathBuf>,
+    /// From the OCI image config where there is one.
+    pub config: ImageConfig,
+    /// A stable identifier of the content for state and listings: `sha256:<manifest digest>`,
+    /// `host`, or the directory's canonical path.
+    pub id: String,
+}
+
+/// The image store: prepared layers, resolved OCI images and the host skeleton.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    root: PathBuf,
+}
+
+impl ImageStore {
+    /// A store rooted at `root` (normally `~/.agentkernel/images`). Nothing is created until an
+    /// image needs preparing.
+    pub fn new(root: PathBuf) -> ImageStore {
+        ImageStore { root }
+    }
+
+    /// Where the store keeps its data.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Prepares the image if needed and describes its root filesystem.
+    pub fn resolve(&self, image: &ImageRef) -> Result<Rootfs, ImageError> {
+        match image {
+            ImageRef::Host => host::resolve(&self.root.join("host"), Path::new("/")),
+            ImageRef::Directory { path } => directory::resolve(path),
+            ImageRef::OciLayout { path, tag } => layout::resolve(&self.root, path, tag.as_deref()),
+            ImageRef::Registry { reference } => registry::resolve(&self.root, reference),
+        }
+    }
+}

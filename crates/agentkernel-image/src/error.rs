@@ -1,0 +1,140 @@
+//! What can go wrong while turning an image reference into a root filesystem. Every message
+//! names the image, path or digest concerned and says what to do next.
+
+use std::path::PathBuf;
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// A failure to resolve or prepare an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image directory {} does not exist: give an unpacked root filesystem directory", path.display())]
+    DirectoryMissing { path: PathBuf },
+
+    #[error("image directory {} is not a directory: give an unpacked root filesystem directory", path.display())]
+    NotADirectory { path: PathBuf },
+
+    #[error(
+        "{} is not an OCI image layout ({reason}): give a directory written by e.g. \
+         `skopeo copy docker://IMAGE oci:DIR:TAG` or `docker buildx build --output type=oci,tar=false`",
+        path.display()
+    )]
+    NotALayout { path: PathBuf, reason: String },
+
+    #[error(
+        "OCI layout {} has no image tagged {tag:?}; available tags: {}",
+        layout.display(),
+        list(available)
+    )]
+    TagNotFound {
+        layout: PathBuf,
+        tag: String,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "OCI layout {} holds {count} images; pick one with `oci:{}:TAG` (available tags: {})",
+        layout.display(),
+        layout.display(),
+        list(available)
+    )]
+    AmbiguousImage {
+        layout: PathBuf,
+        count: usize,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "OCI layout {}: image index {digest} has no linux/{arch} image (it has: {}); \
+         use an image built for this machine",
+        layout.display(),
+        list(available)
+    )]
+    NoPlatform {
+        layout: PathBuf,
+        digest: String,
+        arch: String,
+        available: Vec<String>,
+    },
+
+    #[error(
+        "blob {digest} is missing from OCI layout {} (expected at {}): the layout is incomplete; export the image again",
+        layout.display(),
+        path.display()
+    )]
+    BlobMissing {
+        layout: PathBuf,
+        digest: String,
+        path: PathBuf,
+    },
+
+    #[error(
+        "blob {digest} in OCI layout {} does not match its descriptor (content is {actual}, {size} bytes, \
+         expected {expected_size} bytes): the layout is corrupt or was tampered with; export the image again",
+        layout.display()
+    )]
+    DigestMismatch {
+        layout: PathBuf,
+        digest: String,
+        actual: String,
+        size: u64,
+        expected_size: u64,
+    },
+
+    #[error("blob {digest} in OCI layout {}: {reason}", layout.display())]
+    BadBlob {
+        layout: PathBuf,
+        digest: String,
+        reason: String,
+    },
+
+    #[error("layer {digest} contains an unsafe entry {entry:?}: {reason}; refusing to unpack it")]
+    UnsafeEntry {
+        digest: String,
+        entry: String,
+        reason: String,
+    },
+
+    #[error("could not unpack layer {digest} (at entry {entry:?}): {source}")]
+    Unpack {
+        digest: String,
+        entry: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("could not {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error(
+        "registry pulls are not available in this build yet (image {reference:?}): use `--image host`, \
+         an unpacked root directory, or `oci:/path/to/layout[:tag]`"
+    )]
+    RegistryUnavailable { reference: String },
+}
+
+impl ImageError {
+    /// Wraps an I/O error with the step and path it concerned.
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> ImageError {
+        let path = path.into();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
