@@ -1,1 +1,218 @@
+//! The native backend: sandboxes built directly from Linux namespaces, an overlay root,
+//! seccomp, Landlock, capabilities and cgroups.
+//!
+//! A sandbox is an init process (PID 1 of new mount, pid, net, ipc, uts and cgroup namespaces)
+//! that holds the namespaces; every command, `run` included, is started by joining them
+//! (`exec.rs`). The init outlives the process that started it, so a sandbox created by one CLI
+//! process is used and stopped by later ones: a sandbox is found again by its init's pid and
+//! start time, and its cgroups by its instance id.
+//!
+//! Callers must be single-threaded when they call `start`, `exec` or `attach`: those fork and
+//! run ordinary Rust code in the child before exec.
 
+pub mod attach;
+mod boot;
+pub mod cgroup;
+pub mod exec;
+pub mod files;
+pub mod net;
+pub mod proc;
+mod pty;
+pub mod relay;
+mod rootfs;
+pub mod security;
+
+pub use boot::Booted;
+pub use exec::Target;
+pub use relay::{Ending, Sink};
+pub use rootfs::{RootfsPlan, UpperDir};
+
+use agentkernel_core::policy::{NetworkMode, Policy};
+use agentkernel_core::{ExecEvent, ExitStatus};
+use rustix::fd::{BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Errors of the native backend; each says what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum NativeError {
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Exec(#[from] exec::ExecError),
+    #[error(transparent)]
+    Files(#[from] files::FileError),
+    #[error(transparent)]
+    Net(#[from] net::NetError),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    #[error(transparent)]
+    Security(#[from] security::SecurityError),
+    #[error("native backend: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Where a persistent sandbox keeps its upper layer and mount point.
+pub fn sandbox_dir(home: &Path, name: &str) -> PathBuf {
+    home.join("sandboxes").join(name)
+}
+
+/// Whether this host can run native sandboxes; the reason when not.
+pub fn probe() -> Result<(), String> {
+    let admin = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false);
+    if !admin {
+        return Err(
+            "it needs CAP_SYS_ADMIN to create namespaces and mounts: run agentkernel as root"
+                .to_string(),
+        );
+    }
+    let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !filesystems
+        .lines()
+        .any(|l| l.split_whitespace().last() == Some("overlay"))
+    {
+        return Err("the kernel has no overlayfs: load it with `modprobe overlay`".to_string());
+    }
+    cgroup::can_limit_memory_and_pids()
+}
+
+/// A sandbox to start.
+pub struct StartSpec<'a> {
+    /// The instance id: names the cgroups; new at every start.
+    pub id: &'a str,
+    pub hostname: &'a str,
+    pub rootfs: &'a RootfsPlan,
+    pub policy: &'a Policy,
+    /// Outlive the caller (persistent sandboxes); otherwise the sandbox ends with the caller.
+    pub detach: bool,
+    /// Where the network namespace is pinned for pasta (network mode `user`).
+    pub netns_pin: &'a Path,
+}
+
+/// A started sandbox.
+#[derive(Debug, Clone, Copy)]
+pub struct Running {
+    pub booted: Booted,
+}
+
+/// Creates the cgroups, boots the init into its namespaces and root, and connects the network.
+/// On error nothing is left behind: no process, cgroup, mount or pin.
+pub fn start(spec: &StartSpec<'_>) -> Result<Running, NativeError> {
+    let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
+    let result = boot_and_connect(spec, &group);
+    if result.is_err() {
+        let _ = group.destroy();
+    }
+    result
+}
+
+fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Running, NativeError> {
+    let procs = group.open_procs_files()?;
+    let booted = boot::boot(&boot::BootPlan {
+        hostname: spec.hostname,
+        rootfs: spec.rootfs,
+        cgroup_procs: &procs,
+        detach: spec.detach,
+    })?;
+    if spec.policy.network == NetworkMode::User
+        && let Err(e) = net::start_pasta(booted.pid, spec.netns_pin, spec.policy.host_loopback)
+    {
+        end_own_child(&booted);
+        return Err(e.into());
+    }
+    Ok(Running { booted })
+}
+
+/// Ends an init this process started and is still the parent of.
+fn end_own_child(booted: &Booted) {
+    match booted.lifeline {
+        Some(fd) => boot::release(fd),
+        None => kill(booted.pid),
+    }
+    boot::reap(booted.pid);
+}
+
+fn kill(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Stops a sandbox: ends its init (which takes every process of its pid namespace with it),
+/// removes the network pin and the cgroups. `target` is None when the init is known to be gone
+/// (another boot); `lifeline` is given for a sandbox this process started without detaching.
+pub fn stop(
+    id: &str,
+    target: Option<Target>,
+    lifeline: Option<RawFd>,
+    netns_pin: &Path,
+) -> Result<(), NativeError> {
+    match (lifeline, target) {
+        (Some(fd), Some(t)) => {
+            boot::release(fd);
+            boot::reap(t.pid);
+        }
+        (Some(fd), None) => boot::release(fd),
+        (None, Some(t)) => {
+            // The pid is checked against its start time: a recycled pid is never killed.
+            if proc::is_alive(t.pid, t.start_time) {
+                kill(t.pid);
+            }
+        }
+        (None, None) => {}
+    }
+    net::unpin_netns(netns_pin);
+    cgroup::Cgroup::open(id).destroy()?;
+    Ok(())
+}
+
+/// A command to run in a running sandbox.
+pub struct ExecSpec<'a> {
+    pub id: &'a str,
+    pub target: Target,
+    pub policy: &'a Policy,
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub workdir: &'a str,
+    pub timeout: Option<Duration>,
+    /// Pass the caller's stdin to the command (otherwise it reads /dev/null).
+    pub forward_stdin: bool,
+    /// Bytes are signal numbers to forward to the command.
+    pub signals: Option<BorrowedFd<'a>>,
+}
+
+/// Runs a command in the sandbox, streaming `Started`, output and `Exit` events to `sink`.
+pub fn exec(spec: &ExecSpec<'_>, sink: &mut Sink<'_>) -> Result<(ExitStatus, Ending), NativeError> {
+    let security = security::SecurityPlan::prepare(spec.policy)?;
+    let group = cgroup::Cgroup::open(spec.id);
+    let procs = group.open_procs_files()?;
+    files::check_workdir(spec.target.pid, spec.workdir)?;
+    let oom_before = group.oom_kills();
+    let mut child = exec::spawn(exec::ExecPlan {
+        target: spec.target,
+        argv: spec.argv,
+        env: spec.env,
+        workdir: spec.workdir,
+        security: &security,
+        cgroup_procs: &procs,
+        stdio: exec::StdioMode::Pipes {
+            stdin: spec.forward_stdin,
+        },
+    })?;
+    drop(procs);
+    let (mut status, ending) = relay::relay(
+        &mut child,
+        sink,
+        spec.timeout,
+        spec.signals,
+        spec.forward_stdin,
+    )?;
+    status.oom_killed = group.oom_kills() > oom_before;
+    let _ = sink(ExecEvent::Exit(status));
+    Ok((status, ending))
+}

@@ -1,0 +1,158 @@
+//! Interactive sessions: a command on a pty inside the sandbox, wired to the caller's terminal
+//! in raw mode, with window-size changes passed through.
+
+use crate::exec::{ExecPlan, StdioMode, Target};
+use crate::security::SecurityPlan;
+use agentkernel_core::ExitStatus;
+use agentkernel_core::policy::Policy;
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::termios::{OptionalActions, Termios};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+
+/// Receives everything the session prints (for recordings).
+pub type Recorder<'a> = dyn FnMut(&[u8]) + 'a;
+
+pub struct AttachSpec<'a> {
+    pub id: &'a str,
+    pub target: Target,
+    pub policy: &'a Policy,
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub workdir: &'a str,
+    /// Readable when the caller's terminal was resized (a SIGWINCH pipe).
+    pub resized: Option<BorrowedFd<'a>>,
+}
+
+/// Puts the caller's terminal back as it was, even on error.
+struct RawGuard(Option<Termios>);
+
+impl Drop for RawGuard {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = rustix::termios::tcsetattr(std::io::stdin(), OptionalActions::Now, t);
+        }
+    }
+}
+
+/// Runs the session until the command exits; everything the command prints is also passed to
+/// `record` (asciicast recording) when given.
+pub fn attach(
+    spec: &AttachSpec<'_>,
+    mut record: Option<&mut Recorder<'_>>,
+) -> Result<ExitStatus, crate::NativeError> {
+    let security = SecurityPlan::prepare(spec.policy)?;
+    let group = crate::cgroup::Cgroup::open(spec.id);
+    let procs = group.open_procs_files()?;
+    crate::files::check_workdir(spec.target.pid, spec.workdir)?;
+    let (master, slave) = crate::pty::open_in_sandbox(spec.target.pid)?;
+    copy_size(&master);
+    let mut child = crate::exec::spawn(ExecPlan {
+        target: spec.target,
+        argv: spec.argv,
+        env: spec.env,
+        workdir: spec.workdir,
+        security: &security,
+        cgroup_procs: &procs,
+        stdio: StdioMode::Pty(slave),
+    })?;
+    drop(procs);
+
+    let stdin = std::io::stdin();
+    let _guard = match rustix::termios::tcgetattr(&stdin) {
+        Ok(orig) => {
+            let mut raw = orig.clone();
+            raw.make_raw();
+            let _ = rustix::termios::tcsetattr(&stdin, OptionalActions::Now, &raw);
+            RawGuard(Some(orig))
+        }
+        Err(_) => RawGuard(None),
+    };
+    let to_master: OwnedFd = master.try_clone()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rustix::io::read(std::io::stdin(), &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if write_all(&to_master, &buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut stdout = std::io::stdout();
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: master.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: spec.resized.map_or(-1, |f| f.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 {
+            continue;
+        }
+        if fds[1].revents & libc::POLLIN != 0
+            && let Some(r) = spec.resized
+        {
+            let mut drain = [0u8; 64];
+            let _ = rustix::io::read(r, &mut drain);
+            copy_size(&master);
+        }
+        if fds[0].revents != 0 {
+            match rustix::io::read(&master, &mut buf) {
+                Ok(n) if n > 0 => {
+                    let _ = stdout.write_all(&buf[..n]);
+                    let _ = stdout.flush();
+                    if let Some(rec) = record.as_mut() {
+                        rec(&buf[..n]);
+                    }
+                }
+                // EIO: every holder of the slave closed it, i.e. the session ended.
+                _ => break,
+            }
+        }
+    }
+    let status = child.wait()?;
+    let mut exit = ExitStatus {
+        code: status.code().unwrap_or(0),
+        signal: status.signal(),
+        ..Default::default()
+    };
+    if let Some(sig) = exit.signal {
+        exit.code = 128 + sig;
+    }
+    Ok(exit)
+}
+
+fn write_all(fd: &OwnedFd, mut data: &[u8]) -> rustix::io::Result<()> {
+    while !data.is_empty() {
+        let n = rustix::io::write(fd.as_fd(), data)?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// Gives the pty the caller's terminal size (80x24 when the caller has no terminal).
+pub fn copy_size(master: &OwnedFd) {
+    let (rows, cols) = terminal_size().unwrap_or((24, 80));
+    crate::pty::set_size(master, rows, cols);
+}
+
+/// The caller's terminal size, if stdout or stdin is a terminal.
+pub fn terminal_size() -> Option<(u16, u16)> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdout())
+        .or_else(|_| rustix::termios::tcgetwinsize(std::io::stdin()))
+        .ok()?;
+    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
+}

@@ -1,0 +1,414 @@
+//! A sandbox's cgroups: `agentkernel/<instance>` in the hierarchies that enforce its limits.
+//!
+//! Hosts differ: a pure cgroup v2 host has every controller in one tree; a hybrid host (this
+//! project's CI machine among them) has memory, pids and cpu only as v1 hierarchies and a v2
+//! tree without those controllers. So each limit goes to the v2 tree when it has the
+//! controller, else to the v1 hierarchy of that controller, and a limit that neither can
+//! enforce is refused (never silently skipped). The v2 group is always created when v2 is
+//! mounted: its `cgroup.kill` ends a whole tree at once.
+
+use agentkernel_core::policy::Limits;
+use rustix::fd::OwnedFd;
+use rustix::fs::{Mode, OFlags};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The directory under each hierarchy root that holds every sandbox's group.
+const PARENT: &str = "agentkernel";
+/// CPU bandwidth period (µs); the quota is `vcpus` times this.
+const CPU_PERIOD_US: u64 = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error(
+        "the {limit} limit cannot be enforced: no cgroup {controller} controller is mounted (v1 or v2); mount one, or run without the limit"
+    )]
+    Unsupported {
+        limit: &'static str,
+        controller: &'static str,
+    },
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cgroup {path} still has processes after they were killed")]
+    Busy { path: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Where the cgroup hierarchies of this host are mounted.
+#[derive(Debug, Default, Clone)]
+struct Hierarchies {
+    v2: Option<PathBuf>,
+    v2_controllers: Vec<String>,
+    v1_memory: Option<PathBuf>,
+    v1_pids: Option<PathBuf>,
+    v1_cpu: Option<PathBuf>,
+}
+
+impl Hierarchies {
+    fn detect() -> Hierarchies {
+        let mut h = Hierarchies::default();
+        let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return h;
+        };
+        for line in info.lines() {
+            // mountinfo: id parent major:minor root mountpoint options [optional...] - fstype source super-options
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let Some(mountpoint) = left.split(' ').nth(4) else {
+                continue;
+            };
+            let mut right = right.split(' ');
+            let fstype = right.next().unwrap_or("");
+            let super_opts = right.nth(1).unwrap_or("");
+            let mountpoint = PathBuf::from(unescape(mountpoint));
+            match fstype {
+                "cgroup2" if h.v2.is_none() => h.v2 = Some(mountpoint),
+                "cgroup" => {
+                    for opt in super_opts.split(',') {
+                        let slot = match opt {
+                            "memory" => &mut h.v1_memory,
+                            "pids" => &mut h.v1_pids,
+                            "cpu" => &mut h.v1_cpu,
+                            _ => continue,
+                        };
+                        if slot.is_none() {
+                            *slot = Some(mountpoint.clone());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(v2) = &h.v2 {
+            h.v2_controllers = std::fs::read_to_string(v2.join("cgroup.controllers"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
+        }
+        h
+    }
+
+    fn v2_has(&self, controller: &str) -> bool {
+        self.v2.is_some() && self.v2_controllers.iter().any(|c| c == controller)
+    }
+
+    /// Every hierarchy root a sandbox group may live under.
+    fn roots(&self) -> Vec<PathBuf> {
+        let mut roots: Vec<PathBuf> = [&self.v2, &self.v1_memory, &self.v1_pids, &self.v1_cpu]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        roots.dedup();
+        roots
+    }
+}
+
+/// Mount points in mountinfo escape space, tab, newline and backslash as octal.
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            let code: String = chars.by_ref().take(3).collect();
+            match u8::from_str_radix(&code, 8) {
+                Ok(b) => out.push(b as char),
+                Err(_) => {
+                    out.push('\\');
+                    out.push_str(&code);
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The cgroups of one sandbox instance.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    hierarchies: Hierarchies,
+    id: String,
+}
+
+impl Cgroup {
+    /// The groups of instance `id`, whether or not they exist.
+    pub fn open(id: &str) -> Cgroup {
+        Cgroup {
+            hierarchies: Hierarchies::detect(),
+            id: id.to_string(),
+        }
+    }
+
+    /// Creates the groups of instance `id` with `limits` applied. On error nothing is left.
+    pub fn create(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
+        let group = Cgroup::open(id);
+        let h = &group.hierarchies;
+        let result = (|| {
+            if let Some(v2) = &h.v2 {
+                let wanted: Vec<&str> = ["memory", "pids", "cpu"]
+                    .into_iter()
+                    .filter(|c| h.v2_has(c))
+                    .collect();
+                let dir = make_dir(v2, id, &wanted)?;
+                group.limit_v2(&dir, limits)?;
+            }
+            if !h.v2_has("memory") {
+                let root = h.v1_memory.as_ref().ok_or(CgroupError::Unsupported {
+                    limit: "memory",
+                    controller: "memory",
+                })?;
+                let dir = make_dir(root, id, &[])?;
+                let bytes = (limits.memory_mb * 1024 * 1024).to_string();
+                write(&dir.join("memory.limit_in_bytes"), &bytes)?;
+                // Without this, a host with swap lets the sandbox swap past its limit.
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &bytes)?;
+                }
+            }
+            if !h.v2_has("pids") {
+                let root = h.v1_pids.as_ref().ok_or(CgroupError::Unsupported {
+                    limit: "pids",
+                    controller: "pids",
+                })?;
+                let dir = make_dir(root, id, &[])?;
+                write(&dir.join("pids.max"), &limits.pids.to_string())?;
+            }
+            if limits.vcpus > 0.0 && !h.v2_has("cpu") {
+                let root = h.v1_cpu.as_ref().ok_or(CgroupError::Unsupported {
+                    limit: "cpu",
+                    controller: "cpu",
+                })?;
+                let dir = make_dir(root, id, &[])?;
+                write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                write(
+                    &dir.join("cpu.cfs_quota_us"),
+                    &cpu_quota(limits.vcpus).to_string(),
+                )?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = group.destroy();
+            return Err(e);
+        }
+        Ok(group)
+    }
+
+    fn limit_v2(&self, dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
+        let h = &self.hierarchies;
+        if h.v2_has("memory") {
+            write(
+                &dir.join("memory.max"),
+                &(limits.memory_mb * 1024 * 1024).to_string(),
+            )?;
+            let swap = dir.join("memory.swap.max");
+            if swap.exists() {
+                write(&swap, "0")?;
+            }
+        }
+        if h.v2_has("pids") {
+            write(&dir.join("pids.max"), &limits.pids.to_string())?;
+        }
+        if h.v2_has("cpu") && limits.vcpus > 0.0 {
+            write(
+                &dir.join("cpu.max"),
+                &format!("{} {CPU_PERIOD_US}", cpu_quota(limits.vcpus)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// This instance's directory in every hierarchy where it exists.
+    fn dirs(&self) -> Vec<PathBuf> {
+        self.hierarchies
+            .roots()
+            .into_iter()
+            .map(|root| root.join(PARENT).join(&self.id))
+            .filter(|d| d.is_dir())
+            .collect()
+    }
+
+    /// `cgroup.procs` of every group, opened for writing: a process joins all of them by
+    /// writing "0" to each (done between fork and exec, where paths are no longer reachable).
+    pub fn open_procs_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+        self.dirs()
+            .into_iter()
+            .map(|d| {
+                let p = d.join("cgroup.procs");
+                rustix::fs::open(&p, OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+                    .map_err(|e| io_err(&p)(e.into()))
+            })
+            .collect()
+    }
+
+    /// Processes in any of the groups.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self
+            .dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+            .flat_map(|text| {
+                text.split_whitespace()
+                    .filter_map(|p| p.parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// How many processes the kernel's OOM killer has killed in this sandbox so far.
+    pub fn oom_kills(&self) -> u64 {
+        let h = &self.hierarchies;
+        let (root, file) = if h.v2_has("memory") {
+            (h.v2.as_ref(), "memory.events")
+        } else {
+            (h.v1_memory.as_ref(), "memory.oom_control")
+        };
+        let Some(root) = root else { return 0 };
+        std::fs::read_to_string(root.join(PARENT).join(&self.id).join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Kills every process in the groups: `cgroup.kill` where v2 has it, else SIGKILL to each
+    /// listed process until none is left.
+    pub fn kill_all(&self) {
+        if let Some(v2) = &self.hierarchies.v2 {
+            let kill = v2.join(PARENT).join(&self.id).join("cgroup.kill");
+            if kill.exists() && std::fs::write(&kill, "1").is_ok() {
+                return;
+            }
+        }
+        for pid in self.pids() {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    /// Kills what is left and removes the groups. Removing a group that does not exist is fine.
+    pub fn destroy(&self) -> Result<(), CgroupError> {
+        let dirs = self.dirs();
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.pids().is_empty() {
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy {
+                    path: dirs[0].display().to_string(),
+                });
+            }
+            // Again each round: a process forked between a listing and its kill survives it.
+            self.kill_all();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for dir in dirs {
+            // rmdir can fail with EBUSY for a moment after the last process exited.
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => return Err(io_err(&dir)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Instance ids that have a group in any hierarchy.
+    pub fn list_ids() -> Vec<String> {
+        let mut ids: Vec<String> = Hierarchies::detect()
+            .roots()
+            .iter()
+            .filter_map(|root| std::fs::read_dir(root.join(PARENT)).ok())
+            .flat_map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+}
+
+/// Whether memory and pids limits can be enforced here (the backend's readiness probe).
+pub fn can_limit_memory_and_pids() -> Result<(), String> {
+    let h = Hierarchies::detect();
+    for (controller, v1) in [("memory", &h.v1_memory), ("pids", &h.v1_pids)] {
+        if !h.v2_has(controller) && v1.is_none() {
+            return Err(format!(
+                "no cgroup {controller} controller is mounted (v1 or v2)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn cpu_quota(vcpus: f64) -> u64 {
+    ((vcpus * CPU_PERIOD_US as f64) as u64).max(1000)
+}
+
+/// Creates `root/agentkernel/<id>`; in v2, first enables `controllers` for the children of the
+/// root and of `agentkernel/`.
+fn make_dir(root: &Path, id: &str, controllers: &[&str]) -> Result<PathBuf, CgroupError> {
+    let parent = root.join(PARENT);
+    match std::fs::create_dir(&parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_err(&parent)(e)),
+    }
+    if !controllers.is_empty() {
+        let enable: String = controllers.iter().map(|c| format!("+{c} ")).collect();
+        for dir in [root, parent.as_path()] {
+            let control = dir.join("cgroup.subtree_control");
+            let current = std::fs::read_to_string(&control).unwrap_or_default();
+            if controllers
+                .iter()
+                .any(|c| !current.split_whitespace().any(|x| x == *c))
+            {
+                write(&control, enable.trim_end())?;
+            }
+        }
+    }
+    let dir = parent.join(id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => Ok(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+        Err(e) => Err(io_err(&dir)(e)),
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    std::fs::write(path, value).map_err(io_err(path))
+}

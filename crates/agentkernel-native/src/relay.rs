@@ -1,0 +1,202 @@
+//! Turning a spawned command into the exec event stream: `Started`, stdout/stderr chunks as
+//! they are produced, then `Exit`.
+
+use agentkernel_core::{ExecEvent, ExitStatus};
+use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Receives events; `Break` means the consumer went away and the command must be killed.
+pub type Sink<'a> = dyn FnMut(ExecEvent) -> ControlFlow<()> + 'a;
+
+/// How a relay ended besides the command's own exit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Exited,
+    TimedOut,
+    Cancelled,
+}
+
+/// Streams the child's output to `sink` until it exits, the timeout passes, or the sink breaks.
+/// The command's exit ends the stream, as with `docker exec`: output already written is
+/// delivered, but a background process it left holding the pipes (`server &`) does not keep the
+/// caller waiting.
+/// `signals` is a pipe whose bytes are signal numbers to forward to the command (Ctrl-C at the
+/// CLI); `stdin` forwards the caller's standard input.
+pub fn relay(
+    child: &mut Child,
+    sink: &mut Sink<'_>,
+    timeout: Option<Duration>,
+    signals: Option<BorrowedFd<'_>>,
+    forward_stdin: bool,
+) -> std::io::Result<(ExitStatus, Ending)> {
+    let pid = child.id();
+    let _ = sink(ExecEvent::Started { pid });
+    let stdin_thread = match (forward_stdin, child.stdin.take()) {
+        (true, Some(mut to_child)) => Some(std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_child);
+        })),
+        _ => None,
+    };
+    let mut out: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
+    let mut err: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
+    let exited = rustix::process::Pid::from_raw(pid as i32)
+        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ending = Ending::Exited;
+    let mut buf = vec![0u8; 64 * 1024];
+    while out.is_some() || err.is_some() {
+        let wait_ms = match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    ending = Ending::TimedOut;
+                    break;
+                }
+                left.as_millis().min(i32::MAX as u128) as i32
+            }
+            None => -1,
+        };
+        let mut fds = [
+            pollfd(out.as_ref().map(|f| f.as_fd())),
+            pollfd(err.as_ref().map(|f| f.as_fd())),
+            pollfd(signals),
+            pollfd(exited.as_ref().map(|f| f.as_fd())),
+        ];
+        // SAFETY: `fds` is a valid array of pollfd structs; unused slots have fd -1.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if fds[2].revents & libc::POLLIN != 0
+            && let Some(sig_fd) = signals
+        {
+            let mut sig = [0u8; 16];
+            if let Ok(n) = rustix::io::read(sig_fd, &mut sig) {
+                for s in &sig[..n] {
+                    forward_signal(pid, *s as i32);
+                }
+            }
+        }
+        if fds[3].revents != 0 {
+            for (stream, is_out) in [(&mut out, true), (&mut err, false)] {
+                if let Some(fd) = stream.take() {
+                    drain(&fd, is_out, sink, &mut buf);
+                }
+            }
+            break;
+        }
+        for (slot, is_out) in [(0usize, true), (1, false)] {
+            if fds[slot].revents == 0 {
+                continue;
+            }
+            let stream = if is_out { &mut out } else { &mut err };
+            let Some(fd) = stream.as_ref() else { continue };
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) | Err(_) => *stream = None,
+                Ok(n) => {
+                    let chunk = buf[..n].to_vec();
+                    let event = if is_out {
+                        ExecEvent::Stdout(chunk)
+                    } else {
+                        ExecEvent::Stderr(chunk)
+                    };
+                    if sink(event).is_break() {
+                        ending = Ending::Cancelled;
+                        out = None;
+                        err = None;
+                    }
+                }
+            }
+        }
+    }
+    if ending != Ending::Exited {
+        kill_group(pid);
+    }
+    let status = child.wait()?;
+    drop(stdin_thread);
+    let mut exit = ExitStatus {
+        code: status.code().unwrap_or(0),
+        signal: status.signal(),
+        oom_killed: false,
+        timed_out: ending == Ending::TimedOut,
+    };
+    if let Some(sig) = exit.signal {
+        exit.code = 128 + sig;
+    }
+    if ending == Ending::TimedOut && exit.signal.is_some() {
+        exit.code = 124;
+    }
+    Ok((exit, ending))
+}
+
+/// Delivers what is already in a pipe without waiting for more (the command has exited; a
+/// process it left behind may hold the pipe open forever).
+fn drain(fd: &OwnedFd, is_out: bool, sink: &mut Sink<'_>, buf: &mut [u8]) {
+    if rustix::io::ioctl_fionbio(fd, true).is_err() {
+        return;
+    }
+    while let Ok(n) = rustix::io::read(fd, &mut *buf) {
+        if n == 0 {
+            break;
+        }
+        let chunk = buf[..n].to_vec();
+        let event = if is_out {
+            ExecEvent::Stdout(chunk)
+        } else {
+            ExecEvent::Stderr(chunk)
+        };
+        if sink(event).is_break() {
+            break;
+        }
+    }
+}
+
+fn pollfd(fd: Option<BorrowedFd<'_>>) -> libc::pollfd {
+    libc::pollfd {
+        fd: fd.map_or(-1, |f| f.as_raw_fd()),
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// The command leads its own session and process group (it called setsid), so its whole
+/// group gets the signal.
+fn forward_signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) on our child's process group; a stale group at worst yields ESRCH.
+    unsafe { libc::kill(-(pid as libc::pid_t), sig) };
+}
+
+/// Kills the command and everything in its process group.
+pub fn kill_group(pid: u32) {
+    forward_signal(pid, libc::SIGKILL);
+    // SAFETY: as above, for the leader itself in case it left its group.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+}
+
+/// Writes events to the caller's stdout and stderr as they come: the CLI's sink.
+pub fn write_to_stdio(event: ExecEvent) -> ControlFlow<()> {
+    let result = match &event {
+        ExecEvent::Stdout(data) => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(data).and_then(|_| o.flush())
+        }
+        ExecEvent::Stderr(data) => {
+            let mut e = std::io::stderr().lock();
+            e.write_all(data).and_then(|_| e.flush())
+        }
+        _ => Ok(()),
+    };
+    match result {
+        // A closed stdout (`| head`) means nobody wants more output.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
+        _ => ControlFlow::Continue(()),
+    }
+}

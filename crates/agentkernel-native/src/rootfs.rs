@@ -1,0 +1,311 @@
+//! Assembling a sandbox's root inside its new mount namespace: overlay root with a private
+//! upper directory, read-only binds, fresh /proc, minimal /dev, tmpfs /tmp, then pivot_root.
+//!
+//! Everything here runs in the sandbox's init process right after it was cloned into its new
+//! namespaces, so its mounts are invisible to the host and vanish with the namespace.
+
+use agentkernel_core::policy::BindMount;
+use rustix::fs::{FileType, Mode};
+use rustix::io::Errno;
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use std::path::{Path, PathBuf};
+
+/// Where the sandbox's writable layer lives.
+#[derive(Debug, Clone)]
+pub enum UpperDir {
+    /// A tmpfs private to the sandbox: everything written is gone when it ends (`run`).
+    Tmpfs { size_mb: u64 },
+    /// Directories on disk that survive stop/start (persistent sandboxes).
+    Disk { upper: PathBuf, work: PathBuf },
+}
+
+/// Everything needed to build the root; prepared by the parent before the clone.
+#[derive(Debug, Clone)]
+pub struct RootfsPlan {
+    /// overlayfs lower directories, top first.
+    pub lower_dirs: Vec<PathBuf>,
+    pub upper: UpperDir,
+    /// An empty host directory to assemble on. Mounts on it are private to the sandbox's mount
+    /// namespace, so every sandbox may share the same one.
+    pub mountpoint: PathBuf,
+    /// Host directories bind-mounted read-only at the same path (the `host` image).
+    pub host_binds: Vec<PathBuf>,
+    /// Policy mounts (permissive profile: project and home).
+    pub binds: Vec<BindMount>,
+    pub read_only: bool,
+    /// Directory created in the root when missing (the default working directory).
+    pub workdir: String,
+}
+
+/// A failed step, with the path it concerned.
+#[derive(Debug)]
+pub struct SetupError {
+    pub step: &'static str,
+    pub path: String,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.step, self.path, self.errno)
+    }
+}
+
+type Result<T> = std::result::Result<T, SetupError>;
+
+fn fail(step: &'static str, path: &Path) -> impl FnOnce(Errno) -> SetupError {
+    let path = path.display().to_string();
+    move |errno| SetupError { step, path, errno }
+}
+
+/// Devices every sandbox gets: name, major, minor.
+const DEVICES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// Builds the root and pivots into it. Must run in a fresh mount and pid namespace.
+pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
+    // Nothing we mount may propagate back to the host.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
+    )
+    .map_err(fail("make mounts private", Path::new("/")))?;
+
+    let base = &plan.mountpoint;
+    // A small tmpfs on the shared mount point holds the new root's mount point (and the
+    // ephemeral upper layer), so nothing of the assembly is written to the host's disk.
+    let scratch_mb = match &plan.upper {
+        UpperDir::Tmpfs { size_mb } => *size_mb,
+        UpperDir::Disk { .. } => 1,
+    };
+    let opts = format!("size={scratch_mb}m,mode=0755");
+    mount_fs(
+        "tmpfs",
+        base.as_path(),
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        &opts,
+    )
+    .map_err(fail("mount scratch tmpfs on", base))?;
+    let (upper, work) = match &plan.upper {
+        UpperDir::Tmpfs { .. } => {
+            let upper = base.join("upper");
+            let work = base.join("work");
+            mkdir(&upper, 0o755)?;
+            mkdir(&work, 0o700)?;
+            (upper, work)
+        }
+        UpperDir::Disk { upper, work } => (upper.clone(), work.clone()),
+    };
+    let root = base.join("root");
+    mkdir(&root, 0o755)?;
+    let lower = plan
+        .lower_dirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let opts = format!(
+        "lowerdir={lower},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    mount_fs("overlay", &root, "overlay", MountFlags::empty(), &opts)
+        .map_err(fail("mount overlay root on", &root))?;
+
+    for dir in ["proc", "dev", "tmp", "sys"] {
+        dir_in_root(&root, Path::new(dir))?;
+    }
+    dir_in_root(&root, Path::new(&plan.workdir))?;
+
+    for host_dir in &plan.host_binds {
+        let target = dir_in_root(&root, host_dir)?;
+        bind(host_dir, &target, true)?;
+    }
+    for m in &plan.binds {
+        let target = dir_in_root(&root, &m.target)?;
+        bind(&m.source, &target, m.read_only)?;
+    }
+
+    mount_proc(&root)?;
+    mount_dev(&root)?;
+    let sys = root.join("sys");
+    let ro = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_fs("sysfs", &sys, "sysfs", ro, "").map_err(fail("mount sysfs on", &sys))?;
+    let tmp = root.join("tmp");
+    mount_fs(
+        "tmpfs",
+        &tmp,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=1777",
+    )
+    .map_err(fail("mount /tmp on", &tmp))?;
+
+    pivot_into(&root)?;
+
+    if plan.read_only {
+        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(fail("remount read-only", Path::new("/")))?;
+    }
+    Ok(())
+}
+
+fn pivot_into(root: &Path) -> Result<()> {
+    rustix::process::chdir(root).map_err(fail("chdir", root))?;
+    // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves only the
+    // new root, with no path back to the host's tree.
+    rustix::process::pivot_root(".", ".").map_err(fail("pivot_root into", root))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH).map_err(fail("detach old root", root))?;
+    rustix::process::chdir("/").map_err(fail("chdir", Path::new("/")))?;
+    Ok(())
+}
+
+fn mount_proc(root: &Path) -> Result<()> {
+    let proc_dir = root.join("proc");
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_fs("proc", &proc_dir, "proc", flags, "").map_err(fail("mount proc on", &proc_dir))?;
+    // Kernel interfaces a sandbox has no business writing, as container runtimes do: read-only
+    // where reading is harmless, hidden where it leaks host state.
+    for sub in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
+        let p = proc_dir.join(sub);
+        if p.exists() {
+            bind(&p, &p, true)?;
+        }
+    }
+    for sub in ["kcore", "keys", "timer_list", "sched_debug", "kallsyms"] {
+        let p = proc_dir.join(sub);
+        if p.exists() {
+            rustix::mount::mount_bind("/dev/null", &p).map_err(fail("mask", &p))?;
+        }
+    }
+    for sub in ["acpi", "scsi"] {
+        let p = proc_dir.join(sub);
+        if p.is_dir() {
+            mount_fs("tmpfs", &p, "tmpfs", MountFlags::RDONLY, "size=0")
+                .map_err(fail("mask", &p))?;
+        }
+    }
+    Ok(())
+}
+
+fn mount_dev(root: &Path) -> Result<()> {
+    let dev = root.join("dev");
+    mount_fs(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=0755,size=64k",
+    )
+    .map_err(fail("mount /dev on", &dev))?;
+    for (name, major, minor) in DEVICES {
+        let p = dev.join(name);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(*major, *minor),
+        )
+        .map_err(fail("create device", &p))?;
+        // mknod applies the umask; devices must be usable by every uid.
+        rustix::fs::chmod(&p, Mode::from_raw_mode(0o666)).map_err(fail("chmod", &p))?;
+    }
+    let pts = dev.join("pts");
+    mkdir(&pts, 0o755)?;
+    mount_fs(
+        "devpts",
+        &pts,
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )
+    .map_err(fail("mount devpts on", &pts))?;
+    let shm = dev.join("shm");
+    mkdir(&shm, 0o1777)?;
+    mount_fs(
+        "tmpfs",
+        &shm,
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=1777",
+    )
+    .map_err(fail("mount /dev/shm on", &shm))?;
+    for (name, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let p = dev.join(name);
+        rustix::fs::symlink(target, &p).map_err(fail("symlink", &p))?;
+    }
+    Ok(())
+}
+
+/// mount(2) with text options (rustix wants them as a C string).
+fn mount_fs(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> rustix::io::Result<()> {
+    let data = std::ffi::CString::new(data).map_err(|_| Errno::INVAL)?;
+    rustix::mount::mount(source, target, fstype, flags, Some(data.as_c_str()))
+}
+
+/// Bind-mounts `source` on `target`; a read-only bind needs a second remount to take effect.
+fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
+    rustix::mount::mount_bind_recursive(source, target).map_err(fail("bind-mount", source))?;
+    if read_only {
+        rustix::mount::mount_remount(
+            target,
+            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID,
+            "",
+        )
+        .map_err(fail("make read-only", target))?;
+    }
+    Ok(())
+}
+
+fn mkdir(path: &Path, mode: u32) -> Result<()> {
+    match rustix::fs::mkdir(path, Mode::from_raw_mode(mode)) {
+        Ok(()) | Err(Errno::EXIST) => Ok(()),
+        Err(e) => Err(fail("mkdir", path)(e)),
+    }
+}
+
+/// Returns `root/rel` as a directory, creating missing components. Mounts happen before
+/// pivot_root, so a symlink in an image (say `/proc -> /`) would otherwise send a mount or a
+/// mkdir to the host's tree: any component that is not a real directory is refused.
+fn dir_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
+    let mut path = root.to_path_buf();
+    for comp in rel.components() {
+        match comp {
+            std::path::Component::Normal(name) => path.push(name),
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            _ => return Err(fail("refusing path with '..'", rel)(Errno::INVAL)),
+        }
+        match rustix::fs::lstat(&path) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
+            Ok(_) => {
+                return Err(fail(
+                    "not a directory (symlink or file) in the image at",
+                    &path,
+                )(Errno::NOTDIR));
+            }
+            Err(Errno::NOENT) => mkdir(&path, 0o755)?,
+            Err(e) => return Err(fail("stat", &path)(e)),
+        }
+    }
+    Ok(path)
+}
