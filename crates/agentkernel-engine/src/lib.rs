@@ -1,1 +1,524 @@
+//! The agentkernel engine: every surface (CLI, HTTP, MCP) calls these operations, which own
+//! validation, policy, state and audit. Surfaces only parse and render.
 
+pub mod audit;
+pub mod backend;
+pub mod error;
+mod lock;
+mod native;
+pub mod resolve;
+pub mod store;
+
+use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus, SandboxSpec, validate_name};
+use agentkernel_image::{ImageStore, Rootfs};
+pub use agentkernel_native::Sink;
+use audit::{AuditEvent, AuditLog};
+use backend::{Backend, Controls, Persistence};
+pub use error::{EngineError, Result};
+pub use resolve::SpecRequest;
+use serde::Serialize;
+use std::cell::OnceCell;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use store::{SandboxRecord, Store};
+
+/// Default lifetime of a sandbox kept by `run --keep`.
+pub const DEFAULT_KEEP_TTL: Duration = Duration::from_secs(3600);
+
+/// A sandbox as listed to users.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SandboxInfo {
+    pub name: String,
+    pub uuid: String,
+    /// `running` or `stopped`: the true state, checked against the process table.
+    pub status: String,
+    pub backend: String,
+    pub image: String,
+    pub profile: String,
+    pub created_at: String,
+    pub expires_at: Option<String>,
+    pub pid: Option<u32>,
+    pub memory_mb: u64,
+    pub vcpus: f64,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub description: Option<String>,
+}
+
+/// `run` options beyond the sandbox spec.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Keep the sandbox afterwards (`--keep`), with this TTL.
+    pub keep: bool,
+    pub ttl: Option<Duration>,
+    /// Reuse the sandbox named after the git project and branch (`--branch`).
+    pub branch: bool,
+    /// Name for the sandbox; random `run-XXXXXXXX` when absent.
+    pub name: Option<String>,
+}
+
+/// What `run` did.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    pub status: ExitStatus,
+    pub sandbox: String,
+    /// The sandbox still exists afterwards (`--keep` or `--branch`).
+    pub kept: bool,
+    pub memory_limit_mb: u64,
+}
+
+pub struct Engine {
+    home: PathBuf,
+    audit: AuditLog,
+    images: ImageStore,
+    store: OnceCell<Store>,
+}
+
+impl Engine {
+    /// An engine on `home` (`~/.agentkernel` or `$AGENTKERNEL_HOME`). Creates the directory.
+    pub fn open(home: &Path) -> Result<Engine> {
+        std::fs::create_dir_all(home)
+            .map_err(EngineError::io(format!("create {}", home.display())))?;
+        Ok(Engine {
+            home: home.to_path_buf(),
+            audit: AuditLog::new(home),
+            images: ImageStore::new(home.join("images")),
+            store: OnceCell::new(),
+        })
+    }
+
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// The state database, opened on first use: an ephemeral `run` never touches it.
+    fn store(&self) -> Result<&Store> {
+        if let Some(s) = self.store.get() {
+            return Ok(s);
+        }
+        let s = Store::open(&self.home)?;
+        Ok(self.store.get_or_init(|| s))
+    }
+
+    fn backend(&self, spec: &SandboxSpec) -> Result<Box<dyn Backend>> {
+        let b = backend::backend_for(spec.backend, &self.home)?;
+        let r = b.readiness();
+        if !r.usable {
+            return Err(EngineError::BackendNotReady {
+                backend: spec.backend.to_string(),
+                reason: r.reason,
+            });
+        }
+        Ok(b)
+    }
+
+    /// Resolves the spec and its image; image env is merged under the user's.
+    fn prepare(&self, req: &SpecRequest, name: &str) -> Result<(SandboxSpec, Rootfs)> {
+        let config = resolve::load_config(req)?;
+        let mut spec = resolve::resolve(req, name, &config)?;
+        let rootfs = self.images.resolve(&spec.image)?;
+        resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
+        if req.workdir.is_none()
+            && config.sandbox.workdir.is_none()
+            && let Some(w) = rootfs
+                .config
+                .workdir
+                .as_ref()
+                .filter(|w| w.starts_with('/'))
+        {
+            spec.workdir = w.clone();
+        }
+        Ok((spec, rootfs))
+    }
+
+    /// Runs one command in a new sandbox (removed afterwards unless kept).
+    pub fn run(
+        &self,
+        req: &SpecRequest,
+        opts: &RunOptions,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<RunOutcome> {
+        if exec.argv.is_empty() {
+            return Err(EngineError::NoCommand);
+        }
+        if opts.branch {
+            return self.run_on_branch(req, exec, sink, controls);
+        }
+        let name = match &opts.name {
+            Some(n) => n.clone(),
+            None => format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        };
+        if opts.keep {
+            let info = self.create(req, Some(&name), Some(opts.ttl.unwrap_or(DEFAULT_KEEP_TTL)))?;
+            self.start(&info.name)?;
+            let status = self.exec(&info.name, exec, sink, controls)?;
+            let memory_limit_mb = self.get_record(&info.name)?.spec.policy.limits.memory_mb;
+            return Ok(RunOutcome {
+                status,
+                sandbox: info.name,
+                kept: true,
+                memory_limit_mb,
+            });
+        }
+        let (spec, rootfs) = self.prepare(req, &name)?;
+        let backend = self.backend(&spec)?;
+        let started = backend.start(&spec, &rootfs, &name, Persistence::Ephemeral)?;
+        let result = backend.exec(&spec, &started.runtime, exec, sink, controls);
+        let stopped = backend.stop(&started.runtime, started.lifeline);
+        let status = result?;
+        stopped?;
+        self.audit.record(AuditEvent::CommandExecuted {
+            sandbox: name.clone(),
+            command: exec.argv.clone(),
+            exit_code: status.code,
+        });
+        Ok(RunOutcome {
+            status,
+            sandbox: name,
+            kept: false,
+            memory_limit_mb: spec.policy.limits.memory_mb,
+        })
+    }
+
+    fn run_on_branch(
+        &self,
+        req: &SpecRequest,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<RunOutcome> {
+        let name = resolve::branch_name(&req.cwd)?;
+        if self.store()?.get(&name)?.is_none() {
+            self.create(req, Some(&name), None)?;
+        }
+        self.start(&name)?;
+        let status = self.exec(&name, exec, sink, controls)?;
+        let memory_limit_mb = self.get_record(&name)?.spec.policy.limits.memory_mb;
+        Ok(RunOutcome {
+            status,
+            sandbox: name,
+            kept: true,
+            memory_limit_mb,
+        })
+    }
+
+    /// Creates a persistent sandbox (not started). Nothing is left behind on error.
+    pub fn create(
+        &self,
+        req: &SpecRequest,
+        name: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<SandboxInfo> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => format!(
+                "sandbox-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
+        };
+        validate_name(&name)?;
+        let (spec, _rootfs) = self.prepare(req, &name)?;
+        self.backend(&spec)?;
+        let now = chrono::Utc::now();
+        let rec = SandboxRecord {
+            name: name.clone(),
+            uuid: uuid::Uuid::new_v4().to_string(),
+            created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            expires_at: ttl.map(|t| {
+                (now + chrono::Duration::seconds(t.as_secs() as i64))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            }),
+            runtime: None,
+            spec,
+        };
+        let _lock = lock::SandboxLock::acquire(&self.home, &name)?;
+        self.store()?.insert(&rec)?;
+        self.audit.record(AuditEvent::SandboxCreated {
+            name: name.clone(),
+            image: rec.spec.image.display(),
+            backend: rec.spec.backend.to_string(),
+        });
+        Ok(self.info(&rec))
+    }
+
+    fn get_record(&self, name: &str) -> Result<SandboxRecord> {
+        validate_name(name)?;
+        self.store()?
+            .get(name)?
+            .ok_or_else(|| EngineError::NotFound(name.to_string()))
+    }
+
+    fn sandbox_dir(&self, name: &str) -> PathBuf {
+        agentkernel_native::sandbox_dir(&self.home, name)
+    }
+
+    fn is_running(&self, rec: &SandboxRecord) -> bool {
+        match (
+            &rec.runtime,
+            backend::backend_for(rec.spec.backend, &self.home),
+        ) {
+            (Some(rt), Ok(b)) => b.is_running(rt),
+            _ => false,
+        }
+    }
+
+    fn info(&self, rec: &SandboxRecord) -> SandboxInfo {
+        let running = self.is_running(rec);
+        SandboxInfo {
+            name: rec.name.clone(),
+            uuid: rec.uuid.clone(),
+            status: if running { "running" } else { "stopped" }.to_string(),
+            backend: rec.spec.backend.to_string(),
+            image: rec.spec.image.display(),
+            profile: rec.spec.policy.profile.to_string(),
+            created_at: rec.created_at.clone(),
+            expires_at: rec.expires_at.clone(),
+            pid: rec.runtime.as_ref().filter(|_| running).map(|r| r.pid),
+            memory_mb: rec.spec.policy.limits.memory_mb,
+            vcpus: rec.spec.policy.limits.vcpus,
+            labels: rec.spec.labels.clone(),
+            description: rec.spec.description.clone(),
+        }
+    }
+
+    /// One sandbox with its true status.
+    pub fn get(&self, name: &str) -> Result<SandboxInfo> {
+        Ok(self.info(&self.get_record(name)?))
+    }
+
+    /// All persistent sandboxes with their true status.
+    pub fn list(&self) -> Result<Vec<SandboxInfo>> {
+        Ok(self.store()?.list()?.iter().map(|r| self.info(r)).collect())
+    }
+
+    /// Starts a sandbox; starting a running one does nothing. Returns whether it was started.
+    pub fn start(&self, name: &str) -> Result<bool> {
+        let _lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let rec = self.get_record(name)?;
+        if self.is_running(&rec) {
+            return Ok(false);
+        }
+        let backend = self.backend(&rec.spec)?;
+        if let Some(rt) = &rec.runtime {
+            // Leftovers of an earlier start that died (crash, reboot).
+            let _ = backend.stop(rt, None);
+        }
+        let rootfs = self.images.resolve(&rec.spec.image)?;
+        let instance = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let dir = self.sandbox_dir(name);
+        let started = backend.start(
+            &rec.spec,
+            &rootfs,
+            &instance,
+            Persistence::Persistent { dir: &dir },
+        )?;
+        if let Err(e) = self.store()?.set_runtime(name, Some(&started.runtime)) {
+            let _ = backend.stop(&started.runtime, None);
+            return Err(e);
+        }
+        self.audit.record(AuditEvent::SandboxStarted {
+            name: name.to_string(),
+            profile: rec.spec.policy.profile.to_string(),
+        });
+        Ok(true)
+    }
+
+    /// Stops a sandbox; stopping a stopped one does nothing. Returns whether it was running.
+    pub fn stop(&self, name: &str) -> Result<bool> {
+        let _lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let rec = self.get_record(name)?;
+        let was_running = self.is_running(&rec);
+        if let Some(rt) = &rec.runtime {
+            let backend = backend::backend_for(rec.spec.backend, &self.home)?;
+            backend.stop(rt, None)?;
+            self.store()?.set_runtime(name, None)?;
+        }
+        if was_running {
+            self.audit.record(AuditEvent::SandboxStopped {
+                name: name.to_string(),
+            });
+        }
+        Ok(was_running)
+    }
+
+    /// Stops and deletes a sandbox and everything it wrote.
+    pub fn remove(&self, name: &str) -> Result<()> {
+        let _lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let rec = self.get_record(name)?;
+        if let Some(rt) = &rec.runtime {
+            let backend = backend::backend_for(rec.spec.backend, &self.home)?;
+            backend.stop(rt, None)?;
+        }
+        let dir = self.sandbox_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io(format!("remove {}", dir.display()))(e)),
+        }
+        self.store()?.delete(name)?;
+        self.audit.record(AuditEvent::SandboxRemoved {
+            name: name.to_string(),
+        });
+        Ok(())
+    }
+
+    fn running_record(
+        &self,
+        name: &str,
+    ) -> Result<(SandboxRecord, Box<dyn Backend>, store::RuntimeState)> {
+        let rec = self.get_record(name)?;
+        let backend = backend::backend_for(rec.spec.backend, &self.home)?;
+        match &rec.runtime {
+            Some(rt) if backend.is_running(rt) => {
+                let rt = rt.clone();
+                Ok((rec, backend, rt))
+            }
+            _ => Err(EngineError::NotRunning(name.to_string())),
+        }
+    }
+
+    /// Runs a command in a running sandbox, streaming events to `sink`.
+    pub fn exec(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        if req.argv.is_empty() {
+            return Err(EngineError::NoCommand);
+        }
+        validate_exec(req)?;
+        let (rec, backend, rt) = self.running_record(name)?;
+        let status = backend.exec(&rec.spec, &rt, req, sink, controls)?;
+        self.audit.record(AuditEvent::CommandExecuted {
+            sandbox: name.to_string(),
+            command: req.argv.clone(),
+            exit_code: status.code,
+        });
+        Ok(status)
+    }
+
+    /// An interactive session on a pty (`attach`).
+    pub fn attach(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        controls: Controls<'_>,
+        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+    ) -> Result<ExitStatus> {
+        validate_exec(req)?;
+        let (rec, backend, rt) = self.running_record(name)?;
+        self.audit.record(AuditEvent::SessionAttached {
+            sandbox: name.to_string(),
+        });
+        backend.attach(&rec.spec, &rt, req, controls, record)
+    }
+
+    /// `cp SRC DST` where exactly one side is `NAME:/path`.
+    pub fn copy(&self, src: &str, dst: &str) -> Result<PathBuf> {
+        match (split_sandbox_path(src)?, split_sandbox_path(dst)?) {
+            (Some((name, inside)), None) => {
+                let (_, backend, rt) = self.running_record(name)?;
+                let out = backend.copy_out(&rt, Path::new(inside), Path::new(dst))?;
+                self.audit.record(AuditEvent::FileRead {
+                    sandbox: name.to_string(),
+                    path: inside.to_string(),
+                });
+                Ok(out)
+            }
+            (None, Some((name, inside))) => {
+                let (_, backend, rt) = self.running_record(name)?;
+                let out = backend.copy_in(&rt, Path::new(src), Path::new(inside))?;
+                self.audit.record(AuditEvent::FileWritten {
+                    sandbox: name.to_string(),
+                    path: out.display().to_string(),
+                });
+                Ok(out)
+            }
+            _ => Err(EngineError::BadCopyArg(format!("{src} {dst}"))),
+        }
+    }
+
+    /// Removes expired sandboxes and the leftovers of crashed ones. Returns what was removed.
+    pub fn gc(&self, dry_run: bool) -> Result<Vec<String>> {
+        let now = chrono::Utc::now();
+        let mut removed = Vec::new();
+        for rec in self.store()?.list()? {
+            let expired = rec
+                .expires_at
+                .as_deref()
+                .and_then(|e| chrono::DateTime::parse_from_rfc3339(e).ok())
+                .is_some_and(|e| e < now);
+            if expired {
+                if !dry_run {
+                    self.remove(&rec.name)?;
+                }
+                removed.push(format!("sandbox {} (expired)", rec.name));
+            }
+        }
+        if !dry_run {
+            let live: Vec<String> = self
+                .store()?
+                .list()?
+                .into_iter()
+                .filter(|r| self.is_running(r))
+                .filter_map(|r| r.runtime.map(|rt| rt.instance))
+                .collect();
+            let native = native::NativeBackend::new(&self.home);
+            removed.extend(native.collect_garbage(&live));
+        }
+        Ok(removed)
+    }
+}
+
+/// Checks an exec request's own fields.
+fn validate_exec(req: &ExecRequest) -> Result<()> {
+    if let Some(w) = &req.workdir {
+        agentkernel_core::spec::validate_workdir(w)?;
+    }
+    for (k, v) in &req.env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(agentkernel_core::CoreError::InvalidEnv(format!("{k}={v}")).into());
+        }
+    }
+    Ok(())
+}
+
+/// `NAME:/path` → Some((NAME, /path)); a plain host path → None.
+fn split_sandbox_path(arg: &str) -> Result<Option<(&str, &str)>> {
+    if arg.starts_with('/') || arg.starts_with('.') {
+        return Ok(None);
+    }
+    match arg.split_once(':') {
+        Some((name, path)) => {
+            validate_name(name)?;
+            if !path.starts_with('/') {
+                return Err(EngineError::BadCopyArg(arg.to_string()));
+            }
+            Ok(Some((name, path)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A sink that collects output (buffered surfaces).
+pub fn collect_into<'a>(
+    stdout: &'a mut Vec<u8>,
+    stderr: &'a mut Vec<u8>,
+) -> impl FnMut(ExecEvent) -> ControlFlow<()> + 'a {
+    move |event| {
+        match event {
+            ExecEvent::Stdout(d) => stdout.extend_from_slice(&d),
+            ExecEvent::Stderr(d) => stderr.extend_from_slice(&d),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}

@@ -1,0 +1,198 @@
+//! The audit log: one JSON object per line in `~/.agentkernel/audit.jsonl`, with `timestamp`,
+//! `pid`, `user` and the event (`event` names its type). `AGENTKERNEL_AUDIT=0` disables it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+/// The events the log records, with the fields the reference documents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AuditEvent {
+    SandboxCreated {
+        name: String,
+        image: String,
+        backend: String,
+    },
+    SandboxStarted {
+        name: String,
+        profile: String,
+    },
+    SandboxStopped {
+        name: String,
+    },
+    SandboxRemoved {
+        name: String,
+    },
+    CommandExecuted {
+        sandbox: String,
+        command: Vec<String>,
+        exit_code: i32,
+    },
+    FileWritten {
+        sandbox: String,
+        path: String,
+    },
+    FileRead {
+        sandbox: String,
+        path: String,
+    },
+    SessionAttached {
+        sandbox: String,
+    },
+    PolicyViolation {
+        sandbox: String,
+        policy: String,
+        details: String,
+    },
+}
+
+impl AuditEvent {
+    /// The sandbox an event concerns.
+    pub fn sandbox(&self) -> &str {
+        match self {
+            AuditEvent::SandboxCreated { name, .. }
+            | AuditEvent::SandboxStarted { name, .. }
+            | AuditEvent::SandboxStopped { name }
+            | AuditEvent::SandboxRemoved { name } => name,
+            AuditEvent::CommandExecuted { sandbox, .. }
+            | AuditEvent::FileWritten { sandbox, .. }
+            | AuditEvent::FileRead { sandbox, .. }
+            | AuditEvent::SessionAttached { sandbox }
+            | AuditEvent::PolicyViolation { sandbox, .. } => sandbox,
+        }
+    }
+}
+
+pub struct AuditLog {
+    path: PathBuf,
+    enabled: bool,
+}
+
+impl AuditLog {
+    pub fn new(home: &Path) -> AuditLog {
+        let enabled = std::env::var("AGENTKERNEL_AUDIT")
+            .map(|v| v != "0")
+            .unwrap_or(true);
+        AuditLog {
+            path: home.join("audit.jsonl"),
+            enabled,
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one entry. Auditing never fails the operation it records: a write error is
+    /// reported on stderr.
+    pub fn record(&self, event: AuditEvent) {
+        if !self.enabled {
+            return;
+        }
+        let mut entry = Map::new();
+        entry.insert(
+            "timestamp".into(),
+            json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        );
+        entry.insert("pid".into(), json!(std::process::id()));
+        entry.insert("user".into(), json!(current_user()));
+        if let Ok(Value::Object(fields)) = serde_json::to_value(&event) {
+            entry.extend(fields);
+        }
+        let mut line = Value::Object(entry).to_string();
+        line.push('\n');
+        // One write of the whole line to an O_APPEND file: concurrent writers never interleave.
+        let result = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = result {
+            eprintln!(
+                "agentkernel: warning: cannot write audit log {}: {e}",
+                self.path.display()
+            );
+        }
+    }
+
+    /// Entries, oldest first, optionally only those of one sandbox, at most the `last` newest.
+    pub fn entries(
+        &self,
+        sandbox: Option<&str>,
+        last: Option<usize>,
+    ) -> std::io::Result<Vec<Value>> {
+        let file = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for line in std::io::BufReader::new(file).lines() {
+            let line = line?;
+            let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(name) = sandbox {
+                let of = v
+                    .get("name")
+                    .or_else(|| v.get("sandbox"))
+                    .and_then(Value::as_str);
+                if of != Some(name) {
+                    continue;
+                }
+            }
+            out.push(v);
+        }
+        if let Some(n) = last
+            && out.len() > n
+        {
+            out.drain(..out.len() - n);
+        }
+        Ok(out)
+    }
+}
+
+fn current_user() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| format!("uid:{}", rustix::process::getuid().as_raw()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_filters() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = AuditLog {
+            path: dir.path().join("audit.jsonl"),
+            enabled: true,
+        };
+        log.record(AuditEvent::SandboxCreated {
+            name: "a".into(),
+            image: "host".into(),
+            backend: "native".into(),
+        });
+        log.record(AuditEvent::CommandExecuted {
+            sandbox: "b".into(),
+            command: vec!["true".into()],
+            exit_code: 0,
+        });
+        log.record(AuditEvent::SandboxRemoved { name: "a".into() });
+        let all = log.entries(None, None).expect("read");
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[0]["event"], "sandbox_created");
+        assert_eq!(all[0]["backend"], "native");
+        assert!(
+            all[0]["timestamp"].is_string()
+                && all[0]["pid"].is_number()
+                && all[0]["user"].is_string()
+        );
+        assert_eq!(log.entries(Some("a"), None).expect("read").len(), 2);
+        let last = log.entries(None, Some(1)).expect("read");
+        assert_eq!(last[0]["event"], "sandbox_removed");
+    }
+}

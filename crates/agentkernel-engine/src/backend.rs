@@ -1,0 +1,84 @@
+//! The Backend trait: what the engine needs from a sandbox technology, and the registry of the
+//! backends this build has.
+
+use crate::error::{EngineError, Result};
+use crate::store::RuntimeState;
+use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, SandboxSpec};
+use agentkernel_image::Rootfs;
+use agentkernel_native::Sink;
+use rustix::fd::BorrowedFd;
+use std::path::{Path, PathBuf};
+
+/// Whether a backend can be used here, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub usable: bool,
+    pub reason: String,
+}
+
+/// Where a sandbox's writable layer lives.
+pub enum Persistence<'a> {
+    /// In memory; gone when the sandbox stops. The sandbox dies with the calling process.
+    Ephemeral,
+    /// On disk under this directory; survives stop/start and the calling process.
+    Persistent { dir: &'a Path },
+}
+
+/// A started sandbox as seen by the engine.
+pub struct Started {
+    pub runtime: RuntimeState,
+    /// Ephemeral sandboxes: closing this ends the sandbox.
+    pub lifeline: Option<i32>,
+}
+
+/// Signals and terminal events a surface passes through to a command.
+#[derive(Clone, Copy, Default)]
+pub struct Controls<'a> {
+    /// Bytes are signal numbers to forward to the command.
+    pub signals: Option<BorrowedFd<'a>>,
+    /// Readable when the caller's terminal was resized (attach).
+    pub resized: Option<BorrowedFd<'a>>,
+}
+
+pub trait Backend {
+    fn kind(&self) -> BackendKind;
+    fn readiness(&self) -> Readiness;
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        instance: &str,
+        persistence: Persistence<'_>,
+    ) -> Result<Started>;
+    fn stop(&self, runtime: &RuntimeState, lifeline: Option<i32>) -> Result<()>;
+    fn is_running(&self, runtime: &RuntimeState) -> bool;
+    fn exec(
+        &self,
+        spec: &SandboxSpec,
+        runtime: &RuntimeState,
+        req: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus>;
+    fn attach(
+        &self,
+        spec: &SandboxSpec,
+        runtime: &RuntimeState,
+        req: &ExecRequest,
+        controls: Controls<'_>,
+        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+    ) -> Result<ExitStatus>;
+    fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf>;
+    fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf>;
+    /// Removes leftovers of instances that are no longer running (after crashes); returns what
+    /// was removed.
+    fn collect_garbage(&self, live_instances: &[String]) -> Vec<String>;
+}
+
+/// The backend for `kind`, if this build has it.
+pub fn backend_for(kind: BackendKind, home: &Path) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Native => Ok(Box::new(crate::native::NativeBackend::new(home))),
+        other => Err(EngineError::BackendUnavailable(other.to_string())),
+    }
+}

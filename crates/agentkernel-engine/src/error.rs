@@ -1,0 +1,65 @@
+use agentkernel_core::CoreError;
+use agentkernel_core::exec::{EXIT_AGENTKERNEL_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+
+/// Errors of engine operations. Each says what went wrong and what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Input(#[from] CoreError),
+    #[error("no sandbox named {0:?}: see `agentkernel list`")]
+    NotFound(String),
+    #[error(
+        "a sandbox named {0:?} already exists: pick another name or remove it with `agentkernel remove {0}`"
+    )]
+    NameTaken(String),
+    #[error("sandbox {0:?} is not running: start it with `agentkernel start {0}`")]
+    NotRunning(String),
+    #[error(
+        "no command given: put the command after the options, e.g. `agentkernel run -- echo hi`"
+    )]
+    NoCommand,
+    #[error("backend {0} is not available in this build: use -B native")]
+    BackendUnavailable(String),
+    #[error("backend {backend} cannot run here: {reason}")]
+    BackendNotReady { backend: String, reason: String },
+    #[error(transparent)]
+    Image(#[from] agentkernel_image::ImageError),
+    #[error("{0}")]
+    Native(#[from] agentkernel_native::NativeError),
+    #[error("state database {path}: {source}")]
+    Store {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "invalid copy argument {0:?}: give NAME:/path for the sandbox side and a host path for the other"
+    )]
+    BadCopyArg(String),
+}
+
+impl EngineError {
+    /// The CLI exit code for this error: 127 not found, 126 not executable, 125 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        use agentkernel_native::NativeError;
+        use agentkernel_native::exec::ExecError;
+        match self {
+            EngineError::Native(NativeError::Exec(ExecError::NotFound(_))) => EXIT_NOT_FOUND,
+            EngineError::Native(NativeError::Exec(ExecError::NotExecutable(_))) => {
+                EXIT_NOT_EXECUTABLE
+            }
+            _ => EXIT_AGENTKERNEL_ERROR,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+        let context = context.into();
+        move |source| EngineError::Io { context, source }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

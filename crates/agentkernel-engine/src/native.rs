@@ -1,0 +1,223 @@
+//! The native backend behind the engine's Backend trait.
+
+use crate::backend::{Backend, Controls, Persistence, Readiness, Started};
+use crate::error::{EngineError, Result};
+use crate::store::RuntimeState;
+use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, SandboxSpec};
+use agentkernel_image::Rootfs;
+use agentkernel_native::{self as native, RootfsPlan, Sink, Target, UpperDir};
+use std::path::{Path, PathBuf};
+
+pub struct NativeBackend {
+    home: PathBuf,
+}
+
+impl NativeBackend {
+    pub fn new(home: &Path) -> NativeBackend {
+        NativeBackend {
+            home: home.to_path_buf(),
+        }
+    }
+
+    fn pin(&self, instance: &str) -> PathBuf {
+        self.home.join("netns").join(instance)
+    }
+
+    fn target(runtime: &RuntimeState) -> Target {
+        Target {
+            pid: runtime.pid,
+            start_time: runtime.start_time,
+        }
+    }
+}
+
+impl Backend for NativeBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Native
+    }
+
+    fn readiness(&self) -> Readiness {
+        match native::probe() {
+            Ok(()) => Readiness {
+                usable: true,
+                reason: "namespaces, overlayfs and cgroups available".to_string(),
+            },
+            Err(reason) => Readiness {
+                usable: false,
+                reason,
+            },
+        }
+    }
+
+    fn start(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        instance: &str,
+        persistence: Persistence<'_>,
+    ) -> Result<Started> {
+        let (upper, detach, mountpoint) = match persistence {
+            Persistence::Ephemeral => (
+                UpperDir::Tmpfs {
+                    size_mb: spec.policy.limits.memory_mb.max(64),
+                },
+                false,
+                self.home.join("mnt"),
+            ),
+            Persistence::Persistent { dir } => {
+                let upper = dir.join("upper");
+                let work = dir.join("work");
+                for d in [&upper, &work] {
+                    std::fs::create_dir_all(d)
+                        .map_err(EngineError::io(format!("create {}", d.display())))?;
+                }
+                (UpperDir::Disk { upper, work }, true, dir.join("mnt"))
+            }
+        };
+        std::fs::create_dir_all(&mountpoint)
+            .map_err(EngineError::io(format!("create {}", mountpoint.display())))?;
+        let plan = RootfsPlan {
+            lower_dirs: rootfs.lower_dirs.clone(),
+            upper,
+            mountpoint,
+            host_binds: rootfs.host_binds.clone(),
+            binds: spec.policy.mounts.clone(),
+            read_only: spec.policy.read_only_root,
+            workdir: spec.workdir.clone(),
+        };
+        let pin = self.pin(instance);
+        let running = native::start(&native::StartSpec {
+            id: instance,
+            hostname: &spec.name,
+            rootfs: &plan,
+            policy: &spec.policy,
+            detach,
+            netns_pin: &pin,
+        })?;
+        Ok(Started {
+            runtime: RuntimeState {
+                instance: instance.to_string(),
+                pid: running.booted.pid,
+                start_time: running.booted.start_time,
+                boot_id: native::proc::boot_id(),
+            },
+            lifeline: running.booted.lifeline,
+        })
+    }
+
+    fn stop(&self, runtime: &RuntimeState, lifeline: Option<i32>) -> Result<()> {
+        let target = (runtime.boot_id == native::proc::boot_id()).then(|| Self::target(runtime));
+        native::stop(
+            &runtime.instance,
+            target,
+            lifeline,
+            &self.pin(&runtime.instance),
+        )?;
+        Ok(())
+    }
+
+    fn is_running(&self, runtime: &RuntimeState) -> bool {
+        runtime.boot_id == native::proc::boot_id()
+            && native::proc::is_alive(runtime.pid, runtime.start_time)
+    }
+
+    fn exec(
+        &self,
+        spec: &SandboxSpec,
+        runtime: &RuntimeState,
+        req: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        let env = merged_env(spec, req);
+        let workdir = req.workdir.as_deref().unwrap_or(&spec.workdir);
+        let (status, _ending) = native::exec(
+            &native::ExecSpec {
+                id: &runtime.instance,
+                target: Self::target(runtime),
+                policy: &spec.policy,
+                argv: &req.argv,
+                env: &env,
+                workdir,
+                timeout: req.timeout,
+                forward_stdin: req.stdin,
+                signals: controls.signals,
+            },
+            sink,
+        )?;
+        Ok(status)
+    }
+
+    fn attach(
+        &self,
+        spec: &SandboxSpec,
+        runtime: &RuntimeState,
+        req: &ExecRequest,
+        controls: Controls<'_>,
+        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+    ) -> Result<ExitStatus> {
+        let env = merged_env(spec, req);
+        let workdir = req.workdir.as_deref().unwrap_or(&spec.workdir);
+        let status = native::attach::attach(
+            &native::attach::AttachSpec {
+                id: &runtime.instance,
+                target: Self::target(runtime),
+                policy: &spec.policy,
+                argv: &req.argv,
+                env: &env,
+                workdir,
+                resized: controls.resized,
+            },
+            record,
+        )?;
+        Ok(status)
+    }
+
+    fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf> {
+        Ok(native::files::copy_in(runtime.pid, host, inside).map_err(native::NativeError::from)?)
+    }
+
+    fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf> {
+        Ok(
+            native::files::copy_out(runtime.pid, inside, host)
+                .map_err(native::NativeError::from)?,
+        )
+    }
+
+    fn collect_garbage(&self, live_instances: &[String]) -> Vec<String> {
+        let mut removed = Vec::new();
+        for id in native::cgroup::Cgroup::list_ids() {
+            if live_instances.contains(&id) {
+                continue;
+            }
+            let group = native::cgroup::Cgroup::open(&id);
+            // A group with processes belongs to a sandbox still in use (an ephemeral `run` of
+            // another process); only empty leftovers are collected.
+            if group.pids().is_empty() && group.destroy().is_ok() {
+                removed.push(format!("cgroup {id}"));
+            }
+        }
+        if let Ok(pins) = std::fs::read_dir(self.home.join("netns")) {
+            for pin in pins.flatten() {
+                let id = pin.file_name().to_string_lossy().into_owned();
+                if live_instances.contains(&id)
+                    || !native::cgroup::Cgroup::open(&id).pids().is_empty()
+                {
+                    continue;
+                }
+                native::net::unpin_netns(&pin.path());
+                removed.push(format!("network namespace pin {id}"));
+            }
+        }
+        removed
+    }
+}
+
+/// The sandbox's environment with the request's on top; TERM comes from the request (attach).
+fn merged_env(spec: &SandboxSpec, req: &ExecRequest) -> Vec<(String, String)> {
+    let mut env = spec.env.clone();
+    for (k, v) in &req.env {
+        crate::resolve::set_env(&mut env, k.clone(), v.clone());
+    }
+    env
+}
