@@ -1,1 +1,286 @@
-fn main() {}
+//! `agentkernel`: the command-line surface. It parses, calls the engine and renders; the engine
+//! owns validation, policy, state and audit.
+
+mod cli;
+mod render;
+mod signals;
+
+use agentkernel_core::duration::parse_duration;
+use agentkernel_core::exec::EXIT_AGENTKERNEL_ERROR;
+use agentkernel_core::{ExecRequest, ExitStatus};
+use agentkernel_engine::backend::Controls;
+use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
+use clap::Parser;
+use cli::{AuditCommand, Cli, Command, SandboxCommand, SandboxOpts};
+use std::io::IsTerminal;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => 0,
+                _ => EXIT_AGENTKERNEL_ERROR,
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let code = match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("agentkernel: error: {e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn engine() -> Result<Engine, EngineError> {
+    Engine::open(&agentkernel_core::paths::agentkernel_home())
+}
+
+fn dispatch(command: Command) -> Result<i32, EngineError> {
+    match command {
+        Command::Run(args) => run(*args),
+        Command::Create(args) | Command::Sandbox(SandboxCommand::Create(args)) => create(*args),
+        Command::Start(n) | Command::Sandbox(SandboxCommand::Start(n)) => {
+            if !engine()?.start(&n.name)? {
+                eprintln!("agentkernel: sandbox {} is already running", n.name);
+            }
+            Ok(0)
+        }
+        Command::Stop(n) | Command::Sandbox(SandboxCommand::Stop(n)) => {
+            if !engine()?.stop(&n.name)? {
+                eprintln!("agentkernel: sandbox {} was not running", n.name);
+            }
+            Ok(0)
+        }
+        Command::Remove(n) | Command::Sandbox(SandboxCommand::Remove(n)) => {
+            engine()?.remove(&n.name)?;
+            Ok(0)
+        }
+        Command::List(a) | Command::Sandbox(SandboxCommand::List(a)) => {
+            render::sandboxes(&engine()?.list()?, a.json);
+            Ok(0)
+        }
+        Command::Gc(a) | Command::Sandbox(SandboxCommand::Gc(a)) => {
+            let removed = engine()?.gc(a.dry_run)?;
+            let verb = if a.dry_run { "would remove" } else { "removed" };
+            for r in &removed {
+                println!("{verb} {r}");
+            }
+            if removed.is_empty() {
+                println!("nothing to remove");
+            }
+            Ok(0)
+        }
+        Command::Exec(args) => exec(args),
+        Command::Attach(args) => attach(args),
+        Command::Cp(args) => {
+            engine()?.copy(&args.src, &args.dst)?;
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::Path) => {
+            println!("{}", engine()?.audit().path().display());
+            Ok(0)
+        }
+        Command::Audit(AuditCommand::List(a)) => {
+            let engine = engine()?;
+            let entries = engine
+                .audit()
+                .entries(a.sandbox.as_deref(), a.last)
+                .map_err(|e| EngineError::Io {
+                    context: format!("read {}", engine.audit().path().display()),
+                    source: e,
+                })?;
+            render::audit(&entries, a.json);
+            Ok(0)
+        }
+    }
+}
+
+fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
+    let cwd = std::env::current_dir().map_err(|e| EngineError::Io {
+        context: "read the current directory".into(),
+        source: e,
+    })?;
+    Ok(SpecRequest {
+        image: opts.image,
+        profile: opts.profile,
+        backend: opts.backend,
+        config: opts.config,
+        no_network: opts.no_network,
+        env: opts.env,
+        workdir: opts.workdir,
+        memory_mb: opts.memory,
+        vcpus: opts.vcpus,
+        cwd,
+        ..Default::default()
+    })
+}
+
+fn duration(text: Option<&str>) -> Result<Option<std::time::Duration>, EngineError> {
+    Ok(text.map(parse_duration).transpose()?)
+}
+
+fn parse_env(list: &[String]) -> Result<Vec<(String, String)>, EngineError> {
+    Ok(list
+        .iter()
+        .map(|kv| agentkernel_core::spec::parse_env(kv))
+        .collect::<Result<_, _>>()?)
+}
+
+/// Stdin goes to the command when it is data (a pipe or file), not when it is the terminal:
+/// interactive use is what `attach` is for.
+fn forward_stdin() -> bool {
+    !std::io::stdin().is_terminal()
+}
+
+fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
+    if args.command.is_empty() {
+        return Err(EngineError::NoCommand);
+    }
+    let opts = RunOptions {
+        keep: args.keep,
+        ttl: duration(args.ttl.as_deref())?,
+        branch: args.branch,
+        name: None,
+    };
+    let exec = ExecRequest {
+        argv: args.command,
+        timeout: duration(args.timeout.as_deref())?,
+        stdin: forward_stdin(),
+        ..Default::default()
+    };
+    let req = spec_request(args.sandbox)?;
+    let engine = engine()?;
+    let signals =
+        signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {
+            context: "install signal handlers".into(),
+            source: e,
+        })?;
+    let controls = Controls {
+        signals: Some(signals.fd()),
+        resized: None,
+    };
+    let mut sink = agentkernel_native::relay::write_to_stdio;
+    let outcome = engine.run(&req, &opts, &exec, &mut sink, controls)?;
+    if outcome.kept && args.keep {
+        eprintln!(
+            "agentkernel: kept sandbox {0}; remove it with `agentkernel remove {0}`",
+            outcome.sandbox
+        );
+    }
+    Ok(report_exit(&outcome.status, outcome.memory_limit_mb))
+}
+
+fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
+    let ttl = duration(args.ttl.as_deref())?;
+    let req = spec_request(args.sandbox)?;
+    let name = match (args.name, args.branch) {
+        (Some(n), _) => Some(n),
+        (None, true) => Some(agentkernel_engine::resolve::branch_name(&req.cwd)?),
+        (None, false) => None,
+    };
+    let info = engine()?.create(&req, name.as_deref(), ttl)?;
+    println!("{}", info.name);
+    Ok(0)
+}
+
+fn exec(args: cli::ExecArgs) -> Result<i32, EngineError> {
+    if args.command.is_empty() {
+        return Err(EngineError::NoCommand);
+    }
+    let req = ExecRequest {
+        argv: args.command,
+        env: parse_env(&args.env)?,
+        workdir: args.workdir,
+        timeout: duration(args.timeout.as_deref())?,
+        stdin: forward_stdin(),
+        tty: false,
+    };
+    let engine = engine()?;
+    let signals =
+        signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {
+            context: "install signal handlers".into(),
+            source: e,
+        })?;
+    let mut sink = agentkernel_native::relay::write_to_stdio;
+    let status = engine.exec(
+        &args.name,
+        &req,
+        &mut sink,
+        Controls {
+            signals: Some(signals.fd()),
+            resized: None,
+        },
+    )?;
+    let limit = engine.get(&args.name).map(|i| i.memory_mb).unwrap_or(0);
+    Ok(report_exit(&status, limit))
+}
+
+fn attach(args: cli::AttachArgs) -> Result<i32, EngineError> {
+    let mut env = parse_env(&args.env)?;
+    if !env.iter().any(|(k, _)| k == "TERM") {
+        env.push((
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into()),
+        ));
+    }
+    let argv = if args.command.is_empty() {
+        vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            "if command -v bash >/dev/null 2>&1; then exec bash -l; else exec sh -l; fi"
+                .to_string(),
+        ]
+    } else {
+        args.command
+    };
+    let req = ExecRequest {
+        argv,
+        env,
+        tty: true,
+        ..Default::default()
+    };
+    let engine = engine()?;
+    let resize = signals::SignalPipe::register(&[libc::SIGWINCH]).map_err(|e| EngineError::Io {
+        context: "install signal handlers".into(),
+        source: e,
+    })?;
+    let controls = Controls {
+        signals: None,
+        resized: Some(resize.fd()),
+    };
+    let status = if args.record {
+        let mut rec =
+            render::Recording::create(engine.home(), &args.name).map_err(|e| EngineError::Io {
+                context: "create the recording".into(),
+                source: e,
+            })?;
+        let mut write = |data: &[u8]| rec.output(data);
+        let status = engine.attach(&args.name, &req, controls, Some(&mut write))?;
+        eprintln!("agentkernel: recording saved to {}", rec.path().display());
+        status
+    } else {
+        engine.attach(&args.name, &req, controls, None)?
+    };
+    Ok(status.code)
+}
+
+/// Explains abnormal endings on stderr and returns the exit code to use.
+fn report_exit(status: &ExitStatus, memory_limit_mb: u64) -> i32 {
+    if status.oom_killed {
+        if memory_limit_mb > 0 {
+            eprintln!(
+                "agentkernel: the command was killed: out of memory (sandbox limit {memory_limit_mb} MB)"
+            );
+        } else {
+            eprintln!("agentkernel: the command was killed: out of memory (sandbox limit reached)");
+        }
+    } else if status.timed_out {
+        eprintln!("agentkernel: the command timed out and was killed");
+    }
+    status.code
+}

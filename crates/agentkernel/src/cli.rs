@@ -1,0 +1,228 @@
+//! Command-line grammar. Names and flags follow the reference documentation of the tool.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "agentkernel",
+    version,
+    about = "Run commands in isolated sandboxes: Linux namespaces, seccomp, Landlock and cgroups",
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a command in a temporary sandbox (removed afterwards unless --keep)
+    Run(Box<RunArgs>),
+    /// Create a persistent sandbox
+    Create(Box<CreateArgs>),
+    /// Start a stopped sandbox
+    Start(NameArg),
+    /// Stop a running sandbox (files written in it are kept)
+    Stop(NameArg),
+    /// Remove a sandbox and everything written in it
+    #[command(visible_alias = "rm")]
+    Remove(NameArg),
+    /// List sandboxes
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Execute a command in a running sandbox
+    Exec(ExecArgs),
+    /// Open an interactive shell in a running sandbox
+    Attach(AttachArgs),
+    /// Copy files between the host and a sandbox (NAME:/path on one side)
+    Cp(CpArgs),
+    /// Manage sandboxes (create, start, stop, remove, list, gc)
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Remove expired sandboxes and leftovers of crashed ones
+    Gc(GcArgs),
+    /// View the audit log
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SandboxCommand {
+    /// Create a persistent sandbox
+    Create(Box<CreateArgs>),
+    /// Start a stopped sandbox
+    Start(NameArg),
+    /// Stop a running sandbox
+    Stop(NameArg),
+    /// Remove a sandbox
+    #[command(visible_alias = "rm")]
+    Remove(NameArg),
+    /// List sandboxes
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+    /// Remove expired sandboxes and leftovers
+    Gc(GcArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// List audit entries
+    List(AuditListArgs),
+    /// Print the audit log's path
+    Path,
+}
+
+/// Options that shape a sandbox, shared by `run` and `create`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SandboxOpts {
+    /// Root filesystem: `host`, a directory (/abs or ./rel), or oci:/path/to/layout[:tag]
+    #[arg(short = 'i', long)]
+    pub image: Option<String>,
+    /// Security profile: permissive, moderate (default) or restrictive
+    #[arg(short = 'p', long)]
+    pub profile: Option<String>,
+    /// Path to an agentkernel.toml config file
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Backend (this build: native)
+    #[arg(short = 'B', long)]
+    pub backend: Option<String>,
+    /// Disable network access
+    #[arg(long)]
+    pub no_network: bool,
+    /// Set an environment variable in the sandbox (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (default /workspace)
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Memory limit in MB (overrides the profile and config)
+    #[arg(long, value_name = "MB")]
+    pub memory: Option<u64>,
+    /// CPU limit in cores (overrides the profile and config)
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<f64>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxOpts,
+    /// Keep the sandbox after the command exits
+    #[arg(short = 'k', long)]
+    pub keep: bool,
+    /// Lifetime of a kept sandbox (e.g. 30m, 1h, 3d; default 1h)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Use (and keep) the sandbox named after the git project and branch
+    #[arg(long)]
+    pub branch: bool,
+    /// Kill the command after this long (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// The command and its arguments
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Sandbox name (letters, digits, _ . -; up to 63)
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub sandbox: SandboxOpts,
+    /// Remove the sandbox automatically after this long (`gc`)
+    #[arg(long, value_name = "DURATION")]
+    pub ttl: Option<String>,
+    /// Name the sandbox after the git project and branch
+    #[arg(long)]
+    pub branch: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NameArg {
+    /// Sandbox name
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExecArgs {
+    /// Set an environment variable (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Kill the command after this long (e.g. 30s, 5m)
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Sandbox name
+    pub name: String,
+    /// The command and its arguments
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Set an environment variable (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Record the session (asciicast v2) under ~/.agentkernel/recordings/
+    #[arg(long)]
+    pub record: bool,
+    /// Sandbox name
+    pub name: String,
+    /// Program to run instead of the default shell
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CpArgs {
+    /// Source: a host path or NAME:/path
+    pub src: String,
+    /// Destination: a host path or NAME:/path
+    pub dst: String,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Only show what would be removed
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditListArgs {
+    /// Only entries of this sandbox
+    #[arg(long)]
+    pub sandbox: Option<String>,
+    /// Only the N newest entries
+    #[arg(long, value_name = "N")]
+    pub last: Option<usize>,
+    /// Print JSON lines
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,102 @@
+//! Rendering for people (tables) and programs (JSON), and asciicast recordings.
+
+use agentkernel_engine::SandboxInfo;
+use serde_json::Value;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub fn sandboxes(list: &[SandboxInfo], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(list).unwrap_or_else(|_| "[]".into())
+        );
+        return;
+    }
+    println!(
+        "{:<28} {:<8} {:<8} {:<12} {:<22} IMAGE",
+        "NAME", "STATUS", "BACKEND", "PROFILE", "CREATED"
+    );
+    for s in list {
+        println!(
+            "{:<28} {:<8} {:<8} {:<12} {:<22} {}",
+            s.name, s.status, s.backend, s.profile, s.created_at, s.image
+        );
+    }
+}
+
+pub fn audit(entries: &[Value], json: bool) {
+    for e in entries {
+        if json {
+            println!("{e}");
+            continue;
+        }
+        let ts = e["timestamp"].as_str().unwrap_or("");
+        let kind = e["event"].as_str().unwrap_or("?");
+        let mut details: Vec<String> = Vec::new();
+        if let Some(map) = e.as_object() {
+            for (k, v) in map {
+                if matches!(k.as_str(), "timestamp" | "event" | "pid" | "user") {
+                    continue;
+                }
+                let shown = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|i| {
+                            i.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| i.to_string())
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    other => other.to_string(),
+                };
+                details.push(format!("{k}={shown}"));
+            }
+        }
+        println!("{ts}  {kind:<18} {}", details.join(" "));
+    }
+}
+
+/// An asciicast v2 recording: a JSON header line, then `[seconds, "o", text]` per output chunk.
+pub struct Recording {
+    file: std::fs::File,
+    path: PathBuf,
+    started: Instant,
+}
+
+impl Recording {
+    pub fn create(home: &Path, sandbox: &str) -> std::io::Result<Recording> {
+        let dir = home.join("recordings");
+        std::fs::create_dir_all(&dir)?;
+        let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
+        let path = dir.join(format!("{sandbox}-{stamp}.cast"));
+        let mut file = std::fs::File::create(&path)?;
+        let (rows, cols) = agentkernel_native::attach::terminal_size().unwrap_or((24, 80));
+        let header = serde_json::json!({
+            "version": 2,
+            "width": cols,
+            "height": rows,
+            "timestamp": chrono::Utc::now().timestamp(),
+            "env": {"TERM": std::env::var("TERM").unwrap_or_default(), "SHELL": "/bin/sh"},
+        });
+        writeln!(file, "{header}")?;
+        Ok(Recording {
+            file,
+            path,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn output(&mut self, data: &[u8]) {
+        let t = self.started.elapsed().as_secs_f64();
+        let line = serde_json::json!([(t * 1e6).round() / 1e6, "o", String::from_utf8_lossy(data)]);
+        let _ = writeln!(self.file, "{line}");
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}

@@ -1,0 +1,40 @@
+//! Signals the CLI passes on: Ctrl-C and friends go to the command in the sandbox, terminal
+//! resizes to its pty. Handlers only write one byte to a pipe (async-signal-safe) and need no
+//! thread, which matters because the native backend forks without exec.
+
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
+
+pub struct SignalPipe {
+    read: OwnedFd,
+    _write: OwnedFd,
+}
+
+impl SignalPipe {
+    /// A pipe receiving the number of each of `signals` as it arrives.
+    pub fn register(signals: &[i32]) -> std::io::Result<SignalPipe> {
+        let (read, write) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )?;
+        for &sig in signals {
+            let fd = write.try_clone()?;
+            // SAFETY: the handler only calls write(2), which is async-signal-safe, on a
+            // descriptor it owns for the rest of the process's life.
+            unsafe {
+                signal_hook::low_level::register(sig, move || {
+                    let _ = rustix::io::write(&fd, &[sig as u8]);
+                })?;
+            }
+        }
+        Ok(SignalPipe {
+            read,
+            _write: write,
+        })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+}
+
+/// Signals forwarded to a running command.
+pub const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];

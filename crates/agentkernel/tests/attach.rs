@@ -1,0 +1,116 @@
+//! `attach`: a real pty with resize, Ctrl-C and full-screen programs.
+
+mod common;
+use common::*;
+use rustix::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+struct Session {
+    master: OwnedFd,
+    child: std::process::Child,
+    seen: String,
+}
+
+impl Session {
+    fn open(ak: &Ak, name: &str) -> Session {
+        let master =
+            rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+                .expect("openpt");
+        rustix::pty::grantpt(&master).expect("grantpt");
+        rustix::pty::unlockpt(&master).expect("unlockpt");
+        let slave = rustix::pty::ioctl_tiocgptpeer(
+            &master,
+            rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY,
+        )
+        .expect("peer");
+        set_size(&master, 30, 100);
+        let slave_out = slave.try_clone().expect("dup");
+        let slave_err = slave.try_clone().expect("dup");
+        let mut cmd = ak.cmd(&["attach", name]);
+        cmd.stdin(std::process::Stdio::from(slave))
+            .stdout(std::process::Stdio::from(slave_out))
+            .stderr(std::process::Stdio::from(slave_err));
+        let child = cmd.spawn().expect("spawn attach");
+        let flags = rustix::fs::fcntl_getfl(&master).expect("getfl");
+        rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK).expect("setfl");
+        Session {
+            master,
+            child,
+            seen: String::new(),
+        }
+    }
+
+    fn send(&self, text: &str) {
+        rustix::io::write(&self.master, text.as_bytes()).expect("write to pty");
+    }
+
+    fn expect(&mut self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut buf = [0u8; 4096];
+        while !self.seen.contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {needle:?}; saw:\n{}",
+                self.seen
+            );
+            match rustix::io::read(&self.master, &mut buf) {
+                Ok(n) if n > 0 => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        // Only what follows the match counts for the next expectation.
+        let at = self.seen.find(needle).expect("found") + needle.len();
+        self.seen.drain(..at);
+    }
+}
+
+fn set_size(fd: &OwnedFd, rows: u16, cols: u16) {
+    rustix::termios::tcsetwinsize(
+        fd,
+        rustix::termios::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )
+    .expect("winsize");
+}
+
+#[test]
+fn attach_gives_a_working_terminal() {
+    let ak = Ak::new();
+    ak.ok(&["create", "tty-box", "--no-network"]);
+    ak.ok(&["start", "tty-box"]);
+    let mut s = Session::open(&ak, "tty-box");
+    s.send("echo ready-$((6*7))\n");
+    s.expect("ready-42");
+    // The command sees a real terminal inside the sandbox, with our size.
+    s.send("tty; stty size\n");
+    s.expect("/dev/pts/");
+    s.expect("30 100");
+    // Resize passes through.
+    set_size(&s.master, 40, 120);
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(s.child.id() as i32).expect("pid"),
+        rustix::process::Signal::WINCH,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    s.send("stty size\n");
+    s.expect("40 120");
+    // Ctrl-C interrupts the foreground program, not the session.
+    s.send("sleep 100; echo slept\n");
+    std::thread::sleep(Duration::from_millis(500));
+    s.send("\x03");
+    s.send("echo after-$((1+1))\n");
+    s.expect("after-2");
+    assert!(!s.seen.contains("slept"));
+    s.send("exit 3\n");
+    let status = s.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(3));
+    let audit = ak
+        .ok(&["audit", "list", "--sandbox", "tty-box", "--json"])
+        .stdout;
+    assert!(audit.contains("session_attached"));
+    ak.ok(&["remove", "tty-box"]);
+}

@@ -1,0 +1,198 @@
+//! Harness for end-to-end tests of the `agentkernel` binary: each test gets its own state
+//! directory, runs the real binary as root and asserts on outputs, exit codes and the host.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub struct Ak {
+    pub home: tempfile::TempDir,
+    pub cwd: tempfile::TempDir,
+}
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Debug for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_agentkernel")
+}
+
+impl Ak {
+    pub fn new() -> Ak {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these tests need root: they create namespaces, mounts and cgroups"
+        );
+        Ak {
+            home: tempfile::tempdir().expect("home"),
+            cwd: tempfile::tempdir().expect("cwd"),
+        }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("AGENTKERNEL_HOME", self.home.path())
+            .current_dir(self.cwd.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs the CLI to completion.
+    pub fn run(&self, args: &[&str]) -> Out {
+        self.cmd(args).output().expect("spawn agentkernel").into()
+    }
+
+    /// Runs and asserts success.
+    pub fn ok(&self, args: &[&str]) -> Out {
+        let out = self.run(args);
+        assert_eq!(out.code, 0, "agentkernel {args:?} failed:\n{out:?}");
+        out
+    }
+
+    pub fn list_json(&self) -> Vec<serde_json::Value> {
+        let out = self.ok(&["list", "--json"]);
+        serde_json::from_str(&out.stdout).expect("list --json is JSON")
+    }
+
+    pub fn status_of(&self, name: &str) -> Option<String> {
+        self.list_json()
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["status"].as_str().map(str::to_string))
+    }
+
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        self.list_json()
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["pid"].as_u64())
+            .map(|p| p as u32)
+    }
+}
+
+impl Drop for Ak {
+    fn drop(&mut self) {
+        // Remove whatever a failed test left running.
+        if let Ok(out) = self.cmd(&["list", "--json"]).output()
+            && let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        {
+            for s in list {
+                if let Some(name) = s["name"].as_str() {
+                    let _ = self.cmd(&["remove", name]).output();
+                }
+            }
+        }
+    }
+}
+
+/// A minimal root filesystem: busybox-static and its applets. Built once per target dir.
+pub fn busybox_root() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("busybox-root");
+    if dir.join("bin/sh").exists() {
+        return dir;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox-static is missing: run scripts/setup.sh");
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("busybox-root.tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for d in ["bin", "etc", "tmp", "root", "proc", "dev", "sys"] {
+        std::fs::create_dir_all(tmp.join(d)).expect("mkdir");
+    }
+    std::fs::copy(busybox, tmp.join("bin/busybox")).expect("copy busybox");
+    let list = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", tmp.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        tmp.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .expect("passwd");
+    std::fs::write(tmp.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+    std::fs::write(tmp.join("etc/secret-in-image"), "image-file\n").expect("file");
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => {}
+        // Another test built it first.
+        Err(_) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+        }
+    }
+    dir
+}
+
+/// Mount table lines mentioning `needle`.
+pub fn mounts_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// cgroup directories named like `instance_prefix*` under any agentkernel/ parent.
+pub fn cgroups_matching(prefix: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.flatten() {
+            for parent in [
+                h.path().join("agentkernel"),
+                Path::new("/sys/fs/cgroup").join("agentkernel"),
+            ] {
+                if let Ok(groups) = std::fs::read_dir(&parent) {
+                    for g in groups.flatten() {
+                        if g.file_name().to_string_lossy().starts_with(prefix) {
+                            found.push(g.path());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// Whether `pid` has exited: gone, or a zombie waiting for its reaper. A detached sandbox init
+/// is reparented to the host's PID 1, which reaps it in its own time (on some hosts, seconds).
+pub fn process_is_dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
+    }
+}

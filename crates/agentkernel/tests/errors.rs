@@ -1,0 +1,121 @@
+//! Bad input: one clear line, exit 125, and nothing half-made.
+
+mod common;
+use common::*;
+
+fn assert_refused(ak: &Ak, args: &[&str], needle: &str) {
+    let out = ak.run(args);
+    assert_eq!(out.code, 125, "{args:?}: {out:?}");
+    assert!(
+        out.stderr.contains(needle),
+        "{args:?}: expected {needle:?} in: {out:?}"
+    );
+    assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+}
+
+#[test]
+fn bad_inputs_exit_125_with_a_clear_message() {
+    let ak = Ak::new();
+    assert_refused(
+        &ak,
+        &["exec", "ghost", "--", "true"],
+        "no sandbox named \"ghost\"",
+    );
+    assert_refused(&ak, &["start", "ghost"], "agentkernel list");
+    assert_refused(&ak, &["create", "../../x"], "invalid sandbox name");
+    assert_refused(&ak, &["create", "-bad"], "");
+    assert_refused(
+        &ak,
+        &["run", "--image", "--volume=/:/host", "--", "true"],
+        "invalid image reference",
+    );
+    assert_refused(
+        &ak,
+        &["run", "--image", "/no/such/dir", "--", "true"],
+        "/no/such/dir",
+    );
+    assert_refused(&ak, &["run"], "no command given");
+    assert_refused(&ak, &["run", "-p", "lax", "--", "true"], "unknown profile");
+    assert_refused(
+        &ak,
+        &["run", "-B", "vmware", "--", "true"],
+        "unknown backend",
+    );
+    assert_refused(&ak, &["run", "-B", "docker", "--", "true"], "not available");
+    assert_refused(
+        &ak,
+        &["run", "--ttl", "soon", "--keep", "--", "true"],
+        "invalid duration",
+    );
+    assert_refused(&ak, &["run", "-e", "NOVALUE", "--", "true"], "KEY=VALUE");
+    assert_refused(&ak, &["run", "-w", "relative", "--", "true"], "absolute");
+    assert_refused(&ak, &["exec", "x"], "no command");
+    assert_refused(&ak, &["frobnicate"], "frobnicate");
+    std::fs::write(ak.cwd.path().join("agentkernel.toml"), "[sandbox\nname=1").expect("write");
+    assert_refused(&ak, &["run", "--", "true"], "agentkernel.toml");
+    std::fs::remove_file(ak.cwd.path().join("agentkernel.toml")).expect("rm");
+    assert!(
+        ak.list_json().is_empty(),
+        "no sandbox may be left by refused commands"
+    );
+    assert!(
+        !ak.home.path().join("sandboxes").exists()
+            || std::fs::read_dir(ak.home.path().join("sandboxes"))
+                .expect("dir")
+                .next()
+                .is_none()
+    );
+}
+
+#[test]
+fn name_taken_is_refused_and_the_first_sandbox_is_untouched() {
+    let ak = Ak::new();
+    ak.ok(&["create", "dup", "--no-network"]);
+    ak.ok(&["start", "dup"]);
+    ak.ok(&["exec", "dup", "--", "sh", "-c", "echo mine > /workspace/f"]);
+    assert_refused(&ak, &["create", "dup"], "already exists");
+    let out = ak.ok(&["exec", "dup", "--", "cat", "/workspace/f"]);
+    assert_eq!(out.stdout, "mine\n");
+    assert_eq!(ak.list_json().len(), 1);
+    ak.ok(&["remove", "dup"]);
+}
+
+#[test]
+fn failed_start_leaves_no_cgroup_or_mount() {
+    let ak = Ak::new();
+    let dir = ak.cwd.path().join("img");
+    std::fs::create_dir(&dir).expect("mkdir");
+    // An image whose /proc is a symlink to the host's root: setup must refuse it.
+    std::os::unix::fs::symlink("/", dir.join("proc")).expect("symlink");
+    let out = ak.run(&[
+        "run",
+        "--image",
+        dir.to_str().expect("utf8"),
+        "--no-network",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, 125, "{out:?}");
+    let home = ak.home.path().to_str().expect("utf8").to_string();
+    assert!(mounts_mentioning(&home).is_empty());
+    assert!(
+        cgroups_matching("run-")
+            .iter()
+            .all(|g| std::fs::read_to_string(g.join("cgroup.procs"))
+                .map(|p| !p.trim().is_empty())
+                .unwrap_or(true)),
+        "empty leftover cgroups: {:?}",
+        cgroups_matching("run-")
+    );
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let ak = Ak::new();
+    let out = ak.run(&["--help"]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.contains("run") && out.stdout.contains("exec"));
+    let out = ak.run(&["--version"]);
+    assert_eq!(out.code, 0);
+    assert!(out.stdout.starts_with("agentkernel "));
+}

@@ -1,0 +1,372 @@
+//! Security tests: each tries an escape or an abuse and asserts it fails.
+
+mod common;
+use common::*;
+
+#[test]
+fn host_processes_are_invisible() {
+    let ak = Ak::new();
+    let me = std::process::id();
+    let out = ak.ok(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '",
+    ]);
+    let pids: Vec<u32> = out
+        .stdout
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    assert!(
+        !pids.contains(&me),
+        "the test process is visible in the sandbox: {pids:?}"
+    );
+    assert!(
+        pids.len() <= 6,
+        "only the sandbox's own processes should be visible: {pids:?}"
+    );
+    assert_eq!(pids.first(), Some(&1), "{pids:?}");
+}
+
+#[test]
+fn host_files_outside_the_image_are_unreadable() {
+    let ak = Ak::new();
+    let secret = ak.cwd.path().join("secret.txt");
+    std::fs::write(&secret, "TOP SECRET\n").expect("write");
+    let s = secret.to_str().expect("utf8");
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        &format!("cat {s} /etc/shadow /root/.bashrc 2>&1; ls /home /var 2>&1; ls /etc/ssh 2>&1"),
+    ]);
+    assert!(!out.stdout.contains("TOP SECRET"), "{out:?}");
+    assert!(!out.stdout.contains("root:"), "shadow readable: {out:?}");
+    let bb = busybox_root();
+    let out = ak.run(&[
+        "run",
+        "--image",
+        bb.to_str().expect("utf8"),
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        &format!("cat {s} /etc/shadow /usr/bin/python3 2>&1"),
+    ]);
+    assert!(
+        !out.stdout.contains("TOP SECRET") && out.code != 0,
+        "{out:?}"
+    );
+}
+
+#[test]
+fn host_image_is_read_only_and_complete_enough() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "touch /usr/bin/evil; echo $?; touch /tmp/ok && echo tmp-ok",
+    ]);
+    assert!(out.stdout.contains("tmp-ok"), "{out:?}");
+    assert!(
+        !std::path::Path::new("/usr/bin/evil").exists(),
+        "wrote into the host's /usr"
+    );
+    assert!(
+        out.stdout.starts_with('1'),
+        "writing to /usr must fail: {out:?}"
+    );
+}
+
+#[test]
+fn restrictive_root_is_read_only() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "-p",
+        "restrictive",
+        "--",
+        "sh",
+        "-c",
+        "touch /etc/x 2>&1; echo rc=$?; echo t > /tmp/t && cat /tmp/t",
+    ]);
+    assert!(out.stdout.contains("rc=1"), "{out:?}");
+    assert!(
+        out.stdout.contains("Read-only file system") || out.stdout.contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.ends_with("t\n"),
+        "/tmp must stay writable: {out:?}"
+    );
+}
+
+/// A TCP listener on the host's loopback, accepting in the background.
+fn host_listener() -> (std::net::TcpListener, u16) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    (l, port)
+}
+
+#[test]
+fn no_network_in_restrictive_or_with_no_network() {
+    let ak = Ak::new();
+    let (_l, port) = host_listener();
+    let probe = format!(
+        "import socket,sys\nfor host in ['127.0.0.1', '10.0.2.2', '192.0.2.1']:\n    s=socket.socket(); s.settimeout(2)\n    try:\n        s.connect((host,{port})); print('CONNECTED', host); sys.exit(0)\n    except Exception as e:\n        print('refused', host, type(e).__name__)\nsys.exit(3)\n"
+    );
+    for flags in [&["-p", "restrictive"][..], &["--no-network"][..]] {
+        let mut args = vec!["run", "--image", "host"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "python3", "-c", &probe]);
+        let out = ak.run(&args);
+        assert_eq!(
+            out.code, 3,
+            "reached the host's loopback with {flags:?}: {out:?}"
+        );
+        let out2 = ak.run(
+            &[
+                &args[..args.len() - 4],
+                &["--", "sh", "-c", "ls /sys/class/net"][..],
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            out2.stdout.trim(),
+            "lo",
+            "only loopback with {flags:?}: {out2:?}"
+        );
+    }
+}
+
+#[test]
+fn moderate_network_does_not_reach_host_loopback_services() {
+    let ak = Ak::new();
+    let (_l, port) = host_listener();
+    let gw_probe = format!(
+        "import socket,sys\ngw=[l.split()[2] for l in open('/proc/net/route').read().splitlines()[1:] if l.split()[1]=='00000000']\nhosts=['127.0.0.1']+['.'.join(str(int(g[i:i+2],16)) for i in (6,4,2,0)) for g in gw]\nfor h in hosts:\n    s=socket.socket(); s.settimeout(2)\n    try:\n        s.connect((h,{port})); print('CONNECTED', h); sys.exit(0)\n    except Exception as e:\n        print('refused', h, type(e).__name__)\nsys.exit(3)\n"
+    );
+    let out = ak.run(&["run", "--image", "host", "--", "python3", "-c", &gw_probe]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(
+        out.stdout.lines().count() >= 2,
+        "expected a gateway to probe: {out:?}"
+    );
+}
+
+#[test]
+fn cloud_metadata_is_unreachable() {
+    let ak = Ak::new();
+    let out = ak.run(&["run", "--image", "host", "--", "python3", "-c", "import socket\ns=socket.socket(); s.settimeout(3)\ntry:\n    s.connect(('169.254.169.254',80)); print('CONNECTED')\nexcept OSError as e:\n    print('blocked', e.errno)"]);
+    assert!(out.stdout.starts_with("blocked"), "{out:?}");
+}
+
+#[test]
+fn hostname_is_the_sandbox_name() {
+    let ak = Ak::new();
+    ak.ok(&["create", "named-box", "--no-network"]);
+    ak.ok(&["start", "named-box"]);
+    let out = ak.ok(&[
+        "exec",
+        "named-box",
+        "--",
+        "cat",
+        "/proc/sys/kernel/hostname",
+    ]);
+    assert_eq!(out.stdout, "named-box\n");
+    ak.ok(&["remove", "named-box"]);
+    let out = ak.ok(&["run", "--no-network", "--", "hostname"]);
+    assert!(out.stdout.starts_with("run-"), "{out:?}");
+}
+
+#[test]
+fn memory_limit_kills_a_hog_with_137() {
+    let ak = Ak::new();
+    let out = ak.run(&["run", "--image", "host", "--no-network", "--memory", "64", "--", "python3", "-c", "x = bytearray(400 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')"]);
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(!out.stdout.contains("survived"));
+    assert!(
+        out.stderr.contains("out of memory"),
+        "a clear status is expected: {out:?}"
+    );
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let ak = Ak::new();
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[resources]\npids = 32\n",
+    )
+    .expect("write");
+    let out = ak.run(&["run", "--no-network", "--timeout", "60s", "--", "sh", "-c", "n=0; while [ $n -lt 200 ]; do sleep 30 & if [ $? -ne 0 ]; then break; fi; n=$((n+1)); done; echo spawned=$n; ls /proc | grep -cE '^[0-9]+$'"]);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("fork")
+            || text.contains("Resource temporarily unavailable")
+            || text.contains("spawned="),
+        "{out:?}"
+    );
+    let count: Option<usize> = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok());
+    if let Some(c) = count {
+        assert!(c <= 32, "more processes than the pids limit: {c}");
+    }
+    assert!(
+        !out.stdout.contains("spawned=200"),
+        "the loop forked past the limit: {out:?}"
+    );
+}
+
+#[test]
+fn seccomp_denies_namespaces_mount_and_keyctl() {
+    let ak = Ak::new();
+    // unshare -U needs no capability, so only seccomp can stop it.
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "unshare",
+        "-U",
+        "true",
+    ]);
+    assert_ne!(out.code, 0, "unshare -U succeeded: {out:?}");
+    let script = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfor name, nr, args in [('keyctl', 250, (0, 0, 0, 0)), ('unshare', 272, (0x10000000,)), ('mount', 165, (b'none', b'/tmp', b'tmpfs', 0, 0)), ('bpf', 321, (0, 0, 0))]:\n    r = libc.syscall(nr, *args)\n    print(name, r, os.strerror(ctypes.get_errno()))\n";
+    for profile in ["moderate", "restrictive"] {
+        let out = ak.run(&[
+            "run",
+            "--image",
+            "host",
+            "--no-network",
+            "-p",
+            profile,
+            "--",
+            "python3",
+            "-c",
+            script,
+        ]);
+        assert_eq!(out.code, 0, "{out:?}");
+        for call in ["keyctl", "unshare", "mount", "bpf"] {
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(call))
+                .expect("line per call");
+            assert!(
+                line.contains(" -1 ") && line.contains("Operation not permitted"),
+                "{profile}: {line}"
+            );
+        }
+    }
+}
+
+#[test]
+fn capabilities_are_dropped() {
+    let ak = Ak::new();
+    let out = ak.ok(&[
+        "run",
+        "-p",
+        "restrictive",
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs)' /proc/self/status; id -u",
+    ]);
+    assert!(out.stdout.contains("CapEff:\t0000000000000000"), "{out:?}");
+    assert!(out.stdout.contains("CapBnd:\t0000000000000000"), "{out:?}");
+    assert!(out.stdout.contains("NoNewPrivs:\t1"), "{out:?}");
+    assert!(
+        out.stdout.ends_with("65534\n"),
+        "restrictive runs as nobody: {out:?}"
+    );
+    let out = ak.ok(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "grep CapBnd /proc/self/status",
+    ]);
+    let hex = out.stdout.trim().rsplit('\t').next().expect("caps");
+    let caps = u64::from_str_radix(hex, 16).expect("hex");
+    const CAP_SYS_ADMIN: u64 = 1 << 21;
+    const CAP_NET_ADMIN: u64 = 1 << 12;
+    const CAP_SYS_PTRACE: u64 = 1 << 19;
+    const CAP_SYS_MODULE: u64 = 1 << 16;
+    for (name, bit) in [
+        ("SYS_ADMIN", CAP_SYS_ADMIN),
+        ("NET_ADMIN", CAP_NET_ADMIN),
+        ("SYS_PTRACE", CAP_SYS_PTRACE),
+        ("SYS_MODULE", CAP_SYS_MODULE),
+    ] {
+        assert_eq!(caps & bit, 0, "moderate keeps CAP_{name}: {hex}");
+    }
+}
+
+#[test]
+fn proc_sys_is_read_only_and_kernel_files_are_masked() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo evil > /proc/sys/kernel/domainname; echo rc=$?",
+    ]);
+    assert!(
+        out.stdout.contains("rc=1") || out.stdout.contains("rc=2"),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("Read-only file system"),
+        "/proc/sys must be read-only: {out:?}"
+    );
+    // Kernels differ in which of these they have; every one the host has must read as empty.
+    let masked: Vec<&str> = [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/kallsyms",
+        "/proc/sched_debug",
+    ]
+    .into_iter()
+    .filter(|p| std::path::Path::new(p).exists())
+    .collect();
+    assert!(
+        !masked.is_empty(),
+        "the host has none of the masked /proc files"
+    );
+    for path in masked {
+        let out = ak.ok(&[
+            "run",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            &format!("wc -c < {path}"),
+        ]);
+        assert_eq!(
+            out.stdout.trim(),
+            "0",
+            "{path} must read as empty in the sandbox: {out:?}"
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! Persistent sandboxes across separate CLI processes.
+
+mod common;
+use common::*;
+
+#[test]
+fn lifecycle_across_processes_keeps_files() {
+    let ak = Ak::new();
+    ak.ok(&["create", "box1", "--no-network"]);
+    assert_eq!(ak.status_of("box1").as_deref(), Some("stopped"));
+    let out = ak.run(&["exec", "box1", "--", "true"]);
+    assert_eq!(
+        out.code, 125,
+        "exec into a stopped sandbox must fail: {out:?}"
+    );
+    assert!(out.stderr.contains("agentkernel start box1"), "{out:?}");
+
+    ak.ok(&["start", "box1"]);
+    assert_eq!(ak.status_of("box1").as_deref(), Some("running"));
+    ak.ok(&[
+        "exec",
+        "box1",
+        "--",
+        "sh",
+        "-c",
+        "echo persisted > /workspace/note; echo etc > /etc/added",
+    ]);
+    let out = ak.ok(&["exec", "box1", "--", "cat", "/workspace/note"]);
+    assert_eq!(out.stdout, "persisted\n");
+    let out = ak.ok(&["exec", "box1", "--", "hostname"]);
+    assert_eq!(out.stdout, "box1\n");
+
+    ak.ok(&["stop", "box1"]);
+    assert_eq!(ak.status_of("box1").as_deref(), Some("stopped"));
+    ak.ok(&["start", "box1"]);
+    let out = ak.ok(&["exec", "box1", "--", "cat", "/workspace/note", "/etc/added"]);
+    assert_eq!(
+        out.stdout, "persisted\netc\n",
+        "files must survive stop/start"
+    );
+
+    let out = ak.ok(&["sandbox", "list"]);
+    assert!(
+        out.stdout.contains("box1") && out.stdout.contains("running"),
+        "{out:?}"
+    );
+    ak.ok(&["remove", "box1"]);
+    assert!(ak.list_json().is_empty());
+    assert!(!ak.home.path().join("sandboxes/box1").exists());
+}
+
+#[test]
+fn exec_env_workdir_and_exit_codes() {
+    let ak = Ak::new();
+    ak.ok(&["create", "box2", "--no-network", "-e", "FROM_CREATE=c"]);
+    ak.ok(&["start", "box2"]);
+    let out = ak.run(&[
+        "exec",
+        "-e",
+        "X=1",
+        "-e",
+        "Y=two",
+        "box2",
+        "--",
+        "sh",
+        "-c",
+        "echo $X $Y $FROM_CREATE; exit 7",
+    ]);
+    assert_eq!(out.code, 7, "{out:?}");
+    assert_eq!(out.stdout, "1 two c\n");
+    let out = ak.run(&["exec", "-w", "/tmp", "box2", "--", "pwd"]);
+    assert_eq!(out.stdout, "/tmp\n", "{out:?}");
+    let out = ak.run(&["exec", "-w", "/does/not/exist", "box2", "--", "pwd"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("/does/not/exist"), "{out:?}");
+    let out = ak.run(&["exec", "box2", "--", "nonexistent-cmd"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    ak.ok(&["remove", "box2"]);
+}
+
+#[test]
+fn dead_sandbox_shows_as_stopped_and_restarts() {
+    let ak = Ak::new();
+    ak.ok(&["create", "box3", "--no-network"]);
+    ak.ok(&["start", "box3"]);
+    let pid = ak.pid_of("box3").expect("running sandbox has a pid");
+    // Simulate a crash of the sandbox's init.
+    // SAFETY: SIGKILL to the sandbox init we just started.
+    unsafe { libc_kill(pid) };
+    for _ in 0..50 {
+        if ak.status_of("box3").as_deref() == Some("stopped") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(ak.status_of("box3").as_deref(), Some("stopped"));
+    let out = ak.run(&["exec", "box3", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    ak.ok(&["start", "box3"]);
+    assert_eq!(ak.status_of("box3").as_deref(), Some("running"));
+    ak.ok(&["remove", "box3"]);
+}
+
+unsafe fn libc_kill(pid: u32) {
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    );
+}
+
+#[test]
+fn nothing_left_after_remove() {
+    let ak = Ak::new();
+    ak.ok(&["create", "box4"]);
+    ak.ok(&["start", "box4"]);
+    let pid = ak.pid_of("box4").expect("pid");
+    ak.ok(&["exec", "box4", "--", "sh", "-c", "sleep 300 & echo started"]);
+    let home = ak.home.path().to_str().expect("utf8").to_string();
+    assert!(
+        !cgroups_matching("box4-").is_empty(),
+        "a running sandbox has cgroups"
+    );
+    ak.ok(&["remove", "box4"]);
+    assert!(process_is_dead(pid), "init must be gone");
+    assert!(
+        cgroups_matching("box4-").is_empty(),
+        "cgroups left: {:?}",
+        cgroups_matching("box4-")
+    );
+    assert!(
+        mounts_mentioning(&home).is_empty(),
+        "mounts left: {:?}",
+        mounts_mentioning(&home)
+    );
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l == "sleep 300"),
+        "a sandbox process survived"
+    );
+}
+
+#[test]
+fn nothing_left_after_run() {
+    let ak = Ak::new();
+    let home = ak.home.path().to_str().expect("utf8").to_string();
+    ak.ok(&["run", "--", "sh", "-c", "sleep 200 & true"]);
+    assert!(
+        cgroups_matching("run-")
+            .iter()
+            .all(|g| !g.to_string_lossy().contains(&home))
+    );
+    assert!(
+        mounts_mentioning(&home).is_empty(),
+        "mounts left: {:?}",
+        mounts_mentioning(&home)
+    );
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l == "sleep 200"),
+        "a sandbox process survived"
+    );
+}
+
+#[test]
+fn cp_both_ways_and_symlinks_stay_inside() {
+    let ak = Ak::new();
+    ak.ok(&["create", "box5", "--no-network"]);
+    ak.ok(&["start", "box5"]);
+    let host_file = ak.cwd.path().join("in.txt");
+    std::fs::write(&host_file, "from host\n").expect("write");
+    ak.ok(&[
+        "cp",
+        host_file.to_str().expect("utf8"),
+        "box5:/workspace/in.txt",
+    ]);
+    let out = ak.ok(&["exec", "box5", "--", "cat", "/workspace/in.txt"]);
+    assert_eq!(out.stdout, "from host\n");
+
+    ak.ok(&[
+        "exec",
+        "box5",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /workspace/d/sub && echo deep > /workspace/d/sub/f",
+    ]);
+    let out_dir = ak.cwd.path().join("out");
+    ak.ok(&["cp", "box5:/workspace/d", out_dir.to_str().expect("utf8")]);
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("sub/f")).expect("copied"),
+        "deep\n"
+    );
+
+    // A host file the sandbox must never be able to hand out.
+    let secret = ak.cwd.path().join("host-secret");
+    std::fs::write(&secret, "HOST SECRET\n").expect("write");
+    let secret_s = secret.to_str().expect("utf8");
+    ak.ok(&["exec", "box5", "--", "sh", "-c", &format!("ln -s {secret_s} /tmp/abs; ln -s ../../../../../../..{secret_s} /tmp/rel; ln -s /proc/1/root{secret_s} /tmp/magic")]);
+    for link in ["abs", "rel", "magic"] {
+        let dst = ak.cwd.path().join(format!("got-{link}"));
+        let out = ak.run(&[
+            "cp",
+            &format!("box5:/tmp/{link}"),
+            dst.to_str().expect("utf8"),
+        ]);
+        let got = std::fs::read_to_string(&dst).unwrap_or_default();
+        assert!(
+            !got.contains("HOST SECRET"),
+            "cp followed /tmp/{link} out of the sandbox: {out:?}"
+        );
+        assert_eq!(
+            out.code, 125,
+            "a link to a path missing inside the sandbox must fail: {out:?}"
+        );
+    }
+    // Writing through a link must not reach the host either.
+    ak.ok(&[
+        "exec",
+        "box5",
+        "--",
+        "sh",
+        "-c",
+        &format!("ln -s {secret_s} /tmp/wlink"),
+    ]);
+    let _ = ak.run(&["cp", host_file.to_str().expect("utf8"), "box5:/tmp/wlink"]);
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        "HOST SECRET\n",
+        "cp wrote through a symlink to the host"
+    );
+
+    let out = ak.run(&["cp", "box5:/workspace/in.txt", "nosuch:/x"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    ak.ok(&["remove", "box5"]);
+}

@@ -1,0 +1,300 @@
+//! `agentkernel run`: exit codes, output streams, images, profiles.
+
+mod common;
+use common::*;
+
+#[test]
+fn exit_code_passes_through() {
+    let ak = Ak::new();
+    let out = ak.run(&["run", "--no-network", "--", "sh", "-c", "exit 42"]);
+    assert_eq!(out.code, 42, "{out:?}");
+    assert_eq!(ak.run(&["run", "--no-network", "--", "true"]).code, 0);
+    assert_eq!(ak.run(&["run", "--no-network", "--", "false"]).code, 1);
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo to-out; echo to-err >&2; echo more-out",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "to-out\nmore-out\n");
+    assert_eq!(out.stderr, "to-err\n");
+}
+
+#[test]
+fn not_found_is_127_and_not_executable_is_126() {
+    let ak = Ak::new();
+    let out = ak.run(&["run", "--no-network", "--", "no-such-command-xyz"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    let out = ak.run(&["run", "--no-network", "--", "/etc/passwd"]);
+    assert_eq!(out.code, 126, "{out:?}");
+}
+
+#[test]
+fn python_runs_on_the_host_image() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "python3",
+        "-c",
+        "print(6*7)",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "42\n");
+}
+
+#[test]
+fn busybox_directory_image_and_relative_path() {
+    let ak = Ak::new();
+    let root = busybox_root();
+    let out = ak.run(&[
+        "run",
+        "--image",
+        root.to_str().expect("utf8"),
+        "--no-network",
+        "--",
+        "cat",
+        "/etc/secret-in-image",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "image-file\n");
+    std::os::unix::fs::symlink(&root, ak.cwd.path().join("bb")).expect("symlink");
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "./bb",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo rel",
+    ]);
+    assert_eq!(out.stdout, "rel\n", "{out:?}");
+}
+
+#[test]
+fn env_and_workdir_flags() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "-e",
+        "GREETING=hi there",
+        "-w",
+        "/tmp",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING\"; pwd",
+    ]);
+    assert_eq!(out.stdout, "hi there\n/tmp\n", "{out:?}");
+    let out = ak.run(&["run", "--no-network", "--", "pwd"]);
+    assert_eq!(out.stdout, "/workspace\n", "{out:?}");
+}
+
+#[test]
+fn stdin_is_forwarded_when_piped() {
+    let ak = Ak::new();
+    let mut child = ak
+        .cmd(&["run", "--no-network", "--", "sh", "-c", "tr a-z A-Z"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"hello\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HELLO\n");
+}
+
+#[test]
+fn written_files_vanish_after_run() {
+    let ak = Ak::new();
+    ak.ok(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /workspace/f && echo y > /etc/added",
+    ]);
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "ls /workspace/f /etc/added",
+    ]);
+    assert_ne!(
+        out.code, 0,
+        "a fresh run must not see the previous run's files: {out:?}"
+    );
+}
+
+#[test]
+fn moderate_profile_has_outbound_network_setup() {
+    // pasta gives the sandbox an interface besides loopback with a default route.
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "cat /proc/net/route | wc -l; ls /sys/class/net",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let mut lines = out.stdout.lines();
+    let routes: usize = lines
+        .next()
+        .expect("route count")
+        .trim()
+        .parse()
+        .expect("number");
+    assert!(routes >= 2, "expected a default route: {out:?}");
+    let ifaces: Vec<&str> = lines.collect();
+    assert!(
+        ifaces.iter().any(|i| *i != "lo"),
+        "expected an interface besides lo: {out:?}"
+    );
+}
+
+#[test]
+fn timeout_kills_the_command() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "--timeout",
+        "1s",
+        "--",
+        "sleep",
+        "30",
+    ]);
+    assert_eq!(out.code, 124, "{out:?}");
+    assert!(out.stderr.contains("timed out"), "{out:?}");
+}
+
+#[test]
+fn keep_leaves_a_named_sandbox_with_ttl() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--keep",
+        "--ttl",
+        "30m",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /workspace/k",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let list = ak.list_json();
+    assert_eq!(list.len(), 1, "{list:?}");
+    let name = list[0]["name"].as_str().expect("name").to_string();
+    assert!(name.starts_with("run-"), "{name}");
+    assert!(list[0]["expires_at"].is_string());
+    let out = ak.ok(&["exec", &name, "--", "cat", "/workspace/k"]);
+    assert_eq!(out.stdout, "kept\n");
+    ak.ok(&["remove", &name]);
+}
+
+#[test]
+fn config_file_feeds_the_policy_and_unknown_keys_fail() {
+    let ak = Ak::new();
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[security]\nprofile = \"restrictive\"\n",
+    )
+    .expect("write");
+    let out = ak.run(&["run", "--", "sh", "-c", "touch /x"]);
+    assert_ne!(
+        out.code, 0,
+        "restrictive from ./agentkernel.toml must make / read-only: {out:?}"
+    );
+    std::fs::write(
+        ak.cwd.path().join("custom.toml"),
+        "[security]\nprofile = \"moderate\"\nnetwork = false\n",
+    )
+    .expect("write");
+    let out = ak.run(&[
+        "run",
+        "-c",
+        "custom.toml",
+        "--",
+        "sh",
+        "-c",
+        "touch /x && echo ok",
+    ]);
+    assert_eq!(
+        out.stdout, "ok\n",
+        "--config must win over ./agentkernel.toml: {out:?}"
+    );
+    std::fs::write(
+        ak.cwd.path().join("bad.toml"),
+        "[security]\nprofiel = \"moderate\"\n",
+    )
+    .expect("write");
+    let out = ak.run(&["run", "-c", "bad.toml", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("profiel"),
+        "the error must name the key: {out:?}"
+    );
+}
+
+#[test]
+fn audit_log_records_runs_and_can_be_disabled() {
+    let ak = Ak::new();
+    ak.ok(&["run", "--no-network", "--", "true"]);
+    let out = ak.ok(&["audit", "list", "--json"]);
+    let entries: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    let e = entries
+        .iter()
+        .find(|e| e["event"] == "command_executed")
+        .expect("command_executed entry");
+    assert_eq!(e["command"], serde_json::json!(["true"]));
+    assert_eq!(e["exit_code"], 0);
+    let path = ak.ok(&["audit", "path"]).stdout;
+    assert_eq!(
+        path.trim(),
+        ak.home.path().join("audit.jsonl").to_str().expect("utf8")
+    );
+    let before = std::fs::read_to_string(path.trim())
+        .expect("log")
+        .lines()
+        .count();
+    let out = ak
+        .cmd(&["run", "--no-network", "--", "true"])
+        .env("AGENTKERNEL_AUDIT", "0")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let after = std::fs::read_to_string(path.trim())
+        .expect("log")
+        .lines()
+        .count();
+    assert_eq!(before, after, "AGENTKERNEL_AUDIT=0 must not write");
+}
