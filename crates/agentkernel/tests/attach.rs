@@ -105,6 +105,15 @@ fn attach_gives_a_working_terminal() {
     s.send("echo after-$((1+1))\n");
     s.expect("after-2");
     assert!(!s.seen.contains("slept"));
+    // A full-screen editor: raw keys, Escape and its own screen drawing.
+    s.send("busybox vi /tmp/edited\n");
+    s.expect("/tmp/edited");
+    std::thread::sleep(Duration::from_millis(300));
+    s.send("ihello from vi\x1b");
+    std::thread::sleep(Duration::from_millis(200));
+    s.send(":wq\r");
+    s.send("echo saved: $(cat /tmp/edited)\n");
+    s.expect("saved: hello from vi");
     s.send("exit 3\n");
     let status = s.child.wait().expect("wait");
     assert_eq!(status.code(), Some(3));

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Side-by-side start-up benchmarks of the native backend against its peers, measured in one run
+# with hyperfine; writes the medians and ratios to docs/benchmarks.md.
+#
+#   bash bench/run.sh            # full run (~2 min)
+#   RUNS=20 bash bench/run.sh    # quicker
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo build --release --locked -p agentkernel
+AK="$PWD/target/release/agentkernel"
+RUNS="${RUNS:-200}"
+WARMUP=10
+work="$(mktemp -d)"
+export AGENTKERNEL_HOME="$work/home"
+cleanup() {
+  "$AK" remove bench-exec >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A busybox root directory, the same for every tool.
+root="$work/busybox"
+mkdir -p "$root/bin" "$root/proc" "$root/dev" "$root/tmp" "$root/etc"
+cp /bin/busybox "$root/bin/busybox"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+
+hf() { hyperfine --style none --export-json "$1" --warmup "$WARMUP" --runs "$RUNS" -N "${@:2}" >/dev/null; }
+
+echo "bench: run" >&2
+hf "$work/run.json" \
+  -n "agentkernel run --no-network" "$AK run --image $root --no-network -- true" \
+  -n "agentkernel run -p restrictive" "$AK run --image $root -p restrictive -- true" \
+  -n "bwrap --unshare-all" "bwrap --unshare-all --ro-bind $root / true" \
+  -n "unshare -Urmpfn chroot" "unshare -Urmpfn chroot $root true"
+
+echo "bench: run with network" >&2
+hf "$work/net.json" \
+  -n "agentkernel run (moderate, pasta network)" "$AK run --image $root -- true" \
+  -n "bwrap --unshare-all --share-net" "bwrap --unshare-all --share-net --ro-bind $root / true"
+
+echo "bench: exec" >&2
+"$AK" create bench-exec --image "$root" --no-network >/dev/null
+"$AK" start bench-exec
+pid="$("$AK" list --json | python3 -c 'import json,sys; print([s["pid"] for s in json.load(sys.stdin) if s["name"]=="bench-exec"][0])')"
+hf "$work/exec.json" \
+  -n "agentkernel exec" "$AK exec bench-exec -- true" \
+  -n "nsenter -t PID -a" "nsenter -t $pid -a true"
+
+echo "bench: CLI overhead" >&2
+hf "$work/cli.json" \
+  -n "agentkernel --version" "$AK --version" \
+  -n "agentkernel list (SQLite)" "$AK list" \
+  -n "true (process spawn floor)" "/bin/true"
+
+python3 bench/report.py "$work" > docs/benchmarks.md
+echo "bench: wrote docs/benchmarks.md" >&2

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what agentkernel and its tests need from Debian's packages. Idempotent.
+set -euo pipefail
+packages=(
+  passt          # pasta: user-mode networking for sandboxes with network
+  busybox-static # test and benchmark images
+  bubblewrap     # benchmark peer
+  hyperfine      # benchmark runner
+  util-linux     # unshare/nsenter: benchmark peers and tests
+  python3        # used by tests through the host image
+  iproute2
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
