@@ -20,6 +20,7 @@ pub mod proc;
 mod pty;
 pub mod relay;
 mod rootfs;
+pub mod seccomp;
 pub mod security;
 
 pub use boot::Booted;
