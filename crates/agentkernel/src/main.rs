@@ -131,10 +131,21 @@ fn parse_env(list: &[String]) -> Result<Vec<(String, String)>, EngineError> {
         .collect::<Result<_, _>>()?)
 }
 
-/// Stdin goes to the command when it is data (a pipe or file), not when it is the terminal:
-/// interactive use is what `attach` is for.
+/// Stdin goes to the command when it is data (a pipe, a file or a socket), not when it is the
+/// terminal (interactive use is what `attach` is for) or a device such as /dev/null, which has
+/// nothing to give: the command then reads /dev/null of its own, with no relay thread.
 fn forward_stdin() -> bool {
-    !std::io::stdin().is_terminal()
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return false;
+    }
+    match rustix::fs::fstat(&stdin) {
+        Ok(st) => !matches!(
+            rustix::fs::FileType::from_raw_mode(st.st_mode),
+            rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice
+        ),
+        Err(_) => false,
+    }
 }
 
 fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
@@ -216,7 +227,12 @@ fn exec(args: cli::ExecArgs) -> Result<i32, EngineError> {
             resized: None,
         },
     )?;
-    let limit = engine.get(&args.name).map(|i| i.memory_mb).unwrap_or(0);
+    // The limit is only looked up to explain an OOM kill: the common path stays one query.
+    let limit = if status.oom_killed {
+        engine.get(&args.name).map(|i| i.memory_mb).unwrap_or(0)
+    } else {
+        0
+    };
     Ok(report_exit(&status, limit))
 }
 
