@@ -7,8 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --release --locked -p agentkernel
-AK="$PWD/target/release/agentkernel"
+source scripts/env.sh
+cargo build --release --locked --target "$HOST_TARGET" -p agentkernel
+AK="$PWD/target/$HOST_TARGET/release/agentkernel"
 RUNS="${RUNS:-200}"
 WARMUP=10
 work="$(mktemp -d)"

@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/env.sh
 cargo fmt --all -- --check
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --locked --workspace --no-fail-fast
+  cargo nextest run --locked --target "$HOST_TARGET" --workspace --no-fail-fast
 else
-  cargo test --locked --workspace --no-fail-fast
+  cargo test --locked --target "$HOST_TARGET" --workspace --no-fail-fast
 fi
