@@ -9,6 +9,7 @@ mod native;
 pub mod resolve;
 pub mod store;
 
+use agentkernel_core::config::Config;
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus, SandboxSpec, validate_name};
 use agentkernel_image::{ImageStore, Rootfs};
 pub use agentkernel_native::Sink;
@@ -117,9 +118,13 @@ impl Engine {
     }
 
     /// Resolves the spec and its image; image env is merged under the user's.
-    fn prepare(&self, req: &SpecRequest, name: &str) -> Result<(SandboxSpec, Rootfs)> {
-        let config = resolve::load_config(req)?;
-        let mut spec = resolve::resolve(req, name, &config)?;
+    fn prepare(
+        &self,
+        req: &SpecRequest,
+        name: &str,
+        config: &Config,
+    ) -> Result<(SandboxSpec, Rootfs)> {
+        let mut spec = resolve::resolve(req, name, config)?;
         let rootfs = self.images.resolve(&spec.image)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
         if req.workdir.is_none()
@@ -166,7 +171,8 @@ impl Engine {
                 memory_limit_mb,
             });
         }
-        let (spec, rootfs) = self.prepare(req, &name)?;
+        let config = resolve::load_config(req)?;
+        let (spec, rootfs) = self.prepare(req, &name, &config)?;
         let backend = self.backend(&spec)?;
         let started = backend.start(&spec, &rootfs, &name, Persistence::Ephemeral)?;
         let result = backend.exec(&spec, &started.runtime, exec, sink, controls);
@@ -215,15 +221,20 @@ impl Engine {
         name: Option<&str>,
         ttl: Option<Duration>,
     ) -> Result<SandboxInfo> {
-        let name = match name {
-            Some(n) => n.to_string(),
+        let config = resolve::load_config(req)?;
+        // An explicit name, else the project's `[sandbox] name`, else a generated one.
+        let name = match name
+            .map(str::to_string)
+            .or_else(|| config.sandbox.name.clone())
+        {
+            Some(n) => n,
             None => format!(
                 "sandbox-{}",
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             ),
         };
         validate_name(&name)?;
-        let (spec, _rootfs) = self.prepare(req, &name)?;
+        let (spec, _rootfs) = self.prepare(req, &name, &config)?;
         self.backend(&spec)?;
         let now = chrono::Utc::now();
         let rec = SandboxRecord {

@@ -243,3 +243,25 @@ fn cp_both_ways_and_symlinks_stay_inside() {
     assert_eq!(out.code, 125, "{out:?}");
     ak.ok(&["remove", "box5"]);
 }
+
+#[test]
+fn create_takes_its_name_from_the_project_config() {
+    let ak = Ak::new();
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[sandbox]\nname = \"from-config\"\n[agent]\npreferred = \"claude\"\n",
+    )
+    .expect("write");
+    let out = ak.ok(&["create", "--no-network"]);
+    assert_eq!(out.stdout, "from-config\n");
+    assert_eq!(ak.status_of("from-config").as_deref(), Some("stopped"));
+    ak.ok(&["remove", "from-config"]);
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[agent]\ncompatibility_mode = \"claude\"\n",
+    )
+    .expect("write");
+    let out = ak.run(&["run", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("compatibility_mode"), "{out:?}");
+}
