@@ -54,6 +54,14 @@ struct Hierarchies {
 }
 
 impl Hierarchies {
+    /// The host's hierarchies, read from mountinfo once per process: the probe, `create` and
+    /// `open` of one CLI call all need them, and they do not change under a running process
+    /// in any way agentkernel could act on.
+    fn get() -> &'static Hierarchies {
+        static DETECTED: std::sync::OnceLock<Hierarchies> = std::sync::OnceLock::new();
+        DETECTED.get_or_init(Hierarchies::detect)
+    }
+
     fn detect() -> Hierarchies {
         let mut h = Hierarchies::default();
         let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -139,7 +147,7 @@ fn unescape(field: &str) -> String {
 /// The cgroups of one sandbox instance.
 #[derive(Debug, Clone)]
 pub struct Cgroup {
-    hierarchies: Hierarchies,
+    hierarchies: &'static Hierarchies,
     id: String,
 }
 
@@ -147,7 +155,7 @@ impl Cgroup {
     /// The groups of instance `id`, whether or not they exist.
     pub fn open(id: &str) -> Cgroup {
         Cgroup {
-            hierarchies: Hierarchies::detect(),
+            hierarchies: Hierarchies::get(),
             id: id.to_string(),
         }
     }
@@ -155,7 +163,7 @@ impl Cgroup {
     /// Creates the groups of instance `id` with `limits` applied. On error nothing is left.
     pub fn create(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let group = Cgroup::open(id);
-        let h = &group.hierarchies;
+        let h = group.hierarchies;
         let result = (|| {
             if let Some(v2) = &h.v2 {
                 let wanted: Vec<&str> = ["memory", "pids", "cpu"]
@@ -209,7 +217,7 @@ impl Cgroup {
     }
 
     fn limit_v2(&self, dir: &Path, limits: &Limits) -> Result<(), CgroupError> {
-        let h = &self.hierarchies;
+        let h = self.hierarchies;
         if h.v2_has("memory") {
             write(
                 &dir.join("memory.max"),
@@ -274,7 +282,7 @@ impl Cgroup {
 
     /// How many processes the kernel's OOM killer has killed in this sandbox so far.
     pub fn oom_kills(&self) -> u64 {
-        let h = &self.hierarchies;
+        let h = self.hierarchies;
         let (root, file) = if h.v2_has("memory") {
             (h.v2.as_ref(), "memory.events")
         } else {
@@ -344,7 +352,7 @@ impl Cgroup {
 
     /// Instance ids that have a group in any hierarchy.
     pub fn list_ids() -> Vec<String> {
-        let mut ids: Vec<String> = Hierarchies::detect()
+        let mut ids: Vec<String> = Hierarchies::get()
             .roots()
             .iter()
             .filter_map(|root| std::fs::read_dir(root.join(PARENT)).ok())
@@ -364,7 +372,7 @@ impl Cgroup {
 
 /// Whether memory and pids limits can be enforced here (the backend's readiness probe).
 pub fn can_limit_memory_and_pids() -> Result<(), String> {
-    let h = Hierarchies::detect();
+    let h = Hierarchies::get();
     for (controller, v1) in [("memory", &h.v1_memory), ("pids", &h.v1_pids)] {
         if !h.v2_has(controller) && v1.is_none() {
             return Err(format!(
