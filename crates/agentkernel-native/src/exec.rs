@@ -3,8 +3,6 @@
 
 use crate::security::SecurityPlan;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 
 /// The init whose namespaces a command joins.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +55,7 @@ const NAMESPACES: [(&str, libc::c_int); 5] = [
 
 /// Spawns the command. Must be called from a thread that may change its pid namespace for
 /// children briefly (the CLI's main thread).
-pub fn spawn(plan: ExecPlan<'_>) -> Result<Child, ExecError> {
+pub fn spawn(plan: ExecPlan<'_>) -> Result<Spawned, ExecError> {
     let program = plan.argv.first().ok_or(ExecError::NoCommand)?.clone();
     let pid = plan.target.pid;
     let open_ns = |name: &str| -> Result<OwnedFd, ExecError> {
@@ -88,96 +86,201 @@ pub fn spawn(plan: ExecPlan<'_>) -> Result<Child, ExecError> {
         source: e.into(),
     })?;
 
-    let mut cmd = Command::new(&program);
-    cmd.args(&plan.argv[1..]);
-    cmd.env_clear();
-    cmd.envs(plan.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let tty_fd = match plan.stdio {
+    let cstr = |text: &str| {
+        std::ffi::CString::new(text).map_err(|_| ExecError::Spawn {
+            cmd: program.clone(),
+            source: std::io::Error::other(format!("{text:?} contains a NUL byte")),
+        })
+    };
+    let argv: Vec<std::ffi::CString> = plan
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<std::ffi::CString> = plan
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    let argv_ptrs = null_terminated(&argv);
+    let envp_ptrs = null_terminated(&envp);
+    let path = plan
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    let candidates: Vec<std::ffi::CString> = candidates(&program, path)
+        .iter()
+        .map(|c| cstr(c))
+        .collect::<Result<_, _>>()?;
+    let workdir = cstr(plan.workdir)?;
+    let io_err = |e: std::io::Error| ExecError::Spawn {
+        cmd: program.clone(),
+        source: e,
+    };
+
+    // The caller's ends of the standard streams, and the child's.
+    let mut spawned = Spawned {
+        pid: 0,
+        pidfd: None,
+        stdin: None,
+        stdout: None,
+        stderr: None,
+    };
+    let child_ends: [OwnedFd; 3];
+    let controlling_tty = match plan.stdio {
         StdioMode::Pipes { stdin } => {
-            cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() });
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-            None
+            let pipe = || {
+                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                    .map_err(|e| io_err(e.into()))
+            };
+            let input: OwnedFd = if stdin {
+                let (r, w) = pipe()?;
+                spawned.stdin = Some(std::fs::File::from(w));
+                r
+            } else {
+                std::fs::File::open("/dev/null").map_err(io_err)?.into()
+            };
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            spawned.stdout = Some(out_r);
+            spawned.stderr = Some(err_r);
+            child_ends = [input, out_w, err_w];
+            false
         }
         StdioMode::Pty(slave) => {
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map(Stdio::from)
-                    .map_err(|e| ExecError::Spawn {
-                        cmd: program.clone(),
-                        source: e,
-                    })
-            };
-            cmd.stdin(dup(&slave)?)
-                .stdout(dup(&slave)?)
-                .stderr(Stdio::from(slave));
-            Some(0)
+            child_ends = [
+                slave.try_clone().map_err(io_err)?,
+                slave.try_clone().map_err(io_err)?,
+                slave,
+            ];
+            true
         }
     };
-    let workdir = std::ffi::CString::new(plan.workdir).map_err(|e| ExecError::Spawn {
-        cmd: program.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    // The closure must be 'static, but it only runs inside `cmd.spawn()` below, while `plan`
-    // (and with it the security plan and descriptors) is alive: pass them as raw values.
-    let security_addr = plan.security as *const SecurityPlan as usize;
-    let cgroup_procs: Vec<i32> = plan.cgroup_procs.iter().map(|fd| fd.as_raw_fd()).collect();
-    let ns_raw: Vec<(i32, libc::c_int)> = ns_fds
-        .iter()
-        .map(|(fd, flag)| (fd.as_raw_fd(), *flag))
-        .collect();
-    // SAFETY: the closure runs in the forked child before exec. The caller is single-threaded
-    // (documented), so allocation there cannot deadlock; it only makes system calls on
-    // descriptors and data prepared above.
-    unsafe {
-        cmd.pre_exec(move || {
-            for fd in &cgroup_procs {
-                if libc::write(*fd, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (fd, flag) in &ns_raw {
-                if libc::setns(*fd, *flag) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            if libc::chdir(workdir.as_ptr()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            libc::setsid();
-            if let Some(fd) = tty_fd
-                && libc::ioctl(fd, libc::TIOCSCTTY, 0) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // SAFETY: see `security_addr` above: the plan outlives the spawn.
-            let security = &*(security_addr as *const SecurityPlan);
-            security
-                .apply()
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        });
-    }
+    let harden = || plan.security.apply();
+    let steps = crate::vfork::ChildSteps {
+        cgroup_procs: plan.cgroup_procs,
+        namespaces: &ns_fds,
+        workdir: &workdir,
+        stdio: [
+            child_ends[0].as_raw_fd(),
+            child_ends[1].as_raw_fd(),
+            child_ends[2].as_raw_fd(),
+        ],
+        controlling_tty,
+        harden: &harden,
+        candidates: &candidates,
+        argv: &argv_ptrs,
+        envp: &envp_ptrs,
+    };
     // Children of this thread are created in the sandbox's pid namespace until we switch back.
     rustix::thread::move_into_link_name_space(
         pid_ns.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::ProcessID),
     )
-    .map_err(|e| ExecError::Spawn {
-        cmd: program.clone(),
-        source: e.into(),
-    })?;
-    let spawned = cmd.spawn();
+    .map_err(|e| io_err(e.into()))?;
+    let started = crate::vfork::spawn(&steps);
     let _ = rustix::thread::move_into_link_name_space(
         own_pid_ns.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::ProcessID),
     );
-    drop(ns_fds);
-    spawned.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => ExecError::NotFound(program.clone()),
-        std::io::ErrorKind::PermissionDenied => ExecError::NotExecutable(program.clone()),
-        _ if e.raw_os_error() == Some(libc::ENOEXEC) => ExecError::NotExecutable(program.clone()),
-        _ => ExecError::Spawn {
+    drop(child_ends);
+    match started {
+        Ok(started) => {
+            spawned.pid = started.pid;
+            spawned.pidfd = Some(started.pidfd);
+            Ok(spawned)
+        }
+        Err(e) if e.step == crate::vfork::Step::Exec => Err(match e.error.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => ExecError::NotFound(program.clone()),
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
+                ExecError::NotExecutable(program.clone())
+            }
+            _ => io_err(e.error),
+        }),
+        Err(e) => Err(ExecError::Spawn {
             cmd: program.clone(),
-            source: e,
-        },
-    })
+            source: std::io::Error::new(
+                e.error.kind(),
+                format!("cannot {}: {}", e.step.describe(), e.error),
+            ),
+        }),
+    }
+}
+
+/// The default search path when the command's environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The paths to try for `program`, as execvp would: itself when it has a slash, else each
+/// directory of `path` (an empty entry is the working directory).
+fn candidates(program: &str, path: &str) -> Vec<String> {
+    if program.contains('/') {
+        return vec![program.to_string()];
+    }
+    path.split(':')
+        .map(|dir| {
+            if dir.is_empty() {
+                program.to_string()
+            } else {
+                format!("{}/{program}", dir.trim_end_matches('/'))
+            }
+        })
+        .collect()
+}
+
+fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// A command started in a sandbox.
+pub struct Spawned {
+    pub pid: u32,
+    /// Readable once the command has exited.
+    pub pidfd: Option<OwnedFd>,
+    pub stdin: Option<std::fs::File>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+impl Spawned {
+    pub fn id(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for the command to exit.
+    pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt;
+        let mut status = 0;
+        loop {
+            // SAFETY: waitpid on our own child; `status` is a valid out-pointer.
+            let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
+            if r >= 0 {
+                return Ok(std::process::ExitStatus::from_raw(status));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_follow_execvp() {
+        assert_eq!(candidates("/bin/sh", "/usr/bin"), ["/bin/sh"]);
+        assert_eq!(candidates("./run", "/usr/bin"), ["./run"]);
+        assert_eq!(
+            candidates("ls", "/usr/bin/:/bin::"),
+            ["/usr/bin/ls", "/bin/ls", "ls", "ls"]
+        );
+    }
 }

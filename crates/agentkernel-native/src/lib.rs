@@ -22,6 +22,7 @@ pub mod relay;
 mod rootfs;
 pub mod seccomp;
 pub mod security;
+mod vfork;
 
 pub use boot::Booted;
 pub use exec::Target;

@@ -1,12 +1,12 @@
 //! Turning a spawned command into the exec event stream: `Started`, stdout/stderr chunks as
 //! they are produced, then `Exit`.
 
+use crate::exec::Spawned;
 use agentkernel_core::{ExecEvent, ExitStatus};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::os::unix::process::ExitStatusExt;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 /// Receives events; `Break` means the consumer went away and the command must be killed.
@@ -27,7 +27,7 @@ pub enum Ending {
 /// `signals` is a pipe whose bytes are signal numbers to forward to the command (Ctrl-C at the
 /// CLI); `stdin` forwards the caller's standard input.
 pub fn relay(
-    child: &mut Child,
+    child: &mut Spawned,
     sink: &mut Sink<'_>,
     timeout: Option<Duration>,
     signals: Option<BorrowedFd<'_>>,
@@ -41,10 +41,9 @@ pub fn relay(
         })),
         _ => None,
     };
-    let mut out: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
-    let mut err: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
-    let exited = rustix::process::Pid::from_raw(pid as i32)
-        .and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
+    let mut out: Option<OwnedFd> = child.stdout.take();
+    let mut err: Option<OwnedFd> = child.stderr.take();
+    let exited = child.pidfd.take();
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut ending = Ending::Exited;
     let mut buf = vec![0u8; 64 * 1024];
