@@ -41,10 +41,11 @@ pub fn attach(
     spec: &AttachSpec<'_>,
     mut record: Option<&mut Recorder<'_>>,
 ) -> Result<ExitStatus, crate::NativeError> {
-    let security = SecurityPlan::prepare(spec.policy)?;
+    let root = crate::files::root_of(spec.target.pid)?;
+    crate::files::check_workdir(&root, spec.workdir)?;
+    let security = SecurityPlan::prepare(spec.policy, &root)?;
     let group = crate::cgroup::Cgroup::open(spec.id);
     let procs = group.open_procs_files()?;
-    crate::files::check_workdir(spec.target.pid, spec.workdir)?;
     let (master, slave) = crate::pty::open_in_sandbox(spec.target.pid)?;
     copy_size(&master);
     let mut child = crate::exec::spawn(ExecPlan {

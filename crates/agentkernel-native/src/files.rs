@@ -64,17 +64,22 @@ fn open_in(root: &OwnedFd, path: &Path, flags: OFlags, mode: u32) -> Result<Owne
     .map_err(sandbox_err(path))
 }
 
-/// Fails with a clear error when `workdir` is not a directory inside the sandbox.
-pub fn check_workdir(pid: u32, workdir: &str) -> Result<(), FileError> {
-    let root = root_of(pid)?;
+/// Fails with a clear error when `workdir` is not a directory inside the sandbox whose root
+/// is `root` (from `root_of`).
+pub fn check_workdir(root: &OwnedFd, workdir: &str) -> Result<(), FileError> {
     open_in(
-        &root,
+        root,
         Path::new(workdir),
         OFlags::PATH | OFlags::DIRECTORY,
         0,
     )
     .map(drop)
     .map_err(|_| FileError::NoWorkdir(workdir.to_string()))
+}
+
+/// A directory inside the sandbox, opened as a path (for Landlock rules).
+pub fn dir_in(root: &OwnedFd, path: &str) -> Result<OwnedFd, FileError> {
+    open_in(root, Path::new(path), OFlags::PATH | OFlags::DIRECTORY, 0)
 }
 
 /// Reads a whole file from the sandbox.

@@ -190,10 +190,11 @@ pub struct ExecSpec<'a> {
 
 /// Runs a command in the sandbox, streaming `Started`, output and `Exit` events to `sink`.
 pub fn exec(spec: &ExecSpec<'_>, sink: &mut Sink<'_>) -> Result<(ExitStatus, Ending), NativeError> {
-    let security = security::SecurityPlan::prepare(spec.policy)?;
+    let root = files::root_of(spec.target.pid)?;
+    files::check_workdir(&root, spec.workdir)?;
+    let security = security::SecurityPlan::prepare(spec.policy, &root)?;
     let group = cgroup::Cgroup::open(spec.id);
     let procs = group.open_procs_files()?;
-    files::check_workdir(spec.target.pid, spec.workdir)?;
     let oom_before = group.oom_kills();
     let mut child = exec::spawn(exec::ExecPlan {
         target: spec.target,

@@ -3,24 +3,28 @@
 //! included), the policy's uid/gid, Landlock as a second wall on the file system, no new
 //! privileges, and a seccomp filter.
 //!
-//! Everything is worked out in the parent (`prepare`); `apply` makes system calls and the few
-//! small allocations Landlock needs, which is safe in the forked child of a single-threaded
-//! caller. It runs once per command, so it is kept to direct system calls: no capability sets
-//! read back from the kernel, one seccomp program.
+//! Everything is worked out by the caller (`prepare`), the Landlock ruleset included (its rules
+//! name the sandbox's directories, opened through its root from outside); `apply` runs in the
+//! child between clone and exec (see `vfork.rs`) and only makes system calls: capability drops by
+//! prctl and one capset, credentials, Landlock's restrict_self, no_new_privs and one seccomp
+//! program.
 
 use crate::seccomp;
 use agentkernel_core::policy::Policy;
 use caps::Capability;
 use landlock::{
-    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, PathFd, Ruleset,
-    RulesetAttr, RulesetCreatedAttr,
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreated, RulesetCreatedAttr,
 };
+use rustix::fd::OwnedFd;
 use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecurityError {
     #[error("unknown capability {0:?} in the policy: use names like CAP_NET_BIND_SERVICE")]
     UnknownCapability(String),
+    #[error("cannot prepare the Landlock rules: {0}")]
+    Landlock(String),
 }
 
 /// Which Landlock rules a sandbox gets.
@@ -41,7 +45,8 @@ pub struct SecurityPlan {
     uid: u32,
     gid: u32,
     no_new_privs: bool,
-    fs_wall: FsWall,
+    /// Built in the caller against the sandbox's directories; the child only enforces it.
+    landlock: RulesetCreated,
     filter: seccomp::Program,
 }
 
@@ -63,7 +68,9 @@ struct CapData {
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 
 impl SecurityPlan {
-    pub fn prepare(policy: &Policy) -> Result<SecurityPlan, SecurityError> {
+    /// `root` is the sandbox's root directory (`files::root_of`): Landlock rules name
+    /// directories of the sandbox, opened from outside it.
+    pub fn prepare(policy: &Policy, root: &OwnedFd) -> Result<SecurityPlan, SecurityError> {
         let mut keep = 0u64;
         for name in &policy.capabilities {
             let cap = Capability::from_str(name)
@@ -85,7 +92,7 @@ impl SecurityPlan {
             uid: policy.user.uid,
             gid: policy.user.gid,
             no_new_privs: policy.no_new_privs,
-            fs_wall,
+            landlock: landlock_rules(fs_wall, root)?,
             filter: seccomp::program(policy.seccomp),
         })
     }
@@ -147,7 +154,12 @@ impl SecurityPlan {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        self.restrict_fs()?;
+        // Landlock, best effort: a kernel without it (or with an older ABI) gets what it
+        // supports; the namespaces, capabilities and seccomp remain the first wall.
+        self.landlock
+            .try_clone()?
+            .restrict_self()
+            .map_err(|e| std::io::Error::other(format!("landlock: {e}")))?;
         if self.no_new_privs {
             rustix::thread::set_no_new_privs(true)?;
         }
@@ -162,49 +174,44 @@ impl SecurityPlan {
         }
         seccomp::install(&self.filter)
     }
+}
 
-    /// Landlock, best effort: a kernel without it (or with an older ABI) gets what it supports;
-    /// the namespaces, capabilities and seccomp remain the first wall.
-    fn restrict_fs(&self) -> std::io::Result<()> {
-        let abi = ABI::V5;
-        let all = AccessFs::from_all(abi);
-        let err = |e: landlock::RulesetError| std::io::Error::other(format!("landlock: {e}"));
-        let path =
-            |p: &str| PathFd::new(p).map_err(|e| std::io::Error::other(format!("landlock: {e}")));
-        let ruleset = Ruleset::default()
-            .set_compatibility(CompatLevel::BestEffort)
-            .handle_access(all)
-            .map_err(err)?
-            .create()
-            .map_err(err)?;
-        let ruleset = match self.fs_wall {
-            FsWall::NoDevices => {
-                let allowed: BitFlags<AccessFs> = all & !(AccessFs::MakeChar | AccessFs::MakeBlock);
-                ruleset
-                    .add_rule(PathBeneath::new(path("/")?, allowed))
-                    .map_err(err)?
-            }
-            FsWall::ReadMostly => {
-                let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
-                let devices = read | AccessFs::WriteFile | AccessFs::IoctlDev;
-                let mut ruleset = ruleset
-                    .add_rule(PathBeneath::new(path("/")?, read))
-                    .map_err(err)?;
+/// The Landlock ruleset for a wall, with rules on the sandbox's own directories.
+fn landlock_rules(wall: FsWall, root: &OwnedFd) -> Result<RulesetCreated, SecurityError> {
+    let abi = ABI::V5;
+    let all = AccessFs::from_all(abi);
+    let no_devices: BitFlags<AccessFs> = all & !(AccessFs::MakeChar | AccessFs::MakeBlock);
+    let dir =
+        |p: &str| crate::files::dir_in(root, p).map_err(|e| SecurityError::Landlock(e.to_string()));
+    let rule_err = |e: landlock::RulesetError| SecurityError::Landlock(e.to_string());
+    let ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(all)
+        .map_err(rule_err)?
+        .create()
+        .map_err(rule_err)?;
+    let ruleset = match wall {
+        FsWall::NoDevices => ruleset
+            .add_rule(PathBeneath::new(dir("/")?, no_devices))
+            .map_err(rule_err)?,
+        FsWall::ReadMostly => {
+            let read: BitFlags<AccessFs> = AccessFs::from_read(abi);
+            let devices = read | AccessFs::WriteFile | AccessFs::IoctlDev;
+            let mut ruleset = ruleset
+                .add_rule(PathBeneath::new(dir("/")?, read))
+                .map_err(rule_err)?;
+            ruleset = ruleset
+                .add_rule(PathBeneath::new(dir("/dev")?, devices))
+                .map_err(rule_err)?;
+            for writable in ["/tmp", "/dev/shm"] {
                 ruleset = ruleset
-                    .add_rule(PathBeneath::new(path("/dev")?, devices))
-                    .map_err(err)?;
-                for writable in ["/tmp", "/dev/shm"] {
-                    let allowed = all & !(AccessFs::MakeChar | AccessFs::MakeBlock);
-                    ruleset = ruleset
-                        .add_rule(PathBeneath::new(path(writable)?, allowed))
-                        .map_err(err)?;
-                }
-                ruleset
+                    .add_rule(PathBeneath::new(dir(writable)?, no_devices))
+                    .map_err(rule_err)?;
             }
-        };
-        ruleset.restrict_self().map_err(err)?;
-        Ok(())
-    }
+            ruleset
+        }
+    };
+    Ok(ruleset)
 }
 
 #[cfg(test)]
@@ -212,11 +219,23 @@ mod tests {
     use super::*;
     use agentkernel_core::Profile;
 
+    /// This process's root stands in for a sandbox's (it has /tmp, /dev and /dev/shm).
+    fn host_root() -> OwnedFd {
+        rustix::fs::open(
+            "/",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+            rustix::fs::Mode::empty(),
+        )
+        .expect("open /")
+    }
+
     #[test]
     fn profiles_keep_only_their_capabilities() {
-        let plan = SecurityPlan::prepare(&Policy::for_profile(Profile::Restrictive)).expect("plan");
+        let plan = SecurityPlan::prepare(&Policy::for_profile(Profile::Restrictive), &host_root())
+            .expect("plan");
         assert_eq!(plan.keep, 0);
-        let plan = SecurityPlan::prepare(&Policy::for_profile(Profile::Moderate)).expect("plan");
+        let plan = SecurityPlan::prepare(&Policy::for_profile(Profile::Moderate), &host_root())
+            .expect("plan");
         assert_ne!(plan.keep & Capability::CAP_CHOWN.bitmask(), 0);
         assert_eq!(plan.keep & Capability::CAP_SYS_ADMIN.bitmask(), 0);
     }
@@ -226,7 +245,7 @@ mod tests {
         let mut policy = Policy::for_profile(Profile::Moderate);
         policy.capabilities.push("CAP_MAKE_COFFEE".into());
         assert!(matches!(
-            SecurityPlan::prepare(&policy),
+            SecurityPlan::prepare(&policy, &host_root()),
             Err(SecurityError::UnknownCapability(_))
         ));
     }
