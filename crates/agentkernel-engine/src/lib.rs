@@ -7,6 +7,7 @@ pub mod error;
 mod lock;
 mod native;
 pub mod resolve;
+mod running;
 pub mod store;
 
 use agentkernel_core::config::Config;
@@ -329,7 +330,20 @@ impl Engine {
             &instance,
             Persistence::Persistent { dir: &dir },
         )?;
-        if let Err(e) = self.store()?.set_runtime(name, Some(&started.runtime)) {
+        let recorded = self
+            .store()
+            .and_then(|store| store.set_runtime(name, Some(&started.runtime)))
+            .and_then(|()| {
+                let rec = SandboxRecord {
+                    runtime: Some(started.runtime.clone()),
+                    ..rec.clone()
+                };
+                running::write(&dir, &rec)
+                    .map_err(EngineError::io(format!("write {}", dir.display())))
+            });
+        if let Err(e) = recorded {
+            let _ = running::clear(&dir);
+            let _ = self.store().and_then(|store| store.set_runtime(name, None));
             let _ = backend.stop(&started.runtime, None);
             return Err(e);
         }
@@ -345,6 +359,8 @@ impl Engine {
         let _lock = lock::SandboxLock::acquire(&self.home, name)?;
         let rec = self.get_record(name)?;
         let was_running = self.is_running(&rec);
+        let dir = self.sandbox_dir(name);
+        running::clear(&dir).map_err(EngineError::io(format!("update {}", dir.display())))?;
         if let Some(rt) = &rec.runtime {
             let backend = backend::backend_for(rec.spec.backend, &self.home)?;
             backend.stop(rt, None)?;
@@ -382,13 +398,21 @@ impl Engine {
     fn running_record(
         &self,
         name: &str,
-    ) -> Result<(SandboxRecord, Box<dyn Backend>, store::RuntimeState)> {
+    ) -> Result<(SandboxSpec, Box<dyn Backend>, store::RuntimeState)> {
+        validate_name(name)?;
+        // The fast path: the view `start` left, trusted only if its init is alive.
+        if let Some((spec, rt)) = running::read(&self.sandbox_dir(name))
+            && let Ok(backend) = backend::backend_for(spec.backend, &self.home)
+            && backend.is_running(&rt)
+        {
+            return Ok((spec, backend, rt));
+        }
         let rec = self.get_record(name)?;
         let backend = backend::backend_for(rec.spec.backend, &self.home)?;
         match &rec.runtime {
             Some(rt) if backend.is_running(rt) => {
                 let rt = rt.clone();
-                Ok((rec, backend, rt))
+                Ok((rec.spec, backend, rt))
             }
             _ => Err(EngineError::NotRunning(name.to_string())),
         }
@@ -406,8 +430,8 @@ impl Engine {
             return Err(EngineError::NoCommand);
         }
         validate_exec(req)?;
-        let (rec, backend, rt) = self.running_record(name)?;
-        let status = backend.exec(&rec.spec, &rt, req, sink, controls)?;
+        let (spec, backend, rt) = self.running_record(name)?;
+        let status = backend.exec(&spec, &rt, req, sink, controls)?;
         self.audit.record(AuditEvent::CommandExecuted {
             sandbox: name.to_string(),
             command: req.argv.clone(),
@@ -425,11 +449,11 @@ impl Engine {
         record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
     ) -> Result<ExitStatus> {
         validate_exec(req)?;
-        let (rec, backend, rt) = self.running_record(name)?;
+        let (spec, backend, rt) = self.running_record(name)?;
         self.audit.record(AuditEvent::SessionAttached {
             sandbox: name.to_string(),
         });
-        backend.attach(&rec.spec, &rt, req, controls, record)
+        backend.attach(&spec, &rt, req, controls, record)
     }
 
     /// `cp SRC DST` where exactly one side is `NAME:/path`.

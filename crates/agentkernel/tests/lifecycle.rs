@@ -75,6 +75,15 @@ fn exec_env_workdir_and_exit_codes() {
     assert!(out.stderr.contains("/does/not/exist"), "{out:?}");
     let out = ak.run(&["exec", "box2", "--", "nonexistent-cmd"]);
     assert_eq!(out.code, 127, "{out:?}");
+    // The running view exec reads is only a shortcut: a damaged one falls back to the state
+    // database, never to a wrong sandbox.
+    let view = ak.home.path().join("sandboxes/box2/running.json");
+    assert!(view.exists(), "start leaves a running view");
+    std::fs::write(&view, "{not json").expect("write");
+    let out = ak.ok(&["exec", "box2", "--", "sh", "-c", "echo $FROM_CREATE"]);
+    assert_eq!(out.stdout, "c\n");
+    ak.ok(&["stop", "box2"]);
+    assert!(!view.exists(), "stop removes the running view");
     ak.ok(&["remove", "box2"]);
 }
 
