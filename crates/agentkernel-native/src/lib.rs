@@ -120,6 +120,7 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
         rootfs: spec.rootfs,
         cgroup_procs: &procs,
         detach: spec.detach,
+        uplink: spec.policy.network == NetworkMode::User,
     })?;
     if spec.policy.network == NetworkMode::User
         && let Err(e) = net::start_pasta(booted.pid, spec.netns_pin, spec.policy.host_loopback)
