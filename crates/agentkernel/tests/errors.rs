@@ -87,26 +87,27 @@ fn failed_start_leaves_no_cgroup_or_mount() {
     std::fs::create_dir(&dir).expect("mkdir");
     // An image whose /proc is a symlink to the host's root: setup must refuse it.
     std::os::unix::fs::symlink("/", dir.join("proc")).expect("symlink");
-    let out = ak.run(&[
-        "run",
-        "--image",
-        dir.to_str().expect("utf8"),
-        "--no-network",
-        "--",
-        "true",
-    ]);
+    let image = dir.to_str().expect("utf8");
+    let out = ak.run(&["run", "--image", image, "--no-network", "--", "true"]);
     assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("not a directory"), "{out:?}");
+    // The same through start, where the sandbox's name says which cgroups would be its own.
+    ak.ok(&["create", "badroot", "--image", image, "--no-network"]);
+    let out = ak.run(&["start", "badroot"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert_eq!(ak.status_of("badroot").as_deref(), Some("stopped"));
     let home = ak.home.path().to_str().expect("utf8").to_string();
-    assert!(mounts_mentioning(&home).is_empty());
     assert!(
-        cgroups_matching("run-")
-            .iter()
-            .all(|g| std::fs::read_to_string(g.join("cgroup.procs"))
-                .map(|p| !p.trim().is_empty())
-                .unwrap_or(true)),
-        "empty leftover cgroups: {:?}",
-        cgroups_matching("run-")
+        mounts_mentioning(&home).is_empty(),
+        "{:?}",
+        mounts_mentioning(&home)
     );
+    assert!(
+        cgroups_matching("badroot-").is_empty(),
+        "{:?}",
+        cgroups_matching("badroot-")
+    );
+    ak.ok(&["remove", "badroot"]);
 }
 
 #[test]

@@ -131,26 +131,7 @@ fn nothing_left_after_remove() {
     );
     ak.ok(&["remove", "box4"]);
     assert!(process_is_dead(pid), "init must be gone");
-    assert!(
-        cgroups_matching("box4-").is_empty(),
-        "cgroups left: {:?}",
-        cgroups_matching("box4-")
-    );
-    assert!(
-        mounts_mentioning(&home).is_empty(),
-        "mounts left: {:?}",
-        mounts_mentioning(&home)
-    );
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .expect("ps");
-    assert!(
-        !String::from_utf8_lossy(&ps.stdout)
-            .lines()
-            .any(|l| l == "sleep 300"),
-        "a sandbox process survived"
-    );
+    assert_nothing_left(&home, "box4-", "sleep 300");
 }
 
 #[test]
@@ -158,16 +139,21 @@ fn nothing_left_after_run() {
     let ak = Ak::new();
     let home = ak.home.path().to_str().expect("utf8").to_string();
     ak.ok(&["run", "--", "sh", "-c", "sleep 200 & true"]);
-    assert!(
-        cgroups_matching("run-")
-            .iter()
-            .all(|g| !g.to_string_lossy().contains(&home))
-    );
-    assert!(
-        mounts_mentioning(&home).is_empty(),
-        "mounts left: {:?}",
-        mounts_mentioning(&home)
-    );
+    // The sandbox's name (and so its cgroups') is random: the audit entry says which it was.
+    let audit = ak.ok(&["audit", "list", "--json"]).stdout;
+    let entry: serde_json::Value =
+        serde_json::from_str(audit.lines().last().expect("an entry")).expect("json");
+    let name = entry["sandbox"].as_str().expect("sandbox name").to_string();
+    assert!(name.starts_with("run-"), "{entry}");
+    assert_nothing_left(&home, &name, "sleep 200");
+}
+
+/// No cgroup of the sandbox, no mount under the state directory, no process left.
+fn assert_nothing_left(home: &str, cgroup_prefix: &str, process_args: &str) {
+    let groups = cgroups_matching(cgroup_prefix);
+    assert!(groups.is_empty(), "cgroups left: {groups:?}");
+    let mounts = mounts_mentioning(home);
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     let ps = std::process::Command::new("ps")
         .args(["-eo", "args"])
         .output()
@@ -175,8 +161,8 @@ fn nothing_left_after_run() {
     assert!(
         !String::from_utf8_lossy(&ps.stdout)
             .lines()
-            .any(|l| l == "sleep 200"),
-        "a sandbox process survived"
+            .any(|l| l == process_args),
+        "a sandbox process survived: {process_args}"
     );
 }
 
