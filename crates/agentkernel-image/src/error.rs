@@ -117,11 +117,43 @@ pub enum ImageError {
         source: std::io::Error,
     },
 
+    #[error("invalid image reference {reference:?}: {reason}")]
+    BadReference { reference: String, reason: String },
+
+    #[error("AGENTKERNEL_REGISTRY_MIRROR={value:?} is not usable: {reason}")]
+    BadMirror { value: String, reason: String },
+
     #[error(
-        "registry pulls are not available in this build yet (image {reference:?}): use `--image host`, \
-         an unpacked root directory, or `oci:/path/to/layout[:tag]`"
+        "registry {registry} would be reached over plain HTTP, which is allowed only for loopback \
+         registries: use https://, or list it as insecure"
     )]
-    RegistryUnavailable { reference: String },
+    InsecureRegistry { registry: String },
+
+    #[error(
+        "image {reference:?} was not found on {registry}: check the name and tag (`agentkernel images pull` \
+         shows what the registry answers)"
+    )]
+    ImageNotFound { reference: String, registry: String },
+
+    #[error(
+        "registry {registry} refused access to {reference:?} ({reason}): log in with `docker login {registry}` \
+         (credentials are read from ~/.docker/config.json or $DOCKER_CONFIG)"
+    )]
+    PullUnauthorized {
+        reference: String,
+        registry: String,
+        reason: String,
+    },
+
+    #[error(
+        "could not pull {reference:?} from {registry}: {reason} (set AGENTKERNEL_REGISTRY_MIRROR to use a \
+         mirror, or use `--image host` or a local directory)"
+    )]
+    PullFailed {
+        reference: String,
+        registry: String,
+        reason: String,
+    },
 }
 
 impl ImageError {

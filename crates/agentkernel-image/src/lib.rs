@@ -12,12 +12,14 @@
 //! - `host/rootfs/` — the skeleton of the `host` image, `host/stamp.v1` its build stamp;
 //! - `.tmp-*` entries anywhere — staging directories, removed once abandoned.
 
+mod auth;
 mod blob;
 mod directory;
 mod error;
 mod extract;
 mod host;
 mod layout;
+mod pull;
 mod record;
 mod registry;
 mod staging;
@@ -26,6 +28,7 @@ mod unpack;
 
 pub use agentkernel_core::ImageRef;
 pub use error::ImageError;
+pub use registry::{RegistrySettings, pull};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,11 +1,253 @@
-//! Registry pulls. The client (auth, mirrors, blob download into an OCI layout under the
-//! store) slots in here; once a pull has produced a layout, `layout::prepare` unpacks it.
+//! Registry images (`python:3.12-alpine`, `ghcr.io/org/img:tag`, `name@sha256:…`).
+//!
+//! A pulled image lives in the store as an OCI layout: its manifest, config and layers are
+//! blobs under `blobs/sha256/` of the store root (so each is kept once, whichever images share
+//! it), and `refs/` remembers which manifest a reference last resolved to. Resolving a reference
+//! that has been pulled touches no network, as `docker run` uses a local image when it has one;
+//! `pull` (the `images pull` command) asks the registry again.
 
+use crate::pull::{self, PullTarget};
+use crate::record;
 use crate::{ImageError, Rootfs};
-use std::path::Path;
+use oci_client::Reference;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use std::path::{Path, PathBuf};
 
-pub(crate) fn resolve(_store: &Path, reference: &str) -> Result<Rootfs, ImageError> {
-    Err(ImageError::RegistryUnavailable {
-        reference: reference.to_string(),
+/// Where Docker Hub's images are fetched from when no mirror is set.
+const DOCKER_HUB: &str = "docker.io";
+
+/// Registry settings from the environment (and, later, the `[images]` config section).
+#[derive(Debug, Clone, Default)]
+pub struct RegistrySettings {
+    /// Replaces Docker Hub (`docker.io`) as Docker's `registry-mirrors` does: `host[:port]`,
+    /// with whether it speaks plain HTTP.
+    pub mirror: Option<(String, bool)>,
+    /// Registries that may be reached over plain HTTP besides loopback ones.
+    pub insecure: Vec<String>,
+}
+
+impl RegistrySettings {
+    /// `AGENTKERNEL_REGISTRY_MIRROR` (`http://host:port`, `https://host`, or `host[:port]`).
+    pub fn from_env() -> Result<RegistrySettings, ImageError> {
+        let mut settings = RegistrySettings::default();
+        if let Some(value) = std::env::var("AGENTKERNEL_REGISTRY_MIRROR")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            settings.mirror = Some(parse_mirror(&value)?);
+        }
+        Ok(settings)
+    }
+}
+
+fn parse_mirror(value: &str) -> Result<(String, bool), ImageError> {
+    let bad = |reason: &str| ImageError::BadMirror {
+        value: value.to_string(),
+        reason: reason.to_string(),
+    };
+    let (host, plain_http) = match value.split_once("://") {
+        Some(("http", rest)) => (rest, true),
+        Some(("https", rest)) => (rest, false),
+        Some(_) => return Err(bad("use http:// or https://")),
+        None => (value, false),
+    };
+    let host = host.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(bad(
+            "give a registry host, e.g. http://127.0.0.1:5000 (a path is not supported)",
+        ));
+    }
+    Ok((host.to_string(), plain_http))
+}
+
+/// Whether `host[:port]` is a loopback address, where plain HTTP is allowed without asking.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What a reference means: the name it is known by and where it is fetched from.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    /// `docker.io/library/python:3.12-alpine`: the key of `refs/`.
+    pub(crate) canonical: String,
+    pub(crate) target: PullTarget,
+}
+
+pub(crate) fn parse(reference: &str, settings: &RegistrySettings) -> Result<Resolved, ImageError> {
+    let parsed: Reference =
+        reference
+            .parse()
+            .map_err(|e: oci_client::ParseError| ImageError::BadReference {
+                reference: reference.to_string(),
+                reason: e.to_string(),
+            })?;
+    let canonical = parsed.whole();
+    let (fetch_from, plain_http) = match &settings.mirror {
+        Some((mirror, plain)) if parsed.registry() == DOCKER_HUB => (mirror.clone(), *plain),
+        _ => (parsed.registry().to_string(), false),
+    };
+    let insecure_listed = settings.insecure.contains(&fetch_from);
+    if plain_http && !is_loopback(&fetch_from) && !insecure_listed {
+        return Err(ImageError::InsecureRegistry {
+            registry: fetch_from,
+        });
+    }
+    let plain_http = plain_http
+        || insecure_listed
+        || (is_loopback(&fetch_from) && parsed.registry() != DOCKER_HUB);
+    let fetch = match parsed.digest() {
+        Some(d) => Reference::with_digest(
+            fetch_from.clone(),
+            parsed.repository().to_string(),
+            d.to_string(),
+        ),
+        None => Reference::with_tag(
+            fetch_from.clone(),
+            parsed.repository().to_string(),
+            parsed.tag().unwrap_or("latest").to_string(),
+        ),
+    };
+    Ok(Resolved {
+        canonical,
+        target: PullTarget {
+            reference: fetch,
+            registry: fetch_from,
+            plain_http,
+            original: reference.to_string(),
+        },
     })
+}
+
+/// The image for `reference`: from the store when it has been pulled, else pulled now.
+pub(crate) fn resolve(store: &Path, reference: &str) -> Result<Rootfs, ImageError> {
+    let settings = RegistrySettings::from_env()?;
+    let resolved = parse(reference, &settings)?;
+    if let Some(hex) = load_ref(store, &resolved.canonical)
+        && let Some(rootfs) = record::load(store, &hex)
+    {
+        return Ok(rootfs);
+    }
+    pull_resolved(store, &resolved)
+}
+
+/// Pulls `reference` again from its registry (or mirror), even when it is in the store.
+pub fn pull(store: &Path, reference: &str) -> Result<Rootfs, ImageError> {
+    let settings = RegistrySettings::from_env()?;
+    pull_resolved(store, &parse(reference, &settings)?)
+}
+
+fn pull_resolved(store: &Path, resolved: &Resolved) -> Result<Rootfs, ImageError> {
+    let manifest = pull::fetch(store, &resolved.target)?;
+    let rootfs = crate::layout::prepare(store, store, &manifest)?;
+    let hex = crate::blob::sha256_hex(store, &manifest)?;
+    save_ref(store, &resolved.canonical, hex)?;
+    Ok(rootfs)
+}
+
+#[derive(Serialize, Deserialize)]
+struct RefEntry {
+    reference: String,
+    manifest: String,
+}
+
+fn ref_path(store: &Path, canonical: &str) -> PathBuf {
+    let key = hex::encode(Sha256::digest(canonical.as_bytes()));
+    store.join("refs").join(format!("{key}.json"))
+}
+
+/// The manifest hex a reference resolved to when it was last pulled.
+fn load_ref(store: &Path, canonical: &str) -> Option<String> {
+    let entry: RefEntry =
+        serde_json::from_slice(&std::fs::read(ref_path(store, canonical)).ok()?).ok()?;
+    let hex = entry.manifest.strip_prefix("sha256:")?;
+    (entry.reference == canonical && hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| hex.to_string())
+}
+
+fn save_ref(store: &Path, canonical: &str, hex: &str) -> Result<(), ImageError> {
+    let path = ref_path(store, canonical);
+    let dir = store.join("refs");
+    std::fs::create_dir_all(&dir).map_err(ImageError::io("create", &dir))?;
+    let entry = RefEntry {
+        reference: canonical.to_string(),
+        manifest: format!("sha256:{hex}"),
+    };
+    let bytes = serde_json::to_vec(&entry).map_err(|e| ImageError::Io {
+        action: "encode image reference",
+        path: path.clone(),
+        source: e.into(),
+    })?;
+    let tmp = dir.join(format!(
+        ".tmp-{}-{}",
+        std::process::id(),
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(ImageError::io("write image reference", &path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mirror(m: &str) -> RegistrySettings {
+        RegistrySettings {
+            mirror: Some(parse_mirror(m).expect("mirror")),
+            insecure: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn docker_hub_names_go_through_the_mirror() {
+        let r = parse("python:3.12-alpine", &mirror("http://127.0.0.1:5000")).expect("parse");
+        assert_eq!(r.canonical, "docker.io/library/python:3.12-alpine");
+        assert_eq!(r.target.registry, "127.0.0.1:5000");
+        assert_eq!(r.target.reference.repository(), "library/python");
+        assert!(r.target.plain_http);
+        let r = parse("ghcr.io/org/img:1", &mirror("http://127.0.0.1:5000")).expect("parse");
+        assert_eq!(r.target.registry, "ghcr.io", "only Docker Hub is mirrored");
+        assert!(!r.target.plain_http);
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_or_listed_registries() {
+        assert!(matches!(
+            parse("alpine", &mirror("http://10.1.2.3:5000")),
+            Err(ImageError::InsecureRegistry { .. })
+        ));
+        let mut s = mirror("http://10.1.2.3:5000");
+        s.insecure.push("10.1.2.3:5000".into());
+        assert!(parse("alpine", &s).expect("listed").target.plain_http);
+        assert!(
+            parse("localhost:5000/x:1", &RegistrySettings::default())
+                .expect("loopback")
+                .target
+                .plain_http
+        );
+        assert!(parse_mirror("ftp://x").is_err() && parse_mirror("http://h/path").is_err());
+    }
+
+    #[test]
+    fn digests_and_default_tags() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = parse(&format!("busybox@{d}"), &RegistrySettings::default()).expect("parse");
+        assert_eq!(r.target.reference.digest(), Some(d.as_str()));
+        let r = parse("busybox", &RegistrySettings::default()).expect("parse");
+        assert_eq!(r.target.reference.tag(), Some("latest"));
+        assert_eq!(r.canonical, "docker.io/library/busybox:latest");
+    }
 }

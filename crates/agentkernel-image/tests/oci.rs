@@ -564,14 +564,19 @@ fn layout_errors_say_what_to_do() {
         .expect_err("not a layout");
     assert!(err.to_string().contains("no index.json"), "{err}");
 
+    // A registry that is not there (a closed loopback port): a clear error, nothing stored.
     let err = images
         .resolve(&ImageRef::Registry {
-            reference: "python:3.12-alpine".into(),
+            reference: "127.0.0.1:1/nothing/here:1".into(),
         })
         .expect_err("registry");
-    assert!(matches!(err, ImageError::RegistryUnavailable { .. }));
+    assert!(matches!(err, ImageError::PullFailed { .. }), "{err}");
     assert!(
-        err.to_string().contains("--image host") && err.to_string().contains("oci:"),
+        err.to_string().contains("127.0.0.1:1") && err.to_string().contains("--image host"),
         "{err}"
+    );
+    assert!(
+        !store.path().join("refs").exists(),
+        "a failed pull records no reference"
     );
 }

@@ -1,0 +1,316 @@
+//! Fetching an image's manifest, config and layers from a registry into the store's blobs.
+//!
+//! oci-client speaks the distribution protocol (token auth, redirects, platform indexes); this
+//! module decides what to fetch and makes the store safe to share: every blob is downloaded to
+//! a temporary file next to its final path, verified against its digest and size, and only then
+//! renamed into place. An interrupted pull leaves at most a temporary file (removed by the next
+//! pull's cleanup); two concurrent pulls write two temporaries and rename identical content.
+
+use crate::ImageError;
+use crate::blob;
+use futures_util::StreamExt as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use oci_spec::image::{Descriptor, DescriptorBuilder, ImageIndex, ImageManifest, MediaType};
+use sha2::{Digest as _, Sha256};
+use std::io::Write as _;
+use std::path::Path;
+use std::str::FromStr;
+
+/// Where an image is fetched from.
+#[derive(Debug, Clone)]
+pub(crate) struct PullTarget {
+    pub(crate) reference: Reference,
+    /// `host[:port]` actually contacted (the mirror, for Docker Hub names behind one).
+    pub(crate) registry: String,
+    pub(crate) plain_http: bool,
+    /// As the user wrote it, for messages.
+    pub(crate) original: String,
+}
+
+const MANIFEST_TYPES: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// Fetches the image's manifest for this machine, its config and its layers into the store's
+/// blobs; returns the manifest's descriptor.
+pub(crate) fn fetch(store: &Path, target: &PullTarget) -> Result<Descriptor, ImageError> {
+    std::fs::create_dir_all(store.join("blobs/sha256")).map_err(ImageError::io("create", store))?;
+    std::fs::write(
+        store.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .map_err(ImageError::io("write", &store.join("oci-layout")))?;
+    // One thread: agentkernel forks sandboxes later in this process, which must then be the
+    // only thread; the runtime and its resolver threads are gone when this returns.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ImageError::io("start the HTTP client for", store))?;
+    let result = runtime.block_on(fetch_async(store, target));
+    drop(runtime);
+    result
+}
+
+fn client(target: &PullTarget) -> Client {
+    let protocol = if target.plain_http {
+        ClientProtocol::HttpsExcept(vec![target.registry.clone()])
+    } else {
+        ClientProtocol::Https
+    };
+    Client::new(ClientConfig {
+        protocol,
+        platform_resolver: None,
+        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    })
+}
+
+async fn fetch_async(store: &Path, target: &PullTarget) -> Result<Descriptor, ImageError> {
+    let client = client(target);
+    let auth = crate::auth::credentials_for(target.reference.registry(), &target.registry);
+    let (bytes, media_type) = manifest(&client, target, &target.reference, &auth).await?;
+    let mut desc = save_json_blob(
+        store,
+        target,
+        &media_type,
+        &bytes,
+        target.reference.digest(),
+    )?;
+    if is_index(&media_type, &bytes) {
+        let index: ImageIndex = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(target, &desc, format!("its image index is not valid: {e}")))?;
+        let arch = crate::layout::host_arch();
+        let Some(entry) = index.manifests().iter().find(|d| {
+            d.platform().as_ref().is_some_and(|p| {
+                p.os().to_string() == "linux" && p.architecture().to_string() == arch
+            })
+        }) else {
+            return Err(ImageError::PullFailed {
+                reference: target.original.clone(),
+                registry: target.registry.clone(),
+                reason: format!("the image has no linux/{arch} variant"),
+            });
+        };
+        let by_digest = target
+            .reference
+            .clone_with_digest(entry.digest().to_string());
+        let (bytes, media_type) = manifest(&client, target, &by_digest, &auth).await?;
+        desc = save_json_blob(
+            store,
+            target,
+            &media_type,
+            &bytes,
+            Some(entry.digest().as_ref()),
+        )?;
+    }
+    let bytes = std::fs::read(blob::blob_path(store, blob::sha256_hex(store, &desc)?))
+        .map_err(ImageError::io("read", store))?;
+    let manifest: ImageManifest = serde_json::from_slice(&bytes)
+        .map_err(|e| bad(target, &desc, format!("its manifest is not valid: {e}")))?;
+    for blob_desc in std::iter::once(manifest.config()).chain(manifest.layers().iter()) {
+        download(&client, store, target, blob_desc).await?;
+    }
+    Ok(desc)
+}
+
+fn is_index(media_type: &str, bytes: &[u8]) -> bool {
+    media_type.contains("index")
+        || media_type.contains("manifest.list")
+        || serde_json::from_slice::<serde_json::Value>(bytes)
+            .is_ok_and(|v| v.get("manifests").is_some())
+}
+
+fn bad(target: &PullTarget, desc: &Descriptor, reason: String) -> ImageError {
+    ImageError::PullFailed {
+        reference: target.original.clone(),
+        registry: target.registry.clone(),
+        reason: format!("{}: {reason}", desc.digest()),
+    }
+}
+
+fn net_error(target: &PullTarget, e: oci_client::errors::OciDistributionError) -> ImageError {
+    use oci_client::errors::OciDistributionError as E;
+    let text = e.to_string();
+    match e {
+        E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => ImageError::PullUnauthorized {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+            reason: text,
+        },
+        E::ImageManifestNotFoundError(_) => ImageError::ImageNotFound {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+        },
+        _ if text.contains("401") || text.contains("nauthorized") => ImageError::PullUnauthorized {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+            reason: text,
+        },
+        _ if text.contains("404")
+            || text.contains("MANIFEST_UNKNOWN")
+            || text.contains("NAME_UNKNOWN") =>
+        {
+            ImageError::ImageNotFound {
+                reference: target.original.clone(),
+                registry: target.registry.clone(),
+            }
+        }
+        _ => ImageError::PullFailed {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+            reason: text,
+        },
+    }
+}
+
+async fn manifest(
+    client: &Client,
+    target: &PullTarget,
+    reference: &Reference,
+    auth: &RegistryAuth,
+) -> Result<(Vec<u8>, String), ImageError> {
+    let (bytes, _digest) = client
+        .pull_manifest_raw(reference, auth, MANIFEST_TYPES)
+        .await
+        .map_err(|e| net_error(target, e))?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.get("mediaType")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string());
+    Ok((bytes.to_vec(), media_type))
+}
+
+/// Stores a manifest or index fetched by tag or digest; when a digest was asked for, the bytes
+/// must hash to it.
+fn save_json_blob(
+    store: &Path,
+    target: &PullTarget,
+    media_type: &str,
+    bytes: &[u8],
+    expected: Option<&str>,
+) -> Result<Descriptor, ImageError> {
+    let hex = hex::encode(Sha256::digest(bytes));
+    let digest = format!("sha256:{hex}");
+    if let Some(want) = expected
+        && want != digest
+    {
+        return Err(ImageError::PullFailed {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+            reason: format!(
+                "the registry sent a manifest with digest {digest} for {want}; refusing it"
+            ),
+        });
+    }
+    let path = blob::blob_path(store, &hex);
+    if !path.is_file() {
+        write_atomically(&path, bytes)?;
+    }
+    descriptor(media_type, &digest, bytes.len() as u64)
+}
+
+fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, ImageError> {
+    let digest =
+        oci_spec::image::Digest::from_str(digest).map_err(|e| ImageError::BadReference {
+            reference: digest.to_string(),
+            reason: e.to_string(),
+        })?;
+    DescriptorBuilder::default()
+        .media_type(MediaType::from(media_type))
+        .digest(digest)
+        .size(size)
+        .build()
+        .map_err(|e| ImageError::BadReference {
+            reference: media_type.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn temp_path(path: &Path) -> std::path::PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".tmp-{name}-{}-{n}", std::process::id()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let tmp = temp_path(path);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(ImageError::io("write", path))
+}
+
+/// Downloads one blob unless the store has it; verifies digest and size before it is renamed
+/// into place.
+async fn download(
+    client: &Client,
+    store: &Path,
+    target: &PullTarget,
+    desc: &Descriptor,
+) -> Result<(), ImageError> {
+    let hex = blob::sha256_hex(store, desc)?;
+    let path = blob::blob_path(store, hex);
+    if std::fs::metadata(&path).is_ok_and(|m| m.len() == desc.size()) {
+        return Ok(());
+    }
+    let tmp = temp_path(&path);
+    let result = async {
+        let mut file = std::fs::File::create(&tmp).map_err(ImageError::io("create", &tmp))?;
+        let mut stream = client
+            .pull_blob_stream(&target.reference, desc.digest().as_ref())
+            .await
+            .map_err(|e| net_error(target, e))?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.stream.next().await {
+            let chunk = chunk.map_err(|e| ImageError::PullFailed {
+                reference: target.original.clone(),
+                registry: target.registry.clone(),
+                reason: format!("downloading {}: {e}", desc.digest()),
+            })?;
+            size += chunk.len() as u64;
+            if size > desc.size() {
+                return Err(bad(
+                    target,
+                    desc,
+                    format!("the registry sent more than its {} bytes", desc.size()),
+                ));
+            }
+            hasher.update(&chunk);
+            file.write_all(&chunk)
+                .map_err(ImageError::io("write", &tmp))?;
+        }
+        let got = hex::encode(hasher.finalize());
+        if got != hex || size != desc.size() {
+            return Err(ImageError::DigestMismatch {
+                layout: store.to_path_buf(),
+                digest: desc.digest().to_string(),
+                actual: format!("sha256:{got}"),
+                size,
+                expected_size: desc.size(),
+            });
+        }
+        file.sync_all().map_err(ImageError::io("write", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(ImageError::io("write", &path))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
