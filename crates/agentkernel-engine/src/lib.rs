@@ -481,6 +481,23 @@ impl Engine {
         }
     }
 
+    /// Pulls a registry image (again, even when the store has it). Returns the manifest digest.
+    pub fn pull_image(&self, reference: &str, cwd: &Path) -> Result<String> {
+        match agentkernel_core::ImageRef::parse(reference, cwd)? {
+            agentkernel_core::ImageRef::Registry { reference } => Ok(self.images.pull(&reference)?.id),
+            other => Err(agentkernel_core::CoreError::Unsupported(format!(
+                "{} is not a registry image: only registry images are pulled (local directories and layouts are used in place)",
+                other.display()
+            ))
+            .into()),
+        }
+    }
+
+    /// Registry images in the store.
+    pub fn list_images(&self) -> Vec<agentkernel_image::ImageSummary> {
+        self.images.list()
+    }
+
     /// Removes expired sandboxes and the leftovers of crashed ones. Returns what was removed.
     pub fn gc(&self, dry_run: bool) -> Result<Vec<String>> {
         let now = chrono::Utc::now();

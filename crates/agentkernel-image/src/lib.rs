@@ -28,7 +28,7 @@ mod unpack;
 
 pub use agentkernel_core::ImageRef;
 pub use error::ImageError;
-pub use registry::{RegistrySettings, pull};
+pub use registry::{ImageSummary, RegistrySettings};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -80,6 +80,16 @@ impl ImageStore {
     /// Where the store keeps its data.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Pulls a registry image again (even when the store has it) and prepares it.
+    pub fn pull(&self, reference: &str) -> Result<Rootfs, ImageError> {
+        registry::pull(&self.root, reference)
+    }
+
+    /// The registry images in the store.
+    pub fn list(&self) -> Vec<ImageSummary> {
+        registry::list(&self.root)
     }
 
     /// Prepares the image if needed and describes its root filesystem.

@@ -200,6 +200,52 @@ fn save_ref(store: &Path, canonical: &str, hex: &str) -> Result<(), ImageError> 
     written.map_err(ImageError::io("write image reference", &path))
 }
 
+/// A pulled image as `images list` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ImageSummary {
+    /// `docker.io/library/python:3.12-alpine`.
+    pub reference: String,
+    /// `sha256:<hex>` of the manifest.
+    pub manifest: String,
+    pub layers: usize,
+    /// Compressed size of its layers as stored (shared layers count in every image).
+    pub size_bytes: u64,
+}
+
+/// Every reference pulled into the store whose image is still prepared.
+pub(crate) fn list(store: &Path) -> Vec<ImageSummary> {
+    let Ok(entries) = std::fs::read_dir(store.join("refs")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<ImageSummary> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| serde_json::from_slice::<RefEntry>(&std::fs::read(e.path()).ok()?).ok())
+        .filter_map(|entry| {
+            let hex = entry.manifest.strip_prefix("sha256:")?.to_string();
+            let rootfs = record::load(store, &hex)?;
+            let size_bytes = rootfs
+                .lower_dirs
+                .iter()
+                .filter_map(|d| {
+                    d.file_name()
+                        .map(|n| n.to_string_lossy().replace("sha256-", ""))
+                })
+                .filter_map(|layer| std::fs::metadata(crate::blob::blob_path(store, &layer)).ok())
+                .map(|m| m.len())
+                .sum();
+            Some(ImageSummary {
+                reference: entry.reference,
+                manifest: entry.manifest,
+                layers: rootfs.lower_dirs.len(),
+                size_bytes,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.reference.cmp(&b.reference));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

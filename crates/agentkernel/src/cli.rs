@@ -46,6 +46,27 @@ pub enum Command {
     /// View the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Manage images (pull, list)
+    #[command(subcommand, visible_alias = "image")]
+    Images(ImagesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Pull an image from its registry (or AGENTKERNEL_REGISTRY_MIRROR), even if it is stored
+    Pull(PullArgs),
+    /// List pulled images
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// Image reference, e.g. python:3.12-alpine or ghcr.io/org/img:tag
+    pub image: String,
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use agentkernel_core::{ExecRequest, ExitStatus};
 use agentkernel_engine::backend::Controls;
 use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, SandboxCommand, SandboxOpts};
+use cli::{AuditCommand, Cli, Command, ImagesCommand, SandboxCommand, SandboxOpts};
 use std::io::IsTerminal;
 
 fn main() {
@@ -79,6 +79,21 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         Command::Attach(args) => attach(args),
         Command::Cp(args) => {
             engine()?.copy(&args.src, &args.dst)?;
+            Ok(0)
+        }
+        Command::Images(ImagesCommand::Pull(a)) => {
+            let cwd = std::env::current_dir().map_err(|e| EngineError::Io {
+                context: "read the current directory".into(),
+                source: e,
+            })?;
+            let digest = engine()?.pull_image(&a.image, &cwd)?;
+            if !a.quiet {
+                println!("{}: {digest}", a.image);
+            }
+            Ok(0)
+        }
+        Command::Images(ImagesCommand::List(a)) => {
+            render::images(&engine()?.list_images(), a.json);
             Ok(0)
         }
         Command::Audit(AuditCommand::Path) => {

@@ -26,6 +26,31 @@ pub fn sandboxes(list: &[SandboxInfo], json: bool) {
     }
 }
 
+pub fn images(list: &[agentkernel_image::ImageSummary], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(list).unwrap_or_else(|_| "[]".into())
+        );
+        return;
+    }
+    println!(
+        "{:<50} {:<20} {:>6} {:>10}",
+        "REFERENCE", "DIGEST", "LAYERS", "SIZE"
+    );
+    for i in list {
+        let short = i.manifest.strip_prefix("sha256:").unwrap_or(&i.manifest);
+        let size = format!("{:.1} MB", i.size_bytes as f64 / 1_000_000.0);
+        println!(
+            "{:<50} {:<20} {:>6} {:>10}",
+            i.reference,
+            &short[..short.len().min(12)],
+            i.layers,
+            size
+        );
+    }
+}
+
 pub fn audit(entries: &[Value], json: bool) {
     for e in entries {
         if json {
