@@ -7,6 +7,14 @@ bash scripts/setup.sh
 source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
+# The registry tests pull from local registries on loopback (scripts/test-registry.sh builds
+# their images once and caches them); they are stopped when this script ends.
+bash scripts/test-registry.sh start >/dev/null
+trap 'bash scripts/test-registry.sh stop' EXIT
+set -a
+# shellcheck disable=SC1091
+source "${AGENTKERNEL_TEST_IMAGES:-$HOME/.cache/agentkernel-test-images}/registry.env"
+set +a
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --target "$HOST_TARGET" --workspace --no-fail-fast
 else

@@ -146,6 +146,16 @@ pub enum ImageError {
     },
 
     #[error(
+        "registry {registry} sent content for {digest} that does not match it ({detail}): its copy is \
+         corrupt or was tampered with; nothing of it was kept, pull again or from another registry"
+    )]
+    TamperedBlob {
+        registry: String,
+        digest: String,
+        detail: String,
+    },
+
+    #[error(
         "could not pull {reference:?} from {registry}: {reason} (set AGENTKERNEL_REGISTRY_MIRROR to use a \
          mirror, or use `--image host` or a local directory)"
     )]

@@ -153,6 +153,7 @@ fn net_error(target: &PullTarget, e: oci_client::errors::OciDistributionError) -
             reason: text,
         },
         _ if text.contains("404")
+            || text.to_ascii_lowercase().contains("manifest unknown")
             || text.contains("MANIFEST_UNKNOWN")
             || text.contains("NAME_UNKNOWN") =>
         {
@@ -278,10 +279,23 @@ async fn download(
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.stream.next().await {
-            let chunk = chunk.map_err(|e| ImageError::PullFailed {
-                reference: target.original.clone(),
-                registry: target.registry.clone(),
-                reason: format!("downloading {}: {e}", desc.digest()),
+            let chunk = chunk.map_err(|e| {
+                let text = e.to_string();
+                if text.contains("Invalid digest")
+                    || text.contains("digest") && text.contains("got")
+                {
+                    ImageError::TamperedBlob {
+                        registry: target.registry.clone(),
+                        digest: desc.digest().to_string(),
+                        detail: text,
+                    }
+                } else {
+                    ImageError::PullFailed {
+                        reference: target.original.clone(),
+                        registry: target.registry.clone(),
+                        reason: format!("downloading {}: {text}", desc.digest()),
+                    }
+                }
             })?;
             size += chunk.len() as u64;
             if size > desc.size() {
@@ -297,12 +311,10 @@ async fn download(
         }
         let got = hex::encode(hasher.finalize());
         if got != hex || size != desc.size() {
-            return Err(ImageError::DigestMismatch {
-                layout: store.to_path_buf(),
+            return Err(ImageError::TamperedBlob {
+                registry: target.registry.clone(),
                 digest: desc.digest().to_string(),
-                actual: format!("sha256:{got}"),
-                size,
-                expected_size: desc.size(),
+                detail: format!("got sha256:{got}, {size} of {} bytes", desc.size()),
             });
         }
         file.sync_all().map_err(ImageError::io("write", &tmp))?;

@@ -196,3 +196,63 @@ pub fn process_is_dead(pid: u32) -> bool {
             .is_some_and(|i| stat[i + 1..].trim_start().starts_with('Z')),
     }
 }
+
+/// The loopback registries `scripts/test-registry.sh` serves (an open one and one that wants
+/// credentials), holding test images built from Debian packages under the names the seeds use.
+pub struct TestRegistry {
+    pub addr: String,
+    pub auth_addr: String,
+    pub user: String,
+    pub password: String,
+    pub storage: Option<PathBuf>,
+}
+
+/// The running test registries: from the environment `scripts/test.sh` sets, or started here
+/// (once, under a lock shared by parallel test processes); `scripts/test-registry.sh stop`
+/// stops them.
+pub fn test_registry() -> TestRegistry {
+    let from_env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let vars: std::collections::HashMap<String, String> =
+        match from_env("AGENTKERNEL_TEST_REGISTRY") {
+            Some(_) => std::env::vars().collect(),
+            None => {
+                let script =
+                    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/test-registry.sh");
+                let lock = std::env::temp_dir().join("agentkernel-test-registry.lock");
+                let out = Command::new("flock")
+                    .arg(&lock)
+                    .arg("bash")
+                    .arg(&script)
+                    .arg("start")
+                    .stdin(Stdio::null())
+                    .output()
+                    .expect("run scripts/test-registry.sh");
+                assert!(
+                    out.status.success(),
+                    "scripts/test-registry.sh start failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        l.split_once('=')
+                            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    })
+                    .collect()
+            }
+        };
+    let get = |k: &str| {
+        vars.get(k)
+            .cloned()
+            .unwrap_or_else(|| panic!("{k} is not set by scripts/test-registry.sh"))
+    };
+    TestRegistry {
+        addr: get("AGENTKERNEL_TEST_REGISTRY"),
+        auth_addr: get("AGENTKERNEL_TEST_AUTH_REGISTRY"),
+        user: get("AGENTKERNEL_TEST_REGISTRY_USER"),
+        password: get("AGENTKERNEL_TEST_REGISTRY_PASSWORD"),
+        storage: vars
+            .get("AGENTKERNEL_TEST_REGISTRY_STORAGE")
+            .map(PathBuf::from),
+    }
+}

@@ -1,0 +1,248 @@
+//! Registry images end to end, against the loopback test registries (never a public one).
+
+mod common;
+use base64::Engine as _;
+use common::*;
+
+fn with_mirror(ak: &Ak, reg: &TestRegistry, args: &[&str]) -> Out {
+    ak.cmd(args)
+        .env(
+            "AGENTKERNEL_REGISTRY_MIRROR",
+            format!("http://{}", reg.addr),
+        )
+        .output()
+        .expect("spawn agentkernel")
+        .into()
+}
+
+#[test]
+fn python_image_through_the_mirror_then_offline() {
+    let reg = test_registry();
+    let ak = Ak::new();
+    let out = with_mirror(
+        &ak,
+        &reg,
+        &[
+            "run",
+            "--image",
+            "python:3.12-alpine",
+            "--no-network",
+            "--",
+            "python3",
+            "-c",
+            "print(6*7)",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "42\n");
+    let list = ak.ok(&["images", "list", "--json"]).stdout;
+    let list: Vec<serde_json::Value> = serde_json::from_str(&list).expect("json");
+    assert!(
+        list.iter()
+            .any(|i| i["reference"] == "docker.io/library/python:3.12-alpine"),
+        "{list:?}"
+    );
+    // A pulled image is used without the registry: the mirror now points nowhere.
+    let out: Out = ak
+        .cmd(&[
+            "run",
+            "--image",
+            "python:3.12-alpine",
+            "--no-network",
+            "--",
+            "python3",
+            "-c",
+            "print('again')",
+        ])
+        .env("AGENTKERNEL_REGISTRY_MIRROR", "http://127.0.0.1:1")
+        .output()
+        .expect("spawn")
+        .into();
+    assert_eq!(out.stdout, "again\n", "{out:?}");
+}
+
+#[test]
+fn alpine_name_runs_the_busybox_image() {
+    let reg = test_registry();
+    let ak = Ak::new();
+    let out = with_mirror(
+        &ak,
+        &reg,
+        &[
+            "run",
+            "--image",
+            "alpine:3.20",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "echo $PATH; head -1 /etc/passwd",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("/usr/bin"), "{out:?}");
+    assert!(out.stdout.contains("root:"), "{out:?}");
+}
+
+#[test]
+fn credentials_are_required_and_used() {
+    let reg = test_registry();
+    let ak = Ak::new();
+    let image = format!("{}/library/busybox:latest", reg.auth_addr);
+    let out = ak.run(&["run", "--image", &image, "--no-network", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("refused access") && out.stderr.contains("docker login"),
+        "{out:?}"
+    );
+    assert!(ak.list_json().is_empty());
+
+    let docker_config = ak.cwd.path().join("docker");
+    std::fs::create_dir(&docker_config).expect("mkdir");
+    let auth =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", reg.user, reg.password));
+    let config = serde_json::json!({"auths": {reg.auth_addr.clone(): {"auth": auth}}});
+    std::fs::write(docker_config.join("config.json"), config.to_string()).expect("write");
+    let out: Out = ak
+        .cmd(&[
+            "run",
+            "--image",
+            &image,
+            "--no-network",
+            "--",
+            "echo",
+            "authenticated",
+        ])
+        .env("DOCKER_CONFIG", &docker_config)
+        .output()
+        .expect("spawn")
+        .into();
+    assert_eq!(out.stdout, "authenticated\n", "{out:?}");
+}
+
+#[test]
+fn unknown_images_and_unreachable_registries_are_clear_errors() {
+    let reg = test_registry();
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--image",
+        &format!("{}/library/no-such-image:1", reg.addr),
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    let out = ak.run(&["images", "pull", "127.0.0.1:1/library/busybox:latest"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("127.0.0.1:1"), "{out:?}");
+    let out = ak.run(&["images", "pull", "./not-a-registry-image"]);
+    assert_eq!(out.code, 125, "{out:?}");
+}
+
+#[test]
+fn concurrent_pulls_of_one_image_both_succeed() {
+    let reg = test_registry();
+    let ak = Ak::new();
+    let spawn = || {
+        ak.cmd(&["images", "pull", "python:3.12-alpine"])
+            .env(
+                "AGENTKERNEL_REGISTRY_MIRROR",
+                format!("http://{}", reg.addr),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let (a, b) = (spawn(), spawn());
+    for child in [a, b] {
+        let out: Out = child.wait_with_output().expect("wait").into();
+        assert_eq!(out.code, 0, "{out:?}");
+    }
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "python:3.12-alpine",
+        "--no-network",
+        "--",
+        "python3",
+        "-c",
+        "print('ok')",
+    ]);
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+}
+
+#[test]
+fn a_tampered_layer_is_rejected_and_nothing_is_kept() {
+    let reg = test_registry();
+    let storage = reg
+        .storage
+        .clone()
+        .expect("AGENTKERNEL_TEST_REGISTRY_STORAGE from scripts/test-registry.sh");
+    let ak = Ak::new();
+    // An image of its own (unique content, so no other test shares its layer), pushed with skopeo.
+    let unique = format!("{}-{}", std::process::id(), ak.home.path().display());
+    let layer = agentkernel_image::testing::Layer::new()
+        .dir("etc", 0o755)
+        .file("etc/unique", unique.as_bytes(), 0o644)
+        .finish()
+        .expect("layer");
+    let layout = ak.cwd.path().join("layout");
+    agentkernel_image::testing::write_oci_layout(&layout, "t", &[layer], &Default::default())
+        .expect("layout");
+    let name = format!("{}/tamper/img{}:t", reg.addr, std::process::id());
+    let push = std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker://{name}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+
+    // The layer's digest, from the layout's manifest.
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
+            .expect("json");
+    let manifest_hex = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&manifest_hex)).expect("manifest"),
+    )
+    .expect("json");
+    let layer_hex = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .trim_start_matches("sha256:")
+        .to_string();
+
+    // The registry now serves other bytes of the same size under that digest.
+    let data = storage
+        .join("docker/registry/v2/blobs/sha256")
+        .join(&layer_hex[..2])
+        .join(&layer_hex)
+        .join("data");
+    let mut bytes = std::fs::read(&data).expect("stored layer");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&data, &bytes).expect("tamper");
+
+    let out = ak.run(&["images", "pull", &name]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("does not match"), "{out:?}");
+    let kept = ak.home.path().join("images/blobs/sha256").join(&layer_hex);
+    assert!(
+        !kept.exists(),
+        "a tampered blob was kept at {}",
+        kept.display()
+    );
+    let list = ak.ok(&["images", "list", "--json"]).stdout;
+    assert!(!list.contains("tamper"), "{list}");
+}
