@@ -39,7 +39,9 @@ const MANIFEST_TYPES: &[&str] = &[
 /// Fetches the image's manifest for this machine, its config and its layers into the store's
 /// blobs; returns the manifest's descriptor.
 pub(crate) fn fetch(store: &Path, target: &PullTarget) -> Result<Descriptor, ImageError> {
-    std::fs::create_dir_all(store.join("blobs/sha256")).map_err(ImageError::io("create", store))?;
+    let blobs = store.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).map_err(ImageError::io("create", store))?;
+    remove_abandoned(&blobs);
     std::fs::write(
         store.join("oci-layout"),
         br#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -237,6 +239,32 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, I
         })
 }
 
+/// A download in progress holds an exclusive lock on its temporary file: one that can be locked
+/// and is older than a minute was left by an interrupted pull, and nothing will finish it.
+fn remove_abandoned(blobs: &Path) {
+    let Ok(entries) = std::fs::read_dir(blobs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            continue;
+        }
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+            t.elapsed()
+                .is_ok_and(|age| age > std::time::Duration::from_secs(60))
+        });
+        let Ok(file) = std::fs::File::open(entry.path()) else {
+            continue;
+        };
+        if old
+            && rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_ok()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn temp_path(path: &Path) -> std::path::PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -272,6 +300,9 @@ async fn download(
     let tmp = temp_path(&path);
     let result = async {
         let mut file = std::fs::File::create(&tmp).map_err(ImageError::io("create", &tmp))?;
+        // Held until the file is renamed or removed: see `remove_abandoned`.
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| ImageError::io("lock", &tmp)(e.into()))?;
         let mut stream = client
             .pull_blob_stream(&target.reference, desc.digest().as_ref())
             .await
@@ -325,4 +356,41 @@ async fn download(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_abandoned_downloads_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+        let make = |name: &str, aged: bool| {
+            let path = dir.path().join(name);
+            let file = std::fs::File::create(&path).expect("create");
+            if aged {
+                file.set_modified(old).expect("mtime");
+            }
+            file
+        };
+        drop(make(".tmp-abandoned", true));
+        let in_progress = make(".tmp-in-progress", true);
+        rustix::fs::flock(&in_progress, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        drop(make(".tmp-fresh", false));
+        drop(make("0123abcd", true));
+        remove_abandoned(dir.path());
+        let left: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            left,
+            [".tmp-fresh", ".tmp-in-progress", "0123abcd"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        );
+    }
 }
