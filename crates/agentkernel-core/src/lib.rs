@@ -3,6 +3,7 @@
 //! produces (`ExecEvent`), and the validation every surface relies on.
 
 pub mod config;
+pub mod detect;
 pub mod duration;
 pub mod error;
 pub mod exec;

@@ -119,13 +119,17 @@ impl Engine {
     }
 
     /// Resolves the spec and its image; image env is merged under the user's.
+    /// Resolves the spec, checks its backend can run here, then makes sure its image is local
+    /// (pulling it if needed); the image's env is merged under the user's. The backend goes
+    /// first so that a request no backend can serve fails before anything is downloaded.
     fn prepare(
         &self,
         req: &SpecRequest,
         name: &str,
         config: &Config,
-    ) -> Result<(SandboxSpec, Rootfs)> {
+    ) -> Result<(SandboxSpec, Rootfs, Box<dyn Backend>)> {
         let mut spec = resolve::resolve(req, name, config)?;
+        let backend = self.backend(&spec)?;
         let rootfs = self.images.resolve(&spec.image)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
         if req.workdir.is_none()
@@ -138,7 +142,12 @@ impl Engine {
         {
             spec.workdir = w.clone();
         }
-        Ok((spec, rootfs))
+        Ok((spec, rootfs, backend))
+    }
+
+    /// Which image a request would use and which rule chose it (`run -v`).
+    pub fn explain_image(&self, req: &SpecRequest) -> Result<agentkernel_core::detect::Detection> {
+        Ok(resolve::choose_image(req, &resolve::load_config(req)?))
     }
 
     /// Runs one command in a new sandbox (removed afterwards unless kept).
@@ -153,6 +162,17 @@ impl Engine {
         if exec.argv.is_empty() {
             return Err(EngineError::NoCommand);
         }
+        // The command also chooses the image when nothing else does.
+        let with_command;
+        let req = if req.command.is_empty() {
+            with_command = SpecRequest {
+                command: exec.argv.clone(),
+                ..req.clone()
+            };
+            &with_command
+        } else {
+            req
+        };
         if opts.branch {
             return self.run_on_branch(req, exec, sink, controls);
         }
@@ -173,8 +193,7 @@ impl Engine {
             });
         }
         let config = resolve::load_config(req)?;
-        let (spec, rootfs) = self.prepare(req, &name, &config)?;
-        let backend = self.backend(&spec)?;
+        let (spec, rootfs, backend) = self.prepare(req, &name, &config)?;
         let started = backend.start(&spec, &rootfs, &name, Persistence::Ephemeral)?;
         let result = backend.exec(&spec, &started.runtime, exec, sink, controls);
         let stopped = backend.stop(&started.runtime, started.lifeline);
@@ -235,8 +254,7 @@ impl Engine {
             ),
         };
         validate_name(&name)?;
-        let (spec, _rootfs) = self.prepare(req, &name, &config)?;
-        self.backend(&spec)?;
+        let (spec, _rootfs, _backend) = self.prepare(req, &name, &config)?;
         let now = chrono::Utc::now();
         let rec = SandboxRecord {
             name: name.clone(),

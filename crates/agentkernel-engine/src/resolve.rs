@@ -3,6 +3,7 @@
 
 use crate::error::Result;
 use agentkernel_core::config::{Config, PROJECT_CONFIG};
+use agentkernel_core::detect::{Detection, detect_image};
 use agentkernel_core::policy::PolicyOverrides;
 use agentkernel_core::spec::{parse_env, validate_workdir};
 use agentkernel_core::{
@@ -32,12 +33,27 @@ pub struct SpecRequest {
     pub cwd: PathBuf,
     pub labels: BTreeMap<String, String>,
     pub description: Option<String>,
+    /// The command `run` will execute, for image auto-detection (empty for `create`).
+    pub command: Vec<String>,
 }
 
-/// The image used when neither flags nor config name one. Registry pulls (and with them
-/// auto-detection of language images) are not in this build, so the host's own system is the
-/// default: it needs no registry.
-pub const DEFAULT_IMAGE: &str = "host";
+/// The image for a request: `--image`, else `[sandbox] base_image`, else auto-detected from the
+/// command, the project's files and its Procfile (`agentkernel_core::detect`).
+pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
+    if let Some(image) = &req.image {
+        return Detection {
+            image: image.clone(),
+            rule: "--image".to_string(),
+        };
+    }
+    if let Some(image) = &config.sandbox.base_image {
+        return Detection {
+            image: image.clone(),
+            rule: "[sandbox] base_image".to_string(),
+        };
+    }
+    detect_image(&req.command, &req.cwd)
+}
 
 /// The default working directory inside a sandbox.
 pub const DEFAULT_WORKDIR: &str = "/workspace";
@@ -79,12 +95,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         Some(b) => b.parse()?,
         None => BackendKind::Native,
     };
-    let image_text = req
-        .image
-        .as_deref()
-        .or(config.sandbox.base_image.as_deref())
-        .unwrap_or(DEFAULT_IMAGE);
-    let image = ImageRef::parse(image_text, &req.cwd)?;
+    let image = ImageRef::parse(&choose_image(req, config).image, &req.cwd)?;
     let network = if req.no_network {
         Some(false)
     } else {

@@ -98,7 +98,7 @@ pub enum AuditCommand {
 /// Options that shape a sandbox, shared by `run` and `create`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SandboxOpts {
-    /// Root filesystem: `host`, a directory (/abs or ./rel), or oci:/path/to/layout[:tag]
+    /// Image: a registry image (python:3.12-alpine), `host`, a directory, or oci:/layout[:tag]; auto-detected when absent
     #[arg(short = 'i', long)]
     pub image: Option<String>,
     /// Security profile: permissive, moderate (default) or restrictive
@@ -143,6 +143,9 @@ pub struct RunArgs {
     /// Kill the command after this long (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Say which image was chosen and why
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
     /// The command and its arguments
     #[arg(
         trailing_var_arg = true,

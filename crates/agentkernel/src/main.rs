@@ -179,8 +179,16 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
         stdin: forward_stdin(),
         ..Default::default()
     };
-    let req = spec_request(args.sandbox)?;
+    let mut req = spec_request(args.sandbox)?;
+    req.command = exec.argv.clone();
     let engine = engine()?;
+    if args.verbose {
+        let chosen = engine.explain_image(&req)?;
+        eprintln!(
+            "agentkernel: image {} (chosen by {})",
+            chosen.image, chosen.rule
+        );
+    }
     let signals =
         signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {
             context: "install signal handlers".into(),

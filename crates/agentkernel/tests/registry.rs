@@ -246,3 +246,56 @@ fn a_tampered_layer_is_rejected_and_nothing_is_kept() {
     let list = ak.ok(&["images", "list", "--json"]).stdout;
     assert!(!list.contains("tamper"), "{list}");
 }
+
+#[test]
+fn the_image_is_detected_from_the_command_then_the_project() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "-v",
+        "--no-network",
+        "python3",
+        "-c",
+        "print('detected')",
+    ]);
+    assert_eq!(out.stdout, "detected\n", "{out:?}");
+    assert!(
+        out.stderr
+            .contains("image python:3.12-alpine (chosen by command `python3`)"),
+        "{out:?}"
+    );
+    // A shell says nothing about the language: the project's files decide.
+    std::fs::write(
+        ak.cwd.path().join("pyproject.toml"),
+        "[project]\nname = \"x\"\n",
+    )
+    .expect("write");
+    let out = ak.run(&[
+        "run",
+        "-v",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "python3 -c 'print(2)'",
+    ]);
+    assert_eq!(out.stdout, "2\n", "{out:?}");
+    assert!(
+        out.stderr.contains("chosen by project file pyproject.toml"),
+        "{out:?}"
+    );
+    // --image always wins.
+    let out = ak.run(&[
+        "run",
+        "-v",
+        "--image",
+        "alpine:3.20",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "command -v python3 || echo none",
+    ]);
+    assert_eq!(out.stdout, "none\n", "{out:?}");
+    assert!(out.stderr.contains("chosen by --image"), "{out:?}");
+}

@@ -8,6 +8,9 @@ use std::process::{Command, Output, Stdio};
 pub struct Ak {
     pub home: tempfile::TempDir,
     pub cwd: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT` of the test registry: Docker Hub names (and the auto-detected
+    /// images) are pulled from it, never from a public registry.
+    pub mirror: String,
 }
 
 pub struct Out {
@@ -49,6 +52,7 @@ impl Ak {
         Ak {
             home: tempfile::tempdir().expect("home"),
             cwd: tempfile::tempdir().expect("cwd"),
+            mirror: format!("http://{}", test_registry().addr),
         }
     }
 
@@ -56,6 +60,7 @@ impl Ak {
         let mut c = Command::new(bin());
         c.args(args)
             .env("AGENTKERNEL_HOME", self.home.path())
+            .env("AGENTKERNEL_REGISTRY_MIRROR", &self.mirror)
             .current_dir(self.cwd.path())
             .stdin(Stdio::null());
         c
