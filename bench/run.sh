@@ -16,6 +16,7 @@ work="$(mktemp -d)"
 export AGENTKERNEL_HOME="$work/home"
 cleanup() {
   "$AK" remove bench-exec >/dev/null 2>&1 || true
+  bash scripts/test-registry.sh stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -53,6 +54,28 @@ hf "$work/cli.json" \
   -n "agentkernel --version" "$AK --version" \
   -n "agentkernel list (SQLite)" "$AK list" \
   -n "true (process spawn floor)" "/bin/true"
+
+echo "bench: pull" >&2
+# Images come from the loopback test registry (scripts/test-registry.sh), never a public one.
+bash scripts/test-registry.sh start >/dev/null
+set -a
+source "${AGENTKERNEL_TEST_IMAGES:-$HOME/.cache/agentkernel-test-images}/registry.env"
+set +a
+reg="$AGENTKERNEL_TEST_REGISTRY"
+pull_home="$work/pull-home"
+PULL_RUNS="${PULL_RUNS:-20}"
+hyperfine --style none --export-json "$work/pull.json" --warmup 2 --runs "$PULL_RUNS" \
+  -n "agentkernel images pull (cold store)" \
+  --prepare "rm -rf $pull_home" \
+  "env AGENTKERNEL_HOME=$pull_home AGENTKERNEL_REGISTRY_MIRROR=http://$reg $AK images pull -q python:3.12-alpine" \
+  -n "skopeo copy + tar -x" \
+  "bash bench/skopeo-pull.sh $reg/library/python:3.12-alpine $work/skopeo" >/dev/null
+
+# A pulled image against the same tree as a local directory: what resolving it costs.
+AGENTKERNEL_HOME=$pull_home AGENTKERNEL_REGISTRY_MIRROR="http://$reg" "$AK" images pull -q python:3.12-alpine
+hf "$work/pulled.json" \
+  -n "run --image python:3.12-alpine (pulled)" "env AGENTKERNEL_HOME=$pull_home $AK run --image python:3.12-alpine --no-network -- true" \
+  -n "run --image DIR (same tree)" "env AGENTKERNEL_HOME=$pull_home $AK run --image $work/skopeo/rootfs --no-network -- true"
 
 python3 bench/report.py "$work" > docs/benchmarks.md
 echo "bench: wrote docs/benchmarks.md" >&2

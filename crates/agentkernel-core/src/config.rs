@@ -19,6 +19,21 @@ pub struct Config {
     pub resources: ResourcesSection,
     #[serde(default)]
     pub security: SecuritySection,
+    #[serde(default)]
+    pub images: ImagesSection,
+}
+
+/// Registries, as Docker's `registry-mirrors` and `insecure-registries` configure them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSection {
+    /// Where Docker Hub images are fetched from instead of Docker Hub: `http://127.0.0.1:5000`,
+    /// `https://mirror.example`. The first is used (no fallback to the next yet);
+    /// `AGENTKERNEL_REGISTRY_MIRROR` wins over it.
+    pub mirrors: Option<Vec<String>>,
+    /// `host[:port]` of registries that may be reached over plain HTTP (loopback ones may
+    /// always).
+    pub insecure_registries: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -139,6 +154,13 @@ impl Config {
                 profile: self.security.profile.or(lower.security.profile),
                 network: self.security.network.or(lower.security.network),
                 read_only: self.security.read_only.or(lower.security.read_only),
+            },
+            images: ImagesSection {
+                mirrors: self.images.mirrors.or(lower.images.mirrors),
+                insecure_registries: self
+                    .images
+                    .insecure_registries
+                    .or(lower.images.insecure_registries),
             },
         }
     }

@@ -130,7 +130,7 @@ impl Engine {
     ) -> Result<(SandboxSpec, Rootfs, Box<dyn Backend>)> {
         let mut spec = resolve::resolve(req, name, config)?;
         let backend = self.backend(&spec)?;
-        let rootfs = self.images.resolve(&spec.image)?;
+        let rootfs = self.images_for(Some(config))?.resolve(&spec.image)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
         if req.workdir.is_none()
             && config.sandbox.workdir.is_none()
@@ -143,6 +143,17 @@ impl Engine {
             spec.workdir = w.clone();
         }
         Ok((spec, rootfs, backend))
+    }
+
+    /// The image store with the registry settings of `config` (`[images]`) and the environment
+    /// (`AGENTKERNEL_REGISTRY_MIRROR`, which wins).
+    fn images_for(&self, config: Option<&Config>) -> Result<ImageStore> {
+        let section = config.map(|c| c.images.clone()).unwrap_or_default();
+        let settings = agentkernel_image::RegistrySettings::new(
+            section.mirrors.as_deref().unwrap_or_default(),
+            section.insecure_registries.as_deref().unwrap_or_default(),
+        )?;
+        Ok(self.images.clone().with_registries(settings))
     }
 
     /// Which image a request would use and which rule chose it (`run -v`).
@@ -339,7 +350,7 @@ impl Engine {
             // Leftovers of an earlier start that died (crash, reboot).
             let _ = backend.stop(rt, None);
         }
-        let rootfs = self.images.resolve(&rec.spec.image)?;
+        let rootfs = self.images_for(None)?.resolve(&rec.spec.image)?;
         let instance = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = self.sandbox_dir(name);
         let started = backend.start(
@@ -502,7 +513,10 @@ impl Engine {
     /// Pulls a registry image (again, even when the store has it). Returns the manifest digest.
     pub fn pull_image(&self, reference: &str, cwd: &Path) -> Result<String> {
         match agentkernel_core::ImageRef::parse(reference, cwd)? {
-            agentkernel_core::ImageRef::Registry { reference } => Ok(self.images.pull(&reference)?.id),
+            agentkernel_core::ImageRef::Registry { reference } => {
+                let config = resolve::load_config(&SpecRequest { cwd: cwd.to_path_buf(), ..Default::default() })?;
+                Ok(self.images_for(Some(&config))?.pull(&reference)?.id)
+            }
             other => Err(agentkernel_core::CoreError::Unsupported(format!(
                 "{} is not a registry image: only registry images are pulled (local directories and layouts are used in place)",
                 other.display()

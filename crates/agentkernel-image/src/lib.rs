@@ -68,13 +68,23 @@ pub struct Rootfs {
 #[derive(Debug, Clone)]
 pub struct ImageStore {
     root: PathBuf,
+    registries: RegistrySettings,
 }
 
 impl ImageStore {
     /// A store rooted at `root` (normally `~/.agentkernel/images`). Nothing is created until an
     /// image needs preparing.
     pub fn new(root: PathBuf) -> ImageStore {
-        ImageStore { root }
+        ImageStore {
+            root,
+            registries: RegistrySettings::default(),
+        }
+    }
+
+    /// Uses these registry settings (mirrors, insecure registries) for pulls.
+    pub fn with_registries(mut self, registries: RegistrySettings) -> ImageStore {
+        self.registries = registries;
+        self
     }
 
     /// Where the store keeps its data.
@@ -84,7 +94,7 @@ impl ImageStore {
 
     /// Pulls a registry image again (even when the store has it) and prepares it.
     pub fn pull(&self, reference: &str) -> Result<Rootfs, ImageError> {
-        registry::pull(&self.root, reference)
+        registry::pull(&self.root, reference, &self.registries)
     }
 
     /// The registry images in the store.
@@ -98,7 +108,9 @@ impl ImageStore {
             ImageRef::Host => host::resolve(&self.root.join("host"), Path::new("/")),
             ImageRef::Directory { path } => directory::resolve(path),
             ImageRef::OciLayout { path, tag } => layout::resolve(&self.root, path, tag.as_deref()),
-            ImageRef::Registry { reference } => registry::resolve(&self.root, reference),
+            ImageRef::Registry { reference } => {
+                registry::resolve(&self.root, reference, &self.registries)
+            }
         }
     }
 }

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 /// Where Docker Hub's images are fetched from when no mirror is set.
 const DOCKER_HUB: &str = "docker.io";
 
-/// Registry settings from the environment (and, later, the `[images]` config section).
+/// Registry settings: the environment's `AGENTKERNEL_REGISTRY_MIRROR` over the config's
+/// `[images]` section.
 #[derive(Debug, Clone, Default)]
 pub struct RegistrySettings {
     /// Replaces Docker Hub (`docker.io`) as Docker's `registry-mirrors` does: `host[:port]`,
@@ -28,16 +29,21 @@ pub struct RegistrySettings {
 }
 
 impl RegistrySettings {
-    /// `AGENTKERNEL_REGISTRY_MIRROR` (`http://host:port`, `https://host`, or `host[:port]`).
-    pub fn from_env() -> Result<RegistrySettings, ImageError> {
-        let mut settings = RegistrySettings::default();
-        if let Some(value) = std::env::var("AGENTKERNEL_REGISTRY_MIRROR")
+    /// `AGENTKERNEL_REGISTRY_MIRROR` (`http://host:port`, `https://host`, or `host[:port]`),
+    /// else the first of `mirrors` (`[images] mirrors`); `insecure` is
+    /// `[images] insecure_registries`.
+    pub fn new(mirrors: &[String], insecure: &[String]) -> Result<RegistrySettings, ImageError> {
+        let env = std::env::var("AGENTKERNEL_REGISTRY_MIRROR")
             .ok()
-            .filter(|v| !v.is_empty())
-        {
-            settings.mirror = Some(parse_mirror(&value)?);
-        }
-        Ok(settings)
+            .filter(|v| !v.is_empty());
+        let mirror = match env.as_deref().or(mirrors.first().map(String::as_str)) {
+            Some(value) => Some(parse_mirror(value)?),
+            None => None,
+        };
+        Ok(RegistrySettings {
+            mirror,
+            insecure: insecure.to_vec(),
+        })
     }
 }
 
@@ -82,18 +88,89 @@ pub(crate) struct Resolved {
     pub(crate) target: PullTarget,
 }
 
+/// A reference split the way Docker normalises names: no registry means Docker Hub, and a
+/// one-component Docker Hub name lives under `library/`. Hand-written rather than
+/// `oci_client::Reference::from_str`, whose regular expression costs ~25 ms to build in every
+/// process, on the path of every `run` of a pulled image; the syntax was already checked by
+/// `ImageRef::parse`.
+#[derive(Debug, PartialEq, Eq)]
+struct Name {
+    registry: String,
+    repository: String,
+    tag: Option<String>,
+    digest: Option<String>,
+}
+
+fn split_name(reference: &str) -> Result<Name, ImageError> {
+    let bad = |reason: &str| ImageError::BadReference {
+        reference: reference.to_string(),
+        reason: reason.to_string(),
+    };
+    let (name_tag, digest) = match reference.split_once('@') {
+        Some((n, d)) => (n, Some(d.to_string())),
+        None => (reference, None),
+    };
+    if let Some(d) = &digest {
+        let hex = d
+            .strip_prefix("sha256:")
+            .ok_or_else(|| bad("only sha256 digests are supported"))?;
+        if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(bad("a sha256 digest is 64 lowercase hex digits"));
+        }
+    }
+    let last_slash = name_tag.rfind('/');
+    let (name, tag) = match name_tag.rfind(':') {
+        Some(i) if last_slash.is_none_or(|s| i > s) => {
+            (&name_tag[..i], Some(name_tag[i + 1..].to_string()))
+        }
+        _ => (name_tag, None),
+    };
+    let (registry, repository) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains('.') || first.contains(':') || first == "localhost" =>
+        {
+            (first.to_string(), rest.to_string())
+        }
+        _ => (DOCKER_HUB.to_string(), name.to_string()),
+    };
+    let registry = match registry.as_str() {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_string(),
+        _ => registry,
+    };
+    let repository = if registry == DOCKER_HUB && !repository.contains('/') {
+        format!("library/{repository}")
+    } else {
+        repository
+    };
+    if repository.is_empty() {
+        return Err(bad("it names no repository"));
+    }
+    let tag = match (&tag, &digest) {
+        (None, None) => Some("latest".to_string()),
+        _ => tag,
+    };
+    Ok(Name {
+        registry,
+        repository,
+        tag,
+        digest,
+    })
+}
+
 pub(crate) fn parse(reference: &str, settings: &RegistrySettings) -> Result<Resolved, ImageError> {
-    let parsed: Reference =
-        reference
-            .parse()
-            .map_err(|e: oci_client::ParseError| ImageError::BadReference {
-                reference: reference.to_string(),
-                reason: e.to_string(),
-            })?;
-    let canonical = parsed.whole();
+    let name = split_name(reference)?;
+    let mut canonical = format!("{}/{}", name.registry, name.repository);
+    if let Some(t) = &name.tag {
+        canonical.push(':');
+        canonical.push_str(t);
+    }
+    if let Some(d) = &name.digest {
+        canonical.push('@');
+        canonical.push_str(d);
+    }
     let (fetch_from, plain_http) = match &settings.mirror {
-        Some((mirror, plain)) if parsed.registry() == DOCKER_HUB => (mirror.clone(), *plain),
-        _ => (parsed.registry().to_string(), false),
+        Some((mirror, plain)) if name.registry == DOCKER_HUB => (mirror.clone(), *plain),
+        _ => (name.registry.clone(), false),
     };
     let insecure_listed = settings.insecure.contains(&fetch_from);
     if plain_http && !is_loopback(&fetch_from) && !insecure_listed {
@@ -101,19 +178,19 @@ pub(crate) fn parse(reference: &str, settings: &RegistrySettings) -> Result<Reso
             registry: fetch_from,
         });
     }
-    let plain_http = plain_http
-        || insecure_listed
-        || (is_loopback(&fetch_from) && parsed.registry() != DOCKER_HUB);
-    let fetch = match parsed.digest() {
-        Some(d) => Reference::with_digest(
+    let plain_http =
+        plain_http || insecure_listed || (is_loopback(&fetch_from) && name.registry != DOCKER_HUB);
+    let fetch = match (&name.digest, &name.tag) {
+        (Some(d), _) => {
+            Reference::with_digest(fetch_from.clone(), name.repository.clone(), d.clone())
+        }
+        (None, Some(t)) => {
+            Reference::with_tag(fetch_from.clone(), name.repository.clone(), t.clone())
+        }
+        (None, None) => Reference::with_tag(
             fetch_from.clone(),
-            parsed.repository().to_string(),
-            d.to_string(),
-        ),
-        None => Reference::with_tag(
-            fetch_from.clone(),
-            parsed.repository().to_string(),
-            parsed.tag().unwrap_or("latest").to_string(),
+            name.repository.clone(),
+            "latest".to_string(),
         ),
     };
     Ok(Resolved {
@@ -128,9 +205,12 @@ pub(crate) fn parse(reference: &str, settings: &RegistrySettings) -> Result<Reso
 }
 
 /// The image for `reference`: from the store when it has been pulled, else pulled now.
-pub(crate) fn resolve(store: &Path, reference: &str) -> Result<Rootfs, ImageError> {
-    let settings = RegistrySettings::from_env()?;
-    let resolved = parse(reference, &settings)?;
+pub(crate) fn resolve(
+    store: &Path,
+    reference: &str,
+    settings: &RegistrySettings,
+) -> Result<Rootfs, ImageError> {
+    let resolved = parse(reference, settings)?;
     if let Some(hex) = load_ref(store, &resolved.canonical)
         && let Some(rootfs) = record::load(store, &hex)
     {
@@ -140,9 +220,12 @@ pub(crate) fn resolve(store: &Path, reference: &str) -> Result<Rootfs, ImageErro
 }
 
 /// Pulls `reference` again from its registry (or mirror), even when it is in the store.
-pub fn pull(store: &Path, reference: &str) -> Result<Rootfs, ImageError> {
-    let settings = RegistrySettings::from_env()?;
-    pull_resolved(store, &parse(reference, &settings)?)
+pub fn pull(
+    store: &Path,
+    reference: &str,
+    settings: &RegistrySettings,
+) -> Result<Rootfs, ImageError> {
+    pull_resolved(store, &parse(reference, settings)?)
 }
 
 fn pull_resolved(store: &Path, resolved: &Resolved) -> Result<Rootfs, ImageError> {
@@ -285,6 +368,26 @@ mod tests {
                 .plain_http
         );
         assert!(parse_mirror("ftp://x").is_err() && parse_mirror("http://h/path").is_err());
+    }
+
+    #[test]
+    fn names_are_normalised_as_docker_does() {
+        let n = |r: &str| split_name(r).expect(r);
+        assert_eq!(n("python").repository, "library/python");
+        assert_eq!(n("python").tag.as_deref(), Some("latest"));
+        assert_eq!(n("org/img:1").repository, "org/img");
+        assert_eq!(n("org/img:1").registry, "docker.io");
+        assert_eq!(n("ghcr.io/org/img").registry, "ghcr.io");
+        assert_eq!(n("localhost:5000/img:2").registry, "localhost:5000");
+        assert_eq!(n("localhost:5000/img:2").tag.as_deref(), Some("2"));
+        assert_eq!(n("index.docker.io/busybox").repository, "library/busybox");
+        let d = format!("sha256:{}", "0".repeat(64));
+        let with_digest = n(&format!("127.0.0.1:5000/x@{d}"));
+        assert_eq!(
+            (with_digest.tag, with_digest.digest.as_deref()),
+            (None, Some(d.as_str()))
+        );
+        assert!(split_name("x@sha256:zz").is_err());
     }
 
     #[test]

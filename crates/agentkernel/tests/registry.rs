@@ -299,3 +299,41 @@ fn the_image_is_detected_from_the_command_then_the_project() {
     assert_eq!(out.stdout, "none\n", "{out:?}");
     assert!(out.stderr.contains("chosen by --image"), "{out:?}");
 }
+
+#[test]
+fn the_config_names_the_mirror() {
+    let reg = test_registry();
+    let ak = Ak::new();
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        format!("[images]\nmirrors = [\"http://{}\"]\n", reg.addr),
+    )
+    .expect("write");
+    let out: Out = ak
+        .cmd(&[
+            "run",
+            "--image",
+            "busybox",
+            "--no-network",
+            "--",
+            "echo",
+            "from the config's mirror",
+        ])
+        .env_remove("AGENTKERNEL_REGISTRY_MIRROR")
+        .output()
+        .expect("spawn")
+        .into();
+    assert_eq!(out.stdout, "from the config's mirror\n", "{out:?}");
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[images]\nmirrors = [\"ftp://x\"]\n",
+    )
+    .expect("write");
+    let out: Out = ak
+        .cmd(&["run", "--image", "busybox:1", "--", "true"])
+        .env_remove("AGENTKERNEL_REGISTRY_MIRROR")
+        .output()
+        .expect("spawn")
+        .into();
+    assert_eq!(out.code, 125, "{out:?}");
+}
