@@ -525,6 +525,65 @@ impl Engine {
         }
     }
 
+    /// Forgets a pulled image; refused while a sandbox uses it.
+    pub fn remove_image(&self, reference: &str) -> Result<()> {
+        let canonical = agentkernel_image::canonical_name(reference)?;
+        if let Some(user) = self
+            .image_users()?
+            .into_iter()
+            .find(|(name, _)| *name == canonical)
+        {
+            return Err(agentkernel_core::CoreError::Unsupported(format!(
+                "image {reference} is used by sandbox {}: remove that sandbox first (`agentkernel remove {}`)",
+                user.1, user.1
+            ))
+            .into());
+        }
+        if !self.images.remove(reference)? {
+            return Err(agentkernel_core::CoreError::Unsupported(format!(
+                "no image {reference} in the store: see `agentkernel images list`"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
+    /// Removes every pulled image no sandbox uses and whatever nothing else reaches.
+    pub fn prune_images(&self) -> Result<agentkernel_image::Pruned> {
+        let keep: std::collections::HashSet<String> = self
+            .image_users()?
+            .into_iter()
+            .map(|(image, _)| image)
+            .collect();
+        // Local OCI layouts unpack into the store too: keep what sandboxes built on them use.
+        let images = self.images_for(None)?;
+        let keep_rootfs: Vec<Rootfs> = self
+            .store()?
+            .list()?
+            .iter()
+            .filter(|r| matches!(r.spec.image, agentkernel_core::ImageRef::OciLayout { .. }))
+            .filter_map(|r| images.resolve(&r.spec.image).ok())
+            .collect();
+        Ok(self.images.prune(&keep, &keep_rootfs)?)
+    }
+
+    /// (canonical image name, sandbox) for every sandbox built on a registry image.
+    fn image_users(&self) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .store()?
+            .list()?
+            .into_iter()
+            .filter_map(|r| match &r.spec.image {
+                agentkernel_core::ImageRef::Registry { reference } => {
+                    agentkernel_image::canonical_name(reference)
+                        .ok()
+                        .map(|c| (c, r.name))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Registry images in the store.
     pub fn list_images(&self) -> Vec<agentkernel_image::ImageSummary> {
         self.images.list()

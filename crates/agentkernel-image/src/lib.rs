@@ -19,6 +19,7 @@ mod error;
 mod extract;
 mod host;
 mod layout;
+mod prune;
 mod pull;
 mod record;
 mod registry;
@@ -28,7 +29,8 @@ mod unpack;
 
 pub use agentkernel_core::ImageRef;
 pub use error::ImageError;
-pub use registry::{ImageSummary, RegistrySettings};
+pub use prune::Pruned;
+pub use registry::{ImageSummary, RegistrySettings, canonical_name};
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -95,6 +97,22 @@ impl ImageStore {
     /// Pulls a registry image again (even when the store has it) and prepares it.
     pub fn pull(&self, reference: &str) -> Result<Rootfs, ImageError> {
         registry::pull(&self.root, reference, &self.registries)
+    }
+
+    /// Forgets a pulled reference (its content goes at the next prune). Returns whether the
+    /// store had it.
+    pub fn remove(&self, reference: &str) -> Result<bool, ImageError> {
+        prune::remove(&self.root, &canonical_name(reference)?)
+    }
+
+    /// Forgets every pulled reference not in `keep_references` (canonical names) and removes
+    /// whatever neither the references left nor `keep_rootfs` reach.
+    pub fn prune(
+        &self,
+        keep_references: &std::collections::HashSet<String>,
+        keep_rootfs: &[Rootfs],
+    ) -> Result<Pruned, ImageError> {
+        prune::prune(&self.root, keep_references, keep_rootfs)
     }
 
     /// The registry images in the store.

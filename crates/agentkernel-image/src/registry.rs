@@ -237,12 +237,32 @@ fn pull_resolved(store: &Path, resolved: &Resolved) -> Result<Rootfs, ImageError
 }
 
 #[derive(Serialize, Deserialize)]
-struct RefEntry {
-    reference: String,
-    manifest: String,
+pub(crate) struct RefEntry {
+    pub(crate) reference: String,
+    pub(crate) manifest: String,
 }
 
-fn ref_path(store: &Path, canonical: &str) -> PathBuf {
+/// Every readable entry of `refs/`, with its file.
+pub(crate) fn ref_entries(store: &Path) -> Vec<(PathBuf, RefEntry)> {
+    let Ok(entries) = std::fs::read_dir(store.join("refs")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .filter_map(|e| {
+            let entry = serde_json::from_slice::<RefEntry>(&std::fs::read(e.path()).ok()?).ok()?;
+            Some((e.path(), entry))
+        })
+        .collect()
+}
+
+/// The name a reference is stored under: `python` → `docker.io/library/python:latest`.
+pub fn canonical_name(reference: &str) -> Result<String, ImageError> {
+    Ok(parse(reference, &RegistrySettings::default())?.canonical)
+}
+
+pub(crate) fn ref_path(store: &Path, canonical: &str) -> PathBuf {
     let key = hex::encode(Sha256::digest(canonical.as_bytes()));
     store.join("refs").join(format!("{key}.json"))
 }
@@ -297,14 +317,9 @@ pub struct ImageSummary {
 
 /// Every reference pulled into the store whose image is still prepared.
 pub(crate) fn list(store: &Path) -> Vec<ImageSummary> {
-    let Ok(entries) = std::fs::read_dir(store.join("refs")) else {
-        return Vec::new();
-    };
-    let mut out: Vec<ImageSummary> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-        .filter_map(|e| serde_json::from_slice::<RefEntry>(&std::fs::read(e.path()).ok()?).ok())
-        .filter_map(|entry| {
+    let mut out: Vec<ImageSummary> = ref_entries(store)
+        .into_iter()
+        .filter_map(|(_, entry)| {
             let hex = entry.manifest.strip_prefix("sha256:")?.to_string();
             let rootfs = record::load(store, &hex)?;
             let size_bytes = rootfs

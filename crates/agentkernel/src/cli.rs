@@ -58,6 +58,16 @@ pub enum ImagesCommand {
     /// List pulled images
     #[command(visible_alias = "ls")]
     List(ListArgs),
+    /// Forget a pulled image (its files go at the next prune)
+    Rm(ImageArg),
+    /// Remove every pulled image no sandbox uses, and what nothing reaches
+    Prune,
+}
+
+#[derive(Args, Debug)]
+pub struct ImageArg {
+    /// Image reference
+    pub image: String,
 }
 
 #[derive(Args, Debug)]

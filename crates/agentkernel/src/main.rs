@@ -92,6 +92,18 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             }
             Ok(0)
         }
+        Command::Images(ImagesCommand::Rm(a)) => {
+            engine()?.remove_image(&a.image)?;
+            Ok(0)
+        }
+        Command::Images(ImagesCommand::Prune) => {
+            let pruned = engine()?.prune_images()?;
+            for r in &pruned.references {
+                println!("removed {r}");
+            }
+            println!("freed {:.1} MB", pruned.bytes_freed as f64 / 1_000_000.0);
+            Ok(0)
+        }
         Command::Images(ImagesCommand::List(a)) => {
             render::images(&engine()?.list_images(), a.json);
             Ok(0)

@@ -337,3 +337,54 @@ fn the_config_names_the_mirror() {
         .into();
     assert_eq!(out.code, 125, "{out:?}");
 }
+
+#[test]
+fn prune_keeps_what_sandboxes_use_and_rm_refuses_it() {
+    let ak = Ak::new();
+    ak.ok(&["images", "pull", "-q", "python:3.12-alpine"]);
+    ak.ok(&["create", "uses-bb", "--image", "busybox", "--no-network"]);
+    let out = ak.run(&["images", "rm", "busybox"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("used by sandbox uses-bb"), "{out:?}");
+
+    let out = ak.ok(&["images", "prune"]);
+    assert!(
+        out.stdout
+            .contains("removed docker.io/library/python:3.12-alpine"),
+        "{out:?}"
+    );
+    assert!(!out.stdout.contains("busybox"), "{out:?}");
+    let freed: f64 = out
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .expect("freed N MB");
+    assert!(freed > 1.0, "the python image is tens of MB: {out:?}");
+    let list = ak.ok(&["images", "list"]).stdout;
+    assert!(
+        list.contains("library/busybox") && !list.contains("python"),
+        "{list}"
+    );
+    // What the sandbox uses still runs, without the registry.
+    ak.ok(&["start", "uses-bb"]);
+    assert_eq!(
+        ak.ok(&["exec", "uses-bb", "--", "echo", "still here"])
+            .stdout,
+        "still here\n"
+    );
+
+    ak.ok(&["remove", "uses-bb"]);
+    ak.ok(&["images", "rm", "busybox"]);
+    let out = ak.run(&["images", "rm", "busybox"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("no image busybox"), "{out:?}");
+    ak.ok(&["images", "prune"]);
+    for dir in ["images/blobs/sha256", "images/layers", "images/refs"] {
+        let left: Vec<_> = std::fs::read_dir(ak.home.path().join(dir))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{dir} still has {left:?}");
+    }
+}
