@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod doctor;
 pub mod error;
 mod lock;
 mod native;
@@ -147,7 +148,7 @@ impl Engine {
 
     /// The image store with the registry settings of `config` (`[images]`) and the environment
     /// (`AGENTKERNEL_REGISTRY_MIRROR`, which wins).
-    fn images_for(&self, config: Option<&Config>) -> Result<ImageStore> {
+    pub(crate) fn images_for(&self, config: Option<&Config>) -> Result<ImageStore> {
         let section = config.map(|c| c.images.clone()).unwrap_or_default();
         let settings = agentkernel_image::RegistrySettings::new(
             section.mirrors.as_deref().unwrap_or_default(),

@@ -46,6 +46,10 @@ pub enum Command {
     /// View the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check what this machine can run, and how to fix what it cannot
+    Doctor(ListArgs),
+    /// Prepare what the default backend needs (packages, state directory, host image)
+    Setup(SetupArgs),
     /// Manage images (pull, list)
     #[command(subcommand, visible_alias = "image")]
     Images(ImagesCommand),
@@ -62,6 +66,13 @@ pub enum ImagesCommand {
     Rm(ImageArg),
     /// Remove every pulled image no sandbox uses, and what nothing reaches
     Prune,
+}
+
+#[derive(Args, Debug)]
+pub struct SetupArgs {
+    /// Do not install missing Debian packages (only say which)
+    #[arg(long)]
+    pub no_install: bool,
 }
 
 #[derive(Args, Debug)]

@@ -92,6 +92,29 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             }
             Ok(0)
         }
+        Command::Doctor(a) => {
+            let checks = engine()?.doctor();
+            render::checks(&checks, a.json);
+            // Non-zero when the default backend cannot run sandboxes.
+            Ok(if checks.first().is_some_and(|c| c.ok) {
+                0
+            } else {
+                1
+            })
+        }
+        Command::Setup(a) => {
+            let engine = engine()?;
+            for line in engine.setup(!a.no_install)? {
+                println!("{line}");
+            }
+            let checks = engine.doctor();
+            render::checks(&checks, false);
+            Ok(if checks.first().is_some_and(|c| c.ok) {
+                0
+            } else {
+                1
+            })
+        }
         Command::Images(ImagesCommand::Rm(a)) => {
             engine()?.remove_image(&a.image)?;
             Ok(0)

@@ -26,6 +26,23 @@ pub fn sandboxes(list: &[SandboxInfo], json: bool) {
     }
 }
 
+pub fn checks(list: &[agentkernel_engine::doctor::Check], json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(list).unwrap_or_else(|_| "[]".into())
+        );
+        return;
+    }
+    for c in list {
+        let mark = if c.ok { "ok " } else { "-- " };
+        println!("{mark} {:<28} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("    {:<28} fix: {fix}", "");
+        }
+    }
+}
+
 pub fn images(list: &[agentkernel_image::ImageSummary], json: bool) {
     if json {
         println!(

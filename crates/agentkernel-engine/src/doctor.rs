@@ -1,0 +1,194 @@
+//! `doctor` and `setup`: what this machine can run, why not, and the exact fix; and preparing
+//! what the default backend needs.
+
+use crate::Engine;
+use crate::backend;
+use agentkernel_core::BackendKind;
+use serde::Serialize;
+use std::time::Duration;
+
+/// One finding of `doctor`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+    /// What to do when it is not ok.
+    pub fix: Option<String>,
+}
+
+fn check(name: &str, ok: bool, detail: impl Into<String>, fix: Option<&str>) -> Check {
+    Check {
+        name: name.to_string(),
+        ok,
+        detail: detail.into(),
+        fix: if ok { None } else { fix.map(str::to_string) },
+    }
+}
+
+/// Debian packages the native backend uses, with the program that shows each is there.
+const PACKAGES: &[(&str, &str, &str)] = &[(
+    "passt",
+    "pasta",
+    "outbound network for sandboxes (moderate and permissive)",
+)];
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+impl Engine {
+    /// Everything `doctor` reports. The default backend's check comes first.
+    pub fn doctor(&self) -> Vec<Check> {
+        let mut checks = Vec::new();
+        for kind in BackendKind::ALL {
+            let default = if kind == BackendKind::Native {
+                " (default)"
+            } else {
+                ""
+            };
+            let name = format!("backend {kind}{default}");
+            checks.push(match backend::backend_for(kind, self.home()) {
+                Ok(b) => {
+                    let r = b.readiness();
+                    check(&name, r.usable, r.reason, Some("see docs/security.md: run agentkernel as root on Linux with overlayfs and cgroups"))
+                }
+                Err(_) => Check { name, ok: false, detail: "not in this build".to_string(), fix: Some("use -B native".to_string()) },
+            });
+        }
+        for (package, program, what) in PACKAGES {
+            let there = on_path(program);
+            checks.push(check(
+                program,
+                there,
+                if there { format!("found: {what}") } else { format!("missing: {what}") },
+                Some(&format!("apt-get install -y {package} (or `agentkernel setup`), or run sandboxes with --no-network")),
+            ));
+        }
+        let home = self.home();
+        let writable = std::fs::create_dir_all(home).is_ok() && tempfile_in(home).is_ok();
+        checks.push(check(
+            "state directory",
+            writable,
+            home.display().to_string(),
+            Some("make it writable, or set AGENTKERNEL_HOME"),
+        ));
+        let images = self.list_images();
+        checks.push(check(
+            "image store",
+            true,
+            format!(
+                "{} ({} pulled images)",
+                home.join("images").display(),
+                images.len()
+            ),
+            None,
+        ));
+        checks.push(self.registry_check());
+        checks
+    }
+
+    /// Whether the registry Docker Hub names are pulled from answers (a TCP connection within
+    /// three seconds; nothing is downloaded).
+    fn registry_check(&self) -> Check {
+        let mirror = std::env::var("AGENTKERNEL_REGISTRY_MIRROR")
+            .ok()
+            .filter(|m| !m.is_empty());
+        let (label, addr) = match &mirror {
+            Some(m) => {
+                let host = m
+                    .split_once("://")
+                    .map(|(_, h)| h)
+                    .unwrap_or(m)
+                    .trim_end_matches('/');
+                let with_port = if host
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+                {
+                    host.to_string()
+                } else if m.starts_with("http://") {
+                    format!("{host}:80")
+                } else {
+                    format!("{host}:443")
+                };
+                (format!("registry mirror {m}"), with_port)
+            }
+            None => (
+                "registry docker.io".to_string(),
+                "registry-1.docker.io:443".to_string(),
+            ),
+        };
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr.as_str())
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|a| {
+                std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok()
+            });
+        check(
+            &label,
+            reachable,
+            if reachable {
+                format!("{addr} answers")
+            } else {
+                format!("{addr} does not answer")
+            },
+            Some(
+                "set AGENTKERNEL_REGISTRY_MIRROR (or [images] mirrors) to a reachable registry, or use --image host or a local directory",
+            ),
+        )
+    }
+
+    /// Prepares what the default backend needs: missing Debian packages (when `install` and
+    /// apt-get is there), the state directory, and the `host` image. Returns what it did.
+    pub fn setup(&self, install: bool) -> crate::Result<Vec<String>> {
+        let mut done = Vec::new();
+        let missing: Vec<&str> = PACKAGES
+            .iter()
+            .filter(|(_, program, _)| !on_path(program))
+            .map(|(p, _, _)| *p)
+            .collect();
+        if !missing.is_empty() {
+            if install && on_path("apt-get") {
+                let status = std::process::Command::new("apt-get")
+                    .args(["install", "-y", "-qq"])
+                    .args(&missing)
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .status()
+                    .map_err(crate::EngineError::io("run apt-get"))?;
+                if !status.success() {
+                    return Err(agentkernel_core::CoreError::Unsupported(format!(
+                        "apt-get could not install {}: run `apt-get update` and try again, or install them by hand",
+                        missing.join(" ")
+                    ))
+                    .into());
+                }
+                done.push(format!("installed {}", missing.join(" ")));
+            } else {
+                done.push(format!(
+                    "not installed (run `apt-get install -y {}`): {}",
+                    missing.join(" "),
+                    "sandboxes need --no-network until then"
+                ));
+            }
+        }
+        std::fs::create_dir_all(self.home()).map_err(crate::EngineError::io(format!(
+            "create {}",
+            self.home().display()
+        )))?;
+        self.images_for(None)?
+            .resolve(&agentkernel_core::ImageRef::Host)?;
+        done.push(format!(
+            "prepared the host image in {}",
+            self.home().join("images/host").display()
+        ));
+        Ok(done)
+    }
+}
+
+fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".doctor-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(probe)
+}

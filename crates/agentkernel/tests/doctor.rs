@@ -1,0 +1,72 @@
+//! `doctor` and `setup`: what the machine can run, and the fix for what it cannot.
+
+mod common;
+use common::*;
+
+fn checks(out: &Out) -> Vec<serde_json::Value> {
+    serde_json::from_str(&out.stdout).expect("doctor --json is JSON")
+}
+
+#[test]
+fn doctor_reports_backends_and_the_registry_with_fixes() {
+    let ak = Ak::new();
+    let out = ak.ok(&["doctor", "--json"]);
+    let list = checks(&out);
+    assert_eq!(list[0]["name"], "backend native (default)");
+    assert_eq!(list[0]["ok"], true, "{list:?}");
+    let docker = list
+        .iter()
+        .find(|c| c["name"] == "backend docker")
+        .expect("docker listed");
+    assert_eq!(docker["detail"], "not in this build");
+    let registry = list
+        .iter()
+        .find(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("registry mirror"))
+        })
+        .expect("mirror check");
+    assert_eq!(
+        registry["ok"], true,
+        "the test registry answers: {registry}"
+    );
+
+    let out: Out = ak
+        .cmd(&["doctor", "--json"])
+        .env("AGENTKERNEL_REGISTRY_MIRROR", "http://127.0.0.1:1")
+        .output()
+        .expect("spawn")
+        .into();
+    assert_eq!(out.code, 0, "the default backend still works: {out:?}");
+    let registry = checks(&out)
+        .into_iter()
+        .find(|c| c["name"] == "registry mirror http://127.0.0.1:1")
+        .expect("mirror check");
+    assert_eq!(registry["ok"], false);
+    assert!(
+        registry["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("AGENTKERNEL_REGISTRY_MIRROR")),
+        "{registry}"
+    );
+}
+
+#[test]
+fn setup_prepares_the_host_image() {
+    let ak = Ak::new();
+    let out = ak.ok(&["setup", "--no-install"]);
+    assert!(out.stdout.contains("prepared the host image"), "{out:?}");
+    assert!(ak.home.path().join("images/host").is_dir());
+    let out = ak.ok(&[
+        "run",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "python3",
+        "-c",
+        "print('after setup')",
+    ]);
+    assert_eq!(out.stdout, "after setup\n");
+}
