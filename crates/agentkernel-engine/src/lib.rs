@@ -512,11 +512,14 @@ impl Engine {
     }
 
     /// Pulls a registry image (again, even when the store has it). Returns the manifest digest.
-    pub fn pull_image(&self, reference: &str, cwd: &Path) -> Result<String> {
+    /// `quiet` draws no progress bars (they are only ever drawn on a terminal).
+    pub fn pull_image(&self, reference: &str, cwd: &Path, quiet: bool) -> Result<String> {
         match agentkernel_core::ImageRef::parse(reference, cwd)? {
             agentkernel_core::ImageRef::Registry { reference } => {
                 let config = resolve::load_config(&SpecRequest { cwd: cwd.to_path_buf(), ..Default::default() })?;
-                Ok(self.images_for(Some(&config))?.pull(&reference)?.id)
+                let images = self.images_for(Some(&config))?;
+                let images = if quiet { images.quiet() } else { images };
+                Ok(images.pull(&reference)?.id)
             }
             other => Err(agentkernel_core::CoreError::Unsupported(format!(
                 "{} is not a registry image: only registry images are pulled (local directories and layouts are used in place)",

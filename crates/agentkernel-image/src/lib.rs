@@ -71,16 +71,26 @@ pub struct Rootfs {
 pub struct ImageStore {
     root: PathBuf,
     registries: RegistrySettings,
+    /// Draw download progress on stderr (only ever when it is a terminal).
+    progress: bool,
 }
 
 impl ImageStore {
     /// A store rooted at `root` (normally `~/.agentkernel/images`). Nothing is created until an
     /// image needs preparing.
     pub fn new(root: PathBuf) -> ImageStore {
+        use std::io::IsTerminal as _;
         ImageStore {
             root,
             registries: RegistrySettings::default(),
+            progress: std::io::stderr().is_terminal(),
         }
+    }
+
+    /// No progress bars, even on a terminal (`--quiet`).
+    pub fn quiet(mut self) -> ImageStore {
+        self.progress = false;
+        self
     }
 
     /// Uses these registry settings (mirrors, insecure registries) for pulls.
@@ -96,7 +106,7 @@ impl ImageStore {
 
     /// Pulls a registry image again (even when the store has it) and prepares it.
     pub fn pull(&self, reference: &str) -> Result<Rootfs, ImageError> {
-        registry::pull(&self.root, reference, &self.registries)
+        registry::pull(&self.root, reference, &self.registries, self.progress)
     }
 
     /// Forgets a pulled reference (its content goes at the next prune). Returns whether the
@@ -127,7 +137,7 @@ impl ImageStore {
             ImageRef::Directory { path } => directory::resolve(path),
             ImageRef::OciLayout { path, tag } => layout::resolve(&self.root, path, tag.as_deref()),
             ImageRef::Registry { reference } => {
-                registry::resolve(&self.root, reference, &self.registries)
+                registry::resolve(&self.root, reference, &self.registries, self.progress)
             }
         }
     }

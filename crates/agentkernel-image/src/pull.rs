@@ -38,7 +38,11 @@ const MANIFEST_TYPES: &[&str] = &[
 
 /// Fetches the image's manifest for this machine, its config and its layers into the store's
 /// blobs; returns the manifest's descriptor.
-pub(crate) fn fetch(store: &Path, target: &PullTarget) -> Result<Descriptor, ImageError> {
+pub(crate) fn fetch(
+    store: &Path,
+    target: &PullTarget,
+    progress: bool,
+) -> Result<Descriptor, ImageError> {
     let blobs = store.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).map_err(ImageError::io("create", store))?;
     remove_abandoned(&blobs);
@@ -53,7 +57,7 @@ pub(crate) fn fetch(store: &Path, target: &PullTarget) -> Result<Descriptor, Ima
         .enable_all()
         .build()
         .map_err(ImageError::io("start the HTTP client for", store))?;
-    let result = runtime.block_on(fetch_async(store, target));
+    let result = runtime.block_on(fetch_async(store, target, progress));
     drop(runtime);
     result
 }
@@ -73,7 +77,11 @@ fn client(target: &PullTarget) -> Client {
     })
 }
 
-async fn fetch_async(store: &Path, target: &PullTarget) -> Result<Descriptor, ImageError> {
+async fn fetch_async(
+    store: &Path,
+    target: &PullTarget,
+    progress: bool,
+) -> Result<Descriptor, ImageError> {
     let client = client(target);
     let auth = crate::auth::credentials_for(target.reference.registry(), &target.registry);
     let (bytes, media_type) = manifest(&client, target, &target.reference, &auth).await?;
@@ -116,7 +124,7 @@ async fn fetch_async(store: &Path, target: &PullTarget) -> Result<Descriptor, Im
     let manifest: ImageManifest = serde_json::from_slice(&bytes)
         .map_err(|e| bad(target, &desc, format!("its manifest is not valid: {e}")))?;
     for blob_desc in std::iter::once(manifest.config()).chain(manifest.layers().iter()) {
-        download(&client, store, target, blob_desc).await?;
+        download(&client, store, target, blob_desc, progress).await?;
     }
     Ok(desc)
 }
@@ -239,6 +247,21 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, I
         })
 }
 
+/// A bar on stderr for one blob: its short digest, bytes so far and total.
+fn progress_bar(desc: &Descriptor, hex: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(desc.size()),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix(hex[..12.min(hex.len())].to_string());
+    bar
+}
+
 /// A download in progress holds an exclusive lock on its temporary file: one that can be locked
 /// and is older than a minute was left by an interrupted pull, and nothing will finish it.
 fn remove_abandoned(blobs: &Path) {
@@ -291,6 +314,7 @@ async fn download(
     store: &Path,
     target: &PullTarget,
     desc: &Descriptor,
+    progress: bool,
 ) -> Result<(), ImageError> {
     let hex = blob::sha256_hex(store, desc)?;
     let path = blob::blob_path(store, hex);
@@ -307,6 +331,7 @@ async fn download(
             .pull_blob_stream(&target.reference, desc.digest().as_ref())
             .await
             .map_err(|e| net_error(target, e))?;
+        let bar = progress.then(|| progress_bar(desc, hex));
         let mut hasher = Sha256::new();
         let mut size = 0u64;
         while let Some(chunk) = stream.stream.next().await {
@@ -337,6 +362,9 @@ async fn download(
                 ));
             }
             hasher.update(&chunk);
+            if let Some(bar) = &bar {
+                bar.set_position(size);
+            }
             file.write_all(&chunk)
                 .map_err(ImageError::io("write", &tmp))?;
         }
@@ -347,6 +375,9 @@ async fn download(
                 digest: desc.digest().to_string(),
                 detail: format!("got sha256:{got}, {size} of {} bytes", desc.size()),
             });
+        }
+        if let Some(bar) = &bar {
+            bar.finish();
         }
         file.sync_all().map_err(ImageError::io("write", &tmp))?;
         std::fs::rename(&tmp, &path).map_err(ImageError::io("write", &path))

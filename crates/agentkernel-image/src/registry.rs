@@ -209,6 +209,7 @@ pub(crate) fn resolve(
     store: &Path,
     reference: &str,
     settings: &RegistrySettings,
+    progress: bool,
 ) -> Result<Rootfs, ImageError> {
     let resolved = parse(reference, settings)?;
     if let Some(hex) = load_ref(store, &resolved.canonical)
@@ -216,7 +217,7 @@ pub(crate) fn resolve(
     {
         return Ok(rootfs);
     }
-    pull_resolved(store, &resolved)
+    pull_resolved(store, &resolved, progress)
 }
 
 /// Pulls `reference` again from its registry (or mirror), even when it is in the store.
@@ -224,12 +225,13 @@ pub fn pull(
     store: &Path,
     reference: &str,
     settings: &RegistrySettings,
+    progress: bool,
 ) -> Result<Rootfs, ImageError> {
-    pull_resolved(store, &parse(reference, settings)?)
+    pull_resolved(store, &parse(reference, settings)?, progress)
 }
 
-fn pull_resolved(store: &Path, resolved: &Resolved) -> Result<Rootfs, ImageError> {
-    let manifest = pull::fetch(store, &resolved.target)?;
+fn pull_resolved(store: &Path, resolved: &Resolved, progress: bool) -> Result<Rootfs, ImageError> {
+    let manifest = pull::fetch(store, &resolved.target, progress)?;
     let rootfs = crate::layout::prepare(store, store, &manifest)?;
     let hex = crate::blob::sha256_hex(store, &manifest)?;
     save_ref(store, &resolved.canonical, hex)?;

@@ -86,7 +86,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
                 context: "read the current directory".into(),
                 source: e,
             })?;
-            let digest = engine()?.pull_image(&a.image, &cwd)?;
+            let digest = engine()?.pull_image(&a.image, &cwd, a.quiet)?;
             if !a.quiet {
                 println!("{}: {digest}", a.image);
             }

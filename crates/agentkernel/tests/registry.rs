@@ -388,3 +388,49 @@ fn prune_keeps_what_sandboxes_use_and_rm_refuses_it() {
         assert!(left.is_empty(), "{dir} still has {left:?}");
     }
 }
+
+/// Runs `args` with stderr on a fresh pty (a terminal) and returns what it drew there.
+fn stderr_on_a_terminal(ak: &Ak, args: &[&str]) -> (Out, String) {
+    use rustix::pty::OpenptFlags;
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).expect("openpt");
+    rustix::pty::grantpt(&master).expect("grantpt");
+    rustix::pty::unlockpt(&master).expect("unlockpt");
+    let slave = rustix::pty::ioctl_tiocgptpeer(&master, OpenptFlags::RDWR | OpenptFlags::NOCTTY)
+        .expect("peer");
+    let child = ak
+        .cmd(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::from(slave))
+        .spawn()
+        .expect("spawn");
+    let out: Out = child.wait_with_output().expect("wait").into();
+    let flags = rustix::fs::fcntl_getfl(&master).expect("getfl");
+    rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK).expect("setfl");
+    let mut drawn = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = rustix::io::read(&master, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        drawn.extend_from_slice(&buf[..n]);
+    }
+    (out, String::from_utf8_lossy(&drawn).into_owned())
+}
+
+#[test]
+fn progress_is_drawn_on_a_terminal_unless_quiet() {
+    let ak = Ak::new();
+    let (out, drawn) = stderr_on_a_terminal(&ak, &["images", "pull", "python:3.12-alpine"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        drawn.contains("MiB"),
+        "a progress bar with sizes was expected: {drawn:?}"
+    );
+    let (out, drawn) = stderr_on_a_terminal(&ak, &["images", "pull", "--quiet", "busybox"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(drawn.is_empty(), "--quiet draws nothing: {drawn:?}");
+    // Not a terminal: nothing but the result line.
+    let out = ak.ok(&["images", "pull", "alpine:3.20"]);
+    assert!(out.stderr.is_empty(), "{out:?}");
+    assert!(out.stdout.starts_with("alpine:3.20: sha256:"), "{out:?}");
+}
