@@ -434,3 +434,92 @@ fn progress_is_drawn_on_a_terminal_unless_quiet() {
     assert!(out.stderr.is_empty(), "{out:?}");
     assert!(out.stdout.starts_with("alpine:3.20: sha256:"), "{out:?}");
 }
+
+/// Writes `layers` as an OCI layout at `layout` and pushes it to the open test registry with
+/// skopeo under a name of its own; returns that name.
+fn push_layers(
+    reg: &TestRegistry,
+    layout: &std::path::Path,
+    repo: &str,
+    layers: &[Vec<u8>],
+) -> String {
+    agentkernel_image::testing::write_oci_layout(layout, "t", layers, &Default::default())
+        .expect("layout");
+    let name = format!(
+        "{}/{repo}/img{}-{}:t",
+        reg.addr,
+        std::process::id(),
+        layout.display().to_string().len()
+    );
+    let push = std::process::Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:t", layout.display()))
+        .arg(format!("docker://{name}"))
+        .output()
+        .expect("skopeo");
+    assert!(
+        push.status.success(),
+        "{}",
+        String::from_utf8_lossy(&push.stderr)
+    );
+    name
+}
+
+#[test]
+fn whiteouts_and_opaque_directories_of_pulled_layers() {
+    use agentkernel_image::testing::Layer;
+    let reg = test_registry();
+    let ak = Ak::new();
+    let bottom = Layer::new()
+        .dir("bin", 0o755)
+        .file(
+            "bin/busybox",
+            &std::fs::read("/bin/busybox").expect("busybox-static"),
+            0o755,
+        )
+        .symlink("bin/sh", "busybox")
+        .symlink("bin/ls", "busybox")
+        .symlink("bin/cat", "busybox")
+        .dir("etc", 0o755)
+        .file("etc/gone", b"deleted above\n", 0o644)
+        .file("etc/kept", b"kept\n", 0o644)
+        .dir("data", 0o755)
+        .file("data/old", b"hidden by the opaque dir\n", 0o644)
+        .finish()
+        .expect("bottom");
+    let top = Layer::new()
+        .whiteout("etc/gone")
+        .opaque("data")
+        .file("data/new", b"new\n", 0o644)
+        .finish()
+        .expect("top");
+    let name = push_layers(
+        &reg,
+        &ak.cwd.path().join("layout"),
+        "layers",
+        &[bottom, top],
+    );
+    let out = ak.run(&[
+        "run",
+        "--image",
+        &name,
+        "--no-network",
+        "--",
+        "/bin/sh",
+        "-c",
+        "ls /etc /data; cat /etc/kept",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        !out.stdout.contains("gone"),
+        "a whiteout must delete the file below: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains("old"),
+        "an opaque directory hides what is below: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("new") && out.stdout.contains("kept"),
+        "{out:?}"
+    );
+}
