@@ -145,6 +145,9 @@ pub enum ImageError {
         reason: String,
     },
 
+    #[error("the disk is full writing {}: free space there (`agentkernel images prune` removes unused images) and pull again", path.display())]
+    DiskFull { path: PathBuf },
+
     #[error(
         "registry {registry} sent content for {digest} that does not match it ({detail}): its copy is \
          corrupt or was tampered with; nothing of it was kept, pull again or from another registry"

@@ -1,10 +1,10 @@
 //! Fetching an image's manifest, config and layers from a registry into the store's blobs.
 //!
-//! oci-client speaks the distribution protocol (token auth, redirects, platform indexes); this
-//! module decides what to fetch and makes the store safe to share: every blob is downloaded to
-//! a temporary file next to its final path, verified against its digest and size, and only then
-//! renamed into place. An interrupted pull leaves at most a temporary file (removed by the next
-//! pull's cleanup); two concurrent pulls write two temporaries and rename identical content.
+//! oci-client speaks the distribution protocol (token auth, redirects, ranges); this module
+//! decides what to fetch and keeps the store safe to share: a blob is written to a partial file
+//! next to its final path (locked while in use), verified against its digest and size, and only
+//! then renamed into place. An interrupted download is resumed by the next pull, which trusts
+//! none of it until the whole blob verifies; two pulls of one blob take turns.
 
 use crate::ImageError;
 use crate::blob;
@@ -269,13 +269,19 @@ fn remove_abandoned(blobs: &Path) {
         return;
     };
     for entry in entries.flatten() {
-        if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Partial downloads are kept a day for resuming; other temporaries a minute.
+        let keep_for = if name.starts_with(PARTIAL) {
+            std::time::Duration::from_secs(24 * 3600)
+        } else if name.starts_with(".tmp-") {
+            std::time::Duration::from_secs(60)
+        } else {
             continue;
-        }
-        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
-            t.elapsed()
-                .is_ok_and(|age| age > std::time::Duration::from_secs(60))
-        });
+        };
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > keep_for));
         let Ok(file) = std::fs::File::open(entry.path()) else {
             continue;
         };
@@ -307,8 +313,14 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
     written.map_err(ImageError::io("write", path))
 }
 
-/// Downloads one blob unless the store has it; verifies digest and size before it is renamed
-/// into place.
+/// Downloads one blob unless the store has it, into `.partial-<hex>` next to its final path,
+/// then checks digest and size before renaming it into place.
+///
+/// Resumable: an interrupted download leaves its partial file, and the next pull asks the
+/// registry only for the rest (an HTTP range). Nothing of it is trusted on the way: the bytes
+/// already there are hashed again, and a resumed blob that does not verify is fetched once more
+/// from the start. Two pulls of one blob take turns on the partial file's lock; the second finds
+/// the blob in place.
 async fn download(
     client: &Client,
     store: &Path,
@@ -318,75 +330,174 @@ async fn download(
 ) -> Result<(), ImageError> {
     let hex = blob::sha256_hex(store, desc)?;
     let path = blob::blob_path(store, hex);
-    if std::fs::metadata(&path).is_ok_and(|m| m.len() == desc.size()) {
+    let present = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.len() == desc.size());
+    if present(&path) {
         return Ok(());
     }
-    let tmp = temp_path(&path);
-    let result = async {
-        let mut file = std::fs::File::create(&tmp).map_err(ImageError::io("create", &tmp))?;
-        // Held until the file is renamed or removed: see `remove_abandoned`.
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| ImageError::io("lock", &tmp)(e.into()))?;
-        let mut stream = client
+    let partial = path.with_file_name(format!("{PARTIAL}{hex}"));
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&partial)
+        .map_err(ImageError::io("create", &partial))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| ImageError::io("lock", &partial)(e.into()))?;
+    if present(&path) {
+        return Ok(());
+    }
+    let mut resumed = true;
+    loop {
+        match fetch_into(
+            client, target, desc, hex, &mut file, &partial, resumed, progress,
+        )
+        .await
+        {
+            Ok(()) => break,
+            // A resumed download that does not verify: the part kept from before was not the
+            // blob's. Start over once.
+            Err(ImageError::TamperedBlob { .. }) if resumed => {
+                file.set_len(0)
+                    .map_err(ImageError::io("truncate", &partial))?;
+                resumed = false;
+            }
+            Err(e) => {
+                if matches!(e, ImageError::TamperedBlob { .. }) {
+                    let _ = std::fs::remove_file(&partial);
+                }
+                return Err(e);
+            }
+        }
+    }
+    file.sync_all().map_err(ImageError::io("write", &partial))?;
+    std::fs::rename(&partial, &path).map_err(ImageError::io("write", &path))
+}
+
+/// Files of downloads in progress (or interrupted, to be resumed).
+const PARTIAL: &str = ".partial-";
+
+/// Completes `file` (which may hold the start of the blob) from the registry and verifies it.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_into(
+    client: &Client,
+    target: &PullTarget,
+    desc: &Descriptor,
+    hex: &str,
+    file: &mut std::fs::File,
+    partial: &Path,
+    resume: bool,
+    progress: bool,
+) -> Result<(), ImageError> {
+    use std::io::{Read as _, Seek as _};
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let have = if resume {
+        file.metadata().map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    if have > 0 && have < desc.size() {
+        file.rewind().map_err(ImageError::io("read", partial))?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(ImageError::io("read", partial))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+    } else if have > 0 {
+        file.set_len(0)
+            .map_err(ImageError::io("truncate", partial))?;
+    }
+    let stream = if size > 0 {
+        match client
+            .pull_blob_stream_partial(&target.reference, desc.digest().as_ref(), size, None)
+            .await
+            .map_err(|e| net_error(target, e))?
+        {
+            oci_client::client::BlobResponse::Partial(s) => s,
+            // The registry ignored the range: take the whole blob.
+            oci_client::client::BlobResponse::Full(s) => {
+                file.set_len(0)
+                    .map_err(ImageError::io("truncate", partial))?;
+                hasher = Sha256::new();
+                size = 0;
+                s
+            }
+        }
+    } else {
+        client
             .pull_blob_stream(&target.reference, desc.digest().as_ref())
             .await
-            .map_err(|e| net_error(target, e))?;
-        let bar = progress.then(|| progress_bar(desc, hex));
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = stream.stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                let text = e.to_string();
-                if text.contains("Invalid digest")
-                    || text.contains("digest") && text.contains("got")
-                {
-                    ImageError::TamperedBlob {
-                        registry: target.registry.clone(),
-                        digest: desc.digest().to_string(),
-                        detail: text,
-                    }
-                } else {
-                    ImageError::PullFailed {
-                        reference: target.original.clone(),
-                        registry: target.registry.clone(),
-                        reason: format!("downloading {}: {text}", desc.digest()),
-                    }
+            .map_err(|e| net_error(target, e))?
+    };
+    file.seek(std::io::SeekFrom::Start(size))
+        .map_err(ImageError::io("write", partial))?;
+    let bar = progress.then(|| progress_bar(desc, hex));
+    if let Some(bar) = &bar {
+        bar.set_position(size);
+    }
+    let mut stream = stream.stream;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("Invalid digest") || (text.contains("digest") && text.contains("got"))
+            {
+                ImageError::TamperedBlob {
+                    registry: target.registry.clone(),
+                    digest: desc.digest().to_string(),
+                    detail: text,
                 }
-            })?;
-            size += chunk.len() as u64;
-            if size > desc.size() {
-                return Err(bad(
-                    target,
-                    desc,
-                    format!("the registry sent more than its {} bytes", desc.size()),
-                ));
+            } else {
+                ImageError::PullFailed {
+                    reference: target.original.clone(),
+                    registry: target.registry.clone(),
+                    reason: format!("downloading {}: {text}", desc.digest()),
+                }
             }
-            hasher.update(&chunk);
-            if let Some(bar) = &bar {
-                bar.set_position(size);
-            }
-            file.write_all(&chunk)
-                .map_err(ImageError::io("write", &tmp))?;
-        }
-        let got = hex::encode(hasher.finalize());
-        if got != hex || size != desc.size() {
+        })?;
+        size += chunk.len() as u64;
+        if size > desc.size() {
             return Err(ImageError::TamperedBlob {
                 registry: target.registry.clone(),
                 digest: desc.digest().to_string(),
-                detail: format!("got sha256:{got}, {size} of {} bytes", desc.size()),
+                detail: format!("more than its {} bytes", desc.size()),
             });
         }
+        hasher.update(&chunk);
         if let Some(bar) = &bar {
-            bar.finish();
+            bar.set_position(size);
         }
-        file.sync_all().map_err(ImageError::io("write", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(ImageError::io("write", &path))
+        file.write_all(&chunk)
+            .map_err(|e| write_error(partial, e))?;
     }
-    .await;
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let got = hex::encode(hasher.finalize());
+    if got != hex || size != desc.size() {
+        return Err(ImageError::TamperedBlob {
+            registry: target.registry.clone(),
+            digest: desc.digest().to_string(),
+            detail: format!("got sha256:{got}, {size} of {} bytes", desc.size()),
+        });
     }
-    result
+    if let Some(bar) = &bar {
+        bar.finish();
+    }
+    Ok(())
+}
+
+/// A full disk says so, with the place to free.
+fn write_error(path: &Path, e: std::io::Error) -> ImageError {
+    if e.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()) {
+        return ImageError::DiskFull {
+            path: path.to_path_buf(),
+        };
+    }
+    ImageError::io("write", path)(e)
 }
 
 #[cfg(test)]
@@ -409,6 +520,7 @@ mod tests {
         let in_progress = make(".tmp-in-progress", true);
         rustix::fs::flock(&in_progress, rustix::fs::FlockOperation::LockExclusive).expect("lock");
         drop(make(".tmp-fresh", false));
+        drop(make(".partial-resumable", true));
         drop(make("0123abcd", true));
         remove_abandoned(dir.path());
         let left: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
@@ -418,10 +530,15 @@ mod tests {
             .collect();
         assert_eq!(
             left,
-            [".tmp-fresh", ".tmp-in-progress", "0123abcd"]
-                .into_iter()
-                .map(String::from)
-                .collect()
+            [
+                ".partial-resumable",
+                ".tmp-fresh",
+                ".tmp-in-progress",
+                "0123abcd"
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect()
         );
     }
 }

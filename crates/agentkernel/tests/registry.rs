@@ -523,3 +523,75 @@ fn whiteouts_and_opaque_directories_of_pulled_layers() {
         "{out:?}"
     );
 }
+
+#[test]
+fn an_interrupted_download_is_resumed_and_a_bad_start_is_not_trusted() {
+    use agentkernel_image::testing::Layer;
+    let reg = test_registry();
+    let layer = Layer::new()
+        .dir("bin", 0o755)
+        .file(
+            "bin/busybox",
+            &std::fs::read("/bin/busybox").expect("busybox-static"),
+            0o755,
+        )
+        .symlink("bin/sh", "busybox")
+        .finish()
+        .expect("layer");
+    let setup = Ak::new();
+    let layout = setup.cwd.path().join("layout");
+    let name = push_layers(&reg, &layout, "resume", &[layer]);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
+            .expect("json");
+    let manifest_hex = index["manifests"][0]["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(&manifest_hex)).expect("manifest"),
+    )
+    .expect("json");
+    let layer_hex = manifest["layers"][0]["digest"]
+        .as_str()
+        .expect("layer")
+        .trim_start_matches("sha256:")
+        .to_string();
+    let blob = std::fs::read(layout.join("blobs/sha256").join(&layer_hex)).expect("blob");
+
+    let half = blob.len() / 2;
+    let mut garbage = blob[..half].to_vec();
+    garbage[10] ^= 0x55;
+    for (what, start) in [
+        ("the first half of the blob", blob[..half].to_vec()),
+        ("a wrong first half", garbage),
+    ] {
+        let ak = Ak::new();
+        let blobs = ak.home.path().join("images/blobs/sha256");
+        std::fs::create_dir_all(&blobs).expect("mkdir");
+        std::fs::write(blobs.join(format!(".partial-{layer_hex}")), &start).expect("partial");
+        let out = ak.run(&["images", "pull", &name]);
+        assert_eq!(out.code, 0, "{what}: {out:?}");
+        assert_eq!(
+            std::fs::read(blobs.join(&layer_hex)).expect("blob kept"),
+            blob,
+            "{what}"
+        );
+        assert!(
+            !blobs.join(format!(".partial-{layer_hex}")).exists(),
+            "{what}"
+        );
+        let out = ak.run(&[
+            "run",
+            "--image",
+            &name,
+            "--no-network",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo resumed",
+        ]);
+        assert_eq!(out.stdout, "resumed\n", "{what}: {out:?}");
+    }
+}
