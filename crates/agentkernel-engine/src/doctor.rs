@@ -75,7 +75,7 @@ impl Engine {
             home.display().to_string(),
             Some("make it writable, or set AGENTKERNEL_HOME"),
         ));
-        let images = self.list_images();
+        let images = self.list_images(false);
         checks.push(check(
             "image store",
             true,

@@ -589,8 +589,8 @@ impl Engine {
     }
 
     /// Registry images in the store.
-    pub fn list_images(&self) -> Vec<agentkernel_image::ImageSummary> {
-        self.images.list()
+    pub fn list_images(&self, all: bool) -> Vec<agentkernel_image::ImageSummary> {
+        self.images.list(all)
     }
 
     /// Removes expired sandboxes and the leftovers of crashed ones. Returns what was removed.

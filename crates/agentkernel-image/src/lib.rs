@@ -125,9 +125,10 @@ impl ImageStore {
         prune::prune(&self.root, keep_references, keep_rootfs)
     }
 
-    /// The registry images in the store.
-    pub fn list(&self) -> Vec<ImageSummary> {
-        registry::list(&self.root)
+    /// The registry images in the store; with `all`, also prepared images no reference names
+    /// (from `oci:` layouts, or forgotten by `remove` and not yet pruned).
+    pub fn list(&self, all: bool) -> Vec<ImageSummary> {
+        registry::list(&self.root, all)
     }
 
     /// Prepares the image if needed and describes its root filesystem.

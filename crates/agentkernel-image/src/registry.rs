@@ -318,31 +318,52 @@ pub struct ImageSummary {
 }
 
 /// Every reference pulled into the store whose image is still prepared.
-pub(crate) fn list(store: &Path) -> Vec<ImageSummary> {
+pub(crate) fn list(store: &Path, all: bool) -> Vec<ImageSummary> {
+    let summary = |reference: String, hex: &str| -> Option<ImageSummary> {
+        let rootfs = record::load(store, hex)?;
+        // Stored blob sizes (layers of local layouts have none here: they count as 0).
+        let size_bytes = rootfs
+            .lower_dirs
+            .iter()
+            .filter_map(|d| {
+                d.file_name()
+                    .map(|n| n.to_string_lossy().replace("sha256-", ""))
+            })
+            .filter_map(|layer| std::fs::metadata(crate::blob::blob_path(store, &layer)).ok())
+            .map(|m| m.len())
+            .sum();
+        Some(ImageSummary {
+            reference,
+            manifest: format!("sha256:{hex}"),
+            layers: rootfs.lower_dirs.len(),
+            size_bytes,
+        })
+    };
     let mut out: Vec<ImageSummary> = ref_entries(store)
         .into_iter()
-        .filter_map(|(_, entry)| {
-            let hex = entry.manifest.strip_prefix("sha256:")?.to_string();
-            let rootfs = record::load(store, &hex)?;
-            let size_bytes = rootfs
-                .lower_dirs
-                .iter()
-                .filter_map(|d| {
-                    d.file_name()
-                        .map(|n| n.to_string_lossy().replace("sha256-", ""))
-                })
-                .filter_map(|layer| std::fs::metadata(crate::blob::blob_path(store, &layer)).ok())
-                .map(|m| m.len())
-                .sum();
-            Some(ImageSummary {
-                reference: entry.reference,
-                manifest: entry.manifest,
-                layers: rootfs.lower_dirs.len(),
-                size_bytes,
-            })
-        })
+        .filter_map(|(_, entry)| summary(entry.reference, entry.manifest.strip_prefix("sha256:")?))
         .collect();
     out.sort_by(|a, b| a.reference.cmp(&b.reference));
+    if all {
+        // Prepared images no reference names: unpacked from `oci:` layouts, or left by `rm`.
+        let named: std::collections::HashSet<String> =
+            out.iter().map(|i| i.manifest.clone()).collect();
+        if let Ok(entries) = std::fs::read_dir(store.join("oci")) {
+            let mut unnamed: Vec<ImageSummary> = entries
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(".json")
+                        .map(str::to_string)
+                })
+                .filter(|hex| !hex.starts_with('.') && !named.contains(&format!("sha256:{hex}")))
+                .filter_map(|hex| summary("<none>".to_string(), &hex))
+                .collect();
+            unnamed.sort_by(|a, b| a.manifest.cmp(&b.manifest));
+            out.extend(unnamed);
+        }
+    }
     out
 }
 

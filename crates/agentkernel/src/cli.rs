@@ -61,11 +61,21 @@ pub enum ImagesCommand {
     Pull(PullArgs),
     /// List pulled images
     #[command(visible_alias = "ls")]
-    List(ListArgs),
+    List(ImagesListArgs),
     /// Forget a pulled image (its files go at the next prune)
     Rm(ImageArg),
     /// Remove every pulled image no sandbox uses, and what nothing reaches
     Prune,
+}
+
+#[derive(Args, Debug)]
+pub struct ImagesListArgs {
+    /// Also list prepared images no reference names (from oci: layouts, or removed and not pruned)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

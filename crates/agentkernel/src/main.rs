@@ -128,7 +128,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
         Command::Images(ImagesCommand::List(a)) => {
-            render::images(&engine()?.list_images(), a.json);
+            render::images(&engine()?.list_images(a.all), a.json);
             Ok(0)
         }
         Command::Audit(AuditCommand::Path) => {

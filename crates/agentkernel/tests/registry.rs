@@ -377,6 +377,11 @@ fn prune_keeps_what_sandboxes_use_and_rm_refuses_it() {
 
     ak.ok(&["remove", "uses-bb"]);
     ak.ok(&["images", "rm", "busybox"]);
+    // Forgotten but not yet pruned: only `--all` shows it, without a name.
+    assert!(!ak.ok(&["images", "list"]).stdout.contains("<none>"));
+    let all = ak.ok(&["images", "list", "--all", "--json"]).stdout;
+    let all: Vec<serde_json::Value> = serde_json::from_str(&all).expect("json");
+    assert!(all.iter().any(|i| i["reference"] == "<none>"), "{all:?}");
     let out = ak.run(&["images", "rm", "busybox"]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("no image busybox"), "{out:?}");
