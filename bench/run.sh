@@ -59,7 +59,7 @@ echo "bench: pull" >&2
 # Images come from the loopback test registry (scripts/test-registry.sh), never a public one.
 bash scripts/test-registry.sh start >/dev/null
 set -a
-source "${AGENTKERNEL_TEST_IMAGES:-$HOME/.cache/agentkernel-test-images}/registry.env"
+source "${AGENTKERNEL_TEST_IMAGES:-${HOME:-/root}/.cache/agentkernel-test-images}/registry.env"
 set +a
 reg="$AGENTKERNEL_TEST_REGISTRY"
 pull_home="$work/pull-home"

@@ -10,7 +10,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
-cache="${AGENTKERNEL_TEST_IMAGES:-$HOME/.cache/agentkernel-test-images}"
+cache="${AGENTKERNEL_TEST_IMAGES:-${HOME:-/root}/.cache/agentkernel-test-images}"
 envfile="$cache/registry.env"
 run="$cache/run"              # registry configs, htpasswd and logs of the running pair
 storage="$cache/registry"     # registry storage: kept between runs, so a cached start pushes nothing new

@@ -13,7 +13,7 @@ bash scripts/test-registry.sh start >/dev/null
 trap 'bash scripts/test-registry.sh stop' EXIT
 set -a
 # shellcheck disable=SC1091
-source "${AGENTKERNEL_TEST_IMAGES:-$HOME/.cache/agentkernel-test-images}/registry.env"
+source "${AGENTKERNEL_TEST_IMAGES:-${HOME:-/root}/.cache/agentkernel-test-images}/registry.env"
 set +a
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --target "$HOST_TARGET" --workspace --no-fail-fast
