@@ -600,3 +600,29 @@ fn an_interrupted_download_is_resumed_and_a_bad_start_is_not_trusted() {
         assert_eq!(out.stdout, "resumed\n", "{what}: {out:?}");
     }
 }
+
+#[test]
+fn a_full_disk_is_reported_with_what_to_do() {
+    let ak = Ak::new();
+    // A 4 MB tmpfs as the whole state directory: the python image's layer does not fit.
+    let small = ak.cwd.path().join("small");
+    std::fs::create_dir(&small).expect("mkdir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tmpfs needs root");
+    let out: Out = ak
+        .cmd(&["images", "pull", "python:3.12-alpine"])
+        .env("AGENTKERNEL_HOME", &small)
+        .output()
+        .expect("spawn")
+        .into();
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("disk is full") && out.stderr.contains("images prune"),
+        "{out:?}"
+    );
+}
