@@ -27,9 +27,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImagesSection {
-    /// Where Docker Hub images are fetched from instead of Docker Hub: `http://127.0.0.1:5000`,
-    /// `https://mirror.example`. The first is used (no fallback to the next yet);
-    /// `AGENTKERNEL_REGISTRY_MIRROR` wins over it.
+    /// Tried in order for Docker Hub images before Docker Hub itself: `http://127.0.0.1:5000`,
+    /// `https://mirror.example`. `AGENTKERNEL_REGISTRY_MIRROR` replaces the list.
     pub mirrors: Option<Vec<String>>,
     /// `host[:port]` of registries that may be reached over plain HTTP (loopback ones may
     /// always).

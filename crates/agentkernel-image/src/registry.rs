@@ -21,27 +21,29 @@ const DOCKER_HUB: &str = "docker.io";
 /// `[images]` section.
 #[derive(Debug, Clone, Default)]
 pub struct RegistrySettings {
-    /// Replaces Docker Hub (`docker.io`) as Docker's `registry-mirrors` does: `host[:port]`,
-    /// with whether it speaks plain HTTP.
-    pub mirror: Option<(String, bool)>,
+    /// Tried in order for Docker Hub (`docker.io`) images before Docker Hub itself, as
+    /// Docker's `registry-mirrors` are: `host[:port]`, with whether it speaks plain HTTP.
+    pub mirrors: Vec<(String, bool)>,
     /// Registries that may be reached over plain HTTP besides loopback ones.
     pub insecure: Vec<String>,
 }
 
 impl RegistrySettings {
     /// `AGENTKERNEL_REGISTRY_MIRROR` (`http://host:port`, `https://host`, or `host[:port]`),
-    /// else the first of `mirrors` (`[images] mirrors`); `insecure` is
-    /// `[images] insecure_registries`.
+    /// else `mirrors` (`[images] mirrors`); `insecure` is `[images] insecure_registries`.
     pub fn new(mirrors: &[String], insecure: &[String]) -> Result<RegistrySettings, ImageError> {
         let env = std::env::var("AGENTKERNEL_REGISTRY_MIRROR")
             .ok()
             .filter(|v| !v.is_empty());
-        let mirror = match env.as_deref().or(mirrors.first().map(String::as_str)) {
-            Some(value) => Some(parse_mirror(value)?),
-            None => None,
+        let mirrors = match env {
+            Some(value) => vec![parse_mirror(&value)?],
+            None => mirrors
+                .iter()
+                .map(|m| parse_mirror(m))
+                .collect::<Result<_, _>>()?,
         };
         Ok(RegistrySettings {
-            mirror,
+            mirrors,
             insecure: insecure.to_vec(),
         })
     }
@@ -85,7 +87,8 @@ fn is_loopback(host: &str) -> bool {
 pub(crate) struct Resolved {
     /// `docker.io/library/python:3.12-alpine`: the key of `refs/`.
     pub(crate) canonical: String,
-    pub(crate) target: PullTarget,
+    /// Where to fetch it from, in order: the mirrors (Docker Hub names), then its registry.
+    pub(crate) targets: Vec<PullTarget>,
 }
 
 /// A reference split the way Docker normalises names: no registry means Docker Hub, and a
@@ -168,40 +171,41 @@ pub(crate) fn parse(reference: &str, settings: &RegistrySettings) -> Result<Reso
         canonical.push('@');
         canonical.push_str(d);
     }
-    let (fetch_from, plain_http) = match &settings.mirror {
-        Some((mirror, plain)) if name.registry == DOCKER_HUB => (mirror.clone(), *plain),
-        _ => (name.registry.clone(), false),
-    };
-    let insecure_listed = settings.insecure.contains(&fetch_from);
-    if plain_http && !is_loopback(&fetch_from) && !insecure_listed {
-        return Err(ImageError::InsecureRegistry {
-            registry: fetch_from,
-        });
+    // Docker Hub names go to each mirror in turn, then to Docker Hub itself.
+    let mut sources: Vec<(String, bool)> = Vec::new();
+    if name.registry == DOCKER_HUB {
+        sources.extend(settings.mirrors.iter().cloned());
     }
-    let plain_http =
-        plain_http || insecure_listed || (is_loopback(&fetch_from) && name.registry != DOCKER_HUB);
-    let fetch = match (&name.digest, &name.tag) {
-        (Some(d), _) => {
-            Reference::with_digest(fetch_from.clone(), name.repository.clone(), d.clone())
+    sources.push((name.registry.clone(), false));
+    let mut targets = Vec::with_capacity(sources.len());
+    for (fetch_from, plain_http) in sources {
+        let insecure_listed = settings.insecure.contains(&fetch_from);
+        if plain_http && !is_loopback(&fetch_from) && !insecure_listed {
+            return Err(ImageError::InsecureRegistry {
+                registry: fetch_from,
+            });
         }
-        (None, Some(t)) => {
-            Reference::with_tag(fetch_from.clone(), name.repository.clone(), t.clone())
-        }
-        (None, None) => Reference::with_tag(
-            fetch_from.clone(),
-            name.repository.clone(),
-            "latest".to_string(),
-        ),
-    };
-    Ok(Resolved {
-        canonical,
-        target: PullTarget {
+        let plain_http = plain_http
+            || insecure_listed
+            || (is_loopback(&fetch_from) && fetch_from == name.registry);
+        let fetch = match (&name.digest, &name.tag) {
+            (Some(d), _) => {
+                Reference::with_digest(fetch_from.clone(), name.repository.clone(), d.clone())
+            }
+            (None, t) => Reference::with_tag(
+                fetch_from.clone(),
+                name.repository.clone(),
+                t.clone().unwrap_or_else(|| "latest".to_string()),
+            ),
+        };
+        targets.push(PullTarget {
             reference: fetch,
             registry: fetch_from,
             plain_http,
             original: reference.to_string(),
-        },
-    })
+        });
+    }
+    Ok(Resolved { canonical, targets })
 }
 
 /// The image for `reference`: from the store when it has been pulled, else pulled now.
@@ -231,7 +235,31 @@ pub fn pull(
 }
 
 fn pull_resolved(store: &Path, resolved: &Resolved, progress: bool) -> Result<Rootfs, ImageError> {
-    let manifest = pull::fetch(store, &resolved.target, progress)?;
+    // The first source that delivers wins; when none does, the first one's error is the one
+    // to show (a configured mirror says more than Docker Hub behind it).
+    let mut first_error = None;
+    let mut fetched = None;
+    for target in &resolved.targets {
+        match pull::fetch(store, target, progress) {
+            Ok(manifest) => {
+                fetched = Some(manifest);
+                break;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let manifest = match (fetched, first_error) {
+        (Some(m), _) => m,
+        (None, Some(e)) => return Err(e),
+        (None, None) => {
+            return Err(ImageError::BadReference {
+                reference: resolved.canonical.clone(),
+                reason: "no registry to pull it from".to_string(),
+            });
+        }
+    };
     let rootfs = crate::layout::prepare(store, store, &manifest)?;
     let hex = crate::blob::sha256_hex(store, &manifest)?;
     save_ref(store, &resolved.canonical, hex)?;
@@ -373,7 +401,7 @@ mod tests {
 
     fn mirror(m: &str) -> RegistrySettings {
         RegistrySettings {
-            mirror: Some(parse_mirror(m).expect("mirror")),
+            mirrors: vec![parse_mirror(m).expect("mirror")],
             insecure: Vec::new(),
         }
     }
@@ -382,12 +410,32 @@ mod tests {
     fn docker_hub_names_go_through_the_mirror() {
         let r = parse("python:3.12-alpine", &mirror("http://127.0.0.1:5000")).expect("parse");
         assert_eq!(r.canonical, "docker.io/library/python:3.12-alpine");
-        assert_eq!(r.target.registry, "127.0.0.1:5000");
-        assert_eq!(r.target.reference.repository(), "library/python");
-        assert!(r.target.plain_http);
+        let order: Vec<&str> = r.targets.iter().map(|t| t.registry.as_str()).collect();
+        assert_eq!(
+            order,
+            ["127.0.0.1:5000", "docker.io"],
+            "the mirror, then Docker Hub"
+        );
+        assert_eq!(r.targets[0].reference.repository(), "library/python");
+        assert!(r.targets[0].plain_http && !r.targets[1].plain_http);
         let r = parse("ghcr.io/org/img:1", &mirror("http://127.0.0.1:5000")).expect("parse");
-        assert_eq!(r.target.registry, "ghcr.io", "only Docker Hub is mirrored");
-        assert!(!r.target.plain_http);
+        assert_eq!(r.targets.len(), 1, "only Docker Hub is mirrored");
+        assert_eq!(r.targets[0].registry, "ghcr.io");
+        assert!(!r.targets[0].plain_http);
+        let two = RegistrySettings {
+            mirrors: vec![
+                parse_mirror("http://127.0.0.1:1").expect("mirror"),
+                parse_mirror("https://m.example").expect("mirror"),
+            ],
+            insecure: Vec::new(),
+        };
+        let r = parse("busybox", &two).expect("parse");
+        let order: Vec<&str> = r.targets.iter().map(|t| t.registry.as_str()).collect();
+        assert_eq!(
+            order,
+            ["127.0.0.1:1", "m.example", "docker.io"],
+            "mirrors in order, then Docker Hub"
+        );
     }
 
     #[test]
@@ -398,11 +446,11 @@ mod tests {
         ));
         let mut s = mirror("http://10.1.2.3:5000");
         s.insecure.push("10.1.2.3:5000".into());
-        assert!(parse("alpine", &s).expect("listed").target.plain_http);
+        assert!(parse("alpine", &s).expect("listed").targets[0].plain_http);
         assert!(
             parse("localhost:5000/x:1", &RegistrySettings::default())
                 .expect("loopback")
-                .target
+                .targets[0]
                 .plain_http
         );
         assert!(parse_mirror("ftp://x").is_err() && parse_mirror("http://h/path").is_err());
@@ -432,9 +480,9 @@ mod tests {
     fn digests_and_default_tags() {
         let d = format!("sha256:{}", "a".repeat(64));
         let r = parse(&format!("busybox@{d}"), &RegistrySettings::default()).expect("parse");
-        assert_eq!(r.target.reference.digest(), Some(d.as_str()));
+        assert_eq!(r.targets[0].reference.digest(), Some(d.as_str()));
         let r = parse("busybox", &RegistrySettings::default()).expect("parse");
-        assert_eq!(r.target.reference.tag(), Some("latest"));
+        assert_eq!(r.targets[0].reference.tag(), Some("latest"));
         assert_eq!(r.canonical, "docker.io/library/busybox:latest");
     }
 }

@@ -306,7 +306,8 @@ fn the_config_names_the_mirror() {
     let ak = Ak::new();
     std::fs::write(
         ak.cwd.path().join("agentkernel.toml"),
-        format!("[images]\nmirrors = [\"http://{}\"]\n", reg.addr),
+        // The first mirror is down: the next one serves the image, as with Docker's mirrors.
+        format!("[images]\nmirrors = [\"http://127.0.0.1:1\", \"http://{}\"]\n", reg.addr),
     )
     .expect("write");
     let out: Out = ak
