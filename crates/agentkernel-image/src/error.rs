@@ -125,7 +125,7 @@ pub enum ImageError {
 
     #[error(
         "registry {registry} would be reached over plain HTTP, which is allowed only for loopback \
-         registries: use https://, or list it as insecure"
+         registries: use https://, or list it in [images] insecure_registries of agentkernel.toml"
     )]
     InsecureRegistry { registry: String },
 
