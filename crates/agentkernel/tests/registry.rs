@@ -307,7 +307,10 @@ fn the_config_names_the_mirror() {
     std::fs::write(
         ak.cwd.path().join("agentkernel.toml"),
         // The first mirror is down: the next one serves the image, as with Docker's mirrors.
-        format!("[images]\nmirrors = [\"http://127.0.0.1:1\", \"http://{}\"]\n", reg.addr),
+        format!(
+            "[images]\nmirrors = [\"http://127.0.0.1:1\", \"http://{}\"]\n",
+            reg.addr
+        ),
     )
     .expect("write");
     let out: Out = ak
