@@ -205,23 +205,7 @@ fn a_tampered_layer_is_rejected_and_nothing_is_kept() {
     );
 
     // The layer's digest, from the layout's manifest.
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
-            .expect("json");
-    let manifest_hex = index["manifests"][0]["digest"]
-        .as_str()
-        .expect("digest")
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&manifest_hex)).expect("manifest"),
-    )
-    .expect("json");
-    let layer_hex = manifest["layers"][0]["digest"]
-        .as_str()
-        .expect("layer")
-        .trim_start_matches("sha256:")
-        .to_string();
+    let layer_hex = first_layer_hex(&layout);
 
     // The registry now serves other bytes of the same size under that digest.
     let data = storage
@@ -444,6 +428,26 @@ fn progress_is_drawn_on_a_terminal_unless_quiet() {
     assert!(out.stdout.starts_with("alpine:3.20: sha256:"), "{out:?}");
 }
 
+/// The hex digest of the first layer of the only image in an OCI layout.
+fn first_layer_hex(layout: &std::path::Path) -> String {
+    let json = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&path).expect("layout file")).expect("json")
+    };
+    let hex = |v: &serde_json::Value| {
+        v.as_str()
+            .expect("digest")
+            .trim_start_matches("sha256:")
+            .to_string()
+    };
+    let index = json(layout.join("index.json"));
+    let manifest = json(
+        layout
+            .join("blobs/sha256")
+            .join(hex(&index["manifests"][0]["digest"])),
+    );
+    hex(&manifest["layers"][0]["digest"])
+}
+
 /// Writes `layers` as an OCI layout at `layout` and pushes it to the open test registry with
 /// skopeo under a name of its own; returns that name.
 fn push_layers(
@@ -550,23 +554,7 @@ fn an_interrupted_download_is_resumed_and_a_bad_start_is_not_trusted() {
     let setup = Ak::new();
     let layout = setup.cwd.path().join("layout");
     let name = push_layers(&reg, &layout, "resume", &[layer]);
-    let index: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index"))
-            .expect("json");
-    let manifest_hex = index["manifests"][0]["digest"]
-        .as_str()
-        .expect("digest")
-        .trim_start_matches("sha256:")
-        .to_string();
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(&manifest_hex)).expect("manifest"),
-    )
-    .expect("json");
-    let layer_hex = manifest["layers"][0]["digest"]
-        .as_str()
-        .expect("layer")
-        .trim_start_matches("sha256:")
-        .to_string();
+    let layer_hex = first_layer_hex(&layout);
     let blob = std::fs::read(layout.join("blobs/sha256").join(&layer_hex)).expect("blob");
 
     let half = blob.len() / 2;
