@@ -317,35 +317,31 @@ impl Cgroup {
 
     /// Kills what is left and removes the groups. Removing a group that does not exist is fine.
     pub fn destroy(&self) -> Result<(), CgroupError> {
-        let dirs = self.dirs();
-        if dirs.is_empty() {
-            return Ok(());
-        }
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.pids().is_empty() {
-            if Instant::now() > deadline {
-                return Err(CgroupError::Busy {
-                    path: dirs[0].display().to_string(),
-                });
-            }
-            // Again each round: a process forked between a listing and its kill survives it.
-            self.kill_all();
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        for dir in dirs {
-            // rmdir can fail with EBUSY for a moment after the last process exited.
-            loop {
+        // Usually the sandbox's init is gone and its pid namespace with it, so the groups are
+        // empty: remove them straight away, and kill only when one is still busy.
+        let mut dirs = self.dirs();
+        while !dirs.is_empty() {
+            let mut busy = Vec::new();
+            for dir in dirs {
                 match std::fs::remove_dir(&dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => busy.push(dir),
                     Err(e) => return Err(io_err(&dir)(e)),
                 }
             }
+            if busy.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CgroupError::Busy { path: busy[0].display().to_string() });
+            }
+            // Again each round: a process forked between a listing and its kill survives it;
+            // rmdir can also fail for a moment after the last process exited.
+            self.kill_all();
+            std::thread::sleep(Duration::from_millis(2));
+            dirs = busy;
         }
         Ok(())
     }
