@@ -335,7 +335,9 @@ impl Cgroup {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(CgroupError::Busy { path: busy[0].display().to_string() });
+                return Err(CgroupError::Busy {
+                    path: busy[0].display().to_string(),
+                });
             }
             // Again each round: a process forked between a listing and its kill survives it;
             // rmdir can also fail for a moment after the last process exited.
