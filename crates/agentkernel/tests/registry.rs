@@ -118,6 +118,24 @@ fn credentials_are_required_and_used() {
         .expect("spawn")
         .into();
     assert_eq!(out.stdout, "authenticated\n", "{out:?}");
+
+    // Without DOCKER_CONFIG, ~/.docker/config.json (where `docker login` writes) is read.
+    let home = ak.cwd.path().join("home");
+    std::fs::create_dir_all(home.join(".docker")).expect("mkdir");
+    std::fs::copy(
+        docker_config.join("config.json"),
+        home.join(".docker/config.json"),
+    )
+    .expect("copy");
+    let other = Ak::new();
+    let out: Out = other
+        .cmd(&["images", "pull", "-q", &image])
+        .env_remove("DOCKER_CONFIG")
+        .env("HOME", &home)
+        .output()
+        .expect("spawn")
+        .into();
+    assert_eq!(out.code, 0, "{out:?}");
 }
 
 #[test]
