@@ -225,7 +225,7 @@ fn save_json_blob(
     }
     let path = blob::blob_path(store, &hex);
     if !path.is_file() {
-        write_atomically(&path, bytes)?;
+        crate::staging::write_file(&path, bytes, "write")?;
     }
     descriptor(media_type, &digest, bytes.len() as u64)
 }
@@ -292,25 +292,6 @@ fn remove_abandoned(blobs: &Path) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
-}
-
-fn temp_path(path: &Path) -> std::path::PathBuf {
-    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".tmp-{name}-{}-{n}", std::process::id()))
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
-    let tmp = temp_path(path);
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(ImageError::io("write", path))
 }
 
 /// Downloads one blob unless the store has it, into `.partial-<hex>` next to its final path,

@@ -10,7 +10,6 @@ use crate::unpack::layer_dir;
 use crate::{ImageConfig, ImageError, Rootfs};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Record {
@@ -64,17 +63,10 @@ pub(crate) fn save(store: &Path, hex: &str, record: &Record) -> Result<(), Image
     let dir = store.join("oci");
     std::fs::create_dir_all(&dir).map_err(ImageError::io("create", &dir))?;
     let path = record_path(store, hex);
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".tmp-{hex}-{}-{n}.json", std::process::id()));
     let bytes = serde_json::to_vec_pretty(record).map_err(|e| ImageError::Io {
         action: "encode image record",
         path: path.clone(),
         source: e.into(),
     })?;
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(ImageError::io("write image record", &path))
+    crate::staging::write_file(&path, &bytes, "write image record")
 }

@@ -319,18 +319,7 @@ fn save_ref(store: &Path, canonical: &str, hex: &str) -> Result<(), ImageError> 
         path: path.clone(),
         source: e.into(),
     })?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.map_err(ImageError::io("write image reference", &path))
+    crate::staging::write_file(&path, &bytes, "write image reference")
 }
 
 /// A pulled image as `images list` shows it.

@@ -12,6 +12,27 @@ use std::time::{Duration, SystemTime};
 
 const PREFIX: &str = ".tmp-";
 
+/// Writes a small file whole or not at all: a temporary sibling (`.tmp-…`, unique to this
+/// process and call) renamed over `path`. `action` names the write in the error.
+pub(crate) fn write_file(
+    path: &Path,
+    bytes: &[u8],
+    action: &'static str,
+) -> Result<(), crate::ImageError> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!("{PREFIX}{name}-{}-{n}", std::process::id()));
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(crate::ImageError::io(action, path))
+}
+
 /// A staging directory that is created, locked and opened between `create_dir` and `flock`
 /// could be taken for an abandoned one; abandoned ones are only removed once this old.
 const STALE_AFTER: Duration = Duration::from_secs(60);
