@@ -125,7 +125,8 @@ pub(crate) fn host_arch() -> &'static str {
     }
 }
 
-fn matches_host(desc: &Descriptor) -> bool {
+/// Whether an index entry is for linux on this machine's architecture.
+pub(crate) fn matches_host(desc: &Descriptor) -> bool {
     desc.platform().as_ref().is_some_and(|p| {
         p.os().to_string() == "linux" && p.architecture().to_string() == host_arch()
     })

@@ -96,11 +96,11 @@ async fn fetch_async(
         let index: ImageIndex = serde_json::from_slice(&bytes)
             .map_err(|e| bad(target, &desc, format!("its image index is not valid: {e}")))?;
         let arch = crate::layout::host_arch();
-        let Some(entry) = index.manifests().iter().find(|d| {
-            d.platform().as_ref().is_some_and(|p| {
-                p.os().to_string() == "linux" && p.architecture().to_string() == arch
-            })
-        }) else {
+        let Some(entry) = index
+            .manifests()
+            .iter()
+            .find(|d| crate::layout::matches_host(d))
+        else {
             return Err(ImageError::PullFailed {
                 reference: target.original.clone(),
                 registry: target.registry.clone(),
