@@ -39,10 +39,19 @@ fn on_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// What `doctor` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+    /// The default backend can run sandboxes (`doctor` exits 1 when not).
+    pub ready: bool,
+}
+
 impl Engine {
-    /// Everything `doctor` reports. The default backend's check comes first.
-    pub fn doctor(&self) -> Vec<Check> {
+    /// Everything `doctor` reports, for the project (config file) in `cwd`.
+    pub fn doctor(&self, cwd: &std::path::Path) -> Report {
         let mut checks = Vec::new();
+        let mut ready = false;
         for kind in BackendKind::ALL {
             let default = if kind == BackendKind::Native {
                 " (default)"
@@ -53,6 +62,9 @@ impl Engine {
             checks.push(match backend::backend_for(kind, self.home()) {
                 Ok(b) => {
                     let r = b.readiness();
+                    if kind == BackendKind::Native {
+                        ready = r.usable;
+                    }
                     check(&name, r.usable, r.reason, Some("see docs/security.md: run agentkernel as root on Linux with overlayfs and cgroups"))
                 }
                 Err(_) => Check { name, ok: false, detail: "not in this build".to_string(), fix: Some("use -B native".to_string()) },
@@ -86,58 +98,24 @@ impl Engine {
             ),
             None,
         ));
-        checks.push(self.registry_check());
-        checks
-    }
-
-    /// Whether the registry Docker Hub names are pulled from answers (a TCP connection within
-    /// three seconds; nothing is downloaded).
-    fn registry_check(&self) -> Check {
-        let mirror = std::env::var("AGENTKERNEL_REGISTRY_MIRROR")
-            .ok()
-            .filter(|m| !m.is_empty());
-        let (label, addr) = match &mirror {
-            Some(m) => {
-                let host = m
-                    .split_once("://")
-                    .map(|(_, h)| h)
-                    .unwrap_or(m)
-                    .trim_end_matches('/');
-                let with_port = if host
-                    .rsplit_once(':')
-                    .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-                {
-                    host.to_string()
-                } else if m.starts_with("http://") {
-                    format!("{host}:80")
-                } else {
-                    format!("{host}:443")
-                };
-                (format!("registry mirror {m}"), with_port)
-            }
-            None => (
-                "registry docker.io".to_string(),
-                "registry-1.docker.io:443".to_string(),
-            ),
+        let req = crate::SpecRequest {
+            cwd: cwd.to_path_buf(),
+            ..Default::default()
         };
-        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&addr.as_str())
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .is_some_and(|a| {
-                std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok()
-            });
-        check(
-            &label,
-            reachable,
-            if reachable {
-                format!("{addr} answers")
-            } else {
-                format!("{addr} does not answer")
-            },
-            Some(
-                "set AGENTKERNEL_REGISTRY_MIRROR (or [images] mirrors) to a reachable registry, or use --image host or a local directory",
-            ),
-        )
+        match crate::resolve::load_config(&req).and_then(|c| crate::registry_settings(Some(&c))) {
+            Ok(settings) => {
+                for (label, addr) in settings.docker_hub_sources() {
+                    checks.push(registry_check(&label, &addr));
+                }
+            }
+            Err(e) => checks.push(check(
+                "configuration",
+                false,
+                e.to_string(),
+                Some("fix the file it names"),
+            )),
+        }
+        Report { checks, ready }
     }
 
     /// Prepares what the default backend needs: missing Debian packages (when `install` and
@@ -185,6 +163,31 @@ impl Engine {
         ));
         Ok(done)
     }
+}
+
+/// Whether a registry answers: a TCP connection within three seconds; nothing is downloaded.
+fn registry_check(label: &str, addr: &str) -> Check {
+    let name = if label == "docker.io" {
+        "registry docker.io".to_string()
+    } else {
+        format!("registry mirror {label}")
+    };
+    let reachable = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .is_some_and(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(3)).is_ok());
+    check(
+        &name,
+        reachable,
+        if reachable {
+            format!("{addr} answers")
+        } else {
+            format!("{addr} does not answer")
+        },
+        Some(
+            "set AGENTKERNEL_REGISTRY_MIRROR (or [images] mirrors) to a reachable registry, or use --image host or a local directory",
+        ),
+    )
 }
 
 fn tempfile_in(dir: &std::path::Path) -> std::io::Result<()> {

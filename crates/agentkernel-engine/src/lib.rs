@@ -149,12 +149,10 @@ impl Engine {
     /// The image store with the registry settings of `config` (`[images]`) and the environment
     /// (`AGENTKERNEL_REGISTRY_MIRROR`, which wins).
     pub(crate) fn images_for(&self, config: Option<&Config>) -> Result<ImageStore> {
-        let section = config.map(|c| c.images.clone()).unwrap_or_default();
-        let settings = agentkernel_image::RegistrySettings::new(
-            section.mirrors.as_deref().unwrap_or_default(),
-            section.insecure_registries.as_deref().unwrap_or_default(),
-        )?;
-        Ok(self.images.clone().with_registries(settings))
+        Ok(self
+            .images
+            .clone()
+            .with_registries(registry_settings(config)?))
     }
 
     /// Which image a request would use and which rule chose it (`run -v`).
@@ -623,6 +621,17 @@ impl Engine {
         }
         Ok(removed)
     }
+}
+
+/// The registry settings of `config` (`[images]`) under the environment's.
+pub(crate) fn registry_settings(
+    config: Option<&Config>,
+) -> Result<agentkernel_image::RegistrySettings> {
+    let section = config.map(|c| c.images.clone()).unwrap_or_default();
+    Ok(agentkernel_image::RegistrySettings::new(
+        section.mirrors.as_deref().unwrap_or_default(),
+        section.insecure_registries.as_deref().unwrap_or_default(),
+    )?)
 }
 
 /// Checks an exec request's own fields.

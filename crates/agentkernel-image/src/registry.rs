@@ -49,6 +49,34 @@ impl RegistrySettings {
     }
 }
 
+impl RegistrySettings {
+    /// Where Docker Hub names are fetched from, in the order pulls try them: for each, a label
+    /// (`http://127.0.0.1:5000`, `docker.io`) and the `host:port` to connect to.
+    pub fn docker_hub_sources(&self) -> Vec<(String, String)> {
+        let mut sources: Vec<(String, String)> = self
+            .mirrors
+            .iter()
+            .map(|(host, plain)| {
+                let scheme = if *plain { "http" } else { "https" };
+                let has_port = host
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()));
+                let addr = if has_port {
+                    host.clone()
+                } else {
+                    format!("{host}:{}", if *plain { 80 } else { 443 })
+                };
+                (format!("{scheme}://{host}"), addr)
+            })
+            .collect();
+        sources.push((
+            DOCKER_HUB.to_string(),
+            "registry-1.docker.io:443".to_string(),
+        ));
+        sources
+    }
+}
+
 fn parse_mirror(value: &str) -> Result<(String, bool), ImageError> {
     let bad = |reason: &str| ImageError::BadMirror {
         value: value.to_string(),

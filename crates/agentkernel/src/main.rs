@@ -82,38 +82,26 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
         Command::Images(ImagesCommand::Pull(a)) => {
-            let cwd = std::env::current_dir().map_err(|e| EngineError::Io {
-                context: "read the current directory".into(),
-                source: e,
-            })?;
-            let digest = engine()?.pull_image(&a.image, &cwd, a.quiet)?;
+            let digest = engine()?.pull_image(&a.image, &current_dir()?, a.quiet)?;
             if !a.quiet {
                 println!("{}: {digest}", a.image);
             }
             Ok(0)
         }
         Command::Doctor(a) => {
-            let checks = engine()?.doctor();
-            render::checks(&checks, a.json);
+            let report = engine()?.doctor(&current_dir()?);
+            render::checks(&report.checks, a.json);
             // Non-zero when the default backend cannot run sandboxes.
-            Ok(if checks.first().is_some_and(|c| c.ok) {
-                0
-            } else {
-                1
-            })
+            Ok(if report.ready { 0 } else { 1 })
         }
         Command::Setup(a) => {
             let engine = engine()?;
             for line in engine.setup(!a.no_install)? {
                 println!("{line}");
             }
-            let checks = engine.doctor();
-            render::checks(&checks, false);
-            Ok(if checks.first().is_some_and(|c| c.ok) {
-                0
-            } else {
-                1
-            })
+            let report = engine.doctor(&current_dir()?);
+            render::checks(&report.checks, false);
+            Ok(if report.ready { 0 } else { 1 })
         }
         Command::Images(ImagesCommand::Rm(a)) => {
             engine()?.remove_image(&a.image)?;
@@ -150,11 +138,15 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
     }
 }
 
-fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
-    let cwd = std::env::current_dir().map_err(|e| EngineError::Io {
+fn current_dir() -> Result<std::path::PathBuf, EngineError> {
+    std::env::current_dir().map_err(|e| EngineError::Io {
         context: "read the current directory".into(),
         source: e,
-    })?;
+    })
+}
+
+fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
+    let cwd = current_dir()?;
     Ok(SpecRequest {
         image: opts.image,
         profile: opts.profile,

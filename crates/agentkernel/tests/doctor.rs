@@ -50,6 +50,32 @@ fn doctor_reports_backends_and_the_registry_with_fixes() {
             .is_some_and(|f| f.contains("AGENTKERNEL_REGISTRY_MIRROR")),
         "{registry}"
     );
+
+    // The project's [images] mirrors are checked too, in the order pulls try them.
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[images]\nmirrors = [\"http://127.0.0.1:1\"]\n",
+    )
+    .expect("write");
+    let out: Out = ak
+        .cmd(&["doctor", "--json"])
+        .env_remove("AGENTKERNEL_REGISTRY_MIRROR")
+        .output()
+        .expect("spawn")
+        .into();
+    let names: Vec<String> = checks(&out)
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_string))
+        .collect();
+    let mirror = names
+        .iter()
+        .position(|n| n == "registry mirror http://127.0.0.1:1")
+        .expect("config mirror checked");
+    let hub = names
+        .iter()
+        .position(|n| n == "registry docker.io")
+        .expect("Docker Hub checked");
+    assert!(mirror < hub, "{names:?}");
 }
 
 #[test]
