@@ -4,35 +4,19 @@ mod common;
 use base64::Engine as _;
 use common::*;
 
-fn with_mirror(ak: &Ak, reg: &TestRegistry, args: &[&str]) -> Out {
-    ak.cmd(args)
-        .env(
-            "AGENTKERNEL_REGISTRY_MIRROR",
-            format!("http://{}", reg.addr),
-        )
-        .output()
-        .expect("spawn agentkernel")
-        .into()
-}
-
 #[test]
 fn python_image_through_the_mirror_then_offline() {
-    let reg = test_registry();
     let ak = Ak::new();
-    let out = with_mirror(
-        &ak,
-        &reg,
-        &[
-            "run",
-            "--image",
-            "python:3.12-alpine",
-            "--no-network",
-            "--",
-            "python3",
-            "-c",
-            "print(6*7)",
-        ],
-    );
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "python:3.12-alpine",
+        "--no-network",
+        "--",
+        "python3",
+        "-c",
+        "print(6*7)",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "42\n");
     let list = ak.ok(&["images", "list", "--json"]).stdout;
@@ -63,22 +47,17 @@ fn python_image_through_the_mirror_then_offline() {
 
 #[test]
 fn alpine_name_runs_the_busybox_image() {
-    let reg = test_registry();
     let ak = Ak::new();
-    let out = with_mirror(
-        &ak,
-        &reg,
-        &[
-            "run",
-            "--image",
-            "alpine:3.20",
-            "--no-network",
-            "--",
-            "sh",
-            "-c",
-            "echo $PATH; head -1 /etc/passwd",
-        ],
-    );
+    let out = ak.run(&[
+        "run",
+        "--image",
+        "alpine:3.20",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo $PATH; head -1 /etc/passwd",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert!(out.stdout.contains("/usr/bin"), "{out:?}");
     assert!(out.stdout.contains("root:"), "{out:?}");
@@ -160,14 +139,9 @@ fn unknown_images_and_unreachable_registries_are_clear_errors() {
 
 #[test]
 fn concurrent_pulls_of_one_image_both_succeed() {
-    let reg = test_registry();
     let ak = Ak::new();
     let spawn = || {
         ak.cmd(&["images", "pull", "python:3.12-alpine"])
-            .env(
-                "AGENTKERNEL_REGISTRY_MIRROR",
-                format!("http://{}", reg.addr),
-            )
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
