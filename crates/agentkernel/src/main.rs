@@ -3,6 +3,7 @@
 
 mod cli;
 mod render;
+mod roles;
 mod signals;
 
 use agentkernel_core::duration::parse_duration;
@@ -15,6 +16,9 @@ use cli::{AuditCommand, Cli, Command, ImagesCommand, SandboxCommand, SandboxOpts
 use std::io::IsTerminal;
 
 fn main() {
+    if let Some(code) = roles::dispatch() {
+        std::process::exit(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
