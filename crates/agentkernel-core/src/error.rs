@@ -19,6 +19,10 @@ pub enum CoreError {
     InvalidEnv(String),
     #[error("invalid working directory {0:?}: use an absolute path inside the sandbox")]
     InvalidWorkdir(String),
+    #[error("invalid path {0}")]
+    InvalidPath(String),
+    #[error("invalid label {0:?}: {1}")]
+    InvalidLabel(String, String),
     #[error("config file {path}: {message}")]
     Config { path: String, message: String },
     #[error("{0}")]

@@ -16,6 +16,26 @@ pub struct Readiness {
     pub reason: String,
 }
 
+/// What a backend offers beyond the lifecycle, as `GET /backends` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Capabilities {
+    /// The project directory can be mounted (permissive profile, compatibility modes).
+    pub mount_cwd: bool,
+    /// The user's home can be mounted read-only (permissive profile).
+    pub mount_home: bool,
+    /// Interactive sessions on a pty (`attach`).
+    pub attach: bool,
+    pub host_volumes: bool,
+    pub ssh: bool,
+    pub proxy_secret_bindings: bool,
+    pub secret_files: bool,
+    pub snapshots: bool,
+    pub resume: bool,
+    pub full_state_pause_resume: bool,
+    pub full_state_fork: bool,
+    pub endpoints: bool,
+}
+
 /// Where a sandbox's writable layer lives.
 pub enum Persistence<'a> {
     /// In memory; gone when the sandbox stops. The sandbox dies with the calling process.
@@ -43,6 +63,7 @@ pub struct Controls<'a> {
 pub trait Backend {
     fn kind(&self) -> BackendKind;
     fn readiness(&self) -> Readiness;
+    fn capabilities(&self) -> Capabilities;
     fn start(
         &self,
         spec: &SandboxSpec,
@@ -70,6 +91,14 @@ pub trait Backend {
     ) -> Result<ExitStatus>;
     fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf>;
     fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf>;
+    /// A whole file of the sandbox, refused above `limit` bytes. `path` is absolute and is
+    /// resolved inside the sandbox's root: neither `..` nor a symlink leads out of it.
+    fn read_file(&self, runtime: &RuntimeState, path: &Path, limit: u64) -> Result<Vec<u8>>;
+    /// Creates or replaces a file (and its missing parent directories), resolved like
+    /// `read_file`.
+    fn write_file(&self, runtime: &RuntimeState, path: &Path, data: &[u8]) -> Result<()>;
+    /// Removes a file, a symlink or an empty directory, resolved like `read_file`.
+    fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()>;
     /// Removes leftovers of instances that are no longer running (after crashes); returns what
     /// was removed.
     fn collect_garbage(&self, live_instances: &[String]) -> Vec<String>;

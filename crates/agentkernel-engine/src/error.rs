@@ -36,6 +36,10 @@ pub enum EngineError {
         context: String,
         source: std::io::Error,
     },
+    #[error("no such file in the sandbox: {0}")]
+    FileNotFound(String),
+    #[error("no sandbox with uuid {0:?}: see `agentkernel list --json`")]
+    UuidNotFound(String),
     #[error(
         "invalid copy argument {0:?}: give NAME:/path for the sandbox side and a host path for the other"
     )]

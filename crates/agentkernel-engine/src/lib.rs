@@ -5,10 +5,13 @@ pub mod audit;
 pub mod backend;
 pub mod doctor;
 pub mod error;
+mod files;
 mod lock;
+pub mod metadata;
 mod native;
 pub mod resolve;
 mod running;
+pub mod status;
 pub mod store;
 
 use agentkernel_core::config::Config;

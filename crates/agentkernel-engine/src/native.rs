@@ -1,6 +1,6 @@
 //! The native backend behind the engine's Backend trait.
 
-use crate::backend::{Backend, Controls, Persistence, Readiness, Started};
+use crate::backend::{Backend, Capabilities, Controls, Persistence, Readiness, Started};
 use crate::error::{EngineError, Result};
 use crate::store::RuntimeState;
 use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, SandboxSpec};
@@ -46,6 +46,15 @@ impl Backend for NativeBackend {
                 usable: false,
                 reason,
             },
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            mount_cwd: true,
+            mount_home: true,
+            attach: true,
+            ..Capabilities::default()
         }
     }
 
@@ -184,6 +193,18 @@ impl Backend for NativeBackend {
         )
     }
 
+    fn read_file(&self, runtime: &RuntimeState, path: &Path, limit: u64) -> Result<Vec<u8>> {
+        native::files::read_file(runtime.pid, path, limit).map_err(file_error)
+    }
+
+    fn write_file(&self, runtime: &RuntimeState, path: &Path, data: &[u8]) -> Result<()> {
+        native::files::write_file(runtime.pid, path, data, 0o644).map_err(file_error)
+    }
+
+    fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()> {
+        native::files::remove_file(runtime.pid, path).map_err(file_error)
+    }
+
     fn collect_garbage(&self, live_instances: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
         for id in native::cgroup::Cgroup::list_ids() {
@@ -210,6 +231,18 @@ impl Backend for NativeBackend {
             }
         }
         removed
+    }
+}
+
+/// A path missing in the sandbox is its own error (HTTP answers 404 for it).
+fn file_error(e: native::files::FileError) -> EngineError {
+    match e {
+        native::files::FileError::Sandbox { path, source }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            EngineError::FileNotFound(path)
+        }
+        other => native::NativeError::from(other).into(),
     }
 }
 

@@ -142,14 +142,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         let (k, v) = parse_env(kv)?;
         set_env(&mut env, k, v);
     }
-    for k in req.labels.keys() {
-        if k.is_empty() || k.len() > 128 {
-            return Err(CoreError::Unsupported(format!(
-                "label key {k:?} must be 1-128 characters"
-            ))
-            .into());
-        }
-    }
+    validate_labels(&req.labels)?;
     Ok(SandboxSpec {
         name: name.to_string(),
         image,
@@ -160,6 +153,24 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         labels: req.labels.clone(),
         description: req.description.clone(),
     })
+}
+
+/// Label keys are 1-128 characters without ':' (which separates key and value in the
+/// `?label=key:value` filter); values at most 256 characters.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> std::result::Result<(), CoreError> {
+    for (k, v) in labels {
+        let why = if k.is_empty() || k.chars().count() > 128 {
+            "a key must be 1-128 characters"
+        } else if k.contains(':') || k.contains('\0') {
+            "a key cannot contain ':' (it separates key and value in ?label=key:value)"
+        } else if v.chars().count() > 256 || v.contains('\0') {
+            "a value must be at most 256 characters"
+        } else {
+            continue;
+        };
+        return Err(CoreError::InvalidLabel(format!("{k}={v}"), why.to_string()));
+    }
+    Ok(())
 }
 
 /// Sets or replaces one variable, keeping the order of first appearance.

@@ -170,6 +170,42 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces the stored spec (metadata edits: labels, description).
+    pub fn set_spec(&self, name: &str, spec: &SandboxSpec) -> Result<()> {
+        let spec =
+            serde_json::to_string(spec).map_err(|e| EngineError::io("encode spec")(e.into()))?;
+        self.conn
+            .execute(
+                "UPDATE sandboxes SET spec = ?2 WHERE name = ?1",
+                params![name, spec],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn set_expires_at(&self, name: &str, expires_at: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE sandboxes SET expires_at = ?2 WHERE name = ?1",
+                params![name, expires_at],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn get_by_uuid(&self, uuid: &str) -> Result<Option<SandboxRecord>> {
+        self.conn
+            .query_row(
+                "SELECT name, uuid, spec, created_at, expires_at, runtime FROM sandboxes WHERE uuid = ?1",
+                params![uuid],
+                row_to_raw,
+            )
+            .optional()
+            .map_err(self.err())?
+            .map(decode)
+            .transpose()
+    }
+
     pub fn delete(&self, name: &str) -> Result<()> {
         self.conn
             .execute("DELETE FROM sandboxes WHERE name = ?1", params![name])

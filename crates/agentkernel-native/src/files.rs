@@ -25,6 +25,14 @@ pub enum FileError {
     NoWorkdir(String),
     #[error("the sandbox is not running: start it first")]
     NotRunning,
+    #[error("{0} in the sandbox is a directory: give the path of a file")]
+    IsDirectory(String),
+    #[error("{0} in the sandbox is not a regular file")]
+    NotRegular(String),
+    #[error("{path} in the sandbox is {size} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`")]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("{0} in the sandbox is a directory that is not empty: remove its contents first")]
+    DirectoryNotEmpty(String),
 }
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
@@ -82,23 +90,48 @@ pub fn dir_in(root: &OwnedFd, path: &str) -> Result<OwnedFd, FileError> {
     open_in(root, Path::new(path), OFlags::PATH | OFlags::DIRECTORY, 0)
 }
 
-/// Reads a whole file from the sandbox.
-pub fn read_file(pid: u32, path: &Path) -> Result<Vec<u8>, FileError> {
+/// Reads a whole file from the sandbox; refuses files larger than `limit` bytes.
+pub fn read_file(pid: u32, path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     let root = root_of(pid)?;
     let fd = open_in(&root, path, OFlags::RDONLY, 0)?;
-    let mut data = Vec::new();
-    std::fs::File::from(fd)
+    let st = rustix::fs::fstat(&fd).map_err(sandbox_err(path))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => {}
+        FileType::Directory => return Err(FileError::IsDirectory(path.display().to_string())),
+        _ => return Err(FileError::NotRegular(path.display().to_string())),
+    }
+    if st.st_size as u64 > limit {
+        return Err(FileError::TooLarge {
+            path: path.display().to_string(),
+            size: st.st_size as u64,
+            limit,
+        });
+    }
+    let mut data = Vec::with_capacity(st.st_size as usize);
+    // A file that grows while it is read stops at the limit too.
+    std::io::Read::take(std::fs::File::from(fd), limit + 1)
         .read_to_end(&mut data)
         .map_err(|e| FileError::Sandbox {
             path: path.display().to_string(),
             source: e,
         })?;
+    if data.len() as u64 > limit {
+        return Err(FileError::TooLarge {
+            path: path.display().to_string(),
+            size: data.len() as u64,
+            limit,
+        });
+    }
     Ok(data)
 }
 
-/// Writes a whole file into the sandbox (created or truncated).
+/// Writes a whole file into the sandbox (created or truncated), creating missing parent
+/// directories. Every directory is resolved inside the sandbox's root.
 pub fn write_file(pid: u32, path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
     let root = root_of(pid)?;
+    if let Some(parent) = path.parent() {
+        make_dirs_in(&root, parent)?;
+    }
     let fd = open_in(
         &root,
         path,
@@ -111,6 +144,52 @@ pub fn write_file(pid: u32, path: &Path, data: &[u8], mode: u32) -> Result<(), F
             path: path.display().to_string(),
             source: e,
         })
+}
+
+/// `mkdir -p` inside the sandbox.
+fn make_dirs_in(root: &OwnedFd, dir: &Path) -> Result<(), FileError> {
+    if is_dir_in(root, dir) {
+        return Ok(());
+    }
+    let mut so_far = PathBuf::from("/");
+    for part in dir.components() {
+        let std::path::Component::Normal(name) = part else {
+            continue;
+        };
+        let parent = open_in(root, &so_far, OFlags::PATH | OFlags::DIRECTORY, 0)?;
+        so_far.push(name);
+        match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(sandbox_err(&so_far)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Removes a file, a symlink (not what it points to) or an empty directory in the sandbox.
+pub fn remove_file(pid: u32, path: &Path) -> Result<(), FileError> {
+    let root = root_of(pid)?;
+    let (parent, name) = split(path);
+    if name == "." || name == ".." || path.parent().is_none() {
+        return Err(FileError::Sandbox {
+            path: path.display().to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    let dir = open_in(&root, parent, OFlags::PATH | OFlags::DIRECTORY, 0)?;
+    match rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::ISDIR) => {
+            rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::REMOVEDIR).map_err(|e| {
+                if e == rustix::io::Errno::NOTEMPTY {
+                    FileError::DirectoryNotEmpty(path.display().to_string())
+                } else {
+                    sandbox_err(path)(e)
+                }
+            })
+        }
+        Err(e) => Err(sandbox_err(path)(e)),
+    }
 }
 
 fn is_dir_in(root: &OwnedFd, path: &Path) -> bool {

@@ -1,0 +1,74 @@
+//! What users attach to a sandbox besides its contents: labels, a description, its lifetime.
+
+use crate::error::{EngineError, Result};
+use crate::{Engine, SandboxInfo, lock};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// A metadata edit; absent fields are left as they are.
+#[derive(Debug, Clone, Default)]
+pub struct MetadataUpdate {
+    /// Replaces all labels.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Replaces the description; `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+}
+
+impl Engine {
+    /// Sandboxes carrying every one of `labels` (all of them when empty).
+    pub fn list_labelled(&self, labels: &[(String, String)]) -> Result<Vec<SandboxInfo>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_some_and(|have| have == v))
+            })
+            .collect())
+    }
+
+    pub fn get_by_uuid(&self, uuid: &str) -> Result<SandboxInfo> {
+        let rec = self
+            .store()?
+            .get_by_uuid(uuid)?
+            .ok_or_else(|| EngineError::UuidNotFound(uuid.to_string()))?;
+        Ok(self.info(&rec))
+    }
+
+    /// Changes labels and description.
+    pub fn update_metadata(&self, name: &str, update: &MetadataUpdate) -> Result<SandboxInfo> {
+        let _lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let mut rec = self.get_record(name)?;
+        if let Some(labels) = &update.labels {
+            crate::resolve::validate_labels(labels)?;
+            rec.spec.labels = labels.clone();
+        }
+        if let Some(description) = &update.description {
+            rec.spec.description = description.clone();
+        }
+        self.store()?.set_spec(name, &rec.spec)?;
+        Ok(self.info(&rec))
+    }
+
+    /// Pushes a sandbox's expiry back by `by` (from now if it has already passed). A sandbox
+    /// without a TTL never expires and stays so: the answer is then `None`.
+    pub fn extend(&self, name: &str, by: Duration) -> Result<Option<String>> {
+        let _lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let rec = self.get_record(name)?;
+        let Some(current) = rec.expires_at.as_deref() else {
+            return Ok(None);
+        };
+        let now = chrono::Utc::now();
+        let base = chrono::DateTime::parse_from_rfc3339(current)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .unwrap_or(now)
+            .max(now);
+        let by = chrono::Duration::from_std(by).map_err(|_| {
+            agentkernel_core::CoreError::InvalidDuration(format!("{}s", by.as_secs()))
+        })?;
+        let expires = (base + by).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        self.store()?.set_expires_at(name, Some(&expires))?;
+        Ok(Some(expires))
+    }
+}

@@ -1,0 +1,160 @@
+//! What the engine reports about itself and the host: backends, sandbox counts and resource use
+//! (`GET /status`, `/backends`, `/stats`).
+
+use crate::backend::{self, Capabilities};
+use crate::error::Result;
+use crate::Engine;
+use agentkernel_core::BackendKind;
+use serde::Serialize;
+
+/// One backend as `GET /backends` describes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendDescriptor {
+    pub backend: String,
+    /// This build has the backend.
+    pub configured: bool,
+    /// It can run sandboxes on this host now.
+    pub usable: bool,
+    pub readiness_reason: String,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Backends {
+    pub default_backend: String,
+    pub backends: Vec<BackendDescriptor>,
+}
+
+/// Host resources as the fleet's load balancing reads them.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ResourceUsage {
+    /// Busy share of all CPUs over a short sample, 0-100.
+    pub cpu_percent: f64,
+    pub cpu_count: usize,
+    pub memory_used_mb: u64,
+    pub memory_total_mb: u64,
+    /// The filesystem holding the state directory (sandboxes' disks and images).
+    pub disk_used_mb: u64,
+    pub disk_total_mb: u64,
+    pub load_average: [f64; 3],
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Stats {
+    pub sandbox_count: usize,
+    pub running_count: usize,
+    pub resource_usage: ResourceUsage,
+}
+
+impl Engine {
+    /// Every backend kind, whether this build has it and whether it can run here.
+    pub fn backends(&self) -> Backends {
+        let backends = BackendKind::ALL
+            .iter()
+            .map(|&kind| match backend::backend_for(kind, self.home()) {
+                Ok(b) => {
+                    let r = b.readiness();
+                    BackendDescriptor {
+                        backend: kind.to_string(),
+                        configured: true,
+                        usable: r.usable,
+                        readiness_reason: r.reason,
+                        capabilities: b.capabilities(),
+                    }
+                }
+                Err(e) => BackendDescriptor {
+                    backend: kind.to_string(),
+                    configured: false,
+                    usable: false,
+                    readiness_reason: e.to_string(),
+                    capabilities: Capabilities::default(),
+                },
+            })
+            .collect();
+        Backends {
+            default_backend: BackendKind::Native.to_string(),
+            backends,
+        }
+    }
+
+    /// Sandbox counts and host resource use. Takes about `sample` to measure CPU use.
+    pub fn stats(&self, sample: std::time::Duration) -> Result<Stats> {
+        let before = cpu_times();
+        let started = std::time::Instant::now();
+        let sandboxes = self.list()?;
+        std::thread::sleep(sample.saturating_sub(started.elapsed()));
+        let after = cpu_times();
+        let cpu_percent = match (before, after) {
+            (Some((busy0, total0)), Some((busy1, total1))) if total1 > total0 => {
+                100.0 * (busy1 - busy0) as f64 / (total1 - total0) as f64
+            }
+            _ => 0.0,
+        };
+        let (memory_total_mb, memory_used_mb) = memory_mb();
+        let (disk_total_mb, disk_used_mb) = disk_mb(self.home());
+        Ok(Stats {
+            sandbox_count: sandboxes.len(),
+            running_count: sandboxes.iter().filter(|s| s.status == "running").count(),
+            resource_usage: ResourceUsage {
+                cpu_percent: (cpu_percent * 10.0).round() / 10.0,
+                cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                memory_used_mb,
+                memory_total_mb,
+                disk_used_mb,
+                disk_total_mb,
+                load_average: load_average(),
+            },
+        })
+    }
+}
+
+/// (busy, total) jiffies of all CPUs from /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// (total, used) from /proc/meminfo, used = total - available.
+fn memory_mb() -> (u64, u64) {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let total = field("MemTotal:");
+    let available = field("MemAvailable:");
+    (total / 1024, total.saturating_sub(available) / 1024)
+}
+
+fn disk_mb(path: &std::path::Path) -> (u64, u64) {
+    match rustix::fs::statvfs(path) {
+        Ok(st) => {
+            let total = st.f_blocks * st.f_frsize / (1024 * 1024);
+            let free = st.f_bfree * st.f_frsize / (1024 * 1024);
+            (total, total.saturating_sub(free))
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+fn load_average() -> [f64; 3] {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut out = [0.0; 3];
+    for (slot, v) in out.iter_mut().zip(text.split_whitespace()) {
+        *slot = v.parse().unwrap_or(0.0);
+    }
+    out
+}
