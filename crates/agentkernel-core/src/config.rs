@@ -21,6 +21,41 @@ pub struct Config {
     pub security: SecuritySection,
     #[serde(default)]
     pub images: ImagesSection,
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub daemon: DaemonSection,
+}
+
+/// `agentkernel serve`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    /// Keys accepted as `Authorization: Bearer <key>` (with `--api-key` and
+    /// `AGENTKERNEL_API_KEY`).
+    pub api_keys: Option<Vec<String>>,
+}
+
+/// `agentkernel daemon`: warm pools of pre-started sandboxes, each used for one run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSection {
+    /// Sandboxes kept started for each pool the daemon serves.
+    pub min_warm: Option<usize>,
+    /// Most sandboxes kept started across all pools.
+    pub max_warm: Option<usize>,
+    /// Per compatibility mode (`[daemon.agents.claude]`).
+    pub agents: Option<std::collections::BTreeMap<String, DaemonAgentSection>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonAgentSection {
+    pub min_warm: Option<usize>,
+    /// The image of this agent's pool (`python`, `node`, or an image reference).
+    pub runtime: Option<String>,
 }
 
 /// Registries, as Docker's `registry-mirrors` and `insecure-registries` configure them.
@@ -125,6 +160,13 @@ impl Config {
                 }
             }
         }
+        if let (Some(min), Some(max)) = (self.daemon.min_warm, self.daemon.max_warm)
+            && min > max
+        {
+            return Err(format!(
+                "[daemon] min_warm = {min} is more than max_warm = {max}: lower min_warm or raise max_warm"
+            ));
+        }
         Ok(())
     }
 
@@ -160,6 +202,16 @@ impl Config {
                     .images
                     .insecure_registries
                     .or(lower.images.insecure_registries),
+            },
+            server: ServerSection {
+                host: self.server.host.or(lower.server.host),
+                port: self.server.port.or(lower.server.port),
+                api_keys: self.server.api_keys.or(lower.server.api_keys),
+            },
+            daemon: DaemonSection {
+                min_warm: self.daemon.min_warm.or(lower.daemon.min_warm),
+                max_warm: self.daemon.max_warm.or(lower.daemon.max_warm),
+                agents: self.daemon.agents.or(lower.daemon.agents),
             },
         }
     }
@@ -204,6 +256,28 @@ network = false
     fn bad_values_are_named() {
         let e = Config::parse("[security]\nprofile = \"lax\"\n").expect_err("must fail");
         assert!(e.contains("lax"), "{e}");
+    }
+
+    #[test]
+    fn parses_daemon_and_server_sections() {
+        let c = Config::parse(
+            r#"
+[daemon]
+min_warm = 3
+max_warm = 5
+[daemon.agents.claude]
+min_warm = 2
+runtime = "python"
+[server]
+port = 9000
+api_keys = ["k1", "k2"]
+"#,
+        )
+        .expect("valid config");
+        assert_eq!(c.daemon.min_warm, Some(3));
+        assert_eq!(c.server.api_keys.as_deref().map(<[String]>::len), Some(2));
+        let e = Config::parse("[daemon]\nmin_warm = 6\nmax_warm = 5\n").expect_err("must fail");
+        assert!(e.contains("min_warm"), "{e}");
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! MCP). Paths are resolved inside the sandbox's root by the backend; a relative path is taken
 //! from the sandbox's working directory.
 
+use crate::Engine;
 use crate::audit::AuditEvent;
 use crate::error::{EngineError, Result};
-use crate::Engine;
 use agentkernel_core::CoreError;
 use std::path::PathBuf;
 

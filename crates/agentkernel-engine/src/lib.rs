@@ -189,10 +189,7 @@ impl Engine {
         if opts.branch {
             return self.run_on_branch(req, exec, sink, controls);
         }
-        let name = match &opts.name {
-            Some(n) => n.clone(),
-            None => format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
-        };
+        let name = opts.name.clone().unwrap_or_else(throwaway_name);
         if opts.keep {
             let info = self.create(req, Some(&name), Some(opts.ttl.unwrap_or(DEFAULT_KEEP_TTL)))?;
             self.start(&info.name)?;
@@ -624,6 +621,11 @@ impl Engine {
         }
         Ok(removed)
     }
+}
+
+/// A fresh name for a throwaway sandbox: `run-` and eight hex digits.
+pub fn throwaway_name() -> String {
+    format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// The registry settings of `config` (`[images]`) under the environment's.

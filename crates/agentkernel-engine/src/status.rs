@@ -1,9 +1,9 @@
 //! What the engine reports about itself and the host: backends, sandbox counts and resource use
 //! (`GET /status`, `/backends`, `/stats`).
 
+use crate::Engine;
 use crate::backend::{self, Capabilities};
 use crate::error::Result;
-use crate::Engine;
 use agentkernel_core::BackendKind;
 use serde::Serialize;
 

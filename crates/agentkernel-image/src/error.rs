@@ -183,3 +183,23 @@ impl ImageError {
         }
     }
 }
+
+impl ImageError {
+    /// The request named an image that does not exist or cannot be used, as opposed to a
+    /// failure of this host or the network (HTTP answers 400 for these, 5xx for the rest).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            ImageError::DirectoryMissing { .. }
+                | ImageError::NotADirectory { .. }
+                | ImageError::NotALayout { .. }
+                | ImageError::TagNotFound { .. }
+                | ImageError::AmbiguousImage { .. }
+                | ImageError::NoPlatform { .. }
+                | ImageError::BadReference { .. }
+                | ImageError::InsecureRegistry { .. }
+                | ImageError::ImageNotFound { .. }
+                | ImageError::PullUnauthorized { .. }
+        )
+    }
+}

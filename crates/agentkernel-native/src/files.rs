@@ -29,7 +29,9 @@ pub enum FileError {
     IsDirectory(String),
     #[error("{0} in the sandbox is not a regular file")]
     NotRegular(String),
-    #[error("{path} in the sandbox is {size} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`")]
+    #[error(
+        "{path} in the sandbox is {size} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`"
+    )]
     TooLarge { path: String, size: u64, limit: u64 },
     #[error("{0} in the sandbox is a directory that is not empty: remove its contents first")]
     DirectoryNotEmpty(String),

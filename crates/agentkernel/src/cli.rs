@@ -50,6 +50,8 @@ pub enum Command {
     Doctor(ListArgs),
     /// Prepare what the default backend needs (packages, state directory, host image)
     Setup(SetupArgs),
+    /// Serve the HTTP API (for SDKs, programs and fleets)
+    Serve(ServeArgs),
     /// Manage images (pull, list)
     #[command(subcommand, visible_alias = "image")]
     Images(ImagesCommand),
@@ -280,4 +282,35 @@ pub struct AuditListArgs {
     /// Print JSON lines
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1, or `[server] host`]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port to listen on [default: 18888, or `[server] port`]
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Accept this key as `Authorization: Bearer KEY` (repeatable; also AGENTKERNEL_API_KEY)
+    #[arg(long = "api-key", value_name = "KEY")]
+    pub api_key: Vec<String>,
+    /// Read keys from a file, one per line
+    #[arg(long, value_name = "FILE")]
+    pub api_key_file: Option<PathBuf>,
+    /// Serve a non-loopback address without any key (anyone who reaches it can run commands)
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Kill commands after this long unless a request sets timeout_ms [default: 30s]
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Requests served at once; more are answered 429 [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_concurrent: Option<usize>,
+    /// Largest request body in MB [default: 16]
+    #[arg(long, value_name = "MB")]
+    pub max_body_mb: Option<u64>,
+    /// Config file (over ./agentkernel.toml)
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod render;
 mod roles;
+mod serve;
 mod signals;
 
 use agentkernel_core::duration::parse_duration;
@@ -79,6 +80,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             }
             Ok(0)
         }
+        Command::Serve(args) => serve::serve(args),
         Command::Exec(args) => exec(args),
         Command::Attach(args) => attach(args),
         Command::Cp(args) => {

@@ -1,0 +1,167 @@
+//! The response envelope of every JSON answer: `{"success": true, "data": …}` or
+//! `{"success": false, "error": "…"}` with a 4xx/5xx status.
+
+use agentkernel_engine::EngineError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A successful answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Ok<T> {
+    pub success: bool,
+    pub data: T,
+}
+
+/// `Ok` with `data`.
+pub fn ok<T: Serialize>(data: T) -> Json<Ok<T>> {
+    Json(Ok {
+        success: true,
+        data,
+    })
+}
+
+/// The error envelope, as documented in the OpenAPI document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Always false.
+    pub success: bool,
+    /// What went wrong and what to do about it.
+    pub error: String,
+}
+
+/// An error answer: a status and a message that says what to do.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// Seconds, for 429 and 503 answers.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+}
+
+/// The error answers every endpoint may give, for the OpenAPI document.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // only its OpenAPI description is used
+pub enum ErrorAnswers {
+    /// Bad input: the message says which field and what to send instead.
+    #[response(status = 400)]
+    BadRequest(#[to_schema] ErrorBody),
+    /// Missing or wrong API key.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// Forbidden by the sandbox's policy (e.g. writing into a read-only root).
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// Unknown sandbox, file or command.
+    #[response(status = 404)]
+    NotFound(ErrorBody),
+    /// The command did not finish within the timeout and was killed.
+    #[response(status = 408)]
+    Timeout(ErrorBody),
+    /// Name taken, or the sandbox is in the wrong state (e.g. not running).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
+    /// Request body (or file) too large.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not JSON.
+    #[response(status = 415)]
+    UnsupportedMediaType(ErrorBody),
+    /// Too many requests at once: retry after the `Retry-After` seconds.
+    #[response(status = 429)]
+    TooMany(ErrorBody),
+    /// The server failed.
+    #[response(status = 500)]
+    Internal(ErrorBody),
+    /// Not implemented by this server's backends yet.
+    #[response(status = 501)]
+    NotImplemented(ErrorBody),
+    /// The backend cannot run sandboxes on this host now.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(ErrorBody {
+                success: false,
+                error: self.message,
+            }),
+        )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> ApiError {
+        ApiError::new(status_of(&e), e.to_string())
+    }
+}
+
+/// The HTTP status for an engine error: the client's mistakes are 4xx, the server's 5xx.
+pub fn status_of(e: &EngineError) -> StatusCode {
+    use agentkernel_native::NativeError;
+    use agentkernel_native::files::FileError;
+    match e {
+        EngineError::Input(_)
+        | EngineError::NoCommand
+        | EngineError::BadCopyArg(_)
+        | EngineError::BackendUnavailable(_) => StatusCode::BAD_REQUEST,
+        EngineError::NotFound(_) | EngineError::UuidNotFound(_) | EngineError::FileNotFound(_) => {
+            StatusCode::NOT_FOUND
+        }
+        EngineError::NameTaken(_) | EngineError::NotRunning(_) => StatusCode::CONFLICT,
+        EngineError::BackendNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        EngineError::Image(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
+        EngineError::Native(NativeError::Files(f)) => match f {
+            FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            FileError::DirectoryNotEmpty(_) => StatusCode::CONFLICT,
+            FileError::IsDirectory(_) | FileError::NotRegular(_) | FileError::NoWorkdir(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            FileError::NotRunning => StatusCode::CONFLICT,
+            FileError::Sandbox { source, .. } => match source.kind() {
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                    StatusCode::FORBIDDEN
+                }
+                std::io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+                std::io::ErrorKind::InvalidInput
+                | std::io::ErrorKind::NotADirectory
+                | std::io::ErrorKind::IsADirectory
+                | std::io::ErrorKind::AlreadyExists
+                | std::io::ErrorKind::InvalidFilename => StatusCode::BAD_REQUEST,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            FileError::Host { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        },
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}

@@ -1,0 +1,155 @@
+//! The agentkernel HTTP API (`agentkernel serve`, and the daemon on its Unix socket): axum
+//! routes over the engine, the OpenAPI document at `/openapi.json`, SSE streaming, Bearer
+//! authentication and request limits. Handlers parse, call the engine and render; the engine
+//! owns validation, policy, state and audit (the same calls as the CLI).
+
+mod auth;
+mod envelope;
+mod extract;
+mod limits;
+mod routes;
+mod state;
+mod stream;
+mod types;
+
+pub use auth::ApiKeys;
+pub use state::{AppState, Limits};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::routing::{get, post};
+use envelope::ApiError;
+use utoipa::OpenApi;
+
+/// The OpenAPI document, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "agentkernel", description = "Sandboxes for AI coding agents: run untrusted commands in isolated sandboxes."),
+    paths(
+        routes::system::health, routes::system::status, routes::system::stats,
+        routes::system::backends, routes::system::gc,
+        routes::run::run, routes::run::run_stream, routes::run::batch,
+        routes::sandboxes::list, routes::sandboxes::create, routes::sandboxes::get,
+        routes::sandboxes::by_uuid, routes::sandboxes::patch, routes::sandboxes::remove,
+        routes::sandboxes::start, routes::sandboxes::stop, routes::sandboxes::logs,
+        routes::sandboxes::extend,
+        routes::exec::exec, routes::exec::exec_stream,
+        routes::files::read, routes::files::write, routes::files::remove, routes::files::write_many,
+        routes::snapshots::list, routes::snapshots::take, routes::snapshots::get,
+        routes::snapshots::delete, routes::snapshots::restore,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route of the API over `state`.
+pub fn router(state: AppState) -> Router {
+    use routes::{exec, files, run, sandboxes, snapshots, system};
+    let body_limit = state.limits.body_bytes;
+    Router::new()
+        .route("/health", get(system::health))
+        .route("/status", get(system::status))
+        .route("/stats", get(system::stats))
+        .route("/backends", get(system::backends))
+        .route("/gc", post(system::gc))
+        .route("/openapi.json", get(openapi_json))
+        .route("/run", post(run::run))
+        .route("/run/stream", post(run::run_stream))
+        .route("/batch/run", post(run::batch))
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route(
+            "/sandboxes/{name}",
+            get(sandboxes::get)
+                .patch(sandboxes::patch)
+                .delete(sandboxes::remove),
+        )
+        .route("/sandboxes/by-uuid/{uuid}", get(sandboxes::by_uuid))
+        .route("/sandboxes/{name}/start", post(sandboxes::start))
+        .route("/sandboxes/{name}/stop", post(sandboxes::stop))
+        .route("/sandboxes/{name}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{name}/extend", post(sandboxes::extend))
+        .route("/sandboxes/{name}/exec", post(exec::exec))
+        .route("/sandboxes/{name}/exec/stream", post(exec::exec_stream))
+        .route("/sandboxes/{name}/files", post(files::write_many))
+        .route(
+            "/sandboxes/{name}/files/{*path}",
+            get(files::read).put(files::write).delete(files::remove),
+        )
+        .route("/snapshots", get(snapshots::list).post(snapshots::take))
+        .route(
+            "/snapshots/{name}",
+            get(snapshots::get).delete(snapshots::delete),
+        )
+        .route("/snapshots/{name}/restore", post(snapshots::restore))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::limit_concurrency,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        .with_state(state)
+}
+
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint {}: see /openapi.json", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!(
+            "{method} is not allowed on {}: see /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// Serves `router` on a TCP listener until `shutdown` resolves.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serves `router` on a Unix socket until `shutdown` resolves.
+pub async fn serve_unix(
+    listener: tokio::net::UnixListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,71 @@
+//! Commands in a persistent sandbox: buffered and streamed.
+
+use super::parse_env;
+use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
+use crate::extract::{ApiJson, ApiPath};
+use crate::state::AppState;
+use crate::stream::{ExecOp, buffered, streamed};
+use crate::types::{ExecRequest, RunOutput};
+use agentkernel_engine::Engine;
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use std::time::Duration;
+
+/// The engine's exec request for an API one, checked.
+pub fn exec_request(
+    st: &AppState,
+    req: &ExecRequest,
+) -> Result<(agentkernel_core::ExecRequest, Duration), ApiError> {
+    if req.command.is_empty() {
+        return Err(ApiError::bad_request(
+            "command is empty: send the command and its arguments, e.g. [\"ls\", \"-l\"]",
+        ));
+    }
+    let timeout = st.timeout(req.timeout_ms)?;
+    Ok((
+        agentkernel_core::ExecRequest {
+            argv: req.command.clone(),
+            env: parse_env(req.env.as_ref())?,
+            workdir: req.workdir.clone(),
+            timeout: Some(timeout),
+            ..Default::default()
+        },
+        timeout,
+    ))
+}
+
+fn exec_op(st: &AppState, name: String, req: agentkernel_core::ExecRequest) -> ExecOp {
+    let home = st.home.clone();
+    Box::new(move |sink, controls| Engine::open(&home)?.exec(&name, &req, sink, controls))
+}
+
+/// Runs a command in a running sandbox; answers when it has finished.
+#[utoipa::path(post, path = "/sandboxes/{name}/exec", tag = "exec", request_body = ExecRequest,
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, description = "The command ran (whatever its exit code)", body = Ok<RunOutput>), ErrorAnswers))]
+pub async fn exec(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> Result<Json<Ok<RunOutput>>, ApiError> {
+    let (req, timeout) = exec_request(&st, &req)?;
+    let out = buffered(exec_op(&st, name, req), st.limits.output_bytes, timeout).await?;
+    Ok(ok(out))
+}
+
+/// Like `/exec`, streaming Server-Sent Events as the command writes.
+#[utoipa::path(post, path = "/sandboxes/{name}/exec/stream", tag = "exec", request_body = ExecRequest,
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), ErrorAnswers))]
+pub async fn exec_stream(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ExecRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let (req, timeout) = exec_request(&st, &req)?;
+    // Unknown or stopped sandboxes are answered with a status, before the stream starts.
+    let checked = name.clone();
+    super::blocking(&st, move |engine| engine.get(&checked).map(drop)).await?;
+    streamed(exec_op(&st, name.clone(), req), Some(name), None, timeout)
+}

@@ -1,0 +1,195 @@
+//! Throwaway sandboxes: `POST /run`, `/run/stream` and `/batch/run`.
+
+use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+use crate::stream::{ExecOp, buffered, streamed};
+use crate::types::{BatchRequest, BatchResponse, BatchResult, RunOutput, RunRequest};
+use agentkernel_core::ExecRequest;
+use agentkernel_engine::{Engine, RunOptions, SpecRequest};
+use axum::Json;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The engine's view of a run request, checked.
+pub struct RunParts {
+    /// The throwaway sandbox's name, chosen here so the stream can report it.
+    pub name: String,
+    pub spec: SpecRequest,
+    pub exec: ExecRequest,
+    pub timeout: Duration,
+    pub fast: bool,
+}
+
+pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> {
+    if req.command.is_empty() {
+        return Err(ApiError::bad_request(
+            "command is empty: send the command and its arguments, e.g. [\"echo\", \"hi\"]",
+        ));
+    }
+    let (cwd, config) = client_paths(st, req.cwd.as_deref(), req.config.as_deref())?;
+    let timeout = st.timeout(req.timeout_ms)?;
+    let spec = SpecRequest {
+        image: req.image.clone(),
+        profile: req.profile.clone(),
+        backend: req.backend.clone(),
+        config,
+        no_network: req.no_network.unwrap_or(false),
+        env: req.env.clone().unwrap_or_default(),
+        workdir: req.workdir.clone(),
+        memory_mb: req.memory_mb,
+        vcpus: req.vcpus,
+        cwd,
+        command: req.command.clone(),
+        ..Default::default()
+    };
+    Ok(RunParts {
+        name: agentkernel_engine::throwaway_name(),
+        spec,
+        exec: ExecRequest {
+            argv: req.command.clone(),
+            timeout: Some(timeout),
+            ..Default::default()
+        },
+        timeout,
+        fast: req.fast.unwrap_or(true),
+    })
+}
+
+/// The directory a request is resolved against, and its config file. Clients name their own
+/// only on the daemon's socket; over TCP they could otherwise mount any host directory into a
+/// permissive sandbox.
+fn client_paths(
+    st: &AppState,
+    cwd: Option<&str>,
+    config: Option<&str>,
+) -> Result<(PathBuf, Option<PathBuf>), ApiError> {
+    if !st.trust_client_paths && (cwd.is_some() || config.is_some()) {
+        return Err(ApiError::bad_request(
+            "cwd and config are accepted only on the daemon's local socket: drop them, or run `agentkernel` on this host",
+        ));
+    }
+    let cwd = match cwd {
+        Some(c) if c.starts_with('/') => PathBuf::from(c),
+        Some(c) => {
+            return Err(ApiError::bad_request(format!(
+                "cwd {c:?} must be an absolute path"
+            )));
+        }
+        None => st.cwd.clone(),
+    };
+    Ok((cwd, config.map(PathBuf::from)))
+}
+
+/// The operation that runs one throwaway sandbox.
+pub fn run_op(st: &AppState, parts: RunParts) -> ExecOp {
+    let home = st.home.clone();
+    Box::new(move |sink, controls| {
+        let engine = Engine::open(&home)?;
+        let _ = parts.fast;
+        engine
+            .run(
+                &parts.spec,
+                &RunOptions {
+                    name: Some(parts.name),
+                    ..RunOptions::default()
+                },
+                &parts.exec,
+                sink,
+                controls,
+            )
+            .map(|o| o.status)
+    })
+}
+
+/// Runs a command in a new sandbox that is removed afterwards; answers when it has finished.
+#[utoipa::path(post, path = "/run", tag = "run", request_body = RunRequest,
+    responses((status = 200, description = "The command ran (whatever its exit code)", body = Ok<RunOutput>), ErrorAnswers))]
+pub async fn run(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Result<Json<Ok<RunOutput>>, ApiError> {
+    let parts = run_parts(&st, &req)?;
+    let timeout = parts.timeout;
+    let out = buffered(run_op(&st, parts), st.limits.output_bytes, timeout).await?;
+    Ok(ok(out))
+}
+
+/// Like `/run`, streaming Server-Sent Events as the command writes: `progress`, `started`,
+/// `output` `{stream, data}` per chunk, then `done` `{exit_code}` or `error` `{message}`.
+#[utoipa::path(post, path = "/run/stream", tag = "run", request_body = RunRequest,
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), ErrorAnswers))]
+pub async fn run_stream(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<RunRequest>,
+) -> Result<impl IntoResponse, ApiError> {
+    let parts = run_parts(&st, &req)?;
+    let timeout = parts.timeout;
+    let name = parts.name.clone();
+    streamed(
+        run_op(&st, parts),
+        Some(name),
+        Some(("starting", "starting a sandbox".to_string())),
+        timeout,
+    )
+}
+
+/// Runs several commands, each in its own throwaway sandbox, at the same time; answers with
+/// one result per command in the order given.
+#[utoipa::path(post, path = "/batch/run", tag = "run", request_body = BatchRequest,
+    responses((status = 200, body = Ok<BatchResponse>), ErrorAnswers))]
+pub async fn batch(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<BatchRequest>,
+) -> Result<Json<Ok<BatchResponse>>, ApiError> {
+    const MAX_BATCH: usize = 64;
+    if req.commands.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "{} commands in one batch: send at most {MAX_BATCH}",
+            req.commands.len()
+        )));
+    }
+    let jobs = req.commands.into_iter().map(|c| {
+        let st = st.clone();
+        async move {
+            let request = RunRequest {
+                command: c.command,
+                image: c.image,
+                profile: c.profile,
+                fast: None,
+                backend: None,
+                no_network: None,
+                env: None,
+                workdir: None,
+                memory_mb: None,
+                vcpus: None,
+                timeout_ms: None,
+                cwd: None,
+                config: None,
+            };
+            let result = match run_parts(&st, &request) {
+                Err(e) => Err(e),
+                Result::Ok(parts) => {
+                    let timeout = parts.timeout;
+                    buffered(run_op(&st, parts), st.limits.output_bytes, timeout).await
+                }
+            };
+            match result {
+                Result::Ok(out) => BatchResult {
+                    output: Some(out.output),
+                    exit_code: Some(out.exit_code),
+                    error: None,
+                },
+                Err(e) => BatchResult {
+                    output: None,
+                    exit_code: None,
+                    error: Some(e.message),
+                },
+            }
+        }
+    });
+    let results = futures_util::future::join_all(jobs).await;
+    Ok(ok(BatchResponse { results }))
+}

@@ -1,0 +1,245 @@
+//! Persistent sandboxes: create, list, inspect, edit, start, stop, remove, logs, TTL.
+
+use super::blocking;
+use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::state::AppState;
+use crate::types::{
+    CreateRequest, ExtendRequest, ExtendResponse, PatchRequest, Removed, SandboxInfo,
+};
+use agentkernel_engine::SpecRequest;
+use agentkernel_engine::metadata::MetadataUpdate;
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// `?label=key:value`, repeatable. Describes the query for the OpenAPI document; the handler
+/// reads the pairs itself because the label may repeat.
+#[derive(Debug, utoipa::IntoParams)]
+#[allow(dead_code)]
+pub struct LabelFilter {
+    /// `key:value`; every given label must match.
+    #[param(style = Form, explode)]
+    pub label: Vec<String>,
+}
+
+/// Lists sandboxes with their true status, optionally only those carrying given labels.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
+    params(LabelFilter),
+    responses((status = 200, body = Ok<Vec<SandboxInfo>>), ErrorAnswers))]
+pub async fn list(
+    State(st): State<AppState>,
+    ApiQuery(pairs): ApiQuery<Vec<(String, String)>>,
+) -> Result<Json<Ok<Vec<SandboxInfo>>>, ApiError> {
+    let mut labels = Vec::new();
+    for (key, value) in pairs {
+        if key != "label" {
+            continue;
+        }
+        match value.split_once(':') {
+            Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "label filter {value:?}: use ?label=key:value"
+                )));
+            }
+        }
+    }
+    let list = blocking(&st, move |engine| engine.list_labelled(&labels)).await?;
+    Ok(ok(list.into_iter().map(SandboxInfo::from).collect()))
+}
+
+/// Creates a sandbox and starts it. On any error nothing is left behind.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateRequest,
+    responses((status = 200, description = "Created and running", body = Ok<SandboxInfo>), ErrorAnswers))]
+pub async fn create(
+    State(st): State<AppState>,
+    ApiJson(req): ApiJson<CreateRequest>,
+) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    refuse_unsupported(&req)?;
+    let ttl = req
+        .ttl
+        .as_deref()
+        .map(agentkernel_core::duration::parse_duration)
+        .transpose()
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let spec = SpecRequest {
+        image: req.image.clone(),
+        profile: req.profile.clone(),
+        backend: req.backend.clone(),
+        no_network: req.no_network.unwrap_or(false),
+        env: req.env.clone().unwrap_or_default(),
+        memory_mb: req.memory_mb,
+        vcpus: req.vcpus,
+        cwd: st.cwd.clone(),
+        labels: req.labels.clone().unwrap_or_default(),
+        description: req.description.clone(),
+        ..Default::default()
+    };
+    let name = req.name.clone();
+    let info = blocking(&st, move |engine| {
+        agentkernel_core::validate_name(&name)?;
+        engine.create(&spec, Some(&name), ttl)?;
+        if let Err(e) = engine.start(&name) {
+            let _ = engine.remove(&name);
+            return Err(e);
+        }
+        engine.get(&name)
+    })
+    .await?;
+    Ok(ok(info.into()))
+}
+
+/// Fields of the contract this server does not support yet are refused, never ignored.
+fn refuse_unsupported(req: &CreateRequest) -> Result<(), ApiError> {
+    let given = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
+    let field = if given(&req.volumes) {
+        "volumes"
+    } else if given(&req.secrets) {
+        "secrets"
+    } else if given(&req.secret_files) {
+        "secret_files"
+    } else if req.source_url.is_some() {
+        "source_url"
+    } else if req.source_ref.is_some() {
+        "source_ref"
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::bad_request(format!(
+        "{field} is not supported by this server yet: create the sandbox without it and copy files in with PUT /sandboxes/{{name}}/files/{{path}}"
+    )))
+}
+
+/// One sandbox.
+#[utoipa::path(get, path = "/sandboxes/{name}", tag = "sandboxes",
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
+pub async fn get(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    let info = blocking(&st, move |engine| engine.get(&name)).await?;
+    Ok(ok(info.into()))
+}
+
+/// One sandbox by its uuid.
+#[utoipa::path(get, path = "/sandboxes/by-uuid/{uuid}", tag = "sandboxes",
+    params(("uuid" = String, Path, description = "Sandbox uuid")),
+    responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
+pub async fn by_uuid(
+    State(st): State<AppState>,
+    ApiPath(uuid): ApiPath<String>,
+) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    let info = blocking(&st, move |engine| engine.get_by_uuid(&uuid)).await?;
+    Ok(ok(info.into()))
+}
+
+/// Changes labels and description.
+#[utoipa::path(patch, path = "/sandboxes/{name}", tag = "sandboxes", request_body = PatchRequest,
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
+pub async fn patch(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<PatchRequest>,
+) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    let update = MetadataUpdate {
+        labels: req.labels,
+        description: req.description.map(Some),
+    };
+    let info = blocking(&st, move |engine| engine.update_metadata(&name, &update)).await?;
+    Ok(ok(info.into()))
+}
+
+/// Stops and removes a sandbox and everything written in it.
+#[utoipa::path(delete, path = "/sandboxes/{name}", tag = "sandboxes",
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<Removed>), ErrorAnswers))]
+pub async fn remove(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Ok<Removed>>, ApiError> {
+    let shown = name.clone();
+    blocking(&st, move |engine| engine.remove(&name)).await?;
+    Ok(ok(Removed {
+        name: shown,
+        removed: true,
+    }))
+}
+
+/// Starts a stopped sandbox (a running one is left as it is).
+#[utoipa::path(post, path = "/sandboxes/{name}/start", tag = "sandboxes",
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
+pub async fn start(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    let info = blocking(&st, move |engine| {
+        engine.start(&name)?;
+        engine.get(&name)
+    })
+    .await?;
+    Ok(ok(info.into()))
+}
+
+/// Stops a sandbox; its files stay for the next start.
+#[utoipa::path(post, path = "/sandboxes/{name}/stop", tag = "sandboxes",
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
+pub async fn stop(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    let info = blocking(&st, move |engine| {
+        engine.stop(&name)?;
+        engine.get(&name)
+    })
+    .await?;
+    Ok(ok(info.into()))
+}
+
+/// An audit log entry (the fields depend on its `type`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(transparent)]
+#[schema(value_type = Object)]
+pub struct AuditEntry(serde_json::Value);
+
+/// The audit log entries of one sandbox, oldest first.
+#[utoipa::path(get, path = "/sandboxes/{name}/logs", tag = "sandboxes",
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<Vec<AuditEntry>>), ErrorAnswers))]
+pub async fn logs(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<Ok<Vec<AuditEntry>>>, ApiError> {
+    let entries = blocking(&st, move |engine| {
+        engine.get(&name)?;
+        engine
+            .audit()
+            .entries(Some(&name), None)
+            .map_err(|e| agentkernel_engine::EngineError::Io {
+                context: format!("read {}", engine.audit().path().display()),
+                source: e,
+            })
+    })
+    .await?;
+    Ok(ok(entries.into_iter().map(AuditEntry).collect()))
+}
+
+/// Pushes the sandbox's expiry back.
+#[utoipa::path(post, path = "/sandboxes/{name}/extend", tag = "sandboxes", request_body = ExtendRequest,
+    params(("name" = String, Path, description = "Sandbox name")),
+    responses((status = 200, body = Ok<ExtendResponse>), ErrorAnswers))]
+pub async fn extend(
+    State(st): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(req): ApiJson<ExtendRequest>,
+) -> Result<Json<Ok<ExtendResponse>>, ApiError> {
+    let by = agentkernel_core::duration::parse_duration(&req.by)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let expires_at = blocking(&st, move |engine| engine.extend(&name, by)).await?;
+    Ok(ok(ExtendResponse { expires_at }))
+}

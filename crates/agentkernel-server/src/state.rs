@@ -1,0 +1,81 @@
+//! What every handler shares: configuration, the concurrency gate and the engine's home.
+
+use crate::auth::ApiKeys;
+use agentkernel_engine::{Engine, EngineError};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits of one server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body, in bytes.
+    pub body_bytes: usize,
+    /// A command is killed after this long unless the request sets `timeout_ms`.
+    pub request_timeout: Duration,
+    /// Requests served at once; more get 429.
+    pub max_concurrent: usize,
+    /// Output kept per stream of a buffered command.
+    pub output_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            body_bytes: 16 * 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent: 64,
+            output_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Longest timeout a request may ask for.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub home: PathBuf,
+    pub keys: ApiKeys,
+    pub limits: Limits,
+    pub concurrency: Arc<tokio::sync::Semaphore>,
+    /// The directory requests are resolved against (config file, detection, permissive mounts).
+    pub cwd: PathBuf,
+    /// Honour `cwd`/`config` sent by clients: only on the daemon's own socket.
+    pub trust_client_paths: bool,
+}
+
+impl AppState {
+    pub fn new(home: PathBuf, keys: ApiKeys, limits: Limits, cwd: PathBuf) -> AppState {
+        AppState {
+            home,
+            keys,
+            concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
+            limits,
+            cwd,
+            trust_client_paths: false,
+        }
+    }
+
+    /// An engine for one request. Cheap: the state database is opened on first use.
+    pub fn engine(&self) -> Result<Engine, EngineError> {
+        Engine::open(&self.home)
+    }
+
+    /// The timeout for a command: the request's, else the server's.
+    pub fn timeout(&self, timeout_ms: Option<u64>) -> Result<Duration, crate::envelope::ApiError> {
+        match timeout_ms {
+            None => Ok(self.limits.request_timeout),
+            Some(0) => Err(crate::envelope::ApiError::bad_request(
+                "timeout_ms must be at least 1",
+            )),
+            Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => {
+                Err(crate::envelope::ApiError::bad_request(format!(
+                    "timeout_ms {ms} is more than the maximum of {} (24 hours): use a detached command for longer work",
+                    MAX_TIMEOUT.as_millis()
+                )))
+            }
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+}

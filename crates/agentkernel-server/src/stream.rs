@@ -1,0 +1,381 @@
+//! Running an engine exec from async handlers: the engine's blocking call runs on a blocking
+//! thread and its events either are collected (buffered answers) or leave as SSE events as the
+//! command produces them. A client that goes away kills the command: the handler owns a
+//! `CancelOnDrop` whose drop sends SIGKILL through the exec's signal pipe.
+
+use crate::envelope::ApiError;
+use crate::types::RunOutput;
+use agentkernel_core::{ExecEvent, ExitStatus};
+use agentkernel_engine::backend::Controls;
+use agentkernel_engine::{EngineError, Sink};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use rustix::fd::{AsFd, OwnedFd};
+use std::convert::Infallible;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+/// An engine operation that runs one command: `run` or `exec`.
+pub type ExecOp =
+    Box<dyn FnOnce(&mut Sink<'_>, Controls<'_>) -> Result<ExitStatus, EngineError> + Send>;
+
+/// Kills the command when dropped, unless disarmed.
+pub struct CancelOnDrop {
+    write: Option<OwnedFd>,
+}
+
+impl CancelOnDrop {
+    /// The guard and the read end to give the exec as its signal pipe.
+    pub fn pair() -> Result<(CancelOnDrop, OwnedFd), ApiError> {
+        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| ApiError::internal(format!("create a pipe: {e}")))?;
+        Ok((CancelOnDrop { write: Some(write) }, read))
+    }
+
+    pub fn disarm(&mut self) {
+        self.write = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(fd) = self.write.take() {
+            let _ = rustix::io::write(&fd, &[libc::SIGKILL as u8]);
+        }
+    }
+}
+
+/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes).
+/// A command killed by the timeout is a 408; one that could not be found or executed is an
+/// answer with exit code 127/126 and the reason on stderr, as a shell gives.
+pub async fn buffered(op: ExecOp, limit: usize, timeout: Duration) -> Result<RunOutput, ApiError> {
+    let (mut guard, cancel) = CancelOnDrop::pair()?;
+    let task = tokio::task::spawn_blocking(move || {
+        let mut collected = Collected::new(limit);
+        let result = {
+            let mut sink = |event: ExecEvent| {
+                collected.push(&event);
+                ControlFlow::Continue(())
+            };
+            op(
+                &mut sink,
+                Controls {
+                    signals: Some(cancel.as_fd()),
+                    resized: None,
+                },
+            )
+        };
+        (result, collected)
+    });
+    let (result, collected) = task
+        .await
+        .map_err(|e| ApiError::internal(format!("the command's worker failed: {e}")))?;
+    guard.disarm();
+    match result {
+        Ok(status) if status.timed_out => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            timeout_message(timeout),
+        )),
+        Ok(status) => Ok(collected.finish(status)),
+        Err(e) if matches!(e.exit_code(), 126 | 127) => {
+            let mut out = collected;
+            out.stderr.extend_from_slice(format!("{e}\n").as_bytes());
+            out.output.extend_from_slice(format!("{e}\n").as_bytes());
+            Ok(out.finish(ExitStatus {
+                code: e.exit_code(),
+                ..ExitStatus::default()
+            }))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn timeout_message(timeout: Duration) -> String {
+    format!(
+        "the command did not finish within {:.1}s and was killed: set timeout_ms for longer commands, or start it detached",
+        timeout.as_secs_f64()
+    )
+}
+
+struct Collected {
+    output: Vec<u8>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    limit: usize,
+    truncated: bool,
+}
+
+impl Collected {
+    fn new(limit: usize) -> Collected {
+        Collected {
+            output: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            limit,
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, event: &ExecEvent) {
+        let (data, stream) = match event {
+            ExecEvent::Stdout(d) => (d, &mut self.stdout),
+            ExecEvent::Stderr(d) => (d, &mut self.stderr),
+            _ => return,
+        };
+        for buf in [stream, &mut self.output] {
+            let room = self.limit.saturating_sub(buf.len());
+            if data.len() > room {
+                self.truncated = true;
+            }
+            buf.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+
+    fn finish(self, status: ExitStatus) -> RunOutput {
+        RunOutput {
+            output: String::from_utf8_lossy(&self.output).into_owned(),
+            exit_code: status.code,
+            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
+            truncated: self.truncated,
+            oom_killed: status.oom_killed,
+        }
+    }
+}
+
+enum Msg {
+    Event(ExecEvent),
+    End(Result<ExitStatus, EngineError>),
+}
+
+/// Runs `op` and streams its events as SSE: `progress` (when given), `started`, `output` per
+/// chunk as produced, then `done` or `error`. Dropping the stream (the client went away) kills
+/// the command.
+pub fn streamed(
+    op: ExecOp,
+    sandbox: Option<String>,
+    progress: Option<(&'static str, String)>,
+    timeout: Duration,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let (guard, cancel) = CancelOnDrop::pair()?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(64);
+    tokio::task::spawn_blocking(move || {
+        let events = tx.clone();
+        let result = {
+            let mut sink = |event: ExecEvent| match events.blocking_send(Msg::Event(event)) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            };
+            op(
+                &mut sink,
+                Controls {
+                    signals: Some(cancel.as_fd()),
+                    resized: None,
+                },
+            )
+        };
+        let _ = tx.blocking_send(Msg::End(result));
+    });
+    let first: Vec<Event> = progress
+        .map(|(stage, message)| {
+            json_event(
+                "progress",
+                serde_json::json!({"stage": stage, "message": message}),
+            )
+        })
+        .into_iter()
+        .collect();
+    let state = StreamState {
+        rx,
+        guard,
+        sandbox,
+        stdout: Utf8Carry::default(),
+        stderr: Utf8Carry::default(),
+        pending: first.into(),
+        ended: false,
+        timeout,
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(event) = st.pending.pop_front() {
+                return Some((Ok(event), st));
+            }
+            if st.ended {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Msg::Event(e)) => st.translate(e),
+                Some(Msg::End(result)) => {
+                    st.ended = true;
+                    st.guard.disarm();
+                    st.finish(result);
+                }
+                None => {
+                    st.ended = true;
+                    st.pending.push_back(json_event(
+                        "error",
+                        serde_json::json!({"message": "the command's worker stopped unexpectedly"}),
+                    ));
+                }
+            }
+        }
+    });
+    // Comments every few seconds: a quiet command still notices a client that went away.
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(2))))
+}
+
+struct StreamState {
+    rx: tokio::sync::mpsc::Receiver<Msg>,
+    guard: CancelOnDrop,
+    sandbox: Option<String>,
+    stdout: Utf8Carry,
+    stderr: Utf8Carry,
+    pending: std::collections::VecDeque<Event>,
+    ended: bool,
+    timeout: Duration,
+}
+
+impl StreamState {
+    fn translate(&mut self, event: ExecEvent) {
+        match event {
+            ExecEvent::Started { pid } => self.pending.push_back(json_event(
+                "started",
+                serde_json::json!({"sandbox": self.sandbox, "pid": pid}),
+            )),
+            ExecEvent::Stdout(d) => self.output("stdout", &d),
+            ExecEvent::Stderr(d) => self.output("stderr", &d),
+            ExecEvent::Exit(_) => {}
+        }
+    }
+
+    fn output(&mut self, stream: &str, data: &[u8]) {
+        let carry = if stream == "stdout" {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        let text = carry.push(data);
+        if !text.is_empty() {
+            self.pending.push_back(json_event(
+                "output",
+                serde_json::json!({"stream": stream, "data": text}),
+            ));
+        }
+    }
+
+    fn finish(&mut self, result: Result<ExitStatus, EngineError>) {
+        for stream in ["stdout", "stderr"] {
+            let carry = if stream == "stdout" {
+                &mut self.stdout
+            } else {
+                &mut self.stderr
+            };
+            let rest = carry.flush();
+            if !rest.is_empty() {
+                self.pending.push_back(json_event(
+                    "output",
+                    serde_json::json!({"stream": stream, "data": rest}),
+                ));
+            }
+        }
+        let last = match result {
+            Ok(status) if status.timed_out => json_event(
+                "error",
+                serde_json::json!({"message": timeout_message(self.timeout), "exit_code": status.code}),
+            ),
+            Ok(status) => json_event(
+                "done",
+                serde_json::json!({"exit_code": status.code, "oom_killed": status.oom_killed}),
+            ),
+            Err(e) if matches!(e.exit_code(), 126 | 127) => {
+                self.pending.push_back(json_event(
+                    "output",
+                    serde_json::json!({"stream": "stderr", "data": format!("{e}\n")}),
+                ));
+                json_event("done", serde_json::json!({"exit_code": e.exit_code()}))
+            }
+            Err(e) => json_event(
+                "error",
+                serde_json::json!({"message": e.to_string(), "status": crate::envelope::status_of(&e).as_u16()}),
+            ),
+        };
+        self.pending.push_back(last);
+    }
+}
+
+fn json_event(name: &str, data: serde_json::Value) -> Event {
+    Event::default().event(name).data(data.to_string())
+}
+
+/// Turns chunks of bytes into text without splitting a UTF-8 character across events: an
+/// incomplete character at the end of a chunk waits for the next one.
+#[derive(Default)]
+pub struct Utf8Carry {
+    pending: Vec<u8>,
+}
+
+impl Utf8Carry {
+    pub fn push(&mut self, data: &[u8]) -> String {
+        self.pending.extend_from_slice(data);
+        let keep = incomplete_tail(&self.pending);
+        let ready = self.pending.len() - keep;
+        let text = String::from_utf8_lossy(&self.pending[..ready]).into_owned();
+        self.pending.drain(..ready);
+        text
+    }
+
+    pub fn flush(&mut self) -> String {
+        let text = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        text
+    }
+}
+
+/// Length of a UTF-8 sequence started but not finished at the end of `bytes`.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=3.min(bytes.len()) {
+        let b = bytes[bytes.len() - back];
+        if b & 0xC0 == 0x80 {
+            continue; // a continuation byte: look further back for the lead
+        }
+        let needed = match b {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => return 0,
+        };
+        return if needed > back { back } else { 0 };
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn characters_split_across_chunks_arrive_whole() {
+        let mut c = Utf8Carry::default();
+        let euro = "€".as_bytes(); // three bytes
+        assert_eq!(c.push(b"a"), "a");
+        assert_eq!(c.push(&euro[..1]), "");
+        assert_eq!(c.push(&euro[1..2]), "");
+        assert_eq!(c.push(&[euro[2], b'b']), "€b");
+        assert_eq!(c.push(&[0xff, b'c']), "\u{fffd}c");
+        assert_eq!(c.push(&euro[..2]), "");
+        assert_eq!(c.flush(), "\u{fffd}");
+    }
+
+    #[test]
+    fn collected_output_is_bounded() {
+        let mut c = Collected::new(4);
+        c.push(&ExecEvent::Stdout(b"abc".to_vec()));
+        c.push(&ExecEvent::Stderr(b"xyz".to_vec()));
+        let out = c.finish(ExitStatus::default());
+        assert_eq!(out.stdout, "abc");
+        assert_eq!(out.stderr, "xyz");
+        assert_eq!(out.output, "abcx");
+        assert!(out.truncated);
+    }
+}

@@ -1,0 +1,397 @@
+//! The wire types of the API (request bodies and the `data` of answers), with their OpenAPI
+//! schemas. Field names follow the contract in spec/http-api.md; fields beyond it are ours.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::ToSchema;
+
+/// `POST /run` and `/run/stream`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct RunRequest {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Image reference, `host`, or a local path; auto-detected from the command when absent.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// `permissive`, `moderate` (default) or `restrictive`.
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Use a pre-started sandbox from the warm pool when one matches (default true).
+    #[serde(default)]
+    pub fast: Option<bool>,
+    /// Backend to run on (default: the server's default backend).
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// Turn networking off whatever the profile says.
+    #[serde(default)]
+    pub no_network: Option<bool>,
+    /// Extra environment, `KEY=VALUE`.
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    /// Working directory inside the sandbox.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Memory limit in MB.
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub vcpus: Option<f64>,
+    /// Kill the command after this many milliseconds (default: the server's request timeout).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Project directory (config file, image detection, permissive mounts). Honoured only on
+    /// the daemon's local socket, where the caller is the same user.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    /// A config file (`--config`), resolved like `cwd`. Daemon socket only.
+    #[serde(default)]
+    pub config: Option<String>,
+}
+
+/// The answer of a buffered command.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunOutput {
+    /// stdout and stderr interleaved as they were produced.
+    pub output: String,
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Output beyond the server's limit was dropped.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+    /// The sandbox's memory limit was hit.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub oom_killed: bool,
+}
+
+/// `POST /batch/run`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct BatchRequest {
+    pub commands: Vec<BatchCommand>,
+}
+
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct BatchCommand {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// In the order of the request.
+    pub results: Vec<BatchResult>,
+}
+
+/// `POST /sandboxes`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<f64>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Remove the sandbox after this long (`30m`, `2h`, `1d`); never when absent.
+    #[serde(default)]
+    pub ttl: Option<String>,
+    #[serde(default)]
+    pub no_network: Option<bool>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    /// Not supported yet: refused when non-empty.
+    #[serde(default)]
+    pub volumes: Option<Vec<String>>,
+    /// Not supported yet: refused when non-empty.
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+    /// Not supported yet: refused when non-empty.
+    #[serde(default)]
+    pub secret_files: Option<Vec<String>>,
+    /// Not supported yet: refused when set.
+    #[serde(default)]
+    pub source_url: Option<String>,
+    /// Not supported yet: refused when set.
+    #[serde(default)]
+    pub source_ref: Option<String>,
+}
+
+/// `PATCH /sandboxes/{name}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct PatchRequest {
+    /// Replaces all labels.
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Replaces the description.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A sandbox.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SandboxInfo {
+    pub name: String,
+    pub uuid: String,
+    /// `running` or `stopped`, checked against the host's processes.
+    pub status: String,
+    pub backend: String,
+    pub image: String,
+    pub profile: String,
+    /// CPUs, rounded up to a whole number (`cpus` has the exact limit).
+    pub vcpus: u32,
+    pub cpus: f64,
+    pub memory_mb: u64,
+    pub created_at: String,
+    pub labels: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The sandbox's init process on the host, while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+impl From<agentkernel_engine::SandboxInfo> for SandboxInfo {
+    fn from(s: agentkernel_engine::SandboxInfo) -> SandboxInfo {
+        SandboxInfo {
+            vcpus: s.vcpus.ceil().max(0.0) as u32,
+            cpus: s.vcpus,
+            name: s.name,
+            uuid: s.uuid,
+            status: s.status,
+            backend: s.backend,
+            image: s.image,
+            profile: s.profile,
+            memory_mb: s.memory_mb,
+            created_at: s.created_at,
+            labels: s.labels,
+            description: s.description,
+            expires_at: s.expires_at,
+            pid: s.pid,
+        }
+    }
+}
+
+/// `POST /sandboxes/{name}/exec` (and `/exec/stream`, `/exec/detach`).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ExecRequest {
+    pub command: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Accepted for compatibility: commands already run as the sandbox's root user.
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub sudo: Option<bool>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `GET /sandboxes/{name}/files/{path}`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileContent {
+    pub content: String,
+    /// `utf8` when the file is valid UTF-8, else `base64`.
+    pub encoding: String,
+    pub size: u64,
+}
+
+/// `PUT /sandboxes/{name}/files/{path}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct WriteFileRequest {
+    pub content: String,
+    /// `utf8` (default) or `base64`.
+    #[serde(default)]
+    pub encoding: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileWritten {
+    /// The absolute path inside the sandbox.
+    pub path: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FileRemoved {
+    pub path: String,
+    pub removed: bool,
+}
+
+/// `POST /sandboxes/{name}/files`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct WriteFilesRequest {
+    /// Path → UTF-8 content.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FilesWritten {
+    pub written: usize,
+    pub paths: Vec<String>,
+}
+
+/// `POST /sandboxes/{name}/extend`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ExtendRequest {
+    /// How much longer, e.g. `30m`, `2h`.
+    pub by: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExtendResponse {
+    /// The new expiry; null for a sandbox without a TTL (it never expires).
+    pub expires_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Removed {
+    pub name: String,
+    pub removed: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct GcResponse {
+    pub removed: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StatusResponse {
+    pub version: String,
+    pub default_backend: String,
+    /// Backends that can run sandboxes here now.
+    pub backends: Vec<String>,
+    pub sandbox_count: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Capabilities {
+    pub mount_cwd: bool,
+    pub mount_home: bool,
+    pub attach: bool,
+    pub host_volumes: bool,
+    pub ssh: bool,
+    pub proxy_secret_bindings: bool,
+    pub secret_files: bool,
+    pub snapshots: bool,
+    pub resume: bool,
+    pub full_state_pause_resume: bool,
+    pub full_state_fork: bool,
+    pub endpoints: bool,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BackendDescriptor {
+    pub backend: String,
+    pub configured: bool,
+    pub usable: bool,
+    pub readiness_reason: String,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BackendsResponse {
+    pub default_backend: String,
+    pub backends: Vec<BackendDescriptor>,
+}
+
+impl From<agentkernel_engine::status::Backends> for BackendsResponse {
+    fn from(b: agentkernel_engine::status::Backends) -> BackendsResponse {
+        BackendsResponse {
+            default_backend: b.default_backend,
+            backends: b
+                .backends
+                .into_iter()
+                .map(|d| BackendDescriptor {
+                    backend: d.backend,
+                    configured: d.configured,
+                    usable: d.usable,
+                    readiness_reason: d.readiness_reason,
+                    capabilities: Capabilities {
+                        mount_cwd: d.capabilities.mount_cwd,
+                        mount_home: d.capabilities.mount_home,
+                        attach: d.capabilities.attach,
+                        host_volumes: d.capabilities.host_volumes,
+                        ssh: d.capabilities.ssh,
+                        proxy_secret_bindings: d.capabilities.proxy_secret_bindings,
+                        secret_files: d.capabilities.secret_files,
+                        snapshots: d.capabilities.snapshots,
+                        resume: d.capabilities.resume,
+                        full_state_pause_resume: d.capabilities.full_state_pause_resume,
+                        full_state_fork: d.capabilities.full_state_fork,
+                        endpoints: d.capabilities.endpoints,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ResourceUsage {
+    pub cpu_percent: f64,
+    pub cpu_count: usize,
+    pub memory_used_mb: u64,
+    pub memory_total_mb: u64,
+    pub disk_used_mb: u64,
+    pub disk_total_mb: u64,
+    pub load_average: Vec<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StatsResponse {
+    pub sandbox_count: usize,
+    pub running_count: usize,
+    pub resource_usage: ResourceUsage,
+}
+
+impl From<agentkernel_engine::status::Stats> for StatsResponse {
+    fn from(s: agentkernel_engine::status::Stats) -> StatsResponse {
+        let r = s.resource_usage;
+        StatsResponse {
+            sandbox_count: s.sandbox_count,
+            running_count: s.running_count,
+            resource_usage: ResourceUsage {
+                cpu_percent: r.cpu_percent,
+                cpu_count: r.cpu_count,
+                memory_used_mb: r.memory_used_mb,
+                memory_total_mb: r.memory_total_mb,
+                disk_used_mb: r.disk_used_mb,
+                disk_total_mb: r.disk_total_mb,
+                load_average: r.load_average.to_vec(),
+            },
+        }
+    }
+}
+
+/// `POST /snapshots`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct SnapshotRequest {
+    pub sandbox: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
