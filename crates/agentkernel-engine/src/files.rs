@@ -86,11 +86,11 @@ mod tests {
     #[test]
     fn relative_paths_start_at_the_workdir() {
         assert_eq!(
-            inside_path("/workspace", "a/b.txt").unwrap(),
+            inside_path("/workspace", "a/b.txt").expect("relative path"),
             PathBuf::from("/workspace/a/b.txt")
         );
         assert_eq!(
-            inside_path("/workspace", "/etc/hostname").unwrap(),
+            inside_path("/workspace", "/etc/hostname").expect("absolute path"),
             PathBuf::from("/etc/hostname")
         );
         assert!(inside_path("/workspace", "").is_err());
