@@ -29,6 +29,9 @@ pub enum AuditEvent {
         sandbox: String,
         command: Vec<String>,
         exit_code: i32,
+        /// The id of a detached command (`exec -d`); absent for foreground commands.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        detached: Option<String>,
     },
     FileWritten {
         sandbox: String,
@@ -180,6 +183,7 @@ mod tests {
             sandbox: "b".into(),
             command: vec!["true".into()],
             exit_code: 0,
+            detached: None,
         });
         log.record(AuditEvent::SandboxRemoved { name: "a".into() });
         let all = log.entries(None, None).expect("read");

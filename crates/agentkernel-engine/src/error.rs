@@ -44,6 +44,24 @@ pub enum EngineError {
         "invalid copy argument {0:?}: give NAME:/path for the sandbox side and a host path for the other"
     )]
     BadCopyArg(String),
+    /// An unknown detached command id, or one that is not an id at all (`../x`): the HTTP
+    /// surface answers 404, as for an unknown sandbox.
+    #[error(
+        "no detached command {id:?} in sandbox {sandbox:?}: use an id that `agentkernel exec -d {sandbox}` printed or that the sandbox's detached list shows (records go when the sandbox is removed)"
+    )]
+    DetachedNotFound { sandbox: String, id: String },
+    #[error("cannot start a detached command in sandbox {sandbox:?}: {reason}")]
+    DetachedStart { sandbox: String, reason: String },
+    #[error(
+        "detached command {id} in sandbox {sandbox:?} is still running {seconds} s after SIGKILL: stop the sandbox with `agentkernel stop {sandbox}`, which ends every process in it"
+    )]
+    DetachedStillRunning {
+        sandbox: String,
+        id: String,
+        seconds: u64,
+    },
+    #[error("unknown output stream {0:?}: use stdout or stderr")]
+    BadLogStream(String),
 }
 
 impl EngineError {

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod detached;
 pub mod doctor;
 pub mod error;
 mod files;
@@ -78,6 +79,8 @@ pub struct Engine {
     audit: AuditLog,
     images: ImageStore,
     store: OnceCell<Store>,
+    /// The executable re-run as the supervisor of detached commands; `current_exe()` if unset.
+    supervisor_exe: Option<PathBuf>,
 }
 
 impl Engine {
@@ -90,7 +93,15 @@ impl Engine {
             audit: AuditLog::new(home),
             images: ImageStore::new(home.join("images")),
             store: OnceCell::new(),
+            supervisor_exe: None,
         })
+    }
+
+    /// Uses `exe` (an agentkernel binary) as the supervisor of detached commands instead of the
+    /// current executable: for callers that are not the agentkernel binary (tests, embedders).
+    pub fn with_supervisor_exe(mut self, exe: impl Into<PathBuf>) -> Engine {
+        self.supervisor_exe = Some(exe.into());
+        self
     }
 
     pub fn home(&self) -> &Path {
@@ -213,6 +224,7 @@ impl Engine {
             sandbox: name.clone(),
             command: exec.argv.clone(),
             exit_code: status.code,
+            detached: None,
         });
         Ok(RunOutcome {
             status,
@@ -394,6 +406,8 @@ impl Engine {
             backend.stop(rt, None)?;
             self.store()?.set_runtime(name, None)?;
         }
+        // Detached commands died with the sandbox: their supervisors record how.
+        detached::settle(&self.home, name);
         if was_running {
             self.audit.record(AuditEvent::SandboxStopped {
                 name: name.to_string(),
@@ -410,6 +424,9 @@ impl Engine {
             let backend = backend::backend_for(rec.spec.backend, &self.home)?;
             backend.stop(rt, None)?;
         }
+        // Supervisors of detached commands write into the directory until they have recorded
+        // the end of their command: let them finish before it goes.
+        detached::settle(&self.home, name);
         let dir = self.sandbox_dir(name);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
@@ -454,6 +471,18 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
+        self.exec_audited(name, req, sink, controls, None)
+    }
+
+    /// `exec`, with the id of the detached command it runs for (the audit entry says so).
+    fn exec_audited(
+        &self,
+        name: &str,
+        req: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+        detached: Option<&str>,
+    ) -> Result<ExitStatus> {
         if req.argv.is_empty() {
             return Err(EngineError::NoCommand);
         }
@@ -464,6 +493,7 @@ impl Engine {
             sandbox: name.to_string(),
             command: req.argv.clone(),
             exit_code: status.code,
+            detached: detached.map(str::to_string),
         });
         Ok(status)
     }

@@ -226,6 +226,9 @@ pub struct ExecArgs {
     /// Kill the command after this long (e.g. 30s, 5m)
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Run the command in the background and print its id (output is kept in the sandbox's state)
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Sandbox name
     pub name: String,
     /// The command and its arguments

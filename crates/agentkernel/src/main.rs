@@ -264,10 +264,15 @@ fn exec(args: cli::ExecArgs) -> Result<i32, EngineError> {
         env: parse_env(&args.env)?,
         workdir: args.workdir,
         timeout: duration(args.timeout.as_deref())?,
-        stdin: forward_stdin(),
+        stdin: !args.detach && forward_stdin(),
         tty: false,
     };
     let engine = engine()?;
+    if args.detach {
+        let started = engine.exec_detached(&args.name, &req)?;
+        println!("{}", started.id);
+        return Ok(0);
+    }
     let signals =
         signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {
             context: "install signal handlers".into(),

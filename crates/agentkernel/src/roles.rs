@@ -4,11 +4,12 @@
 //! re-executed with a role name as its first argument (never shown in `--help`).
 
 /// Runs the role named by the first argument, if it names one; returns its exit code.
-// The first roles land with the HTTP server; until then the match has only its fallback.
-#[allow(clippy::match_single_binding)]
 pub fn dispatch() -> Option<i32> {
     let role = std::env::args_os().nth(1)?;
     match role.to_str()? {
+        agentkernel_engine::detached::SUPERVISOR_ROLE => Some(
+            agentkernel_engine::detached::supervisor_main(std::env::args_os().skip(2)),
+        ),
         _ => None,
     }
 }
