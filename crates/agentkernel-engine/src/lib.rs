@@ -137,7 +137,7 @@ impl Engine {
     /// Resolves the spec, checks its backend can run here, then makes sure its image is local
     /// (pulling it if needed); the image's env is merged under the user's. The backend goes
     /// first so that a request no backend can serve fails before anything is downloaded.
-    fn prepare(
+    pub(crate) fn prepare(
         &self,
         req: &SpecRequest,
         name: &str,
@@ -215,23 +215,37 @@ impl Engine {
         }
         let config = resolve::load_config(req)?;
         let (spec, rootfs, backend) = self.prepare(req, &name, &config)?;
-        let started = backend.start(&spec, &rootfs, &name, Persistence::Ephemeral)?;
-        let result = backend.exec(&spec, &started.runtime, exec, sink, controls);
-        let stopped = backend.stop(&started.runtime, started.lifeline);
-        let status = result?;
-        stopped?;
-        self.audit.record(AuditEvent::CommandExecuted {
-            sandbox: name.clone(),
-            command: exec.argv.clone(),
-            exit_code: status.code,
-            detached: None,
-        });
+        let status = self.run_prepared(&spec, &rootfs, backend.as_ref(), exec, sink, controls)?;
         Ok(RunOutcome {
             status,
             sandbox: name,
             kept: false,
             memory_limit_mb: spec.policy.limits.memory_mb,
         })
+    }
+
+    /// The throwaway path of `run` once the spec is resolved: start, run, tear down.
+    pub(crate) fn run_prepared(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        backend: &dyn Backend,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
+        let result = backend.exec(spec, &started.runtime, exec, sink, controls);
+        let stopped = backend.stop(&started.runtime, started.lifeline);
+        let status = result?;
+        stopped?;
+        self.audit.record(AuditEvent::CommandExecuted {
+            sandbox: spec.name.clone(),
+            command: exec.argv.clone(),
+            exit_code: status.code,
+            detached: None,
+        });
+        Ok(status)
     }
 
     fn run_on_branch(
