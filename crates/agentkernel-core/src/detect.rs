@@ -96,6 +96,12 @@ fn by_program(program: &str) -> Option<&'static Language> {
     LANGUAGES.iter().find(|l| l.programs.contains(&program))
 }
 
+/// The image of a runtime named in config (`[daemon.agents.claude] runtime = "python"`): a
+/// language's program name means its image; anything else is taken as an image reference.
+pub fn runtime_image(runtime: &str) -> String {
+    by_program(runtime).map_or_else(|| runtime.to_string(), |l| l.image.to_string())
+}
+
 /// Chooses the image for `command` (empty for `create`) run in `project`.
 pub fn detect_image(command: &[String], project: &Path) -> Detection {
     if let Some(first) = command.first() {

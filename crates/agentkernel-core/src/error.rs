@@ -27,4 +27,12 @@ pub enum CoreError {
     Config { path: String, message: String },
     #[error("{0}")]
     Unsupported(String),
+    #[error("invalid command argument: {0}")]
+    InvalidArgument(String),
+    #[error("the description is {0} characters long: give at most 4096")]
+    DescriptionTooLong(usize),
+    #[error(
+        "unknown agent mode {mode:?}: use one of {known}, or add a [daemon.agents.{mode}] section to the config"
+    )]
+    UnknownMode { mode: String, known: String },
 }

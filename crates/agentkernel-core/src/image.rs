@@ -36,6 +36,16 @@ impl ImageRef {
         if text == "host" {
             return Ok(ImageRef::Host);
         }
+        let is_path = text.starts_with("oci:")
+            || text.starts_with('/')
+            || text.starts_with("./")
+            || text.starts_with("../")
+            || text == ".";
+        if is_path && !crate::spec::path_fits(text.trim_start_matches("oci:")) {
+            return Err(invalid(
+                "the path is too long (at most 4095 bytes, 255 per component)",
+            ));
+        }
         if let Some(rest) = text.strip_prefix("oci:") {
             let (path, tag) = split_layout_tag(rest);
             if path.is_empty() {

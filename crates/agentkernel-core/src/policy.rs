@@ -145,6 +145,9 @@ pub struct PolicyOverrides {
     pub home_dir: Option<PathBuf>,
 }
 
+/// The largest memory limit a sandbox may ask for, in MB (1 TiB).
+pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
+
 /// Where a permissive sandbox sees the caller's working directory.
 pub const WORKSPACE: &str = "/workspace";
 
@@ -261,6 +264,12 @@ impl Policy {
         if self.limits.memory_mb < 16 {
             return Err(CoreError::Unsupported(format!(
                 "memory limit {} MB is too small: give at least 16 MB",
+                self.limits.memory_mb
+            )));
+        }
+        if self.limits.memory_mb > MAX_MEMORY_MB {
+            return Err(CoreError::Unsupported(format!(
+                "memory limit {} MB is more than {MAX_MEMORY_MB} MB (1 TiB): give less",
                 self.limits.memory_mb
             )));
         }

@@ -97,9 +97,15 @@ pub fn parse_env(text: &str) -> Result<(String, String), CoreError> {
     }
 }
 
+/// Whether a path is one the kernel can take: no NUL, at most 4095 bytes, and no component
+/// longer than 255 bytes.
+pub fn path_fits(path: &str) -> bool {
+    !path.contains('\0') && path.len() < 4096 && path.split('/').all(|c| c.len() <= 255)
+}
+
 /// Checks a working directory given for inside the sandbox.
 pub fn validate_workdir(dir: &str) -> Result<(), CoreError> {
-    if dir.starts_with('/') && !dir.contains('\0') && dir.len() < 4096 {
+    if dir.starts_with('/') && path_fits(dir) {
         Ok(())
     } else {
         Err(CoreError::InvalidWorkdir(dir.to_string()))

@@ -212,6 +212,7 @@ enum FailKind {
     NotExecutable,
     SandboxNotFound,
     NotRunning,
+    WorkdirMissing,
     Other,
 }
 
@@ -227,18 +228,27 @@ impl FailKind {
             EngineError::Native(NativeError::Exec(ExecError::NotRunning))
             | EngineError::NotRunning(_) => FailKind::NotRunning,
             EngineError::NotFound(_) => FailKind::SandboxNotFound,
+            EngineError::Native(NativeError::Files(
+                agentkernel_native::files::FileError::NoWorkdir(_),
+            )) => FailKind::WorkdirMissing,
             _ => FailKind::Other,
         }
     }
 
     /// The error `exec_detached` returns: the same type a foreground exec would have given,
     /// so the CLI exits 127 / 126 / 125 alike.
-    fn into_error(self, sandbox: &str, program: &str, message: String) -> EngineError {
+    fn into_error(self, sandbox: &str, req: &ExecRequest, message: String) -> EngineError {
+        let program = req.argv.first().map(String::as_str).unwrap_or_default();
         match self {
             FailKind::CommandNotFound => ExecError::NotFound(program.to_string()).into_engine(),
             FailKind::NotExecutable => ExecError::NotExecutable(program.to_string()).into_engine(),
             FailKind::SandboxNotFound => EngineError::NotFound(sandbox.to_string()),
             FailKind::NotRunning => EngineError::NotRunning(sandbox.to_string()),
+            FailKind::WorkdirMissing => EngineError::Native(NativeError::Files(
+                agentkernel_native::files::FileError::NoWorkdir(
+                    req.workdir.clone().unwrap_or_default(),
+                ),
+            )),
             FailKind::Other => EngineError::DetachedStart {
                 sandbox: sandbox.to_string(),
                 reason: message,
@@ -403,9 +413,8 @@ impl Engine {
     fn supervisor_exe(&self) -> Result<PathBuf> {
         match &self.supervisor_exe {
             Some(exe) => Ok(exe.clone()),
-            None => {
-                std::env::current_exe().map_err(EngineError::io("find the agentkernel executable"))
-            }
+            // The running binary even after it was replaced on disk (an upgrade, a rebuild).
+            None => Ok(PathBuf::from("/proc/self/exe")),
         }
     }
 
@@ -535,7 +544,7 @@ impl Engine {
         })?;
         match report {
             Report::Started { .. } => Ok(()),
-            Report::Failed { kind, message } => Err(kind.into_error(name, &req.argv[0], message)),
+            Report::Failed { kind, message } => Err(kind.into_error(name, req, message)),
         }
     }
 

@@ -10,6 +10,7 @@ mod files;
 mod lock;
 pub mod metadata;
 mod native;
+pub mod pool;
 pub mod resolve;
 mod running;
 pub mod status;
@@ -684,7 +685,34 @@ pub(crate) fn registry_settings(
 }
 
 /// Checks an exec request's own fields.
-fn validate_exec(req: &ExecRequest) -> Result<()> {
+pub fn validate_exec(req: &ExecRequest) -> Result<()> {
+    use agentkernel_core::CoreError::InvalidArgument;
+    for arg in &req.argv {
+        if arg.contains('\0') {
+            return Err(InvalidArgument(format!("{arg:?} contains a NUL byte")).into());
+        }
+        // The kernel's limit on one argument is 128 KiB with its NUL: 32767 characters of up
+        // to 4 bytes always fit.
+        let n = arg.chars().count();
+        if n > MAX_ARG_CHARS {
+            return Err(InvalidArgument(format!(
+                "one argument is {n} characters long: give at most {MAX_ARG_CHARS}, or pass the data in a file"
+            ))
+            .into());
+        }
+    }
+    let total: usize = req.argv.iter().map(|a| a.len() + 1).sum::<usize>()
+        + req
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>();
+    if total > MAX_ARGS_BYTES {
+        return Err(InvalidArgument(format!(
+            "the command and its environment take {total} bytes: give at most {MAX_ARGS_BYTES}, or pass the data in a file"
+        ))
+        .into());
+    }
     if let Some(w) = &req.workdir {
         agentkernel_core::spec::validate_workdir(w)?;
     }
@@ -695,6 +723,11 @@ fn validate_exec(req: &ExecRequest) -> Result<()> {
     }
     Ok(())
 }
+
+/// Longest single argument, in characters.
+pub const MAX_ARG_CHARS: usize = 32767;
+/// Most bytes of arguments and environment together (the kernel allows 2 MiB or more).
+pub const MAX_ARGS_BYTES: usize = 1024 * 1024;
 
 /// `NAME:/path` → Some((NAME, /path)); a plain host path → None.
 fn split_sandbox_path(arg: &str) -> Result<Option<(&str, &str)>> {

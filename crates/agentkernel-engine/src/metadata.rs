@@ -45,14 +45,17 @@ impl Engine {
             rec.spec.labels = labels.clone();
         }
         if let Some(description) = &update.description {
+            if let Some(d) = description {
+                crate::resolve::validate_description(d)?;
+            }
             rec.spec.description = description.clone();
         }
         self.store()?.set_spec(name, &rec.spec)?;
         Ok(self.info(&rec))
     }
 
-    /// Pushes a sandbox's expiry back by `by` (from now if it has already passed). A sandbox
-    /// without a TTL never expires and stays so: the answer is then `None`.
+    /// Extends by `by` (from the current expiry, or from now if it has passed), to at most
+    /// [`MAX_TTL_DAYS`] from now. `None` for a sandbox without a TTL: it never expires.
     pub fn extend(&self, name: &str, by: Duration) -> Result<Option<String>> {
         let _lock = lock::SandboxLock::acquire(&self.home, name)?;
         let rec = self.get_record(name)?;
@@ -67,8 +70,19 @@ impl Engine {
         let by = chrono::Duration::from_std(by).map_err(|_| {
             agentkernel_core::CoreError::InvalidDuration(format!("{}s", by.as_secs()))
         })?;
-        let expires = (base + by).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let expires = base
+            .checked_add_signed(by)
+            .filter(|t| *t - now <= chrono::Duration::days(MAX_TTL_DAYS))
+            .ok_or_else(|| {
+                agentkernel_core::CoreError::Unsupported(format!(
+                    "a sandbox can be kept at most {MAX_TTL_DAYS} days from now: extend by less"
+                ))
+            })?
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         self.store()?.set_expires_at(name, Some(&expires))?;
         Ok(Some(expires))
     }
 }
+
+/// The furthest a TTL may reach: ten years.
+pub const MAX_TTL_DAYS: i64 = 3650;

@@ -213,15 +213,23 @@ impl Backend for NativeBackend {
             }
             let group = native::cgroup::Cgroup::open(&id);
             // A group with processes belongs to a sandbox still in use (an ephemeral `run` of
-            // another process); only empty leftovers are collected.
-            if group.pids().is_empty() && group.destroy().is_ok() {
+            // another process), and a young empty one to a sandbox still booting (its init
+            // joins it a few milliseconds after it is made): only old empty leftovers go.
+            let booting = group.age().is_none_or(|age| age < GC_GRACE);
+            if !booting && group.pids().is_empty() && group.destroy().is_ok() {
                 removed.push(format!("cgroup {id}"));
             }
         }
         if let Ok(pins) = std::fs::read_dir(self.home.join("netns")) {
             for pin in pins.flatten() {
                 let id = pin.file_name().to_string_lossy().into_owned();
-                if live_instances.contains(&id)
+                let young = std::fs::symlink_metadata(pin.path())
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|age| age < GC_GRACE);
+                if young
+                    || live_instances.contains(&id)
                     || !native::cgroup::Cgroup::open(&id).pids().is_empty()
                 {
                     continue;
@@ -233,6 +241,9 @@ impl Backend for NativeBackend {
         removed
     }
 }
+
+/// How old an empty cgroup must be before `gc` takes it for a leftover.
+const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A path missing in the sandbox is its own error (HTTP answers 404 for it).
 fn file_error(e: native::files::FileError) -> EngineError {

@@ -35,6 +35,9 @@ pub struct SpecRequest {
     pub description: Option<String>,
     /// The command `run` will execute, for image auto-detection (empty for `create`).
     pub command: Vec<String>,
+    /// The caller's environment, for the variables a profile passes through, when the caller
+    /// is another process (a CLI talking to the daemon); `None` reads this process's.
+    pub host_env: Option<BTreeMap<String, String>>,
 }
 
 /// The image for a request: `--image`, else `[sandbox] base_image`, else auto-detected from the
@@ -59,6 +62,13 @@ pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
 pub const DEFAULT_WORKDIR: &str = "/workspace";
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Checks everything about a request that can be checked without images or backends (names,
+/// profile, backend, image reference syntax, limits, working directory, environment, labels):
+/// surfaces call it to refuse bad input before they answer.
+pub fn validate_request(req: &SpecRequest) -> Result<()> {
+    resolve(req, "validate", &load_config(req)?).map(drop)
+}
 
 /// Reads the config layers for a request.
 pub fn load_config(req: &SpecRequest) -> Result<Config> {
@@ -134,7 +144,11 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         ("HOSTNAME".to_string(), name.to_string()),
     ];
     for key in &policy.env_passthrough {
-        if let Ok(value) = std::env::var(key) {
+        let value = match &req.host_env {
+            Some(vars) => vars.get(key).cloned(),
+            None => std::env::var(key).ok(),
+        };
+        if let Some(value) = value {
             set_env(&mut env, key.clone(), value);
         }
     }
@@ -143,6 +157,9 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         set_env(&mut env, k, v);
     }
     validate_labels(&req.labels)?;
+    if let Some(d) = &req.description {
+        validate_description(d)?;
+    }
     Ok(SandboxSpec {
         name: name.to_string(),
         image,
@@ -169,6 +186,17 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> std::result::Result
             continue;
         };
         return Err(CoreError::InvalidLabel(format!("{k}={v}"), why.to_string()));
+    }
+    Ok(())
+}
+
+/// Longest description, in characters.
+pub const MAX_DESCRIPTION: usize = 4096;
+
+pub fn validate_description(text: &str) -> std::result::Result<(), CoreError> {
+    let n = text.chars().count();
+    if n > MAX_DESCRIPTION {
+        return Err(CoreError::DescriptionTooLong(n));
     }
     Ok(())
 }

@@ -16,6 +16,8 @@ fn list(items: &[String]) -> String {
 pub enum ImageError {
     #[error("image directory {} does not exist: give an unpacked root filesystem directory", path.display())]
     DirectoryMissing { path: PathBuf },
+    #[error("OCI image layout {} does not exist: give a directory written by e.g. `skopeo copy docker://IMAGE oci:DIR:TAG`", path.display())]
+    LayoutMissing { path: PathBuf },
 
     #[error("image directory {} is not a directory: give an unpacked root filesystem directory", path.display())]
     NotADirectory { path: PathBuf },
@@ -191,6 +193,7 @@ impl ImageError {
         matches!(
             self,
             ImageError::DirectoryMissing { .. }
+                | ImageError::LayoutMissing { .. }
                 | ImageError::NotADirectory { .. }
                 | ImageError::NotALayout { .. }
                 | ImageError::TagNotFound { .. }

@@ -45,9 +45,9 @@ fn read_index(layout: &Path) -> Result<ImageIndex, ImageError> {
     let read = std::fs::File::open(&path).and_then(|f| f.take(MAX_INDEX).read_to_end(&mut bytes));
     if let Err(e) = read {
         return Err(match e.kind() {
-            std::io::ErrorKind::NotFound if !layout.exists() => {
-                not_layout(layout, "it does not exist")
-            }
+            std::io::ErrorKind::NotFound if !layout.exists() => ImageError::LayoutMissing {
+                path: layout.to_path_buf(),
+            },
             std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
                 not_layout(layout, "it has no index.json")
             }

@@ -556,7 +556,7 @@ fn layout_errors_say_what_to_do() {
     let err = images
         .resolve(&oci(&missing, None))
         .expect_err("missing layout");
-    assert!(matches!(err, ImageError::NotALayout { .. }), "{err}");
+    assert!(matches!(err, ImageError::LayoutMissing { .. }), "{err}");
     assert!(err.to_string().contains("does not exist"), "{err}");
 
     let err = images

@@ -263,6 +263,15 @@ impl Cgroup {
             .collect()
     }
 
+    /// How long ago the newest of the group's directories was made (`None` if it has none).
+    pub fn age(&self) -> Option<std::time::Duration> {
+        self.dirs()
+            .iter()
+            .filter_map(|d| std::fs::metadata(d).and_then(|m| m.modified()).ok())
+            .filter_map(|t| t.elapsed().ok())
+            .min()
+    }
+
     /// Processes in any of the groups.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self

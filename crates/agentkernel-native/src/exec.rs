@@ -193,7 +193,9 @@ pub fn spawn(plan: ExecPlan<'_>) -> Result<Spawned, ExecError> {
             Ok(spawned)
         }
         Err(e) if e.step == crate::vfork::Step::Exec => Err(match e.error.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) => ExecError::NotFound(program.clone()),
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => {
+                ExecError::NotFound(program.clone())
+            }
             Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
                 ExecError::NotExecutable(program.clone())
             }

@@ -288,14 +288,20 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
 /// pivot_root, so a symlink in an image (say `/proc -> /`) would otherwise send a mount or a
 /// mkdir to the host's tree: any component that is not a real directory is refused.
 fn dir_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
+    use rustix::fs::{AtFlags, OFlags};
+    // Walked one directory descriptor at a time: each step is relative to the last, so a long
+    // path inside the sandbox never meets the host's PATH_MAX with the mountpoint in front.
+    let walk = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = rustix::fs::open(root, walk, Mode::empty()).map_err(fail("open", root))?;
     let mut path = root.to_path_buf();
     for comp in rel.components() {
-        match comp {
-            std::path::Component::Normal(name) => path.push(name),
+        let name = match comp {
+            std::path::Component::Normal(name) => name,
             std::path::Component::RootDir | std::path::Component::CurDir => continue,
             _ => return Err(fail("refusing path with '..'", rel)(Errno::INVAL)),
-        }
-        match rustix::fs::lstat(&path) {
+        };
+        path.push(name);
+        match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {}
             Ok(_) => {
                 return Err(fail(
@@ -303,9 +309,15 @@ fn dir_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
                     &path,
                 )(Errno::NOTDIR));
             }
-            Err(Errno::NOENT) => mkdir(&path, 0o755)?,
+            Err(Errno::NOENT) => {
+                match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(fail("mkdir", &path)(e)),
+                }
+            }
             Err(e) => return Err(fail("stat", &path)(e)),
         }
+        dir = rustix::fs::openat(&dir, name, walk, Mode::empty()).map_err(fail("open", &path))?;
     }
     Ok(path)
 }

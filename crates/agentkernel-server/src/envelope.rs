@@ -96,6 +96,9 @@ pub enum ErrorAnswers {
     /// Not implemented by this server's backends yet.
     #[response(status = 501)]
     NotImplemented(ErrorBody),
+    /// An image registry the request named did not answer properly.
+    #[response(status = 502)]
+    BadGateway(ErrorBody),
     /// The backend cannot run sandboxes on this host now.
     #[response(status = 503)]
     Unavailable(ErrorBody),
@@ -127,26 +130,65 @@ impl From<EngineError> for ApiError {
 }
 
 /// The HTTP status for an engine error: the client's mistakes are 4xx, the server's 5xx.
+/// Images: what does not exist is 404, what the request got wrong 400, a registry that did not
+/// answer properly 502.
+fn image_status(e: &agentkernel_image::ImageError) -> StatusCode {
+    use agentkernel_image::ImageError;
+    match e {
+        // Nothing usable where the request pointed.
+        ImageError::DirectoryMissing { .. }
+        | ImageError::LayoutMissing { .. }
+        | ImageError::NotADirectory { .. }
+        | ImageError::NotALayout { .. }
+        | ImageError::TagNotFound { .. }
+        | ImageError::ImageNotFound { .. } => StatusCode::NOT_FOUND,
+        ImageError::PullUnauthorized { .. } => StatusCode::FORBIDDEN,
+        // A local image path that cannot be read: too long, not there, or a loop of links.
+        ImageError::Io { source, .. }
+            if matches!(
+                source.raw_os_error(),
+                Some(libc::ENAMETOOLONG | libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
+            ) =>
+        {
+            StatusCode::NOT_FOUND
+        }
+        ImageError::PullFailed { .. } => StatusCode::BAD_GATEWAY,
+        e if e.is_client_error() => StatusCode::BAD_REQUEST,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 pub fn status_of(e: &EngineError) -> StatusCode {
     use agentkernel_native::NativeError;
+    use agentkernel_native::exec::ExecError;
     use agentkernel_native::files::FileError;
     match e {
         EngineError::Input(_)
         | EngineError::NoCommand
         | EngineError::BadCopyArg(_)
+        | EngineError::BadLogStream(_)
         | EngineError::BackendUnavailable(_) => StatusCode::BAD_REQUEST,
-        EngineError::NotFound(_) | EngineError::UuidNotFound(_) | EngineError::FileNotFound(_) => {
-            StatusCode::NOT_FOUND
-        }
-        EngineError::NameTaken(_) | EngineError::NotRunning(_) => StatusCode::CONFLICT,
+        EngineError::NotFound(_)
+        | EngineError::UuidNotFound(_)
+        | EngineError::FileNotFound(_)
+        | EngineError::DetachedNotFound { .. } => StatusCode::NOT_FOUND,
+        EngineError::NameTaken(_)
+        | EngineError::NotRunning(_)
+        | EngineError::DetachedStillRunning { .. } => StatusCode::CONFLICT,
         EngineError::BackendNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        EngineError::Image(e) if e.is_client_error() => StatusCode::BAD_REQUEST,
+        EngineError::Image(e) => image_status(e),
+        // Reached only where no exit code can carry it (a detached command that cannot start).
+        EngineError::Native(NativeError::Exec(ExecError::NotFound(_))) => StatusCode::NOT_FOUND,
+        EngineError::Native(NativeError::Exec(ExecError::NotExecutable(_))) => {
+            StatusCode::FORBIDDEN
+        }
+        EngineError::Native(NativeError::Exec(ExecError::NoCommand)) => StatusCode::BAD_REQUEST,
+        EngineError::Native(NativeError::Exec(ExecError::NotRunning)) => StatusCode::CONFLICT,
         EngineError::Native(NativeError::Files(f)) => match f {
             FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             FileError::DirectoryNotEmpty(_) => StatusCode::CONFLICT,
-            FileError::IsDirectory(_) | FileError::NotRegular(_) | FileError::NoWorkdir(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            FileError::IsDirectory(_) | FileError::NotRegular(_) => StatusCode::BAD_REQUEST,
+            FileError::NoWorkdir(_) => StatusCode::NOT_FOUND,
             FileError::NotRunning => StatusCode::CONFLICT,
             FileError::Sandbox { source, .. } => match source.kind() {
                 std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {

@@ -8,12 +8,14 @@ mod envelope;
 mod extract;
 mod limits;
 mod routes;
+mod schema;
 mod state;
 mod stream;
 mod types;
 
 pub use auth::ApiKeys;
-pub use state::{AppState, Limits};
+pub use routes::daemon::{DaemonInfo, DaemonStatus};
+pub use state::{AppState, Limits, MAX_TIMEOUT};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -36,10 +38,14 @@ use utoipa::OpenApi;
         routes::sandboxes::start, routes::sandboxes::stop, routes::sandboxes::logs,
         routes::sandboxes::extend,
         routes::exec::exec, routes::exec::exec_stream,
+        routes::detached::start, routes::detached::list, routes::detached::get,
+        routes::detached::logs, routes::detached::kill,
         routes::files::read, routes::files::write, routes::files::remove, routes::files::write_many,
-        routes::snapshots::list, routes::snapshots::take, routes::snapshots::get,
-        routes::snapshots::delete, routes::snapshots::restore,
     ),
+    components(schemas(
+        envelope::ErrorBody, schema::SandboxName, schema::DetachedId, schema::LabelSelector,
+        schema::StreamEvent, schema::StreamEventName,
+    )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -60,7 +66,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// Every route of the API over `state`.
 pub fn router(state: AppState) -> Router {
-    use routes::{exec, files, run, sandboxes, snapshots, system};
+    use routes::{daemon, detached, exec, files, run, sandboxes, snapshots, system};
     let body_limit = state.limits.body_bytes;
     Router::new()
         .route("/health", get(system::health))
@@ -86,6 +92,18 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{name}/extend", post(sandboxes::extend))
         .route("/sandboxes/{name}/exec", post(exec::exec))
         .route("/sandboxes/{name}/exec/stream", post(exec::exec_stream))
+        .route("/sandboxes/{name}/exec/detach", post(detached::start))
+        .route("/sandboxes/{name}/exec/detached", get(detached::list))
+        .route(
+            "/sandboxes/{name}/exec/detached/{id}",
+            get(detached::get).delete(detached::kill),
+        )
+        .route(
+            "/sandboxes/{name}/exec/detached/{id}/logs",
+            get(detached::logs),
+        )
+        .route("/daemon/status", get(daemon::status))
+        .route("/daemon/prewarm", post(daemon::prewarm))
         .route("/sandboxes/{name}/files", post(files::write_many))
         .route(
             "/sandboxes/{name}/files/{*path}",

@@ -43,6 +43,10 @@ pub struct AppState {
     pub cwd: PathBuf,
     /// Honour `cwd`/`config` sent by clients: only on the daemon's own socket.
     pub trust_client_paths: bool,
+    /// Warm sandboxes for `run` requests with `fast` (the default).
+    pub pool: Option<Arc<agentkernel_engine::pool::WarmPool>>,
+    /// Set when this is the daemon (its socket also serves `/daemon/…`).
+    pub daemon: Option<crate::routes::daemon::DaemonInfo>,
 }
 
 impl AppState {
@@ -54,6 +58,8 @@ impl AppState {
             limits,
             cwd,
             trust_client_paths: false,
+            pool: None,
+            daemon: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! `CancelOnDrop` whose drop sends SIGKILL through the exec's signal pipe.
 
 use crate::envelope::ApiError;
-use crate::types::RunOutput;
+use crate::types::{OutputEncoding, RunOutput};
 use agentkernel_core::{ExecEvent, ExitStatus};
 use agentkernel_engine::backend::Controls;
 use agentkernel_engine::{EngineError, Sink};
@@ -80,8 +80,9 @@ pub async fn buffered(op: ExecOp, limit: usize, timeout: Duration) -> Result<Run
         Ok(status) => Ok(collected.finish(status)),
         Err(e) if matches!(e.exit_code(), 126 | 127) => {
             let mut out = collected;
-            out.stderr.extend_from_slice(format!("{e}\n").as_bytes());
-            out.output.extend_from_slice(format!("{e}\n").as_bytes());
+            let message = format!("agentkernel: error: {e}\n");
+            out.stderr.extend_from_slice(message.as_bytes());
+            out.output.extend_from_slice(message.as_bytes());
             Ok(out.finish(ExitStatus {
                 code: e.exit_code(),
                 ..ExitStatus::default()
@@ -157,6 +158,7 @@ pub fn streamed(
     sandbox: Option<String>,
     progress: Option<(&'static str, String)>,
     timeout: Duration,
+    encoding: OutputEncoding,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let (guard, cancel) = CancelOnDrop::pair()?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(64);
@@ -195,6 +197,7 @@ pub fn streamed(
         pending: first.into(),
         ended: false,
         timeout,
+        encoding,
     };
     let stream = futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -234,6 +237,7 @@ struct StreamState {
     pending: std::collections::VecDeque<Event>,
     ended: bool,
     timeout: Duration,
+    encoding: OutputEncoding,
 }
 
 impl StreamState {
@@ -250,35 +254,31 @@ impl StreamState {
     }
 
     fn output(&mut self, stream: &str, data: &[u8]) {
-        let carry = if stream == "stdout" {
-            &mut self.stdout
+        let text = if self.encoding == OutputEncoding::Base64 {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(data)
+        } else if stream == "stdout" {
+            self.stdout.push(data)
         } else {
-            &mut self.stderr
+            self.stderr.push(data)
         };
-        let text = carry.push(data);
-        if !text.is_empty() {
+        self.push_output(stream, text);
+    }
+
+    fn push_output(&mut self, stream: &str, data: String) {
+        if !data.is_empty() {
             self.pending.push_back(json_event(
                 "output",
-                serde_json::json!({"stream": stream, "data": text}),
+                serde_json::json!({"stream": stream, "data": data}),
             ));
         }
     }
 
     fn finish(&mut self, result: Result<ExitStatus, EngineError>) {
-        for stream in ["stdout", "stderr"] {
-            let carry = if stream == "stdout" {
-                &mut self.stdout
-            } else {
-                &mut self.stderr
-            };
-            let rest = carry.flush();
-            if !rest.is_empty() {
-                self.pending.push_back(json_event(
-                    "output",
-                    serde_json::json!({"stream": stream, "data": rest}),
-                ));
-            }
-        }
+        let rest = self.stdout.flush();
+        self.push_output("stdout", rest);
+        let rest = self.stderr.flush();
+        self.push_output("stderr", rest);
         let last = match result {
             Ok(status) if status.timed_out => json_event(
                 "error",
@@ -289,10 +289,7 @@ impl StreamState {
                 serde_json::json!({"exit_code": status.code, "oom_killed": status.oom_killed}),
             ),
             Err(e) if matches!(e.exit_code(), 126 | 127) => {
-                self.pending.push_back(json_event(
-                    "output",
-                    serde_json::json!({"stream": "stderr", "data": format!("{e}\n")}),
-                ));
+                self.output("stderr", format!("agentkernel: error: {e}\n").as_bytes());
                 json_event("done", serde_json::json!({"exit_code": e.exit_code()}))
             }
             Err(e) => json_event(

@@ -1,51 +1,99 @@
 //! The wire types of the API (request bodies and the `data` of answers), with their OpenAPI
 //! schemas. Field names follow the contract in spec/http-api.md; fields beyond it are ours.
 
+use crate::schema::{
+    Arg, BackendName, DurationText, EnvVar, ImageText, ProfileName, SandboxDir, SandboxName,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
+
+/// A whole number, also when a client's JSON writes it as `16.0` (JSON has one number type).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    n.as_u64()
+        .or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < u64::MAX as f64)
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{n} is not a whole number of at least 0")))
+}
 
 /// `POST /run` and `/run/stream`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct RunRequest {
     /// The command and its arguments.
+    #[schema(value_type = Vec<Arg>, min_items = 1)]
     pub command: Vec<String>,
     /// Image reference, `host`, or a local path; auto-detected from the command when absent.
     #[serde(default)]
+    #[schema(value_type = Option<ImageText>)]
     pub image: Option<String>,
     /// `permissive`, `moderate` (default) or `restrictive`.
     #[serde(default)]
+    #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,
     /// Use a pre-started sandbox from the warm pool when one matches (default true).
     #[serde(default)]
     pub fast: Option<bool>,
     /// Backend to run on (default: the server's default backend).
     #[serde(default)]
+    #[schema(value_type = Option<BackendName>)]
     pub backend: Option<String>,
     /// Turn networking off whatever the profile says.
     #[serde(default)]
     pub no_network: Option<bool>,
     /// Extra environment, `KEY=VALUE`.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EnvVar>>)]
     pub env: Option<Vec<String>>,
     /// Working directory inside the sandbox.
     #[serde(default)]
+    #[schema(value_type = Option<SandboxDir>)]
     pub workdir: Option<String>,
     /// Memory limit in MB.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mb: Option<u64>,
+    /// CPU limit (0: none).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1024)]
     pub vcpus: Option<f64>,
     /// Kill the command after this many milliseconds (default: the server's request timeout).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub timeout_ms: Option<u64>,
     /// Project directory (config file, image detection, permissive mounts). Honoured only on
     /// the daemon's local socket, where the caller is the same user.
     #[serde(default)]
+    #[schema(ignore)]
     pub cwd: Option<String>,
     /// A config file (`--config`), resolved like `cwd`. Daemon socket only.
     #[serde(default)]
+    #[schema(ignore)]
     pub config: Option<String>,
+    /// The caller's values of the variables the permissive profile passes through (`TERM`,
+    /// `LANG`, …), in place of the server's own. Daemon socket only.
+    #[serde(default)]
+    #[schema(ignore)]
+    pub host_env: Option<std::collections::BTreeMap<String, String>>,
+    /// How `output` events of `/run/stream` carry the bytes (default `utf8`).
+    #[serde(default)]
+    pub output_encoding: Option<OutputEncoding>,
+}
+
+/// `utf8`: text, with invalid bytes replaced; `base64`: the exact bytes, base64-encoded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputEncoding {
+    #[default]
+    Utf8,
+    Base64,
 }
 
 /// The answer of a buffered command.
@@ -67,15 +115,20 @@ pub struct RunOutput {
 /// `POST /batch/run`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct BatchRequest {
+    /// At most 64 commands.
+    #[schema(max_items = 64)]
     pub commands: Vec<BatchCommand>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct BatchCommand {
+    #[schema(value_type = Vec<Arg>, min_items = 1)]
     pub command: Vec<String>,
     #[serde(default)]
+    #[schema(value_type = Option<ImageText>)]
     pub image: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,
 }
 
@@ -98,42 +151,55 @@ pub struct BatchResponse {
 /// `POST /sandboxes`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CreateRequest {
+    #[schema(value_type = SandboxName)]
     pub name: String,
     #[serde(default)]
+    #[schema(value_type = Option<BackendName>)]
     pub backend: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<ImageText>)]
     pub image: Option<String>,
+    /// CPU limit (0: none).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 1024)]
     pub vcpus: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mb: Option<u64>,
     #[serde(default)]
+    #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = crate::schema::labels_schema)]
     pub labels: Option<BTreeMap<String, String>>,
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
     /// Remove the sandbox after this long (`30m`, `2h`, `1d`); never when absent.
     #[serde(default)]
+    #[schema(value_type = Option<DurationText>)]
     pub ttl: Option<String>,
     #[serde(default)]
     pub no_network: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EnvVar>>)]
     pub env: Option<Vec<String>>,
-    /// Not supported yet: refused when non-empty.
+    // The SDKs' volumes, secrets, secret_files, source_url and source_ref are not supported
+    // yet: they are refused with a message that says so, and absent from the schema.
     #[serde(default)]
+    #[schema(ignore)]
     pub volumes: Option<Vec<String>>,
-    /// Not supported yet: refused when non-empty.
     #[serde(default)]
+    #[schema(ignore)]
     pub secrets: Option<Vec<String>>,
-    /// Not supported yet: refused when non-empty.
     #[serde(default)]
+    #[schema(ignore)]
     pub secret_files: Option<Vec<String>>,
-    /// Not supported yet: refused when set.
     #[serde(default)]
+    #[schema(ignore)]
     pub source_url: Option<String>,
-    /// Not supported yet: refused when set.
     #[serde(default)]
+    #[schema(ignore)]
     pub source_ref: Option<String>,
 }
 
@@ -142,9 +208,11 @@ pub struct CreateRequest {
 pub struct PatchRequest {
     /// Replaces all labels.
     #[serde(default)]
+    #[schema(schema_with = crate::schema::labels_schema)]
     pub labels: Option<BTreeMap<String, String>>,
     /// Replaces the description.
     #[serde(default)]
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
 }
 
@@ -197,17 +265,21 @@ impl From<agentkernel_engine::SandboxInfo> for SandboxInfo {
 /// `POST /sandboxes/{name}/exec` (and `/exec/stream`, `/exec/detach`).
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ExecRequest {
+    #[schema(value_type = Vec<Arg>, min_items = 1)]
     pub command: Vec<String>,
     /// `KEY=VALUE` pairs.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<EnvVar>>)]
     pub env: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<SandboxDir>)]
     pub workdir: Option<String>,
     /// Accepted for compatibility: commands already run as the sandbox's root user.
     #[serde(default)]
     #[allow(dead_code)]
     pub sudo: Option<bool>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 1, maximum = 86400000)]
     pub timeout_ms: Option<u64>,
 }
 
@@ -221,13 +293,54 @@ pub struct FileContent {
 }
 
 /// `PUT /sandboxes/{name}/files/{path}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct WriteFileRequest {
     pub content: String,
     /// `utf8` (default) or `base64`.
     #[serde(default)]
     pub encoding: Option<String>,
 }
+
+/// Either text (`encoding` absent or `utf8`) or base64 (`encoding: base64`, `content` valid
+/// base64): written by hand because the content's form depends on the encoding.
+impl utoipa::PartialSchema for WriteFileRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let text = ObjectBuilder::new()
+            .property("content", ObjectBuilder::new().schema_type(Type::String))
+            .property(
+                "encoding",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["utf8"])),
+            )
+            .required("content");
+        let binary = ObjectBuilder::new()
+            .property(
+                "content",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(crate::schema::BASE64_PATTERN)),
+            )
+            .property(
+                "encoding",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["base64"])),
+            )
+            .required("content")
+            .required("encoding");
+        OneOfBuilder::new()
+            .item(text)
+            .item(binary)
+            .description(Some(
+                "The file's content: text (encoding absent or `utf8`) or base64 (`encoding: base64`).",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for WriteFileRequest {}
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct FileWritten {
@@ -246,6 +359,7 @@ pub struct FileRemoved {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct WriteFilesRequest {
     /// Path → UTF-8 content.
+    #[schema(schema_with = crate::schema::files_schema)]
     pub files: BTreeMap<String, String>,
 }
 
@@ -259,6 +373,7 @@ pub struct FilesWritten {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ExtendRequest {
     /// How much longer, e.g. `30m`, `2h`.
+    #[schema(value_type = DurationText)]
     pub by: String,
 }
 
@@ -391,7 +506,82 @@ impl From<agentkernel_engine::status::Stats> for StatsResponse {
 /// `POST /snapshots`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct SnapshotRequest {
+    #[schema(value_type = SandboxName)]
     pub sandbox: String,
     #[serde(default)]
+    #[schema(value_type = Option<SandboxName>)]
     pub name: Option<String>,
+}
+
+/// A command started with `exec/detach`, running on without a client.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DetachedCommand {
+    /// 12 hex digits.
+    pub id: String,
+    pub sandbox: String,
+    pub command: Vec<String>,
+    /// The command's pid as the host sees it.
+    pub pid: u32,
+    /// `running`, `completed` (exit code 0) or `failed`.
+    pub status: String,
+    /// Absent while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// RFC 3339.
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+impl From<agentkernel_engine::detached::DetachedCommand> for DetachedCommand {
+    fn from(c: agentkernel_engine::detached::DetachedCommand) -> DetachedCommand {
+        use agentkernel_engine::detached::DetachedStatus;
+        DetachedCommand {
+            id: c.id,
+            sandbox: c.sandbox,
+            command: c.command,
+            pid: c.pid,
+            status: match c.status {
+                DetachedStatus::Running => "running",
+                DetachedStatus::Completed => "completed",
+                DetachedStatus::Failed => "failed",
+            }
+            .to_string(),
+            exit_code: c.exit_code,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+        }
+    }
+}
+
+/// A detached command's output so far: the first 8 MiB of each stream, then a marker.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DetachedLogs {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
+    /// Output beyond the kept part was discarded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stdout_truncated: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stderr_truncated: bool,
+}
+
+impl From<agentkernel_engine::detached::DetachedLogs> for DetachedLogs {
+    fn from(l: agentkernel_engine::detached::DetachedLogs) -> DetachedLogs {
+        DetachedLogs {
+            stdout: l.stdout,
+            stderr: l.stderr,
+            stdout_truncated: l.stdout_truncated,
+            stderr_truncated: l.stderr_truncated,
+        }
+    }
+}
+
+/// `GET /sandboxes/{name}/exec/detached/{id}/logs?stream=stdout|stderr`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+pub struct LogsQuery {
+    /// Only this stream (`stdout` or `stderr`); both when absent.
+    pub stream: Option<String>,
 }

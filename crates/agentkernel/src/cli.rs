@@ -52,6 +52,9 @@ pub enum Command {
     Setup(SetupArgs),
     /// Serve the HTTP API (for SDKs, programs and fleets)
     Serve(ServeArgs),
+    /// Manage the daemon: warm sandbox pools and the API on a local socket
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
     /// Manage images (pull, list)
     #[command(subcommand, visible_alias = "image")]
     Images(ImagesCommand),
@@ -313,6 +316,63 @@ pub struct ServeArgs {
     /// Largest request body in MB [default: 16]
     #[arg(long, value_name = "MB")]
     pub max_body_mb: Option<u64>,
+    /// Config file (over ./agentkernel.toml)
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Boot every sandbox for its request (no warm pool)
+    #[arg(long)]
+    pub no_pool: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DaemonCommand {
+    /// Start the daemon (in the foreground unless --background)
+    Start(DaemonStartArgs),
+    /// Stop the daemon and destroy its warm sandboxes
+    Stop,
+    /// Show whether the daemon runs, and its pools
+    Status(DaemonStatusArgs),
+    /// Keep sandboxes warm for an agent (--mode) or an image and profile
+    Prewarm(PrewarmArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonStartArgs {
+    /// Detach: return once the daemon answers, with its output in ~/.agentkernel/daemon.log
+    #[arg(short = 'd', long)]
+    pub background: bool,
+    /// Config file (over ./agentkernel.toml)
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonStatusArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PrewarmArgs {
+    /// An agent (claude, codex, gemini, opencode, native, or a [daemon.agents.NAME] entry)
+    #[arg(short = 'm', long)]
+    pub mode: Option<String>,
+    /// Image of the pool (default: the mode's runtime, else as `run` would choose)
+    #[arg(short = 'i', long)]
+    pub image: Option<String>,
+    /// Security profile: permissive, moderate or restrictive
+    #[arg(short = 'p', long)]
+    pub profile: Option<String>,
+    /// Backend of the pool
+    #[arg(short = 'B', long)]
+    pub backend: Option<String>,
+    /// Pool of sandboxes without network
+    #[arg(long)]
+    pub no_network: bool,
+    /// Sandboxes to keep warm [default: the mode's min_warm, else [daemon] min_warm]
+    #[arg(long, value_name = "N")]
+    pub count: Option<usize>,
     /// Config file (over ./agentkernel.toml)
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,

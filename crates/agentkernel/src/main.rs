@@ -2,6 +2,8 @@
 //! owns validation, policy, state and audit.
 
 mod cli;
+mod daemon;
+mod daemon_client;
 mod render;
 mod roles;
 mod serve;
@@ -81,6 +83,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
         Command::Serve(args) => serve::serve(args),
+        Command::Daemon(cmd) => daemon::command(cmd),
         Command::Exec(args) => exec(args),
         Command::Attach(args) => attach(args),
         Command::Cp(args) => {
@@ -221,6 +224,14 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
             "agentkernel: image {} (chosen by {})",
             chosen.image, chosen.rule
         );
+    }
+    // A throwaway sandbox without stdin can come from the daemon's warm pool.
+    if !opts.keep
+        && !opts.branch
+        && !exec.stdin
+        && let Some(code) = daemon::try_run(&req, &exec.argv, exec.timeout)?
+    {
+        return Ok(code);
     }
     let signals =
         signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {

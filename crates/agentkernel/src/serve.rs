@@ -33,14 +33,19 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         )));
     }
     let limits = limits(&args)?;
-    let state = AppState::new(
-        agentkernel_core::paths::agentkernel_home(),
-        keys.clone(),
-        limits,
-        cwd,
-    );
+    let home = agentkernel_core::paths::agentkernel_home();
+    let mut state = AppState::new(home.clone(), keys.clone(), limits, cwd);
+    let pool = if args.no_pool {
+        None
+    } else {
+        let settings = agentkernel_engine::pool::PoolSettings::from_config(&config);
+        Some(std::sync::Arc::new(
+            agentkernel_engine::pool::WarmPool::start(&home, settings)?,
+        ))
+    };
+    state.pool = pool.clone();
     let runtime = runtime()?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let addr = SocketAddr::new(ip, port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -70,7 +75,11 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
             context: "serve HTTP".into(),
             source: e,
         })
-    })?;
+    });
+    if let Some(pool) = pool {
+        pool.shutdown();
+    }
+    served?;
     Ok(0)
 }
 

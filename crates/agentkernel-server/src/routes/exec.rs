@@ -5,7 +5,7 @@ use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
 use crate::stream::{ExecOp, buffered, streamed};
-use crate::types::{ExecRequest, RunOutput};
+use crate::types::{ExecRequest, OutputEncoding, RunOutput};
 use agentkernel_engine::Engine;
 use axum::Json;
 use axum::extract::State;
@@ -23,16 +23,16 @@ pub fn exec_request(
         ));
     }
     let timeout = st.timeout(req.timeout_ms)?;
-    Ok((
-        agentkernel_core::ExecRequest {
-            argv: req.command.clone(),
-            env: parse_env(req.env.as_ref())?,
-            workdir: req.workdir.clone(),
-            timeout: Some(timeout),
-            ..Default::default()
-        },
-        timeout,
-    ))
+    let exec = agentkernel_core::ExecRequest {
+        argv: req.command.clone(),
+        env: parse_env(req.env.as_ref())?,
+        workdir: req.workdir.clone(),
+        timeout: Some(timeout),
+        ..Default::default()
+    };
+    // Checked before a stream starts, so bad input is a 400 rather than an `error` event.
+    agentkernel_engine::validate_exec(&exec)?;
+    Ok((exec, timeout))
 }
 
 fn exec_op(st: &AppState, name: String, req: agentkernel_core::ExecRequest) -> ExecOp {
@@ -42,7 +42,7 @@ fn exec_op(st: &AppState, name: String, req: agentkernel_core::ExecRequest) -> E
 
 /// Runs a command in a running sandbox; answers when it has finished.
 #[utoipa::path(post, path = "/sandboxes/{name}/exec", tag = "exec", request_body = ExecRequest,
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, description = "The command ran (whatever its exit code)", body = Ok<RunOutput>), ErrorAnswers))]
 pub async fn exec(
     State(st): State<AppState>,
@@ -56,8 +56,8 @@ pub async fn exec(
 
 /// Like `/exec`, streaming Server-Sent Events as the command writes.
 #[utoipa::path(post, path = "/sandboxes/{name}/exec/stream", tag = "exec", request_body = ExecRequest,
-    params(("name" = String, Path, description = "Sandbox name")),
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), ErrorAnswers))]
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::schema::StreamEvent), ErrorAnswers))]
 pub async fn exec_stream(
     State(st): State<AppState>,
     ApiPath(name): ApiPath<String>,
@@ -67,5 +67,11 @@ pub async fn exec_stream(
     // Unknown or stopped sandboxes are answered with a status, before the stream starts.
     let checked = name.clone();
     super::blocking(&st, move |engine| engine.get(&checked).map(drop)).await?;
-    streamed(exec_op(&st, name.clone(), req), Some(name), None, timeout)
+    streamed(
+        exec_op(&st, name.clone(), req),
+        Some(name),
+        None,
+        timeout,
+        OutputEncoding::Utf8,
+    )
 }

@@ -16,7 +16,7 @@ use base64::Engine as _;
 
 /// Reads a file: UTF-8 text as is, anything else base64-encoded.
 #[utoipa::path(get, path = "/sandboxes/{name}/files/{path}", tag = "files",
-    params(("name" = String, Path, description = "Sandbox name"),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name"),
            ("path" = String, Path, description = "File path inside the sandbox")),
     responses((status = 200, body = Ok<FileContent>), ErrorAnswers))]
 pub async fn read(
@@ -41,7 +41,7 @@ pub async fn read(
 
 /// Creates or replaces a file (and missing parent directories).
 #[utoipa::path(put, path = "/sandboxes/{name}/files/{path}", tag = "files", request_body = WriteFileRequest,
-    params(("name" = String, Path, description = "Sandbox name"),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name"),
            ("path" = String, Path, description = "File path inside the sandbox")),
     responses((status = 200, body = Ok<FileWritten>), ErrorAnswers))]
 pub async fn write(
@@ -57,7 +57,7 @@ pub async fn write(
 
 /// Removes a file, a symlink or an empty directory.
 #[utoipa::path(delete, path = "/sandboxes/{name}/files/{path}", tag = "files",
-    params(("name" = String, Path, description = "Sandbox name"),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name"),
            ("path" = String, Path, description = "File path inside the sandbox")),
     responses((status = 200, body = Ok<FileRemoved>), ErrorAnswers))]
 pub async fn remove(
@@ -74,7 +74,7 @@ pub async fn remove(
 
 /// Writes several UTF-8 files at once. Every path is checked before anything is written.
 #[utoipa::path(post, path = "/sandboxes/{name}/files", tag = "files", request_body = WriteFilesRequest,
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<FilesWritten>), ErrorAnswers))]
 pub async fn write_many(
     State(st): State<AppState>,
@@ -99,9 +99,13 @@ pub async fn write_many(
 fn decode(content: &str, encoding: Option<&str>) -> Result<Vec<u8>, ApiError> {
     match encoding.unwrap_or("utf8") {
         "utf8" | "utf-8" | "text" => Result::Ok(content.as_bytes().to_vec()),
-        "base64" => base64::engine::general_purpose::STANDARD
-            .decode(content.trim())
-            .map_err(|e| ApiError::bad_request(format!("content is not valid base64: {e}"))),
+        // Lenient about the unused bits of the last character, as most encoders are.
+        "base64" => base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true),
+        )
+        .decode(content.trim())
+        .map_err(|e| ApiError::bad_request(format!("content is not valid base64: {e}"))),
         other => Err(ApiError::bad_request(format!(
             "unknown encoding {other:?}: use utf8 or base64"
         ))),

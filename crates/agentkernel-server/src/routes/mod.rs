@@ -1,5 +1,7 @@
 //! The routes of the API, one module per resource.
 
+pub mod daemon;
+pub mod detached;
 pub mod exec;
 pub mod files;
 pub mod run;

@@ -4,7 +4,9 @@ use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 use crate::stream::{ExecOp, buffered, streamed};
-use crate::types::{BatchRequest, BatchResponse, BatchResult, RunOutput, RunRequest};
+use crate::types::{
+    BatchRequest, BatchResponse, BatchResult, OutputEncoding, RunOutput, RunRequest,
+};
 use agentkernel_core::ExecRequest;
 use agentkernel_engine::{Engine, RunOptions, SpecRequest};
 use axum::Json;
@@ -21,6 +23,7 @@ pub struct RunParts {
     pub exec: ExecRequest,
     pub timeout: Duration,
     pub fast: bool,
+    pub encoding: OutputEncoding,
 }
 
 pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> {
@@ -30,6 +33,11 @@ pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> 
         ));
     }
     let (cwd, config) = client_paths(st, req.cwd.as_deref(), req.config.as_deref())?;
+    if req.host_env.is_some() && !st.trust_client_paths {
+        return Err(ApiError::bad_request(
+            "host_env is accepted only on the daemon's local socket: send the variables in env instead",
+        ));
+    }
     let timeout = st.timeout(req.timeout_ms)?;
     let spec = SpecRequest {
         image: req.image.clone(),
@@ -43,18 +51,24 @@ pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> 
         vcpus: req.vcpus,
         cwd,
         command: req.command.clone(),
+        host_env: req.host_env.clone(),
         ..Default::default()
     };
+    let exec = ExecRequest {
+        argv: req.command.clone(),
+        timeout: Some(timeout),
+        ..Default::default()
+    };
+    // Checked before a stream starts, so bad input is a 400 rather than an `error` event.
+    agentkernel_engine::validate_exec(&exec)?;
+    agentkernel_engine::resolve::validate_request(&spec)?;
     Ok(RunParts {
         name: agentkernel_engine::throwaway_name(),
         spec,
-        exec: ExecRequest {
-            argv: req.command.clone(),
-            timeout: Some(timeout),
-            ..Default::default()
-        },
+        exec,
         timeout,
         fast: req.fast.unwrap_or(true),
+        encoding: req.output_encoding.unwrap_or_default(),
     })
 }
 
@@ -83,12 +97,18 @@ fn client_paths(
     Ok((cwd, config.map(PathBuf::from)))
 }
 
-/// The operation that runs one throwaway sandbox.
+/// The operation that runs one throwaway sandbox: from the warm pool when the server keeps one
+/// and the request allows it (`fast`, the default), else booted for the request.
 pub fn run_op(st: &AppState, parts: RunParts) -> ExecOp {
     let home = st.home.clone();
+    let pool = st.pool.clone().filter(|_| parts.fast);
     Box::new(move |sink, controls| {
+        if let Some(pool) = pool {
+            return pool
+                .run(&parts.spec, &parts.exec, sink, controls)
+                .map(|o| o.status);
+        }
         let engine = Engine::open(&home)?;
-        let _ = parts.fast;
         engine
             .run(
                 &parts.spec,
@@ -120,7 +140,7 @@ pub async fn run(
 /// Like `/run`, streaming Server-Sent Events as the command writes: `progress`, `started`,
 /// `output` `{stream, data}` per chunk, then `done` `{exit_code}` or `error` `{message}`.
 #[utoipa::path(post, path = "/run/stream", tag = "run", request_body = RunRequest,
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String), ErrorAnswers))]
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = crate::schema::StreamEvent), ErrorAnswers))]
 pub async fn run_stream(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<RunRequest>,
@@ -128,11 +148,13 @@ pub async fn run_stream(
     let parts = run_parts(&st, &req)?;
     let timeout = parts.timeout;
     let name = parts.name.clone();
+    let encoding = parts.encoding;
     streamed(
         run_op(&st, parts),
         Some(name),
         Some(("starting", "starting a sandbox".to_string())),
         timeout,
+        encoding,
     )
 }
 
@@ -151,32 +173,35 @@ pub async fn batch(
             req.commands.len()
         )));
     }
-    let jobs = req.commands.into_iter().map(|c| {
+    // Bad input anywhere refuses the whole batch before anything runs.
+    let mut all_parts = Vec::with_capacity(req.commands.len());
+    for (i, c) in req.commands.into_iter().enumerate() {
+        let request = RunRequest {
+            command: c.command,
+            image: c.image,
+            profile: c.profile,
+            fast: None,
+            backend: None,
+            no_network: None,
+            env: None,
+            workdir: None,
+            memory_mb: None,
+            vcpus: None,
+            timeout_ms: None,
+            cwd: None,
+            config: None,
+            host_env: None,
+            output_encoding: None,
+        };
+        let parts = run_parts(&st, &request)
+            .map_err(|e| ApiError::bad_request(format!("commands[{i}]: {}", e.message)))?;
+        all_parts.push(parts);
+    }
+    let jobs = all_parts.into_iter().map(|parts| {
         let st = st.clone();
         async move {
-            let request = RunRequest {
-                command: c.command,
-                image: c.image,
-                profile: c.profile,
-                fast: None,
-                backend: None,
-                no_network: None,
-                env: None,
-                workdir: None,
-                memory_mb: None,
-                vcpus: None,
-                timeout_ms: None,
-                cwd: None,
-                config: None,
-            };
-            let result = match run_parts(&st, &request) {
-                Err(e) => Err(e),
-                Result::Ok(parts) => {
-                    let timeout = parts.timeout;
-                    buffered(run_op(&st, parts), st.limits.output_bytes, timeout).await
-                }
-            };
-            match result {
+            let timeout = parts.timeout;
+            match buffered(run_op(&st, parts), st.limits.output_bytes, timeout).await {
                 Result::Ok(out) => BatchResult {
                     output: Some(out.output),
                     exit_code: Some(out.exit_code),

@@ -17,10 +17,11 @@ use utoipa::ToSchema;
 /// `?label=key:value`, repeatable. Describes the query for the OpenAPI document; the handler
 /// reads the pairs itself because the label may repeat.
 #[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub struct LabelFilter {
     /// `key:value`; every given label must match.
-    #[param(style = Form, explode)]
+    #[param(style = Form, explode, value_type = Option<Vec<crate::schema::LabelSelector>>)]
     pub label: Vec<String>,
 }
 
@@ -114,7 +115,7 @@ fn refuse_unsupported(req: &CreateRequest) -> Result<(), ApiError> {
 
 /// One sandbox.
 #[utoipa::path(get, path = "/sandboxes/{name}", tag = "sandboxes",
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
 pub async fn get(
     State(st): State<AppState>,
@@ -138,7 +139,7 @@ pub async fn by_uuid(
 
 /// Changes labels and description.
 #[utoipa::path(patch, path = "/sandboxes/{name}", tag = "sandboxes", request_body = PatchRequest,
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
 pub async fn patch(
     State(st): State<AppState>,
@@ -155,7 +156,7 @@ pub async fn patch(
 
 /// Stops and removes a sandbox and everything written in it.
 #[utoipa::path(delete, path = "/sandboxes/{name}", tag = "sandboxes",
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<Removed>), ErrorAnswers))]
 pub async fn remove(
     State(st): State<AppState>,
@@ -171,7 +172,7 @@ pub async fn remove(
 
 /// Starts a stopped sandbox (a running one is left as it is).
 #[utoipa::path(post, path = "/sandboxes/{name}/start", tag = "sandboxes",
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
 pub async fn start(
     State(st): State<AppState>,
@@ -187,7 +188,7 @@ pub async fn start(
 
 /// Stops a sandbox; its files stay for the next start.
 #[utoipa::path(post, path = "/sandboxes/{name}/stop", tag = "sandboxes",
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
 pub async fn stop(
     State(st): State<AppState>,
@@ -209,7 +210,7 @@ pub struct AuditEntry(serde_json::Value);
 
 /// The audit log entries of one sandbox, oldest first.
 #[utoipa::path(get, path = "/sandboxes/{name}/logs", tag = "sandboxes",
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<Vec<AuditEntry>>), ErrorAnswers))]
 pub async fn logs(
     State(st): State<AppState>,
@@ -231,7 +232,7 @@ pub async fn logs(
 
 /// Pushes the sandbox's expiry back.
 #[utoipa::path(post, path = "/sandboxes/{name}/extend", tag = "sandboxes", request_body = ExtendRequest,
-    params(("name" = String, Path, description = "Sandbox name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<ExtendResponse>), ErrorAnswers))]
 pub async fn extend(
     State(st): State<AppState>,

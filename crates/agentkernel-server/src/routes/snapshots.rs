@@ -59,7 +59,7 @@ fn no_snapshot(name: &str) -> ApiError {
 
 /// One snapshot (none can exist yet: 404).
 #[utoipa::path(get, path = "/snapshots/{name}", tag = "snapshots",
-    params(("name" = String, Path, description = "Snapshot name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Snapshot name")),
     responses((status = 200, body = Ok<SnapshotMeta>), ErrorAnswers))]
 pub async fn get(ApiPath(name): ApiPath<String>) -> Result<Json<Ok<SnapshotMeta>>, ApiError> {
     Err(no_snapshot(&name))
@@ -67,7 +67,7 @@ pub async fn get(ApiPath(name): ApiPath<String>) -> Result<Json<Ok<SnapshotMeta>
 
 /// Deletes a snapshot (none can exist yet: 404).
 #[utoipa::path(delete, path = "/snapshots/{name}", tag = "snapshots",
-    params(("name" = String, Path, description = "Snapshot name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Snapshot name")),
     responses((status = 200, body = Ok<SnapshotMeta>), ErrorAnswers))]
 pub async fn delete(ApiPath(name): ApiPath<String>) -> Result<Json<Ok<SnapshotMeta>>, ApiError> {
     Err(no_snapshot(&name))
@@ -75,7 +75,7 @@ pub async fn delete(ApiPath(name): ApiPath<String>) -> Result<Json<Ok<SnapshotMe
 
 /// Restores a sandbox from a snapshot (none can exist yet: 404).
 #[utoipa::path(post, path = "/snapshots/{name}/restore", tag = "snapshots",
-    params(("name" = String, Path, description = "Snapshot name")),
+    params(("name" = crate::schema::SandboxName, Path, description = "Snapshot name")),
     responses((status = 200, body = Ok<SandboxInfo>), ErrorAnswers))]
 pub async fn restore(ApiPath(name): ApiPath<String>) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
     Err(no_snapshot(&name))

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 
 /// Liveness; needs no API key.
-#[utoipa::path(get, path = "/health", tag = "system",
+#[utoipa::path(get, path = "/health", tag = "system", security(()),
     responses((status = 200, description = "The server is up", body = Ok<String>)))]
 pub async fn health() -> Json<Ok<String>> {
     ok("ok".to_string())
