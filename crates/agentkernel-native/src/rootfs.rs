@@ -8,10 +8,11 @@ use agentkernel_core::policy::BindMount;
 use rustix::fs::{FileType, Mode};
 use rustix::io::Errno;
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// Where the sandbox's writable layer lives.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum UpperDir {
     /// A tmpfs private to the sandbox: everything written is gone when it ends (`run`).
     Tmpfs { size_mb: u64 },
@@ -19,8 +20,9 @@ pub enum UpperDir {
     Disk { upper: PathBuf, work: PathBuf },
 }
 
-/// Everything needed to build the root; prepared by the parent before the clone.
-#[derive(Debug, Clone)]
+/// Everything needed to build the root; prepared by the parent before the clone. Serializable:
+/// the boot helper receives it as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RootfsPlan {
     /// overlayfs lower directories, top first.
     pub lower_dirs: Vec<PathBuf>,
