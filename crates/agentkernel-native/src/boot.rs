@@ -3,6 +3,17 @@
 //!
 //! The init only reaps orphans and keeps the namespaces alive; commands are started later by
 //! joining its namespaces (`exec.rs`), so `run` and `exec` share one path.
+//!
+//! The clone is fork-like and the child runs ordinary Rust code (allocation included) until its
+//! init loop, which is only safe in a single-threaded process. So there are two ways to boot:
+//! - directly (the default, the CLI): the caller itself clones the init;
+//! - through the boot helper (`use_boot_helper`, for multithreaded programs): the caller
+//!   spawns this executable again in the `BOOT_HELPER_ROLE` role, a fresh single-threaded
+//!   process that performs the same clone and runs the same child code (`helper.rs`).
+
+mod helper;
+
+pub use helper::{BOOT_HELPER_ROLE, boot_helper_main, use_boot_helper};
 
 use crate::rootfs::{RootfsPlan, enter_rootfs};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -42,49 +53,54 @@ pub enum BootError {
     Setup(String),
     #[error("cannot talk to the sandbox init: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot start the boot helper {exe}: {source}")]
+    HelperSpawn {
+        exe: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the boot helper failed: {0}")]
+    Helper(String),
 }
 
-/// Clones the init. The caller must be single-threaded: the child runs ordinary Rust code
-/// (allocation included) between the clone and its init loop.
+/// Namespaces of every sandbox init.
+const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWNS
+    | libc::CLONE_NEWPID
+    | libc::CLONE_NEWNET
+    | libc::CLONE_NEWIPC
+    | libc::CLONE_NEWUTS;
+
+/// Starts the init and waits until it has finished its setup.
+///
+/// By default the caller clones the init itself, which requires a single-threaded caller (the
+/// child runs ordinary Rust code, allocation included, until its init loop). After
+/// `use_boot_helper`, the clone happens in a fresh helper process instead, and any caller may
+/// be multithreaded. Either way an ephemeral sandbox's init is the caller's child (`reap` it);
+/// a detached one started through the helper is not (it was reparented when the helper exited).
 pub fn boot(plan: &BootPlan<'_>) -> Result<Booted, BootError> {
     let (status_r, status_w) = pipe()?;
     let (life_r, life_w) = pipe()?;
-    let flags = libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::SIGCHLD;
-    // SAFETY: clone without CLONE_VM and with a null stack behaves like fork: the child gets a
-    // copy of the address space and continues here. The caller is single-threaded (documented
-    // contract), so no lock can be held by another thread at the moment of the copy.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
+    let init = match helper::configured() {
+        None => {
+            let caller_ends = [status_r.as_raw_fd(), life_w.as_raw_fd()];
+            let pid =
+                clone_init(plan, status_w, life_r, &caller_ends, 0).map_err(BootError::Clone)?;
+            Cloned {
+                pid,
+                start_time: None,
+                own_child: true,
+            }
+        }
+        Some(exe) => helper::boot_through(exe, plan, status_w, life_r)?,
     };
-    if pid < 0 {
-        return Err(BootError::Clone(rustix::io::Errno::from_raw_os_error(
-            errno(),
-        )));
-    }
-    if pid == 0 {
-        drop(status_r);
-        drop(life_w);
-        child(plan, status_w, life_r);
-    }
-    drop(status_w);
-    drop(life_r);
-    let pid = pid as u32;
+    // Every copy of the status pipe's write end but the init's is closed by now (ours, and the
+    // helper's, which has exited): end of file means the init finished or abandoned its setup.
     let mut report = String::new();
-    std::fs::File::from(status_r).read_to_string(&mut report)?;
+    if let Err(e) = std::fs::File::from(status_r).read_to_string(&mut report) {
+        init.end();
+        return Err(e.into());
+    }
     if report != "ok" {
-        reap(pid);
+        init.end();
         let msg = if report.is_empty() {
             "the init exited during setup".to_string()
         } else {
@@ -92,8 +108,12 @@ pub fn boot(plan: &BootPlan<'_>) -> Result<Booted, BootError> {
         };
         return Err(BootError::Setup(msg));
     }
-    let start_time = crate::proc::start_time(pid)
-        .ok_or_else(|| BootError::Setup("the init exited right after setup".into()))?;
+    let start_time = crate::proc::start_time(init.pid)
+        .filter(|t| init.start_time.is_none_or(|known| known == *t));
+    let Some(start_time) = start_time else {
+        init.end();
+        return Err(BootError::Setup("the init exited right after setup".into()));
+    };
     let lifeline = if plan.detach {
         drop(life_w);
         None
@@ -105,10 +125,93 @@ pub fn boot(plan: &BootPlan<'_>) -> Result<Booted, BootError> {
         Some(fd)
     };
     Ok(Booted {
-        pid,
+        pid: init.pid,
         start_time,
         lifeline,
     })
+}
+
+/// An init just cloned, whose setup is not known to have succeeded yet.
+struct Cloned {
+    pid: u32,
+    /// Known when the init was cloned by the helper (it reads it while the pid is still pinned
+    /// as its own child or the caller's).
+    start_time: Option<u64>,
+    /// The init is this process's child: it must be reaped, and its pid cannot be recycled
+    /// before that.
+    own_child: bool,
+}
+
+impl Cloned {
+    /// Ends the init on a failed boot and leaves no zombie of ours behind.
+    fn end(&self) {
+        if self.own_child {
+            crate::kill(self.pid);
+            reap(self.pid);
+        } else if let Some(start) = self.start_time
+            && crate::proc::is_alive(self.pid, start)
+        {
+            // Not our child: the host's PID 1 (or the nearest subreaper) reaps it.
+            crate::kill(self.pid);
+        }
+    }
+}
+
+/// Whether a sandbox init started by this process with `detach` is this process's child, which
+/// it must `reap`: always when booting directly; through the helper only for ephemeral
+/// sandboxes (the helper clones those with CLONE_PARENT).
+pub(crate) fn is_caller_child(detach: bool) -> bool {
+    helper::configured().is_none() || !detach
+}
+
+/// Clones the init with `extra_flags` added to the namespace flags; the child closes its copies
+/// of `caller_ends` (descriptors of the cloning process it must not keep, such as the caller's
+/// ends of the pipes), runs `child` and never returns. The parent gets the init's pid and
+/// closes its copies of the child's ends. The calling process must be single-threaded.
+fn clone_init(
+    plan: &BootPlan<'_>,
+    status_w: OwnedFd,
+    life_r: OwnedFd,
+    caller_ends: &[RawFd],
+    extra_flags: libc::c_int,
+) -> Result<u32, rustix::io::Errno> {
+    let flags = NAMESPACE_FLAGS | extra_flags | libc::SIGCHLD;
+    // SAFETY: clone without CLONE_VM and with a null stack behaves like fork: the child gets a
+    // copy of the address space and continues here. The calling process is single-threaded
+    // (the CLI, or the boot helper), so no lock can be held by another thread at the moment of
+    // the copy.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if pid < 0 {
+        return Err(rustix::io::Errno::from_raw_os_error(errno()));
+    }
+    if pid == 0 {
+        for fd in caller_ends {
+            // SAFETY: the child's copies of descriptors owned by the caller's stack frame; the
+            // child never returns to that frame (see below), so nothing uses or closes them
+            // again.
+            unsafe { libc::close(*fd) };
+        }
+        // A panic must not unwind out of the child into the caller's code (which would go on
+        // as a second copy of the caller); the status pipe closes with it, so the caller sees
+        // a failed setup.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            child(plan, status_w, life_r);
+        }));
+        // SAFETY: ends the cloned child without running the caller's exit handlers.
+        unsafe { libc::_exit(1) };
+    }
+    drop(status_w);
+    drop(life_r);
+    Ok(pid as u32)
 }
 
 /// Closes an ephemeral sandbox's lifeline: its init exits and the kernel kills every process
@@ -118,11 +221,16 @@ pub fn release(lifeline: RawFd) {
     drop(unsafe { OwnedFd::from_raw_fd(lifeline) });
 }
 
-/// Waits for a child init that the caller started (ephemeral sandboxes).
+/// Waits for a child init that the caller started (see `is_caller_child`).
 pub fn reap(pid: u32) {
-    let mut status = 0;
-    // SAFETY: plain waitpid on our own child; `status` is a valid out-pointer.
-    unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+    loop {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our own child; `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        if r >= 0 || errno() != libc::EINTR {
+            return;
+        }
+    }
 }
 
 fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {

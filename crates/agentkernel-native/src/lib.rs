@@ -7,8 +7,12 @@
 //! process is used and stopped by later ones: a sandbox is found again by its init's pid and
 //! start time, and its cgroups by its instance id.
 //!
-//! Callers must be single-threaded when they call `start`, `exec` or `attach`: those fork and
-//! run ordinary Rust code in the child before exec.
+//! `start` clones the sandbox init like a fork and runs ordinary Rust code in the child, which
+//! needs a single-threaded process: a multithreaded caller (the HTTP server) must call
+//! `use_boot_helper` at startup, and the clone then happens in a fresh helper process.
+//! `exec` starts commands with `clone(CLONE_VM | CLONE_VFORK)` and only system calls in the
+//! child (`vfork.rs`), which any thread may do. `attach` takes over the caller's terminal and
+//! stdin, so only an interactive CLI calls it.
 
 pub mod attach;
 mod boot;
@@ -24,7 +28,7 @@ pub mod seccomp;
 pub mod security;
 mod vfork;
 
-pub use boot::Booted;
+pub use boot::{BOOT_HELPER_ROLE, Booted, boot_helper_main, use_boot_helper};
 pub use exec::Target;
 pub use relay::{Ending, Sink};
 pub use rootfs::{RootfsPlan, UpperDir};
@@ -125,19 +129,27 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
     if spec.policy.network == NetworkMode::User
         && let Err(e) = net::start_pasta(booted.pid, spec.netns_pin, spec.policy.host_loopback)
     {
-        end_own_child(&booted);
+        end_started(&booted, spec.detach);
         return Err(e.into());
     }
     Ok(Running { booted })
 }
 
-/// Ends an init this process started and is still the parent of.
-fn end_own_child(booted: &Booted) {
+/// Ends an init this process has just started, and reaps it when it is this process's child
+/// (never otherwise: a detached init started through the boot helper belongs to the host's
+/// PID 1).
+fn end_started(booted: &Booted, detach: bool) {
     match booted.lifeline {
         Some(fd) => boot::release(fd),
-        None => kill(booted.pid),
+        None => {
+            if proc::is_alive(booted.pid, booted.start_time) {
+                kill(booted.pid);
+            }
+        }
     }
-    boot::reap(booted.pid);
+    if boot::is_caller_child(detach) {
+        boot::reap(booted.pid);
+    }
 }
 
 fn kill(pid: u32) {
@@ -156,13 +168,18 @@ pub fn stop(
     netns_pin: &Path,
 ) -> Result<(), NativeError> {
     match (lifeline, target) {
+        // An ephemeral sandbox started by this process: its init is this process's child,
+        // whether it was cloned directly or by the boot helper (CLONE_PARENT).
         (Some(fd), Some(t)) => {
             boot::release(fd);
             boot::reap(t.pid);
         }
         (Some(fd), None) => boot::release(fd),
         (None, Some(t)) => {
-            // The pid is checked against its start time: a recycled pid is never killed.
+            // A detached init is never reaped here: it was started by another process, or by
+            // this one through the boot helper (reparented to PID 1), or directly by a CLI that
+            // exits soon after. The pid is checked against its start time: a recycled pid is
+            // never killed.
             if proc::is_alive(t.pid, t.start_time) {
                 kill(t.pid);
             }

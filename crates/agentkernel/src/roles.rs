@@ -10,6 +10,7 @@ pub fn dispatch() -> Option<i32> {
         agentkernel_engine::detached::SUPERVISOR_ROLE => Some(
             agentkernel_engine::detached::supervisor_main(std::env::args_os().skip(2)),
         ),
+        agentkernel_native::BOOT_HELPER_ROLE => Some(agentkernel_native::boot_helper_main()),
         _ => None,
     }
 }
