@@ -34,6 +34,9 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
     }
     let limits = limits(&args)?;
     let home = agentkernel_core::paths::agentkernel_home();
+    // The server boots sandboxes from many threads: through the boot helper, this same
+    // executable (`/proc/self/exe` is the running binary even if the file was replaced since).
+    agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
     let mut state = AppState::new(home.clone(), keys.clone(), limits, cwd);
     let pool = if args.no_pool {
         None
