@@ -123,12 +123,18 @@ impl SecurityPlan {
             return Err(std::io::Error::last_os_error());
         }
         if self.uid != 0 || self.gid != 0 {
-            // SAFETY: plain credential system calls on this process; the gid goes first,
-            // while the process may still change it.
+            // Raw system calls, not libc's wrappers: in a multithreaded caller (the server),
+            // glibc's setgroups/setresgid/setresuid see the caller's other threads (this child
+            // shares its memory) and run their "setxid" broadcast over them, taking glibc's
+            // thread-list lock and marking those threads. posix_spawn avoids the wrappers for
+            // the same reason. The child is a process of its own (no CLONE_THREAD), so the
+            // per-thread system calls change all of its credentials.
+            // SAFETY: plain credential system calls on this process with integer arguments and
+            // a pointer to one gid; the gid goes first, while the process may still change it.
             unsafe {
-                if libc::setgroups(1, &self.gid) != 0
-                    || libc::setresgid(self.gid, self.gid, self.gid) != 0
-                    || libc::setresuid(self.uid, self.uid, self.uid) != 0
+                if libc::syscall(libc::SYS_setgroups, 1 as libc::c_long, &self.gid) != 0
+                    || libc::syscall(libc::SYS_setresgid, self.gid, self.gid, self.gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) != 0
                 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -156,10 +162,14 @@ impl SecurityPlan {
         }
         // Landlock, best effort: a kernel without it (or with an older ABI) gets what it
         // supports; the namespaces, capabilities and seccomp remain the first wall.
-        self.landlock
-            .try_clone()?
-            .restrict_self()
-            .map_err(|e| std::io::Error::other(format!("landlock: {e}")))?;
+        // Nothing is allocated here (this runs between clone and exec, possibly in a child of
+        // a multithreaded caller): only the errno reaches the caller anyway (`vfork.rs`).
+        self.landlock.try_clone()?.restrict_self().map_err(
+            |_| match std::io::Error::last_os_error() {
+                e if e.raw_os_error().unwrap_or(0) != 0 => e,
+                _ => std::io::Error::from_raw_os_error(libc::EPERM),
+            },
+        )?;
         if self.no_new_privs {
             rustix::thread::set_no_new_privs(true)?;
         }
