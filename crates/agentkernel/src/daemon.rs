@@ -76,6 +76,9 @@ fn run_daemon(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineError> {
     let socket = socket_path(home);
     // Nothing answers on it (checked above): a previous daemon died without cleaning up.
     let _ = std::fs::remove_file(&socket);
+    // Sandboxes are booted from the pool's and the server's threads: through the boot helper,
+    // this same executable (`/proc/self/exe` survives the file being replaced).
+    agentkernel_native::use_boot_helper(PathBuf::from("/proc/self/exe"));
     let settings = PoolSettings::from_config(&config);
     let pool = Arc::new(WarmPool::start(home, settings)?);
     let info = DaemonInfo {
