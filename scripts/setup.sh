@@ -8,6 +8,7 @@ packages=(
   hyperfine      # benchmark runner
   util-linux     # unshare/nsenter: benchmark peers and tests
   python3        # used by tests through the host image
+  python3-venv   # the venv scripts/test-clients.sh installs the Python SDK into
   iproute2
 )
 missing=()

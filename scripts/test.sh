@@ -10,6 +10,9 @@ cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
 # The registry tests pull from local registries on loopback (scripts/test-registry.sh builds
 # their images once and caches them); they are stopped when this script ends.
 bash scripts/test-registry.sh start >/dev/null
+# The published SDKs (PyPI, npm) and schemathesis that tests/clients drive, installed once into
+# a cache directory.
+bash scripts/test-clients.sh >/dev/null
 trap 'bash scripts/test-registry.sh stop' EXIT
 set -a
 # shellcheck disable=SC1091

@@ -2,6 +2,8 @@
 //! directory, runs the real binary as root and asserts on outputs, exit codes and the host.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
