@@ -16,6 +16,7 @@ work="$(mktemp -d)"
 export AGENTKERNEL_HOME="$work/home"
 cleanup() {
   "$AK" remove bench-exec >/dev/null 2>&1 || true
+  "$AK" daemon stop >/dev/null 2>&1 || true
   bash scripts/test-registry.sh stop >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -54,6 +55,50 @@ hf "$work/cli.json" \
   -n "agentkernel --version" "$AK --version" \
   -n "agentkernel list (SQLite)" "$AK list" \
   -n "true (process spawn floor)" "/bin/true"
+
+echo "bench: HTTP API (POST /run of true)" >&2
+# wrk on loopback against `serve`, cold (every sandbox booted for its request) and from warm
+# pools. Closed loop: CONNS requests in flight at all times for HTTP_SECONDS.
+HTTP_SECONDS="${HTTP_SECONDS:-20}"
+printf '[daemon]\nmin_warm = 4\nmax_warm = 8\n' >"$work/pool.toml"
+body="{\"command\":[\"true\"],\"image\":\"$root\",\"no_network\":true"
+wrk_run() { # label port conns fast
+  BODY="$body,\"fast\":$4}" wrk -t2 -c"$3" -d"${HTTP_SECONDS}s" --latency -s bench/post.lua \
+    "http://127.0.0.1:$2/run" >"$work/wrk-$1.txt"
+}
+serve_start() { # port args...
+  "$AK" serve --port "$1" "${@:2}" 2>>"$work/serve.log" &
+  for _ in $(seq 200); do curl -sf "http://127.0.0.1:$1/health" >/dev/null && return; sleep 0.05; done
+  echo "bench: serve did not start" >&2; cat "$work/serve.log" >&2; exit 1
+}
+serve_start 18931 --no-pool
+cold_pid=$!
+wrk_run cold-c2 18931 2 false
+wrk_run cold-c4 18931 4 false
+kill "$cold_pid"; wait "$cold_pid" || true
+serve_start 18932 -c "$work/pool.toml"
+warm_pid=$!
+BODY="$body,\"fast\":true}" wrk -t1 -c1 -d2s -s bench/post.lua "http://127.0.0.1:18932/run" >/dev/null
+wrk_run warm-c2 18932 2 true
+wrk_run warm-c4 18932 4 true
+kill "$warm_pid"; wait "$warm_pid" || true
+
+echo "bench: run through the daemon's warm pool" >&2
+"$AK" daemon start --background -c "$work/pool.toml" >/dev/null
+"$AK" daemon prewarm --image "$root" --no-network --count 4 >/dev/null
+sleep 1
+hf "$work/daemon.json" \
+  -n "agentkernel run (daemon, warm pool)" "$AK run --image $root --no-network -- true" \
+  -n "agentkernel run (no daemon, cold)" "env AGENTKERNEL_NO_DAEMON=1 $AK run --image $root --no-network -- true" \
+  -n "bwrap --unshare-all" "bwrap --unshare-all --ro-bind $root / true"
+# With 100 ms of idle before each run, as an agent's calls arrive: the first cgroup attach
+# after a quiet spell waits for an RCU grace period (kernel), which back-to-back runs hide.
+hyperfine --style none --export-json "$work/daemon-idle.json" --warmup 3 --runs "$(( RUNS / 4 + 1 ))" -N \
+  --prepare "sleep 0.1" \
+  -n "agentkernel run (daemon, warm pool)" "$AK run --image $root --no-network -- true" \
+  -n "agentkernel run (no daemon, cold)" "env AGENTKERNEL_NO_DAEMON=1 $AK run --image $root --no-network -- true" \
+  -n "bwrap --unshare-all" "bwrap --unshare-all --ro-bind $root / true" >/dev/null
+"$AK" daemon stop >/dev/null
 
 echo "bench: pull" >&2
 # Images come from the loopback test registry (scripts/test-registry.sh), never a public one.

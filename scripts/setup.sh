@@ -6,6 +6,8 @@ packages=(
   busybox-static # test and benchmark images
   bubblewrap     # benchmark peer
   hyperfine      # benchmark runner
+  wrk            # HTTP load generator (bench: POST /run)
+  curl           # bench: waiting for the server
   util-linux     # unshare/nsenter: benchmark peers and tests
   python3        # used by tests through the host image
   python3-venv   # the venv scripts/test-clients.sh installs the Python SDK into
