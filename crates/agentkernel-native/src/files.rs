@@ -63,15 +63,26 @@ pub fn root_of(pid: u32) -> Result<OwnedFd, FileError> {
     .map_err(|_| FileError::NotRunning)
 }
 
+/// How often `open_in` retries a resolution the kernel could not vouch for.
+const RESOLVE_RETRIES: usize = 64;
+
 fn open_in(root: &OwnedFd, path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd, FileError> {
-    rustix::fs::openat2(
-        root,
-        path,
-        flags | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-        RESOLVE,
-    )
-    .map_err(sandbox_err(path))
+    let mut tries = 0;
+    loop {
+        let opened = rustix::fs::openat2(
+            root,
+            path,
+            flags | OFlags::CLOEXEC,
+            Mode::from_raw_mode(mode),
+            RESOLVE,
+        );
+        match opened {
+            // A rename or mount anywhere on the host raced with a `..` resolved inside the root:
+            // the kernel could not vouch for the walk and asks for a retry (openat2(2)).
+            Err(rustix::io::Errno::AGAIN) if tries < RESOLVE_RETRIES => tries += 1,
+            other => return other.map_err(sandbox_err(path)),
+        }
+    }
 }
 
 /// Fails with a clear error when `workdir` is not a directory inside the sandbox whose root

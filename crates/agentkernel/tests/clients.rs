@@ -116,6 +116,8 @@ fn schemathesis_finds_no_failures() {
         .args(["--checks", "all", "--max-examples", "10", "--workers", "1"])
         .args(["--seed", "20261124", "--no-color"])
         .env("SCHEMATHESIS_HOOKS", "")
+        // It keeps a cache of what it found in its working directory.
+        .current_dir(ak.cwd.path())
         .output()
         .expect("run schemathesis");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -66,7 +66,14 @@ pub async fn exec_stream(
     let (req, timeout) = exec_request(&st, &req)?;
     // Unknown or stopped sandboxes are answered with a status, before the stream starts.
     let checked = name.clone();
-    super::blocking(&st, move |engine| engine.get(&checked).map(drop)).await?;
+    super::blocking(&st, move |engine| {
+        let info = engine.get(&checked)?;
+        if info.status != "running" {
+            return Err(agentkernel_engine::EngineError::NotRunning(checked));
+        }
+        Ok(())
+    })
+    .await?;
     streamed(
         exec_op(&st, name.clone(), req),
         Some(name),
