@@ -184,20 +184,8 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<RunOutcome> {
-        if exec.argv.is_empty() {
-            return Err(EngineError::NoCommand);
-        }
-        // The command also chooses the image when nothing else does.
-        let with_command;
-        let req = if req.command.is_empty() {
-            with_command = SpecRequest {
-                command: exec.argv.clone(),
-                ..req.clone()
-            };
-            &with_command
-        } else {
-            req
-        };
+        let req = run_request(req, exec)?;
+        let req = req.as_ref();
         if opts.branch {
             return self.run_on_branch(req, exec, sink, controls);
         }
@@ -666,6 +654,25 @@ impl Engine {
         }
         Ok(removed)
     }
+}
+
+/// The spec request of a `run`: the command is required, and also chooses the image when
+/// nothing else does.
+pub(crate) fn run_request<'a>(
+    req: &'a SpecRequest,
+    exec: &ExecRequest,
+) -> Result<std::borrow::Cow<'a, SpecRequest>> {
+    if exec.argv.is_empty() {
+        return Err(EngineError::NoCommand);
+    }
+    Ok(if req.command.is_empty() {
+        std::borrow::Cow::Owned(SpecRequest {
+            command: exec.argv.clone(),
+            ..req.clone()
+        })
+    } else {
+        std::borrow::Cow::Borrowed(req)
+    })
 }
 
 /// A fresh name for a throwaway sandbox: `run-` and eight hex digits.

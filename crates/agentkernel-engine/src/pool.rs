@@ -309,19 +309,8 @@ impl WarmPool {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<RunOutcome> {
-        if exec.argv.is_empty() {
-            return Err(EngineError::NoCommand);
-        }
-        let with_command;
-        let req = if req.command.is_empty() {
-            with_command = SpecRequest {
-                command: exec.argv.clone(),
-                ..req.clone()
-            };
-            &with_command
-        } else {
-            req
-        };
+        let req = crate::run_request(req, exec)?;
+        let req = req.as_ref();
         let engine = Engine::open(&self.shared.home)?;
         let config = resolve::load_config(req)?;
         let name = crate::throwaway_name();

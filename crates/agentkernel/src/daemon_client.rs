@@ -98,16 +98,7 @@ impl DaemonClient {
                 .send_request(Self::request(method, path, body))
                 .await
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let status = resp.status();
-            let bytes = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-                .to_bytes();
-            let value: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ClientError::Protocol(format!("bad answer ({status}): {e}")))?;
-            envelope_data(status, value)
+            read_envelope(resp).await
         })
     }
 
@@ -126,17 +117,8 @@ impl DaemonClient {
                 .send_request(Self::request(Method::POST, path, Some(body)))
                 .await
                 .map_err(|e| ClientError::Protocol(e.to_string()))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let bytes = resp
-                    .into_body()
-                    .collect()
-                    .await
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?
-                    .to_bytes();
-                let value: serde_json::Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| ClientError::Protocol(format!("bad answer ({status}): {e}")))?;
-                return envelope_data(status, value).map(drop);
+            if !resp.status().is_success() {
+                return read_envelope(resp).await.map(drop);
             }
             let mut events = http_body_util::BodyDataStream::new(resp.into_body()).eventsource();
             while let Some(event) = events.next().await {
@@ -146,6 +128,22 @@ impl DaemonClient {
             Ok(())
         })
     }
+}
+
+/// The envelope's `data` of a whole JSON answer, or its error.
+async fn read_envelope(
+    resp: hyper::Response<hyper::body::Incoming>,
+) -> Result<serde_json::Value, ClientError> {
+    let status = resp.status();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::Protocol(format!("bad answer ({status}): {e}")))?;
+    envelope_data(status, value)
 }
 
 fn envelope_data(
