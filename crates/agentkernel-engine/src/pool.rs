@@ -176,6 +176,10 @@ struct PoolLabel {
 
 struct Pools {
     by_key: HashMap<String, Pool>,
+    /// Runs booting their own sandbox because their pool was empty. While there are any, the
+    /// machine is busier than the pools can keep up with: the filler waits rather than add
+    /// boots of its own to the contention (warm sandboxes are made in spare time).
+    cold_running: usize,
     shutdown: bool,
 }
 
@@ -240,6 +244,7 @@ impl WarmPool {
             settings,
             pools: Mutex::new(Pools {
                 by_key: HashMap::new(),
+                cold_running: 0,
                 shutdown: false,
             }),
             changed: Condvar::new(),
@@ -317,6 +322,7 @@ impl WarmPool {
         let (spec, rootfs, backend) = engine.prepare(req, &name, &config)?;
         let key = pool_key(&spec, &rootfs);
         let Some(warm) = self.take(&key, req, &spec, backend.as_ref()) else {
+            let _cold = ColdRun::begin(&self.shared);
             let status =
                 engine.run_prepared(&spec, &rootfs, backend.as_ref(), exec, sink, controls)?;
             return Ok(RunOutcome {
@@ -519,6 +525,23 @@ impl Shared {
     }
 }
 
+/// Counts a run booting its own sandbox (`Pools::cold_running`) for as long as it lives.
+struct ColdRun<'a>(&'a Shared);
+
+impl<'a> ColdRun<'a> {
+    fn begin(shared: &'a Shared) -> ColdRun<'a> {
+        shared.lock().cold_running += 1;
+        ColdRun(shared)
+    }
+}
+
+impl Drop for ColdRun<'_> {
+    fn drop(&mut self) {
+        self.0.lock().cold_running -= 1;
+        self.0.changed.notify_all();
+    }
+}
+
 /// The filler thread: boots one sandbox at a time for the pool furthest below its target,
 /// drains expired pools and replaces warm sandboxes that got old.
 fn fill(shared: &Shared) {
@@ -561,7 +584,7 @@ fn fill(shared: &Shared) {
             .values()
             .map(|p| p.warm.len() + p.booting)
             .sum();
-        let next = if total < shared.settings.max_warm {
+        let next = if total < shared.settings.max_warm && pools.cold_running == 0 {
             pools
                 .by_key
                 .iter()
