@@ -15,11 +15,9 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         config: args.config.clone(),
         ..Default::default()
     })?;
-    let host = args
-        .host
-        .clone()
-        .or(config.server.host.clone())
-        .unwrap_or_else(|| DEFAULT_HOST.to_string());
+    let host_given = args.host.clone().or(config.server.host.clone());
+    let also_ipv6_loopback = host_given.is_none();
+    let host = host_given.unwrap_or_else(|| DEFAULT_HOST.to_string());
     let port = args.port.or(config.server.port).unwrap_or(DEFAULT_PORT);
     let ip: IpAddr = host.parse().map_err(|_| {
         input(format!(
@@ -67,14 +65,39 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         } else {
             format!("{} API key(s)", keys.len())
         };
-        eprintln!("agentkernel: serving the HTTP API on http://{local} ({auth})");
-        agentkernel_server::serve_tcp(
-            listener,
-            agentkernel_server::router(state),
-            shutdown_signal(),
-        )
-        .await
-        .map_err(|e| EngineError::Io {
+        // `localhost` is ::1 first on many hosts (and to Node's resolver, which the npm SDK's
+        // default base URL goes through): by default, listen there too when the host has it.
+        let ipv6 = if also_ipv6_loopback {
+            let v6 = SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), local.port());
+            tokio::net::TcpListener::bind(v6).await.ok()
+        } else {
+            None
+        };
+        let also = if ipv6.is_some() {
+            format!(" and http://[::1]:{}", local.port())
+        } else {
+            String::new()
+        };
+        eprintln!("agentkernel: serving the HTTP API on http://{local}{also} ({auth})");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let app = agentkernel_server::router(state);
+        let v4 = agentkernel_server::serve_tcp(listener, app.clone(), stopped(stop_rx.clone()));
+        let served = match ipv6 {
+            Some(l6) => {
+                let (a, b) =
+                    tokio::join!(v4, agentkernel_server::serve_tcp(l6, app, stopped(stop_rx)));
+                a.and(b)
+            }
+            None => v4.await,
+        };
+        served.map_err(|e| EngineError::Io {
             context: "serve HTTP".into(),
             source: e,
         })
