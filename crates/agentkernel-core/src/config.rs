@@ -102,6 +102,26 @@ pub struct SecuritySection {
     pub read_only: Option<bool>,
 }
 
+/// Why a compatibility mode cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompatModeError {
+    /// `claude`, `codex` or `gemini`: their domain allowlist is not enforced by this build.
+    NotEnforced(String),
+    /// Not a mode at all.
+    Unknown(String),
+}
+
+/// Checks a compatibility mode (`[agent] compatibility_mode`, the MCP `compatibility_mode`
+/// parameter): only `native` can be honoured until the egress allowlist exists; the others are
+/// refused rather than run without the allowlist they promise.
+pub fn check_compatibility_mode(mode: &str) -> Result<(), CompatModeError> {
+    match mode {
+        "native" => Ok(()),
+        "claude" | "codex" | "gemini" => Err(CompatModeError::NotEnforced(mode.to_string())),
+        other => Err(CompatModeError::Unknown(other.to_string())),
+    }
+}
+
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, CoreError> {
@@ -146,19 +166,14 @@ impl Config {
             crate::spec::validate_workdir(w).map_err(|e| format!("[sandbox] workdir: {e}"))?;
         }
         if let Some(mode) = &self.agent.compatibility_mode {
-            match mode.as_str() {
-                "native" => {}
-                "claude" | "codex" | "gemini" => {
-                    return Err(format!(
-                        "[agent] compatibility_mode = {mode:?} needs the egress domain allowlist, which this build does not enforce yet: use \"native\" or remove the key"
-                    ));
-                }
-                other => {
-                    return Err(format!(
-                        "[agent] compatibility_mode: unknown mode {other:?}: use native, claude, codex or gemini"
-                    ));
-                }
-            }
+            check_compatibility_mode(mode).map_err(|e| match e {
+                CompatModeError::NotEnforced(_) => format!(
+                    "[agent] compatibility_mode = {mode:?} needs the egress domain allowlist, which this build does not enforce yet: use \"native\" or remove the key"
+                ),
+                CompatModeError::Unknown(_) => format!(
+                    "[agent] compatibility_mode: unknown mode {mode:?}: use native, claude, codex or gemini"
+                ),
+            })?;
         }
         if let (Some(min), Some(max)) = (self.daemon.min_warm, self.daemon.max_warm)
             && min > max

@@ -64,6 +64,22 @@ impl Engine {
     }
 }
 
+/// Refuses a path with a `..` component, for surfaces whose clients are models rather than
+/// programs (MCP): `..` is resolved inside the sandbox's root anyway (openat2
+/// RESOLVE_IN_ROOT), but a model that writes `../../../etc/shadow` means the host's file, and
+/// is told plainly that it cannot have it rather than given the sandbox's.
+pub fn refuse_parent_components(path: &str) -> Result<()> {
+    if std::path::Path::new(path)
+        .components()
+        .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err(EngineError::Input(CoreError::InvalidPath(format!(
+            "{path:?} leads out of the sandbox's root: '..' is not accepted here; give a path inside the sandbox, e.g. /workspace/main.py"
+        ))));
+    }
+    Ok(())
+}
+
 /// The absolute path inside the sandbox for `path` as a client gave it.
 fn inside_path(workdir: &str, path: &str) -> Result<PathBuf> {
     if path.is_empty() || path.contains('\0') {
@@ -95,5 +111,15 @@ mod tests {
         );
         assert!(inside_path("/workspace", "").is_err());
         assert!(inside_path("/workspace", "a\0b").is_err());
+        for escape in [
+            "../../etc/shadow",
+            "/../etc/passwd",
+            "/workspace/../../x",
+            "a/../b",
+        ] {
+            let e = refuse_parent_components(escape).expect_err("has ..");
+            assert!(e.to_string().contains("leads out of the sandbox"), "{e}");
+        }
+        refuse_parent_components("/workspace/a..b/c").expect("'a..b' is a name");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod buffered;
 pub mod detached;
 pub mod doctor;
 pub mod error;
@@ -23,6 +24,7 @@ pub use agentkernel_native::Sink;
 use audit::{AuditEvent, AuditLog};
 use backend::{Backend, Controls, Persistence};
 pub use error::{EngineError, Result};
+pub use files::refuse_parent_components;
 pub use resolve::SpecRequest;
 use serde::Serialize;
 use std::cell::OnceCell;

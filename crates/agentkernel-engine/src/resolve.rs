@@ -22,6 +22,9 @@ pub struct SpecRequest {
     pub config: Option<PathBuf>,
     /// `--no-network`.
     pub no_network: bool,
+    /// Network on or off whatever the profile says, from a surface that can say both (the MCP
+    /// `network` parameter); `no_network` wins.
+    pub network: Option<bool>,
     /// `-e KEY=VALUE`.
     pub env: Vec<String>,
     /// `-w DIR`.
@@ -109,7 +112,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
     let network = if req.no_network {
         Some(false)
     } else {
-        config.security.network
+        req.network.or(config.security.network)
     };
     let home_dir = std::env::var_os("HOME")
         .map(PathBuf::from)

@@ -1,6 +1,6 @@
 //! The agentkernel HTTP API (`agentkernel serve`, and the daemon on its Unix socket): axum
 //! routes over the engine, the OpenAPI document at `/openapi.json`, SSE streaming, Bearer
-//! authentication and request limits. Handlers parse, call the engine and render; the engine
+//! authentication and request limits, and the MCP tools over streamable HTTP at `/mcp`. Handlers parse, call the engine and render; the engine
 //! owns validation, policy, state and audit (the same calls as the CLI).
 
 mod auth;
@@ -68,7 +68,17 @@ impl utoipa::Modify for BearerAuth {
 pub fn router(state: AppState) -> Router {
     use routes::{daemon, detached, exec, files, run, sandboxes, snapshots, system};
     let body_limit = state.limits.body_bytes;
+    // The MCP tools over streamable HTTP, behind the same keys and concurrency limit.
+    let mcp = agentkernel_mcp::http_service(
+        agentkernel_mcp::Options {
+            output_bytes: state.limits.output_bytes,
+            ..agentkernel_mcp::Options::new(state.home.clone(), state.cwd.clone())
+        },
+        !state.keys.is_empty(),
+        state.shutdown.clone(),
+    );
     Router::new()
+        .route_service("/mcp", mcp)
         .route("/health", get(system::health))
         .route("/status", get(system::status))
         .route("/stats", get(system::stats))

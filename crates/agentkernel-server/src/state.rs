@@ -47,6 +47,9 @@ pub struct AppState {
     pub pool: Option<Arc<agentkernel_engine::pool::WarmPool>>,
     /// Set when this is the daemon (its socket also serves `/daemon/…`).
     pub daemon: Option<crate::routes::daemon::DaemonInfo>,
+    /// Cancelled when the server shuts down: ends open MCP sessions (their event streams
+    /// would otherwise keep a graceful shutdown waiting).
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             trust_client_paths: false,
             pool: None,
             daemon: None,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 

@@ -6,143 +6,44 @@
 use crate::envelope::ApiError;
 use crate::types::{OutputEncoding, RunOutput};
 use agentkernel_core::{ExecEvent, ExitStatus};
+use agentkernel_engine::EngineError;
 use agentkernel_engine::backend::Controls;
-use agentkernel_engine::{EngineError, Sink};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
-use rustix::fd::{AsFd, OwnedFd};
+use rustix::fd::AsFd;
 use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-/// An engine operation that runs one command: `run` or `exec`.
-pub type ExecOp =
-    Box<dyn FnOnce(&mut Sink<'_>, Controls<'_>) -> Result<ExitStatus, EngineError> + Send>;
+pub use agentkernel_engine::buffered::{CancelOnDrop, ExecOp, timeout_message};
 
-/// Kills the command when dropped, unless disarmed.
-pub struct CancelOnDrop {
-    write: Option<OwnedFd>,
-}
-
-impl CancelOnDrop {
-    /// The guard and the read end to give the exec as its signal pipe.
-    pub fn pair() -> Result<(CancelOnDrop, OwnedFd), ApiError> {
-        let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| ApiError::internal(format!("create a pipe: {e}")))?;
-        Ok((CancelOnDrop { write: Some(write) }, read))
-    }
-
-    pub fn disarm(&mut self) {
-        self.write = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some(fd) = self.write.take() {
-            let _ = rustix::io::write(&fd, &[libc::SIGKILL as u8]);
-        }
-    }
-}
-
-/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes).
-/// A command killed by the timeout is a 408; one that could not be found or executed is an
-/// answer with exit code 127/126 and the reason on stderr, as a shell gives.
+/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes):
+/// the engine's `buffered`, shared with the MCP tools. A command killed by the timeout is a
+/// 408; one that could not be found or executed is an answer with exit code 127/126 and the
+/// reason on stderr, as a shell gives.
 pub async fn buffered(op: ExecOp, limit: usize, timeout: Duration) -> Result<RunOutput, ApiError> {
-    let (mut guard, cancel) = CancelOnDrop::pair()?;
-    let task = tokio::task::spawn_blocking(move || {
-        let mut collected = Collected::new(limit);
-        let result = {
-            let mut sink = |event: ExecEvent| {
-                collected.push(&event);
-                ControlFlow::Continue(())
-            };
-            op(
-                &mut sink,
-                Controls {
-                    signals: Some(cancel.as_fd()),
-                    resized: None,
-                },
-            )
-        };
-        (result, collected)
-    });
-    let (result, collected) = task
+    use agentkernel_engine::buffered::BufferedError;
+    let out = agentkernel_engine::buffered::buffered(op, limit)
         .await
-        .map_err(|e| ApiError::internal(format!("the command's worker failed: {e}")))?;
-    guard.disarm();
-    match result {
-        Ok(status) if status.timed_out => Err(ApiError::new(
+        .map_err(|e| match e {
+            BufferedError::Engine(e) => ApiError::from(e),
+            BufferedError::Internal(m) => ApiError::internal(m),
+        })?;
+    if out.status.timed_out {
+        return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             timeout_message(timeout),
-        )),
-        Ok(status) => Ok(collected.finish(status)),
-        Err(e) if matches!(e.exit_code(), 126 | 127) => {
-            let mut out = collected;
-            let message = format!("agentkernel: error: {e}\n");
-            out.stderr.extend_from_slice(message.as_bytes());
-            out.output.extend_from_slice(message.as_bytes());
-            Ok(out.finish(ExitStatus {
-                code: e.exit_code(),
-                ..ExitStatus::default()
-            }))
-        }
-        Err(e) => Err(e.into()),
+        ));
     }
-}
-
-pub fn timeout_message(timeout: Duration) -> String {
-    format!(
-        "the command did not finish within {:.1}s and was killed: set timeout_ms for longer commands, or start it detached",
-        timeout.as_secs_f64()
-    )
-}
-
-struct Collected {
-    output: Vec<u8>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    limit: usize,
-    truncated: bool,
-}
-
-impl Collected {
-    fn new(limit: usize) -> Collected {
-        Collected {
-            output: Vec::new(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            limit,
-            truncated: false,
-        }
-    }
-
-    fn push(&mut self, event: &ExecEvent) {
-        let (data, stream) = match event {
-            ExecEvent::Stdout(d) => (d, &mut self.stdout),
-            ExecEvent::Stderr(d) => (d, &mut self.stderr),
-            _ => return,
-        };
-        for buf in [stream, &mut self.output] {
-            let room = self.limit.saturating_sub(buf.len());
-            if data.len() > room {
-                self.truncated = true;
-            }
-            buf.extend_from_slice(&data[..data.len().min(room)]);
-        }
-    }
-
-    fn finish(self, status: ExitStatus) -> RunOutput {
-        RunOutput {
-            output: String::from_utf8_lossy(&self.output).into_owned(),
-            exit_code: status.code,
-            stdout: String::from_utf8_lossy(&self.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&self.stderr).into_owned(),
-            truncated: self.truncated,
-            oom_killed: status.oom_killed,
-        }
-    }
+    Ok(RunOutput {
+        output: String::from_utf8_lossy(&out.output).into_owned(),
+        exit_code: out.status.code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        truncated: out.truncated,
+        oom_killed: out.status.oom_killed,
+    })
 }
 
 enum Msg {
@@ -160,7 +61,8 @@ pub fn streamed(
     timeout: Duration,
     encoding: OutputEncoding,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let (guard, cancel) = CancelOnDrop::pair()?;
+    let (guard, cancel) =
+        CancelOnDrop::pair().map_err(|e| ApiError::internal(format!("create a pipe: {e}")))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Msg>(64);
     tokio::task::spawn_blocking(move || {
         let events = tx.clone();
@@ -362,17 +264,5 @@ mod tests {
         assert_eq!(c.push(&[0xff, b'c']), "\u{fffd}c");
         assert_eq!(c.push(&euro[..2]), "");
         assert_eq!(c.flush(), "\u{fffd}");
-    }
-
-    #[test]
-    fn collected_output_is_bounded() {
-        let mut c = Collected::new(4);
-        c.push(&ExecEvent::Stdout(b"abc".to_vec()));
-        c.push(&ExecEvent::Stderr(b"xyz".to_vec()));
-        let out = c.finish(ExitStatus::default());
-        assert_eq!(out.stdout, "abc");
-        assert_eq!(out.stderr, "xyz");
-        assert_eq!(out.output, "abcx");
-        assert!(out.truncated);
     }
 }

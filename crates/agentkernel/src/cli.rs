@@ -55,9 +55,21 @@ pub enum Command {
     /// Manage the daemon: warm sandbox pools and the API on a local socket
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// The MCP server: the sandbox tools for AI agents (`mcp server`, over stdio)
+    #[command(subcommand)]
+    Mcp(McpCommand),
+    /// Serve the MCP tools over stdio (the same as `mcp server`)
+    #[command(name = "mcp-server")]
+    McpServer,
     /// Manage images (pull, list)
     #[command(subcommand, visible_alias = "image")]
     Images(ImagesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum McpCommand {
+    /// Serve the MCP tools on stdin/stdout (JSON-RPC), for an agent that starts this process
+    Server,
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,7 +15,7 @@ use agentkernel_core::{ExecRequest, ExitStatus};
 use agentkernel_engine::backend::Controls;
 use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
 use clap::Parser;
-use cli::{AuditCommand, Cli, Command, ImagesCommand, SandboxCommand, SandboxOpts};
+use cli::{AuditCommand, Cli, Command, ImagesCommand, McpCommand, SandboxCommand, SandboxOpts};
 use std::io::IsTerminal;
 
 fn main() {
@@ -84,6 +84,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         }
         Command::Serve(args) => serve::serve(args),
         Command::Daemon(cmd) => daemon::command(cmd),
+        Command::Mcp(McpCommand::Server) | Command::McpServer => mcp_server(),
         Command::Exec(args) => exec(args),
         Command::Attach(args) => attach(args),
         Command::Cp(args) => {
@@ -145,6 +146,24 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
     }
+}
+
+/// `agentkernel mcp server`: the MCP tools over stdio. The client is the local user who
+/// started this process, so `cwd` from it is honoured.
+fn mcp_server() -> Result<i32, EngineError> {
+    let options =
+        agentkernel_mcp::Options::new(agentkernel_core::paths::agentkernel_home(), current_dir()?);
+    // Tools run on a multithreaded runtime and boot sandboxes from its blocking threads:
+    // through the boot helper, this same executable, set before any thread starts.
+    agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
+    let runtime = serve::runtime()?;
+    runtime
+        .block_on(agentkernel_mcp::serve_stdio(options))
+        .map_err(|e| EngineError::Io {
+            context: "serve MCP on stdio".into(),
+            source: e,
+        })?;
+    Ok(0)
 }
 
 fn current_dir() -> Result<std::path::PathBuf, EngineError> {

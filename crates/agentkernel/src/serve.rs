@@ -45,6 +45,7 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         ))
     };
     state.pool = pool.clone();
+    let mcp_sessions = state.shutdown.clone();
     let runtime = runtime()?;
     let served = runtime.block_on(async move {
         let addr = SocketAddr::new(ip, port);
@@ -82,6 +83,8 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown_signal().await;
+            // Open MCP event streams end with the server rather than hold its shutdown.
+            mcp_sessions.cancel();
             let _ = stop_tx.send(true);
         });
         let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

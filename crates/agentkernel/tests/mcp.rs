@@ -1,0 +1,121 @@
+//! The MCP server driven by the official MCP Python SDK (PyPI `mcp`, installed by
+//! `scripts/test-clients.sh`), over stdio (`agentkernel mcp server`) and over streamable HTTP
+//! (`/mcp` on `agentkernel serve`, behind its API key): initialize, the tools with their
+//! schemas and annotations, each tool with real effects, failed and timed-out commands, and
+//! injection and traversal attempts refused with nothing made. The script is
+//! tests/clients/mcp_client.py.
+
+mod common;
+use common::serve::ServeProcess;
+use common::*;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const KEY: &str = "mcp-test-key";
+
+/// `clients.env` written by scripts/test-clients.sh.
+fn python() -> String {
+    let path = std::env::var_os("AGENTKERNEL_TEST_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/agentkernel-test-clients")
+        })
+        .join("clients.env");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: install the published clients with `bash scripts/test-clients.sh`",
+            path.display()
+        )
+    });
+    let env: HashMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+    env.get("AGENTKERNEL_TEST_PYTHON")
+        .expect("clients.env names AGENTKERNEL_TEST_PYTHON")
+        .to_string()
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/clients/mcp_client.py")
+}
+
+fn assert_passed(out: &Output, what: &str, server_log: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the MCP client over {what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server\n{server_log}",
+        out.status
+    );
+    assert!(
+        stdout.matches("ok: ").count() > 50,
+        "the MCP client over {what} checked too little:\n{stdout}"
+    );
+}
+
+#[test]
+fn python_mcp_sdk_over_stdio() {
+    let python = python();
+    let ak = Ak::new();
+    // The SDK starts `agentkernel mcp server` itself, with the environment given here.
+    let out = Command::new(python)
+        .arg(script())
+        .args(["stdio", bin()])
+        .env("AGENTKERNEL_HOME", ak.home.path())
+        .env("AGENTKERNEL_REGISTRY_MIRROR", &ak.mirror)
+        .current_dir(ak.cwd.path())
+        .output()
+        .expect("run the MCP client");
+    assert_passed(&out, "stdio", "");
+    assert!(ak.list_json().is_empty(), "sandboxes left behind");
+}
+
+#[test]
+fn mcp_server_alias_answers_initialize() {
+    let ak = Ak::new();
+    let mut child = ak
+        .cmd(&["mcp-server"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agentkernel mcp-server");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"2025-06-18","capabilities":{{}},"clientInfo":{{"name":"t","version":"1"}}}}}}"#
+        )
+        .expect("send initialize");
+    } // stdin closes: the server answers, then ends
+    let out = child.wait_with_output().expect("wait for mcp-server");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "mcp-server failed: {out:?}");
+    assert!(
+        stdout.contains(r#""name":"agentkernel""#) && stdout.contains(r#""tools""#),
+        "no initialize answer: {stdout}"
+    );
+}
+
+#[test]
+fn python_mcp_sdk_over_streamable_http() {
+    let python = python();
+    let ak = Ak::new();
+    let srv = ServeProcess::start(&ak, &["--api-key", KEY]);
+    // Without the key, /mcp is refused like every other endpoint.
+    let resp = reqwest::blocking::Client::new()
+        .post(format!("{}/mcp", srv.base))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .expect("POST /mcp");
+    assert_eq!(resp.status().as_u16(), 401, "{resp:?}");
+    let out = Command::new(python)
+        .arg(script())
+        .args(["http", &srv.base])
+        .env("AGENTKERNEL_API_KEY", KEY)
+        .output()
+        .expect("run the MCP client");
+    assert_passed(&out, "streamable HTTP", &srv.log());
+    assert!(ak.list_json().is_empty(), "sandboxes left behind");
+}
