@@ -40,8 +40,11 @@ impl Server {
             .trim_start_matches("http://")
             .parse()
             .unwrap_or_else(|e| panic!("server address {}: {e}", process.base));
+        // A connection per request: the server closes a connection after refusing a body it
+        // did not read (413), and a pooled client could otherwise pick that one up again.
         let client = reqwest::blocking::Client::builder()
             .no_proxy()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(90))
             .build()
             .expect("build the HTTP client");
