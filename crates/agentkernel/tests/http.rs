@@ -2121,3 +2121,27 @@ fn warm_pool_never_reuses_a_sandbox() {
     assert!(left.is_empty(), "sandboxes left after shutdown: {left:?}");
     assert!(ak.list_json().is_empty(), "{:?}", ak.list_json());
 }
+
+/// With the default host the server also answers on ::1, where `localhost` often resolves
+/// first (Node's resolver, and so the npm SDK's default base URL).
+#[test]
+fn default_host_also_listens_on_ipv6_loopback() {
+    assert!(
+        std::fs::read_to_string("/proc/net/if_inet6")
+            .unwrap_or_default()
+            .contains("00000000000000000000000000000001"),
+        "this test needs the IPv6 loopback address ::1 on lo"
+    );
+    let ak = Ak::new();
+    let srv = Server::start(&ak, &["--no-pool"]);
+    let line = srv.log();
+    assert!(line.contains("http://[::1]:"), "{line}");
+    let url = format!("http://[::1]:{}/health", srv.addr.port());
+    let resp = reqwest::blocking::get(&url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(resp.status().as_u16(), 200);
+    let body: Value = resp.json().expect("JSON");
+    assert_eq!(body["data"], "ok");
+    // An explicit host is only that host.
+    let only_v4 = Server::start(&ak, &["--no-pool", "--host", "127.0.0.1"]);
+    assert!(!only_v4.log().contains("[::1]"), "{}", only_v4.log());
+}
