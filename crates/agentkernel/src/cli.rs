@@ -64,6 +64,35 @@ pub enum Command {
     /// Manage images (pull, list)
     #[command(subcommand, visible_alias = "image")]
     Images(ImagesCommand),
+    /// Set up AI coding agents to use agentkernel (skill, command, MCP server, OpenCode plugin)
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// List supported AI coding agents: installed or not, version, API key set or not
+    Agents(ListArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Install the files an agent needs to use agentkernel (merged into existing configs)
+    Install(PluginInstallArgs),
+    /// Show, for each agent, whether its files are installed and up to date
+    #[command(visible_alias = "ls")]
+    List(ListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PluginInstallArgs {
+    /// claude, codex, gemini, opencode, mcp (any MCP client) or all
+    pub agent: String,
+    /// Install into your home directory (all projects) instead of the current project
+    #[arg(long)]
+    pub global: bool,
+    /// Replace files of ours (skill, command, plugin) that were edited since they were installed
+    #[arg(long)]
+    pub force: bool,
+    /// Show the changes as a diff and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -4,6 +4,7 @@
 mod cli;
 mod daemon;
 mod daemon_client;
+mod plugin;
 mod render;
 mod roles;
 mod serve;
@@ -83,6 +84,8 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
         Command::Serve(args) => serve::serve(args),
+        Command::Plugin(cmd) => Ok(plugin::command(cmd)),
+        Command::Agents(a) => Ok(plugin::agents_command(a.json)),
         Command::Daemon(cmd) => daemon::command(cmd),
         Command::Mcp(McpCommand::Server) | Command::McpServer => mcp_server(),
         Command::Exec(args) => exec(args),
