@@ -133,3 +133,39 @@ fn schemathesis_finds_no_failures() {
         "schemathesis tested nothing:\n{stdout}"
     );
 }
+
+/// The OpenCode plugin that `plugin install opencode` writes type-checks (strict) against the
+/// published `@opencode-ai/plugin` API and Node's types.
+#[test]
+fn opencode_plugin_type_checks_against_the_published_plugin_api() {
+    let env = clients();
+    let modules = PathBuf::from(&env["AGENTKERNEL_TEST_NODE_MODULES"]);
+    let node_dir = modules.parent().expect("node_modules has a parent");
+    let ak = Ak::new();
+    ak.ok(&["plugin", "install", "opencode"]);
+    let written = ak.cwd.path().join(".opencode/plugins/agentkernel.ts");
+    // Beside the installed packages, so `@opencode-ai/plugin` resolves.
+    let checked = node_dir.join(format!("agentkernel-plugin-{}.ts", std::process::id()));
+    std::fs::copy(&written, &checked).expect("copy the plugin");
+    let out = Command::new(modules.join(".bin/tsc"))
+        .args([
+            "--noEmit",
+            "--strict",
+            "--skipLibCheck",
+            "--target",
+            "es2022",
+        ])
+        .args(["--module", "nodenext", "--moduleResolution", "nodenext"])
+        .args(["--types", "node"])
+        .arg(&checked)
+        .current_dir(node_dir)
+        .output()
+        .expect("run tsc");
+    let _ = std::fs::remove_file(&checked);
+    assert!(
+        out.status.success(),
+        "tsc found errors in the OpenCode plugin:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
