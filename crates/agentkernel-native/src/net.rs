@@ -131,6 +131,11 @@ pub fn start_pasta(pid: u32, pin: &Path, host_loopback: bool) -> Result<(), NetE
     if !host_loopback {
         cmd.arg("--no-map-gw");
     }
+    let pid_file = pasta_pid_file(pin);
+    if let Some(dir) = pid_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    cmd.arg("--pid").arg(&pid_file);
     cmd.arg("--netns").arg(pin);
     let out = cmd
         .stdin(Stdio::null())
@@ -183,8 +188,40 @@ fn pin_netns(pid: u32, pin: &Path) -> Result<(), NetError> {
     })
 }
 
-/// Removes a namespace pin; pasta notices and exits.
+/// Removes a namespace pin and ends the sandbox's pasta. pasta quits by itself when it sees
+/// the pin go, but only once it watches for that: a sandbox that ends within moments of its
+/// start removes the pin first, and that pasta would live on (~30 MB each). So it is ended
+/// through the pid it wrote.
 pub fn unpin_netns(pin: &Path) {
     let _ = rustix::mount::unmount(pin, rustix::mount::UnmountFlags::DETACH);
     let _ = std::fs::remove_file(pin);
+    let pid_file = pasta_pid_file(pin);
+    if let Ok(text) = std::fs::read_to_string(&pid_file)
+        && let Ok(pid) = text.trim().parse::<i32>()
+        && is_pasta(pid)
+        && let Some(pid) = rustix::process::Pid::from_raw(pid)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let _ = std::fs::remove_file(&pid_file);
+}
+
+/// Where the pasta of the sandbox pinned at `pin` (`HOME/netns/ID`) writes its pid:
+/// `HOME/pasta/ID.pid`, outside the pin directory that `gc` walks.
+fn pasta_pid_file(pin: &Path) -> std::path::PathBuf {
+    let id = pin
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let home = pin
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    home.join("pasta").join(format!("{id}.pid"))
+}
+
+/// Whether `pid` is (still) a pasta process, not a recycled pid.
+fn is_pasta(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.starts_with("pasta") || comm.starts_with("passt"))
 }

@@ -298,3 +298,36 @@ fn audit_log_records_runs_and_can_be_disabled() {
         .count();
     assert_eq!(before, after, "AGENTKERNEL_AUDIT=0 must not write");
 }
+
+/// A sandbox with network gets a pasta process; it must end with the sandbox, also when the
+/// sandbox ends within moments of starting (before pasta watches its namespace pin).
+#[test]
+fn pasta_ends_with_short_lived_sandboxes() {
+    let ak = Ak::new();
+    for _ in 0..10 {
+        ak.ok(&["run", "--image", "host", "--", "true"]);
+    }
+    let home = ak.home.path().to_string_lossy().into_owned();
+    let alive = || -> Vec<String> {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "stat=,args="])
+            .output()
+            .expect("ps");
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| {
+                l.contains("pasta") && l.contains(&home) && !l.trim_start().starts_with('Z')
+            })
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !alive().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        alive().is_empty(),
+        "pasta outlived its sandboxes: {:#?}",
+        alive()
+    );
+}
