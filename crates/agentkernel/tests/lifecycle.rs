@@ -154,16 +154,23 @@ fn assert_nothing_left(home: &str, cgroup_prefix: &str, process_args: &str) {
     assert!(groups.is_empty(), "cgroups left: {groups:?}");
     let mounts = mounts_mentioning(home);
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    let ps = std::process::Command::new("ps")
-        .args(["-eo", "args"])
-        .output()
-        .expect("ps");
-    assert!(
-        !String::from_utf8_lossy(&ps.stdout)
-            .lines()
-            .any(|l| l == process_args),
-        "a sandbox process survived: {process_args}"
-    );
+    // A process the kernel is killing can still be listed for a moment on a loaded machine:
+    // give it two seconds (a survivor of a 200 s sleep is still caught).
+    let listed = || {
+        let ps = std::process::Command::new("ps")
+            .args(["-eo", "stat=,args="])
+            .output()
+            .expect("ps");
+        String::from_utf8_lossy(&ps.stdout).lines().any(|l| {
+            let (stat, args) = l.trim_start().split_once(' ').unwrap_or(("", ""));
+            !stat.starts_with('Z') && args.trim() == process_args
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while listed() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!listed(), "a sandbox process survived: {process_args}");
 }
 
 #[test]
