@@ -19,6 +19,24 @@ fn doctor_reports_backends_and_the_registry_with_fixes() {
         .find(|c| c["name"] == "backend docker")
         .expect("docker listed");
     assert_eq!(docker["detail"], "not in this build");
+    // The cgroup attach latency says how the host's cgroup2 root is mounted, and the fix.
+    let mounted_favoring = std::fs::read_to_string("/proc/self/mounts")
+        .expect("mounts")
+        .lines()
+        .any(|l| l.contains(" cgroup2 ") && l.contains("favordynmods"));
+    let attach = list
+        .iter()
+        .find(|c| c["name"] == "cgroup attach latency")
+        .expect("cgroup attach check");
+    assert_eq!(attach["ok"], mounted_favoring, "{attach}");
+    if !mounted_favoring {
+        assert!(
+            attach["fix"]
+                .as_str()
+                .is_some_and(|f| f.contains("favordynmods")),
+            "{attach}"
+        );
+    }
     let registry = list
         .iter()
         .find(|c| {
