@@ -253,7 +253,10 @@ impl WarmPool {
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.to_string())
-                .spawn(f)
+                .spawn(move || {
+                    run_in_background();
+                    f()
+                })
                 .map_err(EngineError::io(format!("start the {name} thread")))
         };
         let filler = {
@@ -540,6 +543,22 @@ impl Drop for ColdRun<'_> {
         self.0.lock().cold_running -= 1;
         self.0.changed.notify_all();
     }
+}
+
+/// How much nicer than the process the pool's own threads run (and the boot helpers and inits
+/// they start, which inherit it).
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux nice values are per thread). Booting
+/// replacements and tearing used sandboxes down is work nobody waits for; on a machine with few
+/// cores it otherwise competes with the run a client is waiting for (docs/benchmarks.md has the
+/// measurement). Processes in a sandbox are not
+/// affected: commands are started by the request's thread, and pasta is given the process's own
+/// priority (`agentkernel_native::net`).
+fn run_in_background() {
+    let tid = rustix::thread::gettid();
+    let base = rustix::process::getpriority_process(None).unwrap_or(0);
+    let _ = rustix::process::setpriority_process(Some(tid), (base + BACKGROUND_NICE).min(19));
 }
 
 /// The filler thread: boots one sandbox at a time for the pool furthest below its target,

@@ -162,7 +162,31 @@ pub fn start_pasta(pid: u32, pin: &Path, host_loopback: bool) -> Result<(), NetE
             .collect();
         return Err(NetError::Pasta(msg.join("; ")));
     }
+    give_process_priority(&pid_file);
     Ok(())
+}
+
+/// pasta carries the sandbox's network for its whole life, so it runs at the priority of the
+/// process (its main thread), not at that of the thread that started it: a warm pool boots
+/// sandboxes from a thread of lowered priority, which pasta would otherwise inherit.
+fn give_process_priority(pid_file: &Path) {
+    let main = rustix::process::getpid();
+    let (Ok(own), Ok(process)) = (
+        rustix::process::getpriority_process(None),
+        rustix::process::getpriority_process(Some(main)),
+    ) else {
+        return;
+    };
+    if own == process {
+        return;
+    }
+    if let Ok(text) = std::fs::read_to_string(pid_file)
+        && let Ok(pid) = text.trim().parse::<i32>()
+        && is_pasta(pid)
+        && let Some(pid) = rustix::process::Pid::from_raw(pid)
+    {
+        let _ = rustix::process::setpriority_process(Some(pid), process);
+    }
 }
 
 fn pin_netns(pid: u32, pin: &Path) -> Result<(), NetError> {
