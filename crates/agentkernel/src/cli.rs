@@ -1,6 +1,7 @@
 //! Command-line grammar. Names and flags follow the reference documentation of the tool.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -14,6 +15,39 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Parses `args` (the program name first). `run` and `exec`, the commands an agent makes
+    /// for every step, are parsed by a command tree holding only themselves: clap builds the
+    /// whole tree before parsing, and the full one (every subcommand and flag) costs ~50 pages
+    /// of heap and ~0.2 ms at each start. Anything that does not parse that way (help, version,
+    /// errors) is parsed again by the full tree, so that messages and help are exactly clap's.
+    pub fn parse_from_args(args: Vec<OsString>) -> Result<Cli, clap::Error> {
+        if let Some(tree) = args.get(1).and_then(|a| a.to_str()).and_then(hot_tree)
+            && let Ok(matches) = tree.try_get_matches_from(&args)
+            && let Ok(cli) = Cli::from_arg_matches(&matches)
+        {
+            return Ok(cli);
+        }
+        Cli::try_parse_from(args)
+    }
+}
+
+/// The command tree for one hot subcommand, with the settings the full tree has.
+fn hot_tree(name: &str) -> Option<clap::Command> {
+    let sub = match name {
+        "run" => RunArgs::augment_args(clap::Command::new("run")),
+        "exec" => ExecArgs::augment_args(clap::Command::new("exec")),
+        _ => return None,
+    };
+    Some(
+        clap::Command::new("agentkernel")
+            .version(env!("CARGO_PKG_VERSION"))
+            .propagate_version(true)
+            .disable_help_subcommand(true)
+            .subcommand(sub),
+    )
 }
 
 #[derive(Subcommand, Debug)]
@@ -417,4 +451,97 @@ pub struct PrewarmArgs {
     /// Config file (over ./agentkernel.toml)
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod hot_path_tests {
+    use super::*;
+
+    fn args(line: &[&str]) -> Vec<OsString> {
+        std::iter::once("agentkernel")
+            .chain(line.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    /// The hot trees parse exactly as the full one does.
+    #[test]
+    fn hot_subcommands_parse_like_the_full_tree() {
+        for line in [
+            &[
+                "run",
+                "--image",
+                "/x",
+                "-p",
+                "restrictive",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                "exit 3",
+            ][..],
+            &[
+                "run", "-e", "A=1", "-e", "B=2", "-w", "/w", "--memory", "64", "true",
+            ],
+            &[
+                "run",
+                "--keep",
+                "--ttl",
+                "5m",
+                "--timeout",
+                "1s",
+                "-v",
+                "ls",
+                "-la",
+            ],
+            &["run", "-B", "native", "python3", "-c", "print(1)"],
+            &[
+                "exec",
+                "-e",
+                "K=V",
+                "-w",
+                "/tmp",
+                "--timeout",
+                "2s",
+                "box",
+                "--",
+                "cat",
+                "-n",
+            ],
+            &["exec", "-d", "box", "sleep", "9"],
+            &["exec", "box"],
+        ] {
+            let hot = hot_tree(line[0])
+                .expect("a hot subcommand")
+                .try_get_matches_from(args(line))
+                .map(|m| Cli::from_arg_matches(&m).expect("hot parse"));
+            let full = Cli::try_parse_from(args(line)).expect("full parse");
+            assert_eq!(
+                format!("{:?}", hot.expect("hot tree parses")),
+                format!("{full:?}"),
+                "{line:?}"
+            );
+        }
+    }
+
+    /// What the hot trees refuse is left to the full tree, which says it in its own words.
+    #[test]
+    fn errors_and_help_come_from_the_full_tree() {
+        for line in [
+            &["run", "--help"][..],
+            &["run", "--version"],
+            &["run", "--ttl"],
+            &["exec"],
+            &["exec", "--timeout"],
+        ] {
+            let quick = Cli::parse_from_args(args(line)).expect_err("not a run");
+            let full = Cli::try_parse_from(args(line)).expect_err("not a run");
+            assert_eq!(quick.kind(), full.kind(), "{line:?}");
+            assert_eq!(
+                quick.render().to_string(),
+                full.render().to_string(),
+                "{line:?}"
+            );
+        }
+    }
 }

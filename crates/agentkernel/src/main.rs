@@ -15,7 +15,6 @@ use agentkernel_core::exec::EXIT_AGENTKERNEL_ERROR;
 use agentkernel_core::{ExecRequest, ExitStatus};
 use agentkernel_engine::backend::Controls;
 use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
-use clap::Parser;
 use cli::{AuditCommand, Cli, Command, ImagesCommand, McpCommand, SandboxCommand, SandboxOpts};
 use std::io::IsTerminal;
 
@@ -23,7 +22,7 @@ fn main() {
     if let Some(code) = roles::dispatch() {
         std::process::exit(code);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_from_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {
             let code = match e.kind() {
