@@ -3,8 +3,8 @@
 
 use crate::error::{EngineError, Result};
 use crate::store::RuntimeState;
-use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, SandboxSpec};
-use agentkernel_image::Rootfs;
+use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec};
+use agentkernel_image::{ImageStore, Rootfs};
 use agentkernel_native::Sink;
 use rustix::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
@@ -64,6 +64,34 @@ pub trait Backend {
     fn kind(&self) -> BackendKind;
     fn readiness(&self) -> Readiness;
     fn capabilities(&self) -> Capabilities;
+    /// Makes the image ready for this backend: agentkernel's own store prepares root
+    /// directories for the native backend; container engines pull or load it themselves.
+    fn resolve_image(&self, image: &ImageRef, store: &ImageStore) -> Result<Rootfs> {
+        Ok(store.resolve(image)?)
+    }
+    /// A throwaway sandbox for one command (`run`): started, the command run, torn down.
+    /// Backends with a cheaper one-shot path (a container whose command is the user's)
+    /// override it.
+    fn run_ephemeral(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        let started = self.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
+        let result = self.exec(spec, &started.runtime, exec, sink, controls);
+        let stopped = self.stop(&started.runtime, started.lifeline);
+        let status = result?;
+        stopped?;
+        Ok(status)
+    }
+    /// Deletes what the backend keeps for sandbox `name` beyond its directory (a container's
+    /// writable layer), when the sandbox is removed.
+    fn destroy(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
     fn start(
         &self,
         spec: &SandboxSpec,
@@ -99,15 +127,19 @@ pub trait Backend {
     fn write_file(&self, runtime: &RuntimeState, path: &Path, data: &[u8]) -> Result<()>;
     /// Removes a file, a symlink or an empty directory, resolved like `read_file`.
     fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()>;
-    /// Removes leftovers of instances that are no longer running (after crashes); returns what
-    /// was removed.
-    fn collect_garbage(&self, live_instances: &[String]) -> Vec<String>;
+    /// Removes leftovers of instances that are no longer running (after crashes), and of
+    /// sandboxes no longer in the store (`sandboxes` lists those that are); returns what was
+    /// removed.
+    fn collect_garbage(&self, live_instances: &[String], sandboxes: &[String]) -> Vec<String>;
 }
 
 /// The backend for `kind`, if this build has it.
 pub fn backend_for(kind: BackendKind, home: &Path) -> Result<Box<dyn Backend>> {
     match kind {
         BackendKind::Native => Ok(Box::new(crate::native::NativeBackend::new(home))),
+        BackendKind::Docker | BackendKind::Podman | BackendKind::Gvisor => {
+            Ok(Box::new(crate::docker::DockerBackend::new(kind, home)))
+        }
         other => Err(EngineError::BackendUnavailable(other.to_string())),
     }
 }

@@ -26,6 +26,8 @@ pub enum EngineError {
     Image(#[from] agentkernel_image::ImageError),
     #[error("{0}")]
     Native(#[from] agentkernel_native::NativeError),
+    #[error("{0}")]
+    Docker(agentkernel_docker::DockerError),
     #[error("state database {path}: {source}")]
     Store {
         path: String,

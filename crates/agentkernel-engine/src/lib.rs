@@ -5,6 +5,7 @@ pub mod audit;
 pub mod backend;
 pub mod buffered;
 pub mod detached;
+mod docker;
 pub mod doctor;
 pub mod error;
 mod files;
@@ -148,7 +149,7 @@ impl Engine {
     ) -> Result<(SandboxSpec, Rootfs, Box<dyn Backend>)> {
         let mut spec = resolve::resolve(req, name, config)?;
         let backend = self.backend(&spec)?;
-        let rootfs = self.images_for(Some(config))?.resolve(&spec.image)?;
+        let rootfs = backend.resolve_image(&spec.image, &self.images_for(Some(config))?)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
         if req.workdir.is_none()
             && config.sandbox.workdir.is_none()
@@ -225,11 +226,7 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
-        let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
-        let result = backend.exec(spec, &started.runtime, exec, sink, controls);
-        let stopped = backend.stop(&started.runtime, started.lifeline);
-        let status = result?;
-        stopped?;
+        let status = backend.run_ephemeral(spec, rootfs, exec, sink, controls)?;
         self.audit.record(AuditEvent::CommandExecuted {
             sandbox: spec.name.clone(),
             command: exec.argv.clone(),
@@ -366,7 +363,7 @@ impl Engine {
             // Leftovers of an earlier start that died (crash, reboot).
             let _ = backend.stop(rt, None);
         }
-        let rootfs = self.images_for(None)?.resolve(&rec.spec.image)?;
+        let rootfs = backend.resolve_image(&rec.spec.image, &self.images_for(None)?)?;
         let instance = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let dir = self.sandbox_dir(name);
         let started = backend.start(
@@ -425,10 +422,11 @@ impl Engine {
     pub fn remove(&self, name: &str) -> Result<()> {
         let _lock = lock::SandboxLock::acquire(&self.home, name)?;
         let rec = self.get_record(name)?;
+        let backend = backend::backend_for(rec.spec.backend, &self.home)?;
         if let Some(rt) = &rec.runtime {
-            let backend = backend::backend_for(rec.spec.backend, &self.home)?;
             backend.stop(rt, None)?;
         }
+        backend.destroy(name)?;
         // Supervisors of detached commands write into the directory until they have recorded
         // the end of their command: let them finish before it goes.
         detached::settle(&self.home, name);
@@ -644,15 +642,28 @@ impl Engine {
             }
         }
         if !dry_run {
-            let live: Vec<String> = self
-                .store()?
-                .list()?
+            let records = self.store()?.list()?;
+            let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+            let live: Vec<String> = records
                 .into_iter()
                 .filter(|r| self.is_running(r))
                 .filter_map(|r| r.runtime.map(|rt| rt.instance))
                 .collect();
             let native = native::NativeBackend::new(&self.home);
-            removed.extend(native.collect_garbage(&live));
+            removed.extend(native.collect_garbage(&live, &names));
+            // Container engines that answer: their containers left by crashes or by
+            // sandboxes no longer in the store.
+            for kind in [
+                agentkernel_core::BackendKind::Docker,
+                agentkernel_core::BackendKind::Podman,
+                agentkernel_core::BackendKind::Gvisor,
+            ] {
+                if let Ok(b) = backend::backend_for(kind, &self.home)
+                    && b.readiness().usable
+                {
+                    removed.extend(b.collect_garbage(&live, &names));
+                }
+            }
         }
         Ok(removed)
     }

@@ -65,6 +65,7 @@ impl Backend for NativeBackend {
         instance: &str,
         persistence: Persistence<'_>,
     ) -> Result<Started> {
+        let ephemeral = matches!(persistence, Persistence::Ephemeral);
         let (upper, detach, mountpoint) = match persistence {
             Persistence::Ephemeral => (
                 UpperDir::Tmpfs {
@@ -109,6 +110,7 @@ impl Backend for NativeBackend {
                 pid: running.booted.pid,
                 start_time: running.booted.start_time,
                 boot_id: native::proc::boot_id(),
+                ephemeral,
             },
             lifeline: running.booted.lifeline,
         })
@@ -205,7 +207,7 @@ impl Backend for NativeBackend {
         native::files::remove_file(runtime.pid, path).map_err(file_error)
     }
 
-    fn collect_garbage(&self, live_instances: &[String]) -> Vec<String> {
+    fn collect_garbage(&self, live_instances: &[String], _sandboxes: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
         for id in native::cgroup::Cgroup::list_ids() {
             if live_instances.contains(&id) {

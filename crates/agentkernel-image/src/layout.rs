@@ -306,3 +306,40 @@ pub(crate) fn prepare(
         id: record.manifest,
     })
 }
+
+/// The blobs of the image a layout holds for `tag`, for engines that load images themselves
+/// (the container backends): its config and its layers, bottom first, as files of the layout.
+#[derive(Debug, Clone)]
+pub struct LayoutImage {
+    pub config: ImageConfig,
+    /// Hex sha256 of the config blob: the image's id in Docker's and Podman's stores.
+    pub config_hex: String,
+    pub config_path: std::path::PathBuf,
+    pub layers: Vec<std::path::PathBuf>,
+}
+
+/// Chooses the image of `tag` (as `resolve` does) and names its blobs, verifying the manifest
+/// and config; the layers are verified by the engine that loads them (against the config's
+/// diff ids).
+pub fn image_blobs(layout: &Path, tag: Option<&str>) -> Result<LayoutImage, ImageError> {
+    let index = read_index(layout)?;
+    let entry = select(layout, &index, tag)?;
+    let manifest_desc = platform_manifest(layout, entry)?;
+    let bytes = blob::read_verified(layout, &manifest_desc)?;
+    let manifest: ImageManifest =
+        blob::parse_json(layout, &manifest_desc, &bytes, "image manifest")?;
+    let config_desc = manifest.config();
+    let config_bytes = blob::read_verified(layout, config_desc)?;
+    let config: ConfigBlob = blob::parse_json(layout, config_desc, &config_bytes, "image config")?;
+    let config_hex = blob::sha256_hex(layout, config_desc)?.to_string();
+    let mut layers = Vec::with_capacity(manifest.layers().len());
+    for desc in manifest.layers() {
+        layers.push(blob::blob_path(layout, blob::sha256_hex(layout, desc)?));
+    }
+    Ok(LayoutImage {
+        config: config.into(),
+        config_path: blob::blob_path(layout, &config_hex),
+        config_hex,
+        layers,
+    })
+}

@@ -29,6 +29,7 @@ mod unpack;
 
 pub use agentkernel_core::ImageRef;
 pub use error::ImageError;
+pub use layout::{LayoutImage, image_blobs};
 pub use prune::Pruned;
 pub use registry::{ImageSummary, RegistrySettings, canonical_name};
 

@@ -9,6 +9,46 @@
 
 use agentkernel_core::policy::SeccompMode;
 
+/// One system call of the lists below: its name (as libseccomp and Docker/OCI seccomp profiles
+/// spell it) and its number on this architecture. The lists are the one definition of the
+/// policy: the native backend compiles them to BPF here, the container backends write them
+/// into a seccomp profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Syscall {
+    ident: &'static str,
+    pub nr: i64,
+}
+
+impl Syscall {
+    /// The name without libc's `SYS_` prefix: `mount`, `clone3`.
+    pub fn name(&self) -> &'static str {
+        self.ident.trim_start_matches("SYS_")
+    }
+}
+
+/// `syscalls![SYS_read, SYS_write]`: entries named after libc's constants (so a misspelt call
+/// does not compile), each keeping its name for profiles.
+macro_rules! syscalls {
+    ($($(#[$m:meta])* $id:ident),* $(,)?) => {
+        &[$($(#[$m])* Syscall { ident: stringify!($id), nr: libc::$id }),*]
+    };
+}
+
+/// The clone call's number, and clone3's (answered ENOSYS so that libc falls back to clone,
+/// whose flags a filter can read).
+pub const CLONE: Syscall = Syscall {
+    ident: "SYS_clone",
+    nr: libc::SYS_clone,
+};
+pub const CLONE3: Syscall = Syscall {
+    ident: "SYS_clone3",
+    nr: libc::SYS_clone3,
+};
+pub const PTRACE: Syscall = Syscall {
+    ident: "SYS_ptrace",
+    nr: libc::SYS_ptrace,
+};
+
 pub type Program = Vec<libc::sock_filter>;
 
 const BPF_LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
@@ -35,8 +75,9 @@ const AUDIT_ARCH: u32 = 0xc000_003e;
 #[cfg(target_arch = "aarch64")]
 const AUDIT_ARCH: u32 = 0xc000_00b7;
 
-/// The legacy clone takes its flags in the low 32 bits of the first argument.
-const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
+/// The legacy clone takes its flags in the low 32 bits of the first argument; any of these is
+/// refused.
+pub const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWCGROUP
     | libc::CLONE_NEWUTS
     | libc::CLONE_NEWIPC
@@ -45,167 +86,168 @@ const NAMESPACE_FLAGS: u32 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWNET) as u32
     | 0x80; // CLONE_NEWTIME
 
-const PTRACE_ATTACH: u32 = 16;
-const PTRACE_SEIZE: u32 = 0x4206;
+/// ptrace requests that attach to another process (refused by the deny-list).
+pub const PTRACE_ATTACH: u32 = 16;
+pub const PTRACE_SEIZE: u32 = 0x4206;
 
 /// Calls the deny-list refuses: they change mounts or namespaces, load kernel code, reach
 /// kernel keyrings, tracing or io_uring, touch other processes' memory, or change the host's
 /// clock, swap, accounting and power. (clone with namespace flags and ptrace attach/seize are
 /// checked apart; clone3, whose flags a filter cannot read, gets ENOSYS so libc uses clone.)
-pub const DENIED: &[i64] = &[
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_open_tree,
-    libc::SYS_move_mount,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_mount_setattr,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_bpf,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_perf_event_open,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_pidfd_getfd,
-    libc::SYS_kcmp,
-    libc::SYS_userfaultfd,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_reboot,
-    libc::SYS_acct,
-    libc::SYS_quotactl,
-    libc::SYS_syslog,
-    libc::SYS_settimeofday,
-    libc::SYS_clock_settime,
-    libc::SYS_clock_adjtime,
-    libc::SYS_adjtimex,
-    libc::SYS_vhangup,
-    libc::SYS_fanotify_init,
-    libc::SYS_lookup_dcookie,
+pub const DENIED: &[Syscall] = syscalls![
+    SYS_mount,
+    SYS_umount2,
+    SYS_pivot_root,
+    SYS_unshare,
+    SYS_setns,
+    SYS_open_tree,
+    SYS_move_mount,
+    SYS_fsopen,
+    SYS_fsconfig,
+    SYS_fsmount,
+    SYS_fspick,
+    SYS_mount_setattr,
+    SYS_kexec_load,
+    SYS_kexec_file_load,
+    SYS_init_module,
+    SYS_finit_module,
+    SYS_delete_module,
+    SYS_bpf,
+    SYS_keyctl,
+    SYS_add_key,
+    SYS_request_key,
+    SYS_perf_event_open,
+    SYS_process_vm_readv,
+    SYS_process_vm_writev,
+    SYS_pidfd_getfd,
+    SYS_kcmp,
+    SYS_userfaultfd,
+    SYS_io_uring_setup,
+    SYS_io_uring_enter,
+    SYS_io_uring_register,
+    SYS_open_by_handle_at,
+    SYS_name_to_handle_at,
+    SYS_swapon,
+    SYS_swapoff,
+    SYS_reboot,
+    SYS_acct,
+    SYS_quotactl,
+    SYS_syslog,
+    SYS_settimeofday,
+    SYS_clock_settime,
+    SYS_clock_adjtime,
+    SYS_adjtimex,
+    SYS_vhangup,
+    SYS_fanotify_init,
+    SYS_lookup_dcookie,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_iopl,
+    SYS_iopl,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_ioperm,
+    SYS_ioperm,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_uselib,
+    SYS_uselib,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_ustat,
+    SYS_ustat,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_sysfs,
+    SYS_sysfs,
     #[cfg(target_arch = "x86_64")]
-    libc::SYS_nfsservctl,
+    SYS_nfsservctl,
 ];
 
 /// Calls the allow-list (restrictive profile) permits: what shells, interpreters, compilers and
 /// the usual command-line tools need, and nothing that changes the system around them. The
 /// most frequent calls come first: the filter runs on every system call.
 #[rustfmt::skip]
-pub const ALLOWED: &[i64] = &[
-    libc::SYS_read, libc::SYS_write, libc::SYS_close, libc::SYS_fstat, libc::SYS_newfstatat, libc::SYS_statx,
-    libc::SYS_openat, libc::SYS_mmap, libc::SYS_munmap, libc::SYS_mprotect, libc::SYS_brk, libc::SYS_lseek,
-    libc::SYS_rt_sigaction, libc::SYS_rt_sigprocmask, libc::SYS_rt_sigreturn, libc::SYS_futex, libc::SYS_ioctl,
-    libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_readv, libc::SYS_writev, libc::SYS_getdents64,
-    libc::SYS_fcntl, libc::SYS_getpid, libc::SYS_gettid, libc::SYS_clock_gettime, libc::SYS_getrandom,
-    libc::SYS_wait4, libc::SYS_exit, libc::SYS_exit_group, libc::SYS_execve, libc::SYS_execveat,
-    libc::SYS_preadv, libc::SYS_pwritev, libc::SYS_preadv2, libc::SYS_pwritev2, libc::SYS_openat2,
-    libc::SYS_close_range, libc::SYS_statfs, libc::SYS_fstatfs, libc::SYS_mremap, libc::SYS_msync,
-    libc::SYS_mincore, libc::SYS_madvise, libc::SYS_mlock, libc::SYS_munlock, libc::SYS_mlock2,
-    libc::SYS_membarrier, libc::SYS_rt_sigpending, libc::SYS_rt_sigtimedwait, libc::SYS_rt_sigqueueinfo,
-    libc::SYS_rt_sigsuspend, libc::SYS_rt_tgsigqueueinfo, libc::SYS_sigaltstack, libc::SYS_faccessat,
-    libc::SYS_faccessat2, libc::SYS_pipe2, libc::SYS_pselect6, libc::SYS_ppoll, libc::SYS_sched_yield,
-    libc::SYS_sched_getaffinity, libc::SYS_sched_setaffinity, libc::SYS_sched_getparam,
-    libc::SYS_sched_getscheduler, libc::SYS_sched_get_priority_max, libc::SYS_sched_get_priority_min,
-    libc::SYS_sched_rr_get_interval, libc::SYS_sched_getattr, libc::SYS_dup, libc::SYS_dup3,
-    libc::SYS_nanosleep, libc::SYS_clock_nanosleep, libc::SYS_getitimer, libc::SYS_setitimer,
-    libc::SYS_getppid, libc::SYS_getpgid, libc::SYS_setpgid, libc::SYS_getsid, libc::SYS_setsid,
-    libc::SYS_getuid, libc::SYS_geteuid, libc::SYS_getgid, libc::SYS_getegid, libc::SYS_getresuid,
-    libc::SYS_getresgid, libc::SYS_getgroups, libc::SYS_capget, libc::SYS_sendfile, libc::SYS_socket,
-    libc::SYS_socketpair, libc::SYS_connect, libc::SYS_accept, libc::SYS_accept4, libc::SYS_sendto,
-    libc::SYS_recvfrom, libc::SYS_sendmsg, libc::SYS_recvmsg, libc::SYS_sendmmsg, libc::SYS_recvmmsg,
-    libc::SYS_shutdown, libc::SYS_bind, libc::SYS_listen, libc::SYS_getsockname, libc::SYS_getpeername,
-    libc::SYS_setsockopt, libc::SYS_getsockopt, libc::SYS_waitid, libc::SYS_kill, libc::SYS_tkill,
-    libc::SYS_tgkill, libc::SYS_uname, libc::SYS_flock, libc::SYS_fsync, libc::SYS_fdatasync,
-    libc::SYS_sync_file_range, libc::SYS_truncate, libc::SYS_ftruncate, libc::SYS_fallocate,
-    libc::SYS_getcwd, libc::SYS_chdir, libc::SYS_fchdir, libc::SYS_renameat, libc::SYS_renameat2,
-    libc::SYS_mkdirat, libc::SYS_linkat, libc::SYS_unlinkat, libc::SYS_symlinkat, libc::SYS_readlinkat,
-    libc::SYS_fchmod, libc::SYS_fchmodat, libc::SYS_fchmodat2, libc::SYS_fchown, libc::SYS_fchownat,
-    libc::SYS_umask, libc::SYS_gettimeofday, libc::SYS_getrlimit, libc::SYS_prlimit64, libc::SYS_getrusage,
-    libc::SYS_sysinfo, libc::SYS_times, libc::SYS_getpriority, libc::SYS_setpriority, libc::SYS_prctl,
-    libc::SYS_utimensat, libc::SYS_futex_waitv, libc::SYS_set_tid_address, libc::SYS_set_robust_list,
-    libc::SYS_get_robust_list, libc::SYS_restart_syscall, libc::SYS_clock_getres, libc::SYS_epoll_create1,
-    libc::SYS_epoll_ctl, libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2, libc::SYS_eventfd2,
-    libc::SYS_signalfd4, libc::SYS_timerfd_create, libc::SYS_timerfd_settime, libc::SYS_timerfd_gettime,
-    libc::SYS_timer_create, libc::SYS_timer_settime, libc::SYS_timer_gettime, libc::SYS_timer_getoverrun,
-    libc::SYS_timer_delete, libc::SYS_inotify_init1, libc::SYS_inotify_add_watch, libc::SYS_inotify_rm_watch,
-    libc::SYS_memfd_create, libc::SYS_copy_file_range, libc::SYS_splice, libc::SYS_tee, libc::SYS_vmsplice,
-    libc::SYS_rseq, libc::SYS_getxattr, libc::SYS_lgetxattr, libc::SYS_fgetxattr, libc::SYS_listxattr,
-    libc::SYS_llistxattr, libc::SYS_flistxattr, libc::SYS_setxattr, libc::SYS_lsetxattr, libc::SYS_fsetxattr,
-    libc::SYS_removexattr, libc::SYS_lremovexattr, libc::SYS_fremovexattr, libc::SYS_fadvise64,
-    libc::SYS_readahead, libc::SYS_io_setup, libc::SYS_io_destroy, libc::SYS_io_getevents,
-    libc::SYS_io_submit, libc::SYS_io_cancel, libc::SYS_mq_open, libc::SYS_mq_unlink,
-    libc::SYS_mq_timedsend, libc::SYS_mq_timedreceive, libc::SYS_mq_notify, libc::SYS_mq_getsetattr,
-    libc::SYS_shmget, libc::SYS_shmat, libc::SYS_shmctl, libc::SYS_shmdt, libc::SYS_semget, libc::SYS_semop,
-    libc::SYS_semctl, libc::SYS_semtimedop, libc::SYS_msgget, libc::SYS_msgsnd, libc::SYS_msgrcv,
-    libc::SYS_msgctl, libc::SYS_personality, libc::SYS_pidfd_open, libc::SYS_pidfd_send_signal,
-    libc::SYS_setuid, libc::SYS_setgid, libc::SYS_setreuid, libc::SYS_setregid, libc::SYS_setresuid,
-    libc::SYS_setresgid, libc::SYS_setfsuid, libc::SYS_setfsgid, libc::SYS_setgroups, libc::SYS_capset,
-    libc::SYS_sched_setparam, libc::SYS_sched_setscheduler, libc::SYS_sched_setattr, libc::SYS_getcpu,
-    libc::SYS_sync, libc::SYS_syncfs, libc::SYS_mknodat, libc::SYS_get_mempolicy, libc::SYS_set_mempolicy,
-    libc::SYS_mbind, libc::SYS_ioprio_get, libc::SYS_ioprio_set, libc::SYS_landlock_create_ruleset,
-    libc::SYS_landlock_add_rule, libc::SYS_landlock_restrict_self, libc::SYS_seccomp,
-    libc::SYS_process_madvise,
-    #[cfg(target_arch = "x86_64")] libc::SYS_arch_prctl,
-    #[cfg(target_arch = "x86_64")] libc::SYS_open,
-    #[cfg(target_arch = "x86_64")] libc::SYS_creat,
-    #[cfg(target_arch = "x86_64")] libc::SYS_stat,
-    #[cfg(target_arch = "x86_64")] libc::SYS_lstat,
-    #[cfg(target_arch = "x86_64")] libc::SYS_access,
-    #[cfg(target_arch = "x86_64")] libc::SYS_pipe,
-    #[cfg(target_arch = "x86_64")] libc::SYS_select,
-    #[cfg(target_arch = "x86_64")] libc::SYS_poll,
-    #[cfg(target_arch = "x86_64")] libc::SYS_dup2,
-    #[cfg(target_arch = "x86_64")] libc::SYS_pause,
-    #[cfg(target_arch = "x86_64")] libc::SYS_alarm,
-    #[cfg(target_arch = "x86_64")] libc::SYS_fork,
-    #[cfg(target_arch = "x86_64")] libc::SYS_vfork,
-    #[cfg(target_arch = "x86_64")] libc::SYS_getdents,
-    #[cfg(target_arch = "x86_64")] libc::SYS_rename,
-    #[cfg(target_arch = "x86_64")] libc::SYS_mkdir,
-    #[cfg(target_arch = "x86_64")] libc::SYS_rmdir,
-    #[cfg(target_arch = "x86_64")] libc::SYS_link,
-    #[cfg(target_arch = "x86_64")] libc::SYS_unlink,
-    #[cfg(target_arch = "x86_64")] libc::SYS_symlink,
-    #[cfg(target_arch = "x86_64")] libc::SYS_readlink,
-    #[cfg(target_arch = "x86_64")] libc::SYS_chmod,
-    #[cfg(target_arch = "x86_64")] libc::SYS_chown,
-    #[cfg(target_arch = "x86_64")] libc::SYS_lchown,
-    #[cfg(target_arch = "x86_64")] libc::SYS_mknod,
-    #[cfg(target_arch = "x86_64")] libc::SYS_utime,
-    #[cfg(target_arch = "x86_64")] libc::SYS_utimes,
-    #[cfg(target_arch = "x86_64")] libc::SYS_futimesat,
-    #[cfg(target_arch = "x86_64")] libc::SYS_time,
-    #[cfg(target_arch = "x86_64")] libc::SYS_getpgrp,
-    #[cfg(target_arch = "x86_64")] libc::SYS_epoll_create,
-    #[cfg(target_arch = "x86_64")] libc::SYS_epoll_wait,
-    #[cfg(target_arch = "x86_64")] libc::SYS_eventfd,
-    #[cfg(target_arch = "x86_64")] libc::SYS_signalfd,
-    #[cfg(target_arch = "x86_64")] libc::SYS_inotify_init,
+pub const ALLOWED: &[Syscall] = syscalls![
+    SYS_read, SYS_write, SYS_close, SYS_fstat, SYS_newfstatat, SYS_statx,
+    SYS_openat, SYS_mmap, SYS_munmap, SYS_mprotect, SYS_brk, SYS_lseek,
+    SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_futex, SYS_ioctl,
+    SYS_pread64, SYS_pwrite64, SYS_readv, SYS_writev, SYS_getdents64,
+    SYS_fcntl, SYS_getpid, SYS_gettid, SYS_clock_gettime, SYS_getrandom,
+    SYS_wait4, SYS_exit, SYS_exit_group, SYS_execve, SYS_execveat,
+    SYS_preadv, SYS_pwritev, SYS_preadv2, SYS_pwritev2, SYS_openat2,
+    SYS_close_range, SYS_statfs, SYS_fstatfs, SYS_mremap, SYS_msync,
+    SYS_mincore, SYS_madvise, SYS_mlock, SYS_munlock, SYS_mlock2,
+    SYS_membarrier, SYS_rt_sigpending, SYS_rt_sigtimedwait, SYS_rt_sigqueueinfo,
+    SYS_rt_sigsuspend, SYS_rt_tgsigqueueinfo, SYS_sigaltstack, SYS_faccessat,
+    SYS_faccessat2, SYS_pipe2, SYS_pselect6, SYS_ppoll, SYS_sched_yield,
+    SYS_sched_getaffinity, SYS_sched_setaffinity, SYS_sched_getparam,
+    SYS_sched_getscheduler, SYS_sched_get_priority_max, SYS_sched_get_priority_min,
+    SYS_sched_rr_get_interval, SYS_sched_getattr, SYS_dup, SYS_dup3,
+    SYS_nanosleep, SYS_clock_nanosleep, SYS_getitimer, SYS_setitimer,
+    SYS_getppid, SYS_getpgid, SYS_setpgid, SYS_getsid, SYS_setsid,
+    SYS_getuid, SYS_geteuid, SYS_getgid, SYS_getegid, SYS_getresuid,
+    SYS_getresgid, SYS_getgroups, SYS_capget, SYS_sendfile, SYS_socket,
+    SYS_socketpair, SYS_connect, SYS_accept, SYS_accept4, SYS_sendto,
+    SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_sendmmsg, SYS_recvmmsg,
+    SYS_shutdown, SYS_bind, SYS_listen, SYS_getsockname, SYS_getpeername,
+    SYS_setsockopt, SYS_getsockopt, SYS_waitid, SYS_kill, SYS_tkill,
+    SYS_tgkill, SYS_uname, SYS_flock, SYS_fsync, SYS_fdatasync,
+    SYS_sync_file_range, SYS_truncate, SYS_ftruncate, SYS_fallocate,
+    SYS_getcwd, SYS_chdir, SYS_fchdir, SYS_renameat, SYS_renameat2,
+    SYS_mkdirat, SYS_linkat, SYS_unlinkat, SYS_symlinkat, SYS_readlinkat,
+    SYS_fchmod, SYS_fchmodat, SYS_fchmodat2, SYS_fchown, SYS_fchownat,
+    SYS_umask, SYS_gettimeofday, SYS_getrlimit, SYS_prlimit64, SYS_getrusage,
+    SYS_sysinfo, SYS_times, SYS_getpriority, SYS_setpriority, SYS_prctl,
+    SYS_utimensat, SYS_futex_waitv, SYS_set_tid_address, SYS_set_robust_list,
+    SYS_get_robust_list, SYS_restart_syscall, SYS_clock_getres, SYS_epoll_create1,
+    SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_pwait2, SYS_eventfd2,
+    SYS_signalfd4, SYS_timerfd_create, SYS_timerfd_settime, SYS_timerfd_gettime,
+    SYS_timer_create, SYS_timer_settime, SYS_timer_gettime, SYS_timer_getoverrun,
+    SYS_timer_delete, SYS_inotify_init1, SYS_inotify_add_watch, SYS_inotify_rm_watch,
+    SYS_memfd_create, SYS_copy_file_range, SYS_splice, SYS_tee, SYS_vmsplice,
+    SYS_rseq, SYS_getxattr, SYS_lgetxattr, SYS_fgetxattr, SYS_listxattr,
+    SYS_llistxattr, SYS_flistxattr, SYS_setxattr, SYS_lsetxattr, SYS_fsetxattr,
+    SYS_removexattr, SYS_lremovexattr, SYS_fremovexattr, SYS_fadvise64,
+    SYS_readahead, SYS_io_setup, SYS_io_destroy, SYS_io_getevents,
+    SYS_io_submit, SYS_io_cancel, SYS_mq_open, SYS_mq_unlink,
+    SYS_mq_timedsend, SYS_mq_timedreceive, SYS_mq_notify, SYS_mq_getsetattr,
+    SYS_shmget, SYS_shmat, SYS_shmctl, SYS_shmdt, SYS_semget, SYS_semop,
+    SYS_semctl, SYS_semtimedop, SYS_msgget, SYS_msgsnd, SYS_msgrcv,
+    SYS_msgctl, SYS_personality, SYS_pidfd_open, SYS_pidfd_send_signal,
+    SYS_setuid, SYS_setgid, SYS_setreuid, SYS_setregid, SYS_setresuid,
+    SYS_setresgid, SYS_setfsuid, SYS_setfsgid, SYS_setgroups, SYS_capset,
+    SYS_sched_setparam, SYS_sched_setscheduler, SYS_sched_setattr, SYS_getcpu,
+    SYS_sync, SYS_syncfs, SYS_mknodat, SYS_get_mempolicy, SYS_set_mempolicy,
+    SYS_mbind, SYS_ioprio_get, SYS_ioprio_set, SYS_landlock_create_ruleset,
+    SYS_landlock_add_rule, SYS_landlock_restrict_self, SYS_seccomp,
+    SYS_process_madvise,
+    #[cfg(target_arch = "x86_64")] SYS_arch_prctl,
+    #[cfg(target_arch = "x86_64")] SYS_open,
+    #[cfg(target_arch = "x86_64")] SYS_creat,
+    #[cfg(target_arch = "x86_64")] SYS_stat,
+    #[cfg(target_arch = "x86_64")] SYS_lstat,
+    #[cfg(target_arch = "x86_64")] SYS_access,
+    #[cfg(target_arch = "x86_64")] SYS_pipe,
+    #[cfg(target_arch = "x86_64")] SYS_select,
+    #[cfg(target_arch = "x86_64")] SYS_poll,
+    #[cfg(target_arch = "x86_64")] SYS_dup2,
+    #[cfg(target_arch = "x86_64")] SYS_pause,
+    #[cfg(target_arch = "x86_64")] SYS_alarm,
+    #[cfg(target_arch = "x86_64")] SYS_fork,
+    #[cfg(target_arch = "x86_64")] SYS_vfork,
+    #[cfg(target_arch = "x86_64")] SYS_getdents,
+    #[cfg(target_arch = "x86_64")] SYS_rename,
+    #[cfg(target_arch = "x86_64")] SYS_mkdir,
+    #[cfg(target_arch = "x86_64")] SYS_rmdir,
+    #[cfg(target_arch = "x86_64")] SYS_link,
+    #[cfg(target_arch = "x86_64")] SYS_unlink,
+    #[cfg(target_arch = "x86_64")] SYS_symlink,
+    #[cfg(target_arch = "x86_64")] SYS_readlink,
+    #[cfg(target_arch = "x86_64")] SYS_chmod,
+    #[cfg(target_arch = "x86_64")] SYS_chown,
+    #[cfg(target_arch = "x86_64")] SYS_lchown,
+    #[cfg(target_arch = "x86_64")] SYS_mknod,
+    #[cfg(target_arch = "x86_64")] SYS_utime,
+    #[cfg(target_arch = "x86_64")] SYS_utimes,
+    #[cfg(target_arch = "x86_64")] SYS_futimesat,
+    #[cfg(target_arch = "x86_64")] SYS_time,
+    #[cfg(target_arch = "x86_64")] SYS_getpgrp,
+    #[cfg(target_arch = "x86_64")] SYS_epoll_create,
+    #[cfg(target_arch = "x86_64")] SYS_epoll_wait,
+    #[cfg(target_arch = "x86_64")] SYS_eventfd,
+    #[cfg(target_arch = "x86_64")] SYS_signalfd,
+    #[cfg(target_arch = "x86_64")] SYS_inotify_init,
 ];
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
@@ -224,12 +266,12 @@ fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// Compares the loaded syscall number with each of `numbers`, returning `action` on a match and
 /// falling through otherwise. Conditional jumps reach at most 255 instructions, so the list is
 /// cut into chunks, each with its own return.
-fn match_any(prog: &mut Program, numbers: &[i64], action: u32) {
-    for chunk in numbers.chunks(200) {
+fn match_any(prog: &mut Program, calls: &[Syscall], action: u32) {
+    for chunk in calls.chunks(200) {
         let n = chunk.len();
-        for (i, nr) in chunk.iter().enumerate() {
+        for (i, call) in chunk.iter().enumerate() {
             // On a match, skip the rest of the chunk and the `ja` to land on the return.
-            prog.push(jump(BPF_JEQ_K, *nr as u32, (n - i) as u8, 0));
+            prog.push(jump(BPF_JEQ_K, call.nr as u32, (n - i) as u8, 0));
         }
         prog.push(stmt(BPF_JA, 1));
         prog.push(stmt(BPF_RET_K, action));
@@ -251,10 +293,10 @@ pub fn program(mode: SeccompMode) -> Program {
         prog.push(jump(BPF_JGE_K, X32_SYSCALL_BIT, 0, 1));
         prog.push(stmt(BPF_RET_K, RET_EPERM));
     }
-    prog.push(jump(BPF_JEQ_K, libc::SYS_clone3 as u32, 0, 1));
+    prog.push(jump(BPF_JEQ_K, CLONE3.nr as u32, 0, 1));
     prog.push(stmt(BPF_RET_K, RET_ENOSYS));
     // clone: refused with any namespace flag, else the mode's default for ordinary calls.
-    prog.push(jump(BPF_JEQ_K, libc::SYS_clone as u32, 0, 4));
+    prog.push(jump(BPF_JEQ_K, CLONE.nr as u32, 0, 4));
     prog.push(stmt(BPF_LD_W_ABS, ARG0_LOW));
     prog.push(jump(BPF_JSET_K, NAMESPACE_FLAGS, 0, 1));
     prog.push(stmt(BPF_RET_K, RET_EPERM));
@@ -262,7 +304,7 @@ pub fn program(mode: SeccompMode) -> Program {
     match mode {
         SeccompMode::DenyList => {
             // ptrace: attaching to a process (rather than being traced by one's parent) is refused.
-            prog.push(jump(BPF_JEQ_K, libc::SYS_ptrace as u32, 0, 5));
+            prog.push(jump(BPF_JEQ_K, PTRACE.nr as u32, 0, 5));
             prog.push(stmt(BPF_LD_W_ABS, ARG0_LOW));
             prog.push(jump(BPF_JEQ_K, PTRACE_ATTACH, 2, 0));
             prog.push(jump(BPF_JEQ_K, PTRACE_SEIZE, 1, 0));
@@ -344,8 +386,8 @@ mod tests {
     fn deny_list_refuses_its_calls_and_allows_the_rest() {
         let p = program(SeccompMode::DenyList);
         assert!(p.len() < 100, "{}", p.len());
-        for &n in DENIED {
-            assert_eq!(eval(&p, AUDIT_ARCH, nr(n), 0), RET_EPERM, "syscall {n}");
+        for c in DENIED {
+            assert_eq!(eval(&p, AUDIT_ARCH, nr(c.nr), 0), RET_EPERM, "{}", c.name());
         }
         for n in [
             libc::SYS_read,
@@ -398,11 +440,11 @@ mod tests {
     #[test]
     fn allow_list_allows_only_its_calls() {
         let p = program(SeccompMode::AllowList);
-        for &n in ALLOWED {
-            assert_eq!(eval(&p, AUDIT_ARCH, nr(n), 0), RET_ALLOW, "syscall {n}");
+        for c in ALLOWED {
+            assert_eq!(eval(&p, AUDIT_ARCH, nr(c.nr), 0), RET_ALLOW, "{}", c.name());
         }
-        for &n in DENIED {
-            assert_eq!(eval(&p, AUDIT_ARCH, nr(n), 0), RET_EPERM, "syscall {n}");
+        for c in DENIED {
+            assert_eq!(eval(&p, AUDIT_ARCH, nr(c.nr), 0), RET_EPERM, "{}", c.name());
         }
         assert_eq!(eval(&p, AUDIT_ARCH, nr(libc::SYS_ptrace), 0), RET_EPERM);
         assert_eq!(
@@ -423,12 +465,28 @@ mod tests {
 
     #[test]
     fn the_lists_do_not_overlap() {
-        for nr in DENIED {
+        for c in DENIED {
             assert!(
-                !ALLOWED.contains(nr),
-                "syscall {nr} is both allowed and denied"
+                !ALLOWED.contains(c),
+                "{} is both allowed and denied",
+                c.name()
             );
         }
-        assert!(!ALLOWED.contains(&libc::SYS_ptrace) && !ALLOWED.contains(&libc::SYS_clone3));
+        assert!(!ALLOWED.contains(&PTRACE) && !ALLOWED.contains(&CLONE3));
+        assert!(
+            !ALLOWED.contains(&CLONE),
+            "clone is checked apart, with its flags"
+        );
+    }
+
+    #[test]
+    fn names_are_the_kernel_names() {
+        assert_eq!(DENIED[0].name(), "mount");
+        assert_eq!(CLONE3.name(), "clone3");
+        assert!(
+            ALLOWED
+                .iter()
+                .any(|c| c.name() == "read" && c.nr == libc::SYS_read)
+        );
     }
 }

@@ -11,6 +11,14 @@ pub fn dispatch() -> Option<i32> {
             agentkernel_engine::detached::supervisor_main(std::env::args_os().skip(2)),
         ),
         agentkernel_native::BOOT_HELPER_ROLE => Some(agentkernel_native::boot_helper_main()),
+        // Inside the containers of the docker, podman and gvisor backends.
+        agentkernel_docker::init::INIT_ROLE => Some(agentkernel_docker::init::init_main()),
+        agentkernel_docker::init::RUN_ROLE => Some(agentkernel_docker::init::run_main(
+            std::env::args_os().skip(2),
+        )),
+        agentkernel_docker::RM_ROLE => {
+            Some(agentkernel_docker::rm_main(std::env::args_os().skip(2)))
+        }
         _ => None,
     }
 }

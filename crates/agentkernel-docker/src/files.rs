@@ -1,0 +1,381 @@
+//! Files of a sandbox through the engine's archive API (tar in and out).
+//!
+//! The engine resolves every path inside the container's root (`..` and symlinks, absolute
+//! ones included, never lead out of it). A path that is itself a symlink is followed inside
+//! the container, as the native backend does: its target is resolved by the engine's stat
+//! (`HEAD /archive`, `linkTarget`) and that path is read instead. What comes back is unpacked
+//! on the host entry by entry with the tar crate's checks (no absolute paths, no `..`, no
+//! writing through a link the archive made).
+
+use crate::images::{api_message, append_bytes, tar_stream};
+use crate::{Client, DockerError, Result};
+use futures_util::StreamExt;
+use std::path::{Path, PathBuf};
+
+/// The role that removes one path inside a container (images may have no `rm`).
+pub const RM_ROLE: &str = "__container-rm";
+
+const S_IFLNK: u32 = 0o120000;
+/// Docker's FileMode bits (Go's os.FileMode) for a directory and a symlink.
+const GO_MODE_DIR: u32 = 1 << 31;
+const GO_MODE_SYMLINK: u32 = 1 << 27;
+
+impl Client {
+    fn files_err(&self, path: &Path, e: bollard::errors::Error) -> DockerError {
+        match e {
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            } => DockerError::FileNotFound(path.display().to_string()),
+            other => DockerError::Files(format!(
+                "{} in the sandbox: {}",
+                path.display(),
+                api_message(other)
+            )),
+        }
+    }
+
+    /// The path to read for `path`: its target when it is a symlink, resolved in the
+    /// container's root by the engine. Also whether it is a directory.
+    async fn resolve(
+        &self,
+        docker: &bollard::Docker,
+        id: &str,
+        path: &Path,
+    ) -> Result<(PathBuf, bool)> {
+        let mut current = path.to_path_buf();
+        for _ in 0..40 {
+            let options = bollard::query_parameters::ContainerArchiveInfoOptions {
+                path: current.display().to_string(),
+            };
+            let info = docker
+                .get_container_archive_info(id, Some(options))
+                .await
+                .map_err(|e| self.files_err(path, e))?;
+            let mode = info.file_mode;
+            let is_link = mode & GO_MODE_SYMLINK != 0 || mode & 0o170000 == S_IFLNK;
+            if !is_link {
+                return Ok((current, mode & GO_MODE_DIR != 0));
+            }
+            if info.link_target.is_empty() {
+                return Err(DockerError::FileNotFound(path.display().to_string()));
+            }
+            let target = PathBuf::from(&info.link_target);
+            current = if target.is_absolute() {
+                target
+            } else {
+                current.parent().unwrap_or(Path::new("/")).join(target)
+            };
+        }
+        Err(DockerError::Files(format!(
+            "{}: too many levels of symbolic links",
+            path.display()
+        )))
+    }
+
+    /// The archive of `path` (after `resolve`), whole, in memory up to `limit` bytes.
+    async fn download(
+        &self,
+        docker: &bollard::Docker,
+        id: &str,
+        path: &Path,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
+        let options = bollard::query_parameters::DownloadFromContainerOptions {
+            path: path.display().to_string(),
+        };
+        let mut stream = docker.download_from_container(id, Some(options));
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.files_err(path, e))?;
+            data.extend_from_slice(&chunk);
+            if data.len() as u64 > limit {
+                return Err(DockerError::Files(format!(
+                    "{} in the sandbox is more than the {limit} bytes that can be read this way: copy it out with `agentkernel cp`",
+                    path.display()
+                )));
+            }
+        }
+        Ok(data)
+    }
+
+    /// `cp NAME:SRC DST`: a file or tree out of the sandbox (into DST when it is an existing
+    /// directory). Symlinks inside a copied tree are copied as links.
+    pub fn copy_out(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
+        let docker = self.docker()?;
+        let dst = if dst.is_dir() {
+            dst.join(src.file_name().unwrap_or(src.as_os_str()))
+        } else {
+            dst.to_path_buf()
+        };
+        let archive = self.block(async {
+            let (real, _) = self.resolve(docker, id, src).await?;
+            self.download(docker, id, &real, u64::MAX).await
+        })?;
+        let host_err =
+            |e: std::io::Error| DockerError::Files(format!("{} on the host: {e}", dst.display()));
+        let parent = dst
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let staging = tempdir_in(parent).map_err(host_err)?;
+        let unpacked = (|| -> std::io::Result<()> {
+            let mut tar = tar::Archive::new(archive.as_slice());
+            tar.set_preserve_permissions(true);
+            tar.set_overwrite(true);
+            for entry in tar.entries()? {
+                let mut entry = entry?;
+                entry.unpack_in(&staging)?;
+            }
+            Ok(())
+        })();
+        let result = unpacked.and_then(|()| {
+            let first = std::fs::read_dir(&staging)?
+                .next()
+                .ok_or_else(|| std::io::Error::other("the archive was empty"))??;
+            if dst.is_dir() && first.path().is_dir() {
+                merge_dir(&first.path(), &dst)
+            } else {
+                std::fs::rename(first.path(), &dst)
+            }
+        });
+        let _ = std::fs::remove_dir_all(&staging);
+        result.map_err(host_err)?;
+        Ok(dst)
+    }
+
+    /// `cp SRC NAME:DST`: a host file or tree into the sandbox (into DST when it is an
+    /// existing directory there). Host symlinks are copied as links, never followed.
+    pub fn copy_in(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
+        let docker = self.docker()?;
+        std::fs::symlink_metadata(src)
+            .map_err(|e| DockerError::Files(format!("{} on the host: {e}", src.display())))?;
+        self.block(async {
+            let into_dir = match self.resolve(docker, id, dst).await {
+                Ok((_, is_dir)) => is_dir,
+                Err(DockerError::FileNotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
+            let dst = if into_dir {
+                dst.join(src.file_name().unwrap_or(src.as_os_str()))
+            } else {
+                dst.to_path_buf()
+            };
+            let (parent, name) = split(&dst)?;
+            let src = src.to_path_buf();
+            let entry = name.clone();
+            let (stream, writer) = tar_stream(move |builder| {
+                builder.follow_symlinks(false);
+                if std::fs::symlink_metadata(&src)?.is_dir() {
+                    builder.append_dir_all(&entry, &src)
+                } else {
+                    builder.append_path_with_name(&src, &entry)
+                }
+            });
+            let options = bollard::query_parameters::UploadToContainerOptions {
+                path: parent.display().to_string(),
+                ..Default::default()
+            };
+            docker
+                .upload_to_container(id, Some(options), bollard::body_try_stream(stream))
+                .await
+                .map_err(|e| self.files_err(&dst, e))?;
+            if let Ok(Err(e)) = writer.await {
+                return Err(DockerError::Files(format!("reading the host files: {e}")));
+            }
+            Ok(dst)
+        })
+    }
+
+    /// A whole file, refused above `limit` bytes.
+    pub fn read_file(&self, id: &str, path: &Path, limit: u64) -> Result<Vec<u8>> {
+        let docker = self.docker()?;
+        let archive = self.block(async {
+            let (real, is_dir) = self.resolve(docker, id, path).await?;
+            if is_dir {
+                return Err(DockerError::Files(format!(
+                    "{} in the sandbox is a directory: give the path of a file",
+                    path.display()
+                )));
+            }
+            // The tar framing adds headers and padding around the file.
+            self.download(docker, id, &real, limit.saturating_add(64 * 1024))
+                .await
+        })?;
+        let mut tar = tar::Archive::new(archive.as_slice());
+        let mut entries = tar
+            .entries()
+            .map_err(|e| DockerError::Files(format!("{}: {e}", path.display())))?;
+        let Some(Ok(mut entry)) = entries.next() else {
+            return Err(DockerError::FileNotFound(path.display().to_string()));
+        };
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(DockerError::Files(format!(
+                "{} in the sandbox is not a regular file",
+                path.display()
+            )));
+        }
+        if entry.size() > limit {
+            return Err(DockerError::Files(format!(
+                "{} in the sandbox is {} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`",
+                path.display(),
+                entry.size()
+            )));
+        }
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data)
+            .map_err(|e| DockerError::Files(format!("{}: {e}", path.display())))?;
+        Ok(data)
+    }
+
+    /// Creates or replaces a file and its missing parent directories.
+    pub fn write_file(&self, id: &str, path: &Path, data: &[u8]) -> Result<()> {
+        let docker = self.docker()?;
+        let relative = path
+            .strip_prefix("/")
+            .map_err(|_| DockerError::Files(format!("{}: give an absolute path", path.display())))?
+            .to_path_buf();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut made = PathBuf::new();
+        let components: Vec<_> = relative.components().collect();
+        for c in &components[..components.len().saturating_sub(1)] {
+            made.push(c);
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            header.set_mtime(0);
+            header.set_cksum();
+            archive
+                .append_data(&mut header, &made, std::io::empty())
+                .map_err(|e| DockerError::Files(e.to_string()))?;
+        }
+        append_bytes(&mut archive, &relative.display().to_string(), data)
+            .map_err(|e| DockerError::Files(e.to_string()))?;
+        let bytes = archive
+            .into_inner()
+            .map_err(|e| DockerError::Files(e.to_string()))?;
+        let options = bollard::query_parameters::UploadToContainerOptions {
+            path: "/".to_string(),
+            ..Default::default()
+        };
+        self.block(async {
+            docker
+                .upload_to_container(id, Some(options), bollard::body_full(bytes.into()))
+                .await
+                .map_err(|e| self.files_err(path, e))
+        })
+    }
+
+    /// Removes a file, a symlink or an empty directory (by agentkernel's own executable in
+    /// the container: images may have no `rm`).
+    pub fn remove_file(&self, id: &str, path: &Path) -> Result<()> {
+        let docker = self.docker()?;
+        let options = bollard::exec::CreateExecOptions::<String> {
+            cmd: Some(vec![
+                crate::INIT_PATH.to_string(),
+                RM_ROLE.to_string(),
+                path.display().to_string(),
+            ]),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let (code, message) = self.block(async {
+            let exec = docker
+                .create_exec(id, options)
+                .await
+                .map_err(|e| self.files_err(path, e))?;
+            let mut text = Vec::new();
+            if let bollard::exec::StartExecResults::Attached { mut output, .. } = docker
+                .start_exec(&exec.id, None)
+                .await
+                .map_err(|e| self.files_err(path, e))?
+            {
+                while let Some(Ok(chunk)) = output.next().await {
+                    text.extend_from_slice(&chunk.into_bytes());
+                }
+            }
+            let info = docker
+                .inspect_exec(&exec.id)
+                .await
+                .map_err(|e| self.files_err(path, e))?;
+            Ok::<_, DockerError>((
+                info.exit_code.unwrap_or(1),
+                String::from_utf8_lossy(&text).trim().to_string(),
+            ))
+        })?;
+        match code {
+            0 => Ok(()),
+            2 => Err(DockerError::FileNotFound(path.display().to_string())),
+            _ => Err(DockerError::Files(message)),
+        }
+    }
+}
+
+/// `rm` inside a container: a file, a symlink or an empty directory. Exit 0 done, 2 missing,
+/// 3 a directory that is not empty, 1 anything else (said on stderr).
+pub fn rm_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> i32 {
+    let Some(path) = args.next() else {
+        eprintln!("usage: {RM_ROLE} PATH");
+        return 1;
+    };
+    let path = PathBuf::from(path);
+    let removed = match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir(&path),
+        Ok(_) => std::fs::remove_file(&path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 2,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            eprintln!(
+                "{} in the sandbox is a directory that is not empty: remove its contents first",
+                path.display()
+            );
+            3
+        }
+        Err(e) => {
+            eprintln!("{} in the sandbox: {e}", path.display());
+            1
+        }
+    }
+}
+
+fn split(path: &Path) -> Result<(PathBuf, String)> {
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => {
+            Ok((parent.to_path_buf(), name.to_string_lossy().into_owned()))
+        }
+        _ => Err(DockerError::Files(format!(
+            "{}: give the path of a file or directory, not the root",
+            path.display()
+        ))),
+    }
+}
+
+fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
+    for i in 0..100u32 {
+        let p = parent.join(format!(".agentkernel-cp-{}-{i}", std::process::id()));
+        match std::fs::create_dir(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::other("cannot make a staging directory"))
+}
+
+/// Moves the entries of `src` into the existing directory `dst`.
+fn merge_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let target = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() && target.is_dir() && !target.is_symlink() {
+            merge_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::rename(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,255 @@
+//! The Policy as a container configuration: what the engine enforces, and what is refused.
+//!
+//! | Policy field | Engine setting |
+//! |---|---|
+//! | network none / user | `NetworkMode: none` / the engine's default network |
+//! | host_loopback | refused (native only) |
+//! | read_only_root | `ReadonlyRootfs` (and a tmpfs `/tmp` always, as native) |
+//! | mounts | `Mounts` of type bind, read-only where the policy says |
+//! | capabilities | `CapDrop: ALL` + `CapAdd` of the kept ones |
+//! | seccomp | `SecurityOpt seccomp=` the profile from the native lists |
+//! | no_new_privs | `SecurityOpt no-new-privileges` |
+//! | user | `User: uid:gid` |
+//! | memory / pids / vcpus | `Memory` (= `MemorySwap`, no swap) / `PidsLimit` / `NanoCpus` |
+//! | egress_allowlist | refused by `Policy::validate` for every backend |
+
+use crate::{Client, DockerError, Flavor, INIT_PATH, Result};
+use agentkernel_core::SandboxSpec;
+use agentkernel_core::policy::{NetworkMode, Policy, SeccompMode};
+use agentkernel_native::seccomp::{self, Syscall};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// The native backend's seccomp policy as a Docker/OCI seccomp profile: the same lists
+/// (`agentkernel_native::seccomp`), the same special cases (clone with namespace flags and
+/// ptrace attach refused, clone3 answered ENOSYS so libc falls back to clone). Calls a
+/// foreign architecture would make are refused by libseccomp's architecture check, as the
+/// native filter kills them.
+pub fn seccomp_profile(mode: SeccompMode) -> Value {
+    let names = |calls: &[Syscall]| calls.iter().map(|c| c.name()).collect::<Vec<_>>();
+    let arch = if cfg!(target_arch = "aarch64") {
+        "SCMP_ARCH_AARCH64"
+    } else {
+        "SCMP_ARCH_X86_64"
+    };
+    let eperm = libc::EPERM;
+    let clone3 = json!({"names": [seccomp::CLONE3.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS});
+    match mode {
+        SeccompMode::DenyList => {
+            let mut rules = vec![
+                json!({"names": names(seccomp::DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": eperm}),
+                clone3,
+            ];
+            // A filter rule matches one masked value: one rule per namespace flag.
+            let flags = seccomp::NAMESPACE_FLAGS;
+            for bit in (0..32).map(|b| 1u32 << b).filter(|b| flags & b != 0) {
+                rules.push(json!({
+                    "names": [seccomp::CLONE.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": eperm,
+                    "args": [{"index": 0, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ"}]
+                }));
+            }
+            for request in [seccomp::PTRACE_ATTACH, seccomp::PTRACE_SEIZE] {
+                rules.push(json!({
+                    "names": [seccomp::PTRACE.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": eperm,
+                    "args": [{"index": 0, "value": request, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]
+                }));
+            }
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": rules})
+        }
+        SeccompMode::AllowList => json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": eperm,
+            "architectures": [arch],
+            "syscalls": [
+                {"names": names(seccomp::ALLOWED), "action": "SCMP_ACT_ALLOW"},
+                clone3,
+                {"names": [seccomp::CLONE.name()], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": seccomp::NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}
+            ]
+        }),
+    }
+}
+
+/// Refuses what this engine cannot enforce, naming the field and the backend that can.
+pub(crate) fn check(flavor: Flavor, policy: &Policy) -> Result<()> {
+    let backend = flavor.name();
+    if policy.host_loopback {
+        return Err(DockerError::Refused {
+            backend,
+            field: "host_loopback",
+            reason: "a container reaches the host only through the engine's bridge, not the host's loopback".to_string(),
+            alternative: "-B native",
+        });
+    }
+    if flavor == Flavor::Gvisor && policy.network != NetworkMode::None {
+        return Err(DockerError::Refused {
+            backend,
+            field: "network",
+            reason: "the gVisor runtime here (Debian's runsc of 2022-12) starts no container with networking on".to_string(),
+            alternative: "--no-network (or -p restrictive) with gvisor, or -B docker / -B native for network access",
+        });
+    }
+    Ok(())
+}
+
+impl Client {
+    /// The seccomp option for the engine: Docker takes the profile inline, Podman's
+    /// compatibility service takes a path to it (written once under the state directory).
+    fn seccomp_option(&self, mode: SeccompMode) -> Result<String> {
+        let profile = seccomp_profile(mode).to_string();
+        if self.flavor != Flavor::Podman {
+            return Ok(format!("seccomp={profile}"));
+        }
+        let dir = self.profile_dir();
+        let name = match mode {
+            SeccompMode::DenyList => "seccomp-denylist",
+            SeccompMode::AllowList => "seccomp-allowlist",
+        };
+        let digest = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(profile.as_bytes()))
+        };
+        let path: PathBuf = dir.join(format!("{name}-{}.json", &digest[..12]));
+        if !path.exists() {
+            let io = |context: String| {
+                move |source| DockerError::Io {
+                    backend: "podman",
+                    context,
+                    source,
+                }
+            };
+            std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+            let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::write(&tmp, &profile).map_err(io(format!("write {}", tmp.display())))?;
+            std::fs::rename(&tmp, &path).map_err(io(format!("write {}", path.display())))?;
+        }
+        Ok(format!("seccomp={}", path.display()))
+    }
+
+    /// The container for `spec`: `cmd` runs under agentkernel's executable (mounted at
+    /// INIT_PATH), with the policy as the host configuration.
+    pub(crate) fn container_body(
+        &self,
+        spec: &SandboxSpec,
+        image: &str,
+        host_binds: &[PathBuf],
+        entrypoint: Vec<String>,
+        labels: HashMap<String, String>,
+        attach: bool,
+    ) -> Result<ContainerCreateBody> {
+        let policy = &spec.policy;
+        check(self.flavor, policy)?;
+        let mut mounts = vec![Mount {
+            target: Some(INIT_PATH.to_string()),
+            source: Some(self.init_exe.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(true),
+            ..Default::default()
+        }];
+        // The host image: its system directories, read-only at the same place.
+        for dir in host_binds {
+            mounts.push(Mount {
+                target: Some(dir.display().to_string()),
+                source: Some(dir.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                ..Default::default()
+            });
+        }
+        for m in &policy.mounts {
+            mounts.push(Mount {
+                target: Some(m.target.display().to_string()),
+                source: Some(m.source.display().to_string()),
+                typ: Some(MountType::BIND),
+                read_only: Some(m.read_only),
+                ..Default::default()
+            });
+        }
+        let mut security_opt = vec![self.seccomp_option(policy.seccomp)?];
+        if policy.no_new_privs {
+            security_opt.push("no-new-privileges".to_string());
+        }
+        let memory = (policy.limits.memory_mb * 1024 * 1024) as i64;
+        let host_config = HostConfig {
+            network_mode: (policy.network == NetworkMode::None).then(|| "none".to_string()),
+            readonly_rootfs: Some(policy.read_only_root),
+            tmpfs: Some(HashMap::from([(
+                "/tmp".to_string(),
+                "rw,nosuid,nodev,mode=1777".to_string(),
+            )])),
+            mounts: Some(mounts),
+            cap_drop: Some(vec!["ALL".to_string()]),
+            cap_add: Some(policy.capabilities.clone()),
+            security_opt: Some(security_opt),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(policy.limits.pids as i64),
+            nano_cpus: (policy.limits.vcpus > 0.0)
+                .then(|| (policy.limits.vcpus * 1_000_000_000.0) as i64),
+            ipc_mode: Some("private".to_string()),
+            init: Some(false),
+            auto_remove: Some(false),
+            runtime: self.flavor.runtime().map(str::to_string),
+            ..Default::default()
+        };
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        Ok(ContainerCreateBody {
+            image: Some(image.to_string()),
+            hostname: Some(spec.name.clone()),
+            user: Some(format!("{}:{}", policy.user.uid, policy.user.gid)),
+            env: Some(env),
+            working_dir: Some(spec.workdir.clone()),
+            entrypoint: Some(entrypoint),
+            cmd: Some(Vec::new()),
+            labels: Some(labels),
+            attach_stdout: Some(attach),
+            attach_stderr: Some(attach),
+            open_stdin: Some(false),
+            tty: Some(false),
+            stop_signal: Some("SIGTERM".to_string()),
+            host_config: Some(host_config),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profiles_carry_the_native_lists() {
+        let deny = seccomp_profile(SeccompMode::DenyList);
+        assert_eq!(deny["defaultAction"], "SCMP_ACT_ALLOW");
+        let first = &deny["syscalls"][0]["names"];
+        assert_eq!(first.as_array().map(Vec::len), Some(seccomp::DENIED.len()));
+        assert!(
+            first
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("mount")))
+        );
+        let text = deny.to_string();
+        assert!(text.contains("\"clone3\"") && text.contains("SCMP_CMP_MASKED_EQ"));
+        let allow = seccomp_profile(SeccompMode::AllowList);
+        assert_eq!(allow["defaultAction"], "SCMP_ACT_ERRNO");
+        let names = &allow["syscalls"][0]["names"];
+        assert_eq!(names.as_array().map(Vec::len), Some(seccomp::ALLOWED.len()));
+        assert!(
+            !names
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("mount")))
+        );
+    }
+
+    #[test]
+    fn gvisor_refuses_network() {
+        let p = Policy::for_profile(agentkernel_core::Profile::Moderate);
+        let e = check(Flavor::Gvisor, &p).expect_err("refused");
+        assert!(e.to_string().contains("network") && e.to_string().contains("--no-network"));
+        assert!(check(Flavor::Docker, &p).is_ok());
+        let r = Policy::for_profile(agentkernel_core::Profile::Restrictive);
+        assert!(check(Flavor::Gvisor, &r).is_ok());
+    }
+}
