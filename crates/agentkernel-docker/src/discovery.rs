@@ -126,18 +126,7 @@ impl Client {
                 self.endpoint.start_hint()
             ));
         }
-        let checked = self.block(async {
-            let ping = tokio::time::timeout(PING_TIMEOUT, docker.ping()).await;
-            match ping {
-                Err(_) => {
-                    return Err(format!(
-                        "{where_} did not answer /_ping within {} s",
-                        PING_TIMEOUT.as_secs()
-                    ));
-                }
-                Ok(Err(e)) => return Err(format!("{where_} does not answer /_ping: {e}")),
-                Ok(Ok(_)) => {}
-            }
+        let versions = async {
             let version = docker
                 .version()
                 .await
@@ -153,6 +142,21 @@ impl Client {
                 None
             };
             Ok((version, info))
+        };
+        // /_ping and /version (and /info) in parallel: one round trip on the run path.
+        let checked = self.block(async {
+            let (ping, rest) = tokio::join!(
+                tokio::time::timeout(PING_TIMEOUT, docker.ping()),
+                versions
+            );
+            match ping {
+                Err(_) => Err(format!(
+                    "{where_} did not answer /_ping within {} s",
+                    PING_TIMEOUT.as_secs()
+                )),
+                Ok(Err(e)) => Err(format!("{where_} does not answer /_ping: {e}")),
+                Ok(Ok(_)) => rest,
+            }
         });
         let (version, info) =
             checked.map_err(|e| format!("{e}: {}", self.endpoint.start_hint()))?;

@@ -328,10 +328,12 @@ fn owner_alive(label: &str) -> bool {
 
 /// Whether `path` is an ELF executable that needs no dynamic loader (it runs in any image).
 pub fn is_static_executable(path: &Path) -> bool {
-    let Ok(data) = std::fs::read(path).map(|d| d.into_iter().take(64 * 1024).collect::<Vec<u8>>())
-    else {
+    let mut data = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut data));
+    if read.is_err() {
         return false;
-    };
+    }
     // ELF64 little-endian: program headers at e_phoff (0x20), e_phentsize (0x36), e_phnum (0x38).
     if data.len() < 64 || &data[..4] != b"\x7fELF" || data[4] != 2 || data[5] != 1 {
         return false;

@@ -108,7 +108,15 @@ impl Backend for DockerBackend {
         _instance: &str,
         persistence: Persistence<'_>,
     ) -> Result<Started> {
-        let persistent = matches!(persistence, Persistence::Persistent { .. });
+        let persistent = match persistence {
+            Persistence::Persistent { dir } => {
+                // The engine keeps the sandbox's view beside its (otherwise empty) directory.
+                std::fs::create_dir_all(dir)
+                    .map_err(EngineError::io(format!("create {}", dir.display())))?;
+                true
+            }
+            Persistence::Ephemeral => false,
+        };
         let s = self.client.start(spec, rootfs, persistent)?;
         Ok(Started {
             runtime: RuntimeState {

@@ -1,0 +1,480 @@
+//! The behaviour of the container backends, each test body run against every engine: Docker
+//! Engine (`-B docker`), Podman's Docker-compatible service (`-B podman`) and Docker Engine
+//! with gVisor's runsc (`-B gvisor`).
+//!
+//! The engines are the hermetic ones `scripts/test-engines.sh start` runs (own sockets and data
+//! roots, images from the local test registry through the engines' mirrors); it writes
+//! `~/.cache/agentkernel-test-engines/engines.env`, read here when the variables are not in the
+//! environment:
+//! - `AGENTKERNEL_TEST_DOCKER_HOST`: `unix:///…` of dockerd (passed as `DOCKER_HOST`),
+//! - `AGENTKERNEL_TEST_PODMAN_HOST`: `unix:///…` of Podman's service (as `CONTAINER_HOST`),
+//! - `AGENTKERNEL_TEST_GVISOR_RUNTIME`: `runsc` when that dockerd runs gVisor containers.
+//!
+//! A missing variable fails the test with what to run: nothing here passes silently.
+
+mod common;
+use common::*;
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One engine under test.
+struct Engine {
+    backend: &'static str,
+    /// The variable agentkernel reads the engine's address from, and its value.
+    var: &'static str,
+    host: String,
+}
+
+fn engines_env(name: &str) -> Option<String> {
+    if let Some(v) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
+        return Some(v);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_string());
+    let file = std::fs::read_to_string(format!(
+        "{home}/.cache/agentkernel-test-engines/engines.env"
+    ))
+    .ok()?;
+    file.lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .map(|(_, v)| v.trim().trim_matches('"').to_string())
+        .filter(|v| !v.is_empty())
+}
+
+fn need(name: &str, backend: &str) -> String {
+    engines_env(name).unwrap_or_else(|| {
+        panic!(
+            "{name} is not set: start the test engines with `bash scripts/test-engines.sh start` (it writes ~/.cache/agentkernel-test-engines/engines.env); the {backend} tests need them"
+        )
+    })
+}
+
+fn engine(backend: &'static str) -> Engine {
+    match backend {
+        "docker" => Engine {
+            backend,
+            var: "DOCKER_HOST",
+            host: need("AGENTKERNEL_TEST_DOCKER_HOST", backend),
+        },
+        "podman" => Engine {
+            backend,
+            var: "CONTAINER_HOST",
+            host: need("AGENTKERNEL_TEST_PODMAN_HOST", backend),
+        },
+        "gvisor" => {
+            let runtime = need("AGENTKERNEL_TEST_GVISOR_RUNTIME", backend);
+            assert_eq!(runtime, "runsc", "AGENTKERNEL_TEST_GVISOR_RUNTIME names runsc");
+            Engine {
+                backend,
+                var: "DOCKER_HOST",
+                host: need("AGENTKERNEL_TEST_DOCKER_HOST", backend),
+            }
+        }
+        other => panic!("no engine {other}"),
+    }
+}
+
+/// A state directory and one engine.
+struct E {
+    ak: Ak,
+    eng: Engine,
+}
+
+impl E {
+    fn new(backend: &'static str) -> E {
+        E {
+            eng: engine(backend),
+            ak: Ak::new(),
+        }
+    }
+
+    fn b(&self) -> &'static str {
+        self.eng.backend
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.ak.cmd(args);
+        c.env(self.eng.var, &self.eng.host);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        self.cmd(args).output().expect("spawn agentkernel").into()
+    }
+
+    fn ok(&self, args: &[&str]) -> Out {
+        let out = self.run(args);
+        assert_eq!(out.code, 0, "agentkernel {args:?} failed:\n{out:?}");
+        out
+    }
+
+    /// `run -B ENGINE --no-network [extra…] -- argv…` on busybox.
+    fn run_bb(&self, extra: &[&str], argv: &[&str]) -> Out {
+        let mut args = vec!["run", "-B", self.b(), "--image", "busybox:latest", "--no-network"];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(argv);
+        self.run(&args)
+    }
+
+    /// `run` on the python image.
+    fn run_py(&self, extra: &[&str], script: &str) -> Out {
+        let mut args = vec!["run", "-B", self.b(), "--image", "python:3.12-alpine", "--no-network"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "python3", "-c", script]);
+        self.run(&args)
+    }
+
+    /// A persistent busybox sandbox, created and started.
+    fn started(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["create", name, "-B", self.b(), "--image", "busybox:latest", "--no-network"];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+        self.ok(&["start", name]);
+    }
+
+    /// The `docker` client against the engine under test (tests only: the product speaks the
+    /// API through bollard).
+    fn docker(&self, args: &[&str]) -> Out {
+        Command::new("docker")
+            .arg("-H")
+            .arg(&self.eng.host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run the docker client (apt-get install docker.io)")
+            .into()
+    }
+
+    /// Containers of this state directory (any state), by name.
+    fn containers(&self) -> Vec<String> {
+        let out = self.docker(&["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let home = std::fs::canonicalize(self.ak.home.path()).expect("home");
+        let hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..16]
+                .to_string()
+        };
+        out.stdout
+            .lines()
+            .filter(|l| l.contains(&format!("agentkernel.home={hash}")))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+}
+
+impl Drop for E {
+    fn drop(&mut self) {
+        if let Ok(out) = self.cmd(&["list", "--json"]).output()
+            && let Ok(list) = serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout)
+        {
+            for s in list {
+                if let Some(name) = s["name"].as_str() {
+                    let _ = self.cmd(&["remove", name]).output();
+                }
+            }
+        }
+        let _ = self.cmd(&["gc"]).output();
+    }
+}
+
+// ---- behaviours -------------------------------------------------------------------------
+
+fn exit_codes(e: &E) {
+    assert_eq!(e.run_bb(&[], &["sh", "-c", "exit 42"]).code, 42);
+    assert_eq!(e.run_bb(&[], &["true"]).code, 0);
+    assert_eq!(e.run_bb(&[], &["false"]).code, 1);
+    let out = e.run_bb(&[], &["no-such-command-xyz"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    assert!(out.stderr.contains("not found"), "{out:?}");
+    let out = e.run_bb(&[], &["/etc/passwd"]);
+    assert_eq!(out.code, 126, "{out:?}");
+    e.started("codes", &[]);
+    assert_eq!(e.run(&["exec", "codes", "--", "sh", "-c", "exit 42"]).code, 42);
+    assert_eq!(e.run(&["exec", "codes", "--", "no-such-command-xyz"]).code, 127);
+    assert_eq!(e.run(&["exec", "codes", "--", "/etc/passwd"]).code, 126);
+    let out = e.run(&["exec", "--timeout", "1s", "codes", "--", "sleep", "30"]);
+    assert_eq!(out.code, 124, "a timed-out command: {out:?}");
+}
+
+fn streams_stay_separate(e: &E) {
+    let out = e.run_bb(&[], &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "to-out\nmore-out\n");
+    assert_eq!(out.stderr, "to-err\n");
+    e.started("streams", &[]);
+    let out = e.ok(&["exec", "streams", "--", "sh", "-c", "echo o; echo e >&2"]);
+    assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("o\n", "e\n"));
+    // A background process left holding the pipes does not keep the caller waiting.
+    let t = Instant::now();
+    let out = e.ok(&["exec", "streams", "--", "sh", "-c", "sleep 20 & echo started"]);
+    assert_eq!(out.stdout, "started\n");
+    assert!(t.elapsed() < Duration::from_secs(10), "waited for the background process");
+}
+
+fn output_streams_while_running(e: &E) {
+    let mut child = e
+        .cmd(&["run", "-B", e.b(), "--image", "busybox:latest", "--no-network", "--", "sh", "-c", "echo first; sleep 4; echo second"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let t = Instant::now();
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("read");
+    let took = t.elapsed();
+    assert_eq!(first, "first");
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert_eq!(rest, ["second"]);
+    assert!(child.wait().expect("wait").success());
+    assert!(
+        took < t.elapsed() - Duration::from_secs(2),
+        "the first line came only at the end ({took:?})"
+    );
+}
+
+fn persistence_across_processes(e: &E) {
+    e.ok(&["create", "keep", "-B", e.b(), "--image", "busybox:latest", "--no-network"]);
+    assert_eq!(e.ak.status_of("keep").as_deref(), Some("stopped"));
+    e.ok(&["start", "keep"]);
+    assert_eq!(e.ak.status_of("keep").as_deref(), Some("running"));
+    e.ok(&["exec", "keep", "--", "sh", "-c", "mkdir -p /data && echo kept > /data/f"]);
+    let host_file = e.ak.cwd.path().join("in.txt");
+    std::fs::write(&host_file, "from host\n").expect("write");
+    e.ok(&["cp", host_file.to_str().expect("utf8"), "keep:/data/in.txt"]);
+    e.ok(&["stop", "keep"]);
+    assert_eq!(e.ak.status_of("keep").as_deref(), Some("stopped"));
+    let out = e.run(&["exec", "keep", "--", "true"]);
+    assert_eq!(out.code, 125, "exec into a stopped sandbox: {out:?}");
+    e.ok(&["start", "keep"]);
+    let out = e.ok(&["exec", "keep", "--", "cat", "/data/f", "/data/in.txt"]);
+    assert_eq!(out.stdout, "kept\nfrom host\n", "files survive stop/start");
+    let back = e.ak.cwd.path().join("back.txt");
+    e.ok(&["cp", "keep:/data/f", back.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read_to_string(&back).expect("copied out"), "kept\n");
+    assert_eq!(e.containers().len(), 1, "one container per sandbox");
+    e.ok(&["remove", "keep"]);
+    assert!(e.containers().is_empty(), "remove deletes the container: {:?}", e.containers());
+    assert!(e.ak.list_json().is_empty());
+}
+
+fn list_shows_true_status(e: &E) {
+    e.started("truth", &[]);
+    assert_eq!(e.ak.status_of("truth").as_deref(), Some("running"));
+    let name = e.containers().into_iter().next().expect("its container");
+    let out = e.docker(&["kill", &name]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while e.ak.status_of("truth").as_deref() != Some("stopped") {
+        assert!(Instant::now() < deadline, "list still says running after the container was killed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    e.ok(&["start", "truth"]);
+    assert_eq!(e.ak.status_of("truth").as_deref(), Some("running"));
+}
+
+fn host_processes_are_invisible(e: &E) {
+    let out = e.run_bb(&[], &["sh", "-c", "ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let pids: Vec<u32> = out.stdout.split_whitespace().map(|p| p.parse().expect("pid")).collect();
+    assert!(!pids.contains(&std::process::id()), "{pids:?}");
+    assert!(pids.len() <= 6, "only the sandbox's own processes: {pids:?}");
+    assert_eq!(pids.first(), Some(&1), "{pids:?}");
+}
+
+fn host_files_are_unreadable(e: &E) {
+    let secret = e.ak.cwd.path().join("secret.txt");
+    std::fs::write(&secret, "TOP SECRET\n").expect("write");
+    let s = secret.to_str().expect("utf8");
+    let out = e.run_bb(&[], &["sh", "-c", &format!("cat {s} /etc/shadow 2>&1; echo checked")]);
+    assert!(out.stdout.ends_with("checked\n") && out.stdout.contains(s), "{out:?}");
+    assert!(!out.stdout.contains("TOP SECRET"), "{out:?}");
+}
+
+fn restrictive_root_is_read_only(e: &E) {
+    let out = e.run_bb(&["-p", "restrictive"], &["sh", "-c", "touch /etc/x 2>&1; echo rc=$?; echo t > /tmp/t && cat /tmp/t"]);
+    assert!(out.stdout.contains("rc=1"), "{out:?}");
+    assert!(
+        out.stdout.contains("Read-only file system") || out.stdout.contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(out.stdout.ends_with("t\n"), "/tmp must stay writable: {out:?}");
+}
+
+fn no_network_when_off(e: &E) {
+    for flags in [&["-p", "restrictive"][..], &[][..]] {
+        let out = e.run_bb(flags, &["ls", "/sys/class/net"]);
+        assert_eq!(out.stdout.trim(), "lo", "only loopback with {flags:?}: {out:?}");
+    }
+}
+
+fn hostname_is_the_sandbox_name(e: &E) {
+    e.started("named-box", &[]);
+    let out = e.ok(&["exec", "named-box", "--", "hostname"]);
+    assert_eq!(out.stdout, "named-box\n");
+    let out = e.run_bb(&[], &["hostname"]);
+    assert!(out.stdout.starts_with("run-"), "{out:?}");
+}
+
+fn capabilities_are_dropped(e: &E) {
+    let out = e.run_bb(&["-p", "restrictive"], &["sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; id -u"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("CapEff:\t0000000000000000"), "{out:?}");
+    assert!(out.stdout.contains("CapBnd:\t0000000000000000"), "{out:?}");
+    assert!(out.stdout.contains("NoNewPrivs:\t1"), "{out:?}");
+    assert!(out.stdout.ends_with("65534\n"), "restrictive runs as nobody: {out:?}");
+    let out = e.run_bb(&[], &["sh", "-c", "grep CapBnd /proc/self/status"]);
+    let hex = out.stdout.trim().rsplit('\t').next().expect("caps");
+    let caps = u64::from_str_radix(hex, 16).expect("hex");
+    for (name, bit) in [("SYS_ADMIN", 21), ("NET_ADMIN", 12), ("SYS_PTRACE", 19), ("SYS_MODULE", 16)] {
+        assert_eq!(caps & (1u64 << bit), 0, "moderate keeps CAP_{name}: {hex}");
+    }
+}
+
+fn seccomp_denies_namespaces_mount_and_keyctl(e: &E) {
+    let script = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\nfor name, nr, args in [('keyctl', 250, (0, 0, 0, 0)), ('unshare', 272, (0x10000000,)), ('mount', 165, (b'none', b'/tmp', b'tmpfs', 0, 0)), ('bpf', 321, (0, 0, 0)), ('clone_newuser', 56, (0x10000000 | 17, 0, 0, 0, 0))]:\n    r = libc.syscall(nr, *args)\n    print(name, r, os.strerror(ctypes.get_errno()))\n";
+    for profile in ["moderate", "restrictive"] {
+        let out = e.run_py(&["-p", profile], script);
+        assert_eq!(out.code, 0, "{out:?}");
+        for call in ["keyctl", "unshare", "mount", "bpf", "clone_newuser"] {
+            let line = out.stdout.lines().find(|l| l.starts_with(call)).expect("line per call");
+            assert!(
+                line.contains(" -1 ") && line.contains("Operation not permitted"),
+                "{profile}: {line}"
+            );
+        }
+    }
+}
+
+fn memory_limit_kills_a_hog(e: &E) {
+    let out = e.run_py(&["--memory", "64"], "x = bytearray(400 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')");
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(!out.stdout.contains("survived"));
+    assert!(out.stderr.contains("out of memory"), "a clear status is expected: {out:?}");
+}
+
+fn pids_limit_stops_a_fork_bomb(e: &E) {
+    std::fs::write(e.ak.cwd.path().join("agentkernel.toml"), "[resources]\npids = 32\n").expect("write");
+    let script = "import os, time, errno\npids = []\ntry:\n    for i in range(200):\n        pid = os.fork()\n        if pid == 0:\n            time.sleep(30)\n            os._exit(0)\n        pids.append(pid)\n    print('forked', len(pids))\nexcept OSError as e:\n    print('refused', len(pids), errno.errorcode[e.errno])\n";
+    let out = e.run_py(&["--timeout", "60s"], script);
+    assert_eq!(out.code, 0, "{out:?}");
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"refused"), "forking was never refused: {out:?}");
+    assert_eq!(words.get(2), Some(&"EAGAIN"), "{out:?}");
+    let forked: usize = words.get(1).and_then(|n| n.parse().ok()).expect("count");
+    assert!(forked < 32, "more processes than the pids limit: {out:?}");
+}
+
+fn cp_never_follows_a_link_out(e: &E) {
+    e.started("links", &[]);
+    let secret = e.ak.cwd.path().join("host-secret");
+    std::fs::write(&secret, "HOST SECRET\n").expect("write");
+    let s = secret.to_str().expect("utf8");
+    e.ok(&["exec", "links", "--", "sh", "-c", &format!("ln -s {s} /tmp/abs; ln -s ../../../../../../..{s} /tmp/rel; ln -s /proc/1/root{s} /tmp/magic")]);
+    for link in ["abs", "rel", "magic"] {
+        let dst = e.ak.cwd.path().join(format!("got-{link}"));
+        let out = e.run(&["cp", &format!("links:/tmp/{link}"), dst.to_str().expect("utf8")]);
+        let got = std::fs::read_to_string(&dst).unwrap_or_default();
+        assert!(!got.contains("HOST SECRET"), "cp followed /tmp/{link} out: {out:?}");
+        assert!(!dst.is_symlink(), "cp made a host link for /tmp/{link}");
+        assert_eq!(out.code, 125, "a link to a path missing inside the sandbox must fail: {out:?}");
+    }
+    e.ok(&["exec", "links", "--", "sh", "-c", &format!("ln -s {s} /tmp/wlink")]);
+    let host_file = e.ak.cwd.path().join("in.txt");
+    std::fs::write(&host_file, "x\n").expect("write");
+    let _ = e.run(&["cp", host_file.to_str().expect("utf8"), "links:/tmp/wlink"]);
+    assert_eq!(std::fs::read_to_string(&secret).expect("secret"), "HOST SECRET\n");
+}
+
+fn users_own_containers_are_left_alone(e: &E) {
+    // A container of the user's, unlabelled, named like one of ours would be.
+    let mine = format!("agentkernel-mine-{}", std::process::id());
+    let out = e.docker(&["create", "--name", &mine, "--network", "none", "busybox:latest", "sleep", "300"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let guard = Cleanup(e, mine.clone());
+    e.started("labelled", &[]);
+    let listed: Vec<String> = e.ak.list_json().iter().filter_map(|s| s["name"].as_str().map(str::to_string)).collect();
+    assert_eq!(listed, ["labelled"]);
+    e.ok(&["remove", "labelled"]);
+    e.ok(&["gc"]);
+    let out = e.docker(&["inspect", "--format", "{{.Name}}", &mine]);
+    assert_eq!(out.code, 0, "agentkernel removed the user's container: {out:?}");
+    drop(guard);
+}
+
+struct Cleanup<'a>(&'a E, String);
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.docker(&["rm", "-f", &self.1]);
+    }
+}
+
+fn gc_removes_containers_whose_sandbox_is_gone(e: &E) {
+    e.started("orphan", &[]);
+    // The state directory forgets the sandbox (as after a crash before `remove` finished).
+    std::fs::remove_file(e.ak.home.path().join("state.db")).expect("drop the store");
+    let _ = std::fs::remove_dir_all(e.ak.home.path().join("sandboxes"));
+    assert_eq!(e.containers().len(), 1);
+    let out = e.ok(&["gc"]);
+    assert!(out.stdout.contains("orphan"), "{out:?}");
+    assert!(e.containers().is_empty(), "{:?}", e.containers());
+}
+
+fn bad_input_is_125_and_leaves_nothing(e: &E) {
+    let out = e.run(&["run", "-B", e.b(), "--image", "no-such-image-xyz:1", "--no-network", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("no-such-image-xyz"), "{out:?}");
+    let out = e.run_bb(&["--memory", "1"], &["true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    let out = e.run_bb(&["-w", "relative"], &["true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    // The engine refuses what it cannot start (a bind source that does not exist).
+    let out = e.run(&["exec", "nosuch", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(e.containers().is_empty(), "left behind: {:?}", e.containers());
+}
+
+fn gvisor_refuses_network(e: &E) {
+    let out = e.run(&["run", "-B", e.b(), "--image", "busybox:latest", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("network") && out.stderr.contains("--no-network"), "{out:?}");
+    assert!(e.containers().is_empty());
+}
+
+macro_rules! per_engine {
+    ($($body:ident),* $(,)?) => {
+        mod docker {
+            $(#[test] fn $body() { super::$body(&super::E::new("docker")); })*
+        }
+        mod podman {
+            $(#[test] fn $body() { super::$body(&super::E::new("podman")); })*
+        }
+        mod gvisor {
+            $(#[test] fn $body() { super::$body(&super::E::new("gvisor")); })*
+            #[test] fn refuses_network() { super::gvisor_refuses_network(&super::E::new("gvisor")); }
+        }
+    };
+}
+
+per_engine!(
+    exit_codes,
+    streams_stay_separate,
+    output_streams_while_running,
+    persistence_across_processes,
+    list_shows_true_status,
+    host_processes_are_invisible,
+    host_files_are_unreadable,
+    restrictive_root_is_read_only,
+    no_network_when_off,
+    hostname_is_the_sandbox_name,
+    capabilities_are_dropped,
+    seccomp_denies_namespaces_mount_and_keyctl,
+    memory_limit_kills_a_hog,
+    pids_limit_stops_a_fork_bomb,
+    cp_never_follows_a_link_out,
+    users_own_containers_are_left_alone,
+    gc_removes_containers_whose_sandbox_is_gone,
+    bad_input_is_125_and_leaves_nothing,
+);
