@@ -160,7 +160,14 @@ if mirror:
     # http://: the test registry is plain HTTP on loopback.
     config["registry-mirrors"] = [f"http://{mirror}"]
 if os.access("/usr/bin/runsc", os.X_OK):
-    config["runtimes"] = {"runsc": {"path": "/usr/bin/runsc", "runtimeArgs": ["--network=none"]}}
+    # --network=none: Debian's runsc (2022-12) takes every network namespace for the host's on
+    # this kernel (it looks for /proc/sys/net/core/rmem_default, which kernels since 6.x have in
+    # every namespace) and refuses to start with "cannot run with network enabled in root network
+    # namespace", so its containers get gVisor's loopback only, whatever the network mode.
+    # --oci-seccomp: apply the container's seccomp profile inside the sandbox too (runsc ignores
+    # it otherwise).
+    config["runtimes"] = {"runsc": {"path": "/usr/bin/runsc",
+                                    "runtimeArgs": ["--network=none", "--oci-seccomp"]}}
 with open(path, "w") as f:
     json.dump(config, f, indent=2)
 EOF
@@ -437,10 +444,8 @@ running() {
     [ "$(env_value AGENTKERNEL_TEST_ENGINES_MIRROR "$envfile")" = "$(current_mirror)" ]
 }
 
-# True if dockerd accepted the runsc runtime and runs a container with it. Debian's runsc
-# (2022-12) works here only with networking off: with a network namespace from dockerd it fails
-# with "cannot run with network enabled in root network namespace" and the task hangs in
-# "created", so the check uses --network none and a timeout.
+# True if dockerd accepted the runsc runtime and runs a container with it (with a timeout: a
+# runsc that fails to boot can leave its task hanging in "created").
 gvisor_works() {
   local d=("$DOCKER" -H "unix://$docker_sock") name="agentkernel-test-engines-gvisor-check"
   [ -x /usr/bin/runsc ] || return 1
