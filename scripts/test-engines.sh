@@ -49,7 +49,7 @@ install_missing() {
     containernetworking-plugins runsc curl python3)
   local missing=() p
   for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || missing+=("$p")
   done
   [ "${#missing[@]}" -eq 0 ] && return
   log "installing ${missing[*]}"
@@ -449,7 +449,9 @@ running() {
 gvisor_works() {
   local d=("$DOCKER" -H "unix://$docker_sock") name="agentkernel-test-engines-gvisor-check"
   [ -x /usr/bin/runsc ] || return 1
-  "${d[@]}" info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"' || return 1
+  local runtimes
+  runtimes="$("${d[@]}" info --format '{{json .Runtimes}}' 2>/dev/null || true)"
+  case "$runtimes" in *'"runsc"'*) ;; *) log "dockerd did not register the runsc runtime"; return 1 ;; esac
   if ! "${d[@]}" image inspect busybox:latest >/dev/null 2>&1; then
     timeout 120 "${d[@]}" pull -q busybox:latest >/dev/null 2>&1 || {
       log "cannot pull busybox:latest (is the test registry running?): gVisor not checked"
