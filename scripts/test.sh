@@ -10,13 +10,18 @@ cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
 # The registry tests pull from local registries on loopback (scripts/test-registry.sh builds
 # their images once and caches them); they are stopped when this script ends.
 bash scripts/test-registry.sh start >/dev/null
+trap 'bash scripts/test-engines.sh stop; bash scripts/test-registry.sh stop' EXIT
+# The Docker/Podman/gVisor backend tests run against a test dockerd and Podman service on their
+# own sockets, pulling from the registry above (scripts/test-engines.sh, docs/test-engines.md).
+bash scripts/test-engines.sh start >/dev/null
 # The published SDKs (PyPI, npm) and schemathesis that tests/clients drive, installed once into
 # a cache directory.
 bash scripts/test-clients.sh >/dev/null
-trap 'bash scripts/test-registry.sh stop' EXIT
 set -a
 # shellcheck disable=SC1091
 source "${AGENTKERNEL_TEST_IMAGES:-${HOME:-/root}/.cache/agentkernel-test-images}/registry.env"
+# shellcheck disable=SC1091
+source "${AGENTKERNEL_TEST_ENGINES:-${HOME:-/root}/.cache/agentkernel-test-engines}/engines.env"
 set +a
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --target "$HOST_TARGET" --workspace --no-fail-fast
