@@ -145,10 +145,8 @@ impl Client {
         };
         // /_ping and /version (and /info) in parallel: one round trip on the run path.
         let checked = self.block(async {
-            let (ping, rest) = tokio::join!(
-                tokio::time::timeout(PING_TIMEOUT, docker.ping()),
-                versions
-            );
+            let (ping, rest) =
+                tokio::join!(tokio::time::timeout(PING_TIMEOUT, docker.ping()), versions);
             match ping {
                 Err(_) => Err(format!(
                     "{where_} did not answer /_ping within {} s",

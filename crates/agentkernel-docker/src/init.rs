@@ -8,7 +8,8 @@
 //!
 //! - [`INIT_ROLE`]: PID 1 of a persistent sandbox. Reaps the orphans that commands leave
 //!   behind and exits at SIGTERM/SIGINT/SIGHUP, so `stop` is immediate.
-//! - [`RUN_ROLE`] `[--tty] [--seccomp deny|allow] -- ARGV…`: every command. Starts ARGV in a
+//! - [`RUN_ROLE`] `[--tty] [--seccomp deny|allow] [--timeout-ms N] [--hold] -- ARGV…`: every
+//!   command. Starts ARGV in a
 //!   process group of its own with pipes for its output, which it relays, and ends when ARGV
 //!   does, as the native backend does: output already written is delivered, and a background
 //!   process ARGV left holding the pipes does not keep the caller waiting. Signals it gets are
@@ -16,7 +17,11 @@
 //!   cancelled streams). A command that is missing or not executable is reported on stderr
 //!   and exits 127 or 126. With `--tty` (attach) it execs ARGV in place on the terminal the
 //!   engine made. With `--seccomp` it installs the native backend's filter first (gVisor's
-//!   runsc ignores the profile the engine is given).
+//!   runsc ignores the profile the engine is given). With `--timeout-ms` it kills ARGV's group
+//!   when the time is up and exits [`TIMED_OUT`]: the timeout holds inside the container, for an
+//!   engine on another host and under gVisor (where the host sees only runsc's processes) alike.
+//!   With `--hold` it starts ARGV only at [`go_signal`] (a signal to stop it first ends it),
+//!   so that the host can begin watching the container's cgroup before the command runs.
 
 use rustix::fd::{AsRawFd, OwnedFd};
 use std::ffi::OsString;
@@ -25,10 +30,21 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 pub const INIT_ROLE: &str = "__container-init";
 pub const RUN_ROLE: &str = "__container-run";
 
+/// The exit code of a command the run role killed at its timeout (as timeout(1) exits).
+pub const TIMED_OUT: i32 = 124;
+
 /// The signal asking a `RUN_ROLE` process to kill its command's group and exit.
 pub fn kill_signal() -> i32 {
     libc::SIGRTMIN() + 4
 }
+
+/// The signal releasing a run role started with `--hold`.
+pub fn go_signal() -> i32 {
+    libc::SIGRTMIN() + 5
+}
+
+/// How long a held run role waits for [`go_signal`] before it starts the command anyway.
+const HOLD_LIMIT_SECS: libc::time_t = 10;
 
 /// Signals the run role passes on to its command.
 const FORWARDED: &[i32] = &[
@@ -55,15 +71,33 @@ fn sigset(signals: &[i32]) -> libc::sigset_t {
     }
 }
 
-fn block(set: &libc::sigset_t) {
+/// Blocks `signals` (they are then read with sigwait or a signalfd) after giving each a
+/// handler: the kernel drops a signal sent from outside to a PID namespace's init while its
+/// disposition is the default, so `docker kill`/`stop` would never reach a role that is
+/// PID 1. execve resets handled signals to the default for the command.
+fn block(signals: &[i32]) -> libc::sigset_t {
+    extern "C" fn ignore(_: libc::c_int) {}
+    for &sig in signals {
+        // SAFETY: a zeroed sigaction with a valid handler function; the signal number is one
+        // of the fixed catchable ones above.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            if sig == libc::SIGCHLD {
+                action.sa_flags = libc::SA_NOCLDSTOP;
+            }
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+    let set = sigset(signals);
     // SAFETY: blocks signals for this (single-threaded) process; the set is valid.
-    unsafe { libc::sigprocmask(libc::SIG_BLOCK, set, std::ptr::null_mut()) };
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    set
 }
 
 /// PID 1 of a persistent sandbox.
 pub fn init_main() -> i32 {
-    let set = sigset(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
-    block(&set);
+    let set = block(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: sigwait reads the valid set and writes the signal number.
@@ -83,6 +117,8 @@ pub fn init_main() -> i32 {
 struct RunArgs {
     tty: bool,
     seccomp: Option<agentkernel_core::policy::SeccompMode>,
+    timeout: Option<std::time::Duration>,
+    hold: bool,
     argv: Vec<OsString>,
 }
 
@@ -91,6 +127,8 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RunArgs, String> {
     let mut parsed = RunArgs {
         tty: false,
         seccomp: None,
+        timeout: None,
+        hold: false,
         argv: Vec::new(),
     };
     while let Some(a) = args.next() {
@@ -100,6 +138,15 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RunArgs, String> {
                 break;
             }
             Some("--tty") => parsed.tty = true,
+            Some("--hold") => parsed.hold = true,
+            Some("--timeout-ms") => {
+                let ms = args.next();
+                let ms = ms.as_ref().and_then(|m| m.to_str()?.parse::<u64>().ok());
+                match ms {
+                    Some(ms) => parsed.timeout = Some(std::time::Duration::from_millis(ms)),
+                    None => return Err("--timeout-ms needs a number of milliseconds".to_string()),
+                }
+            }
             Some("--seccomp") => {
                 parsed.seccomp = match args.next().as_ref().and_then(|m| m.to_str()) {
                     Some("deny") => Some(agentkernel_core::policy::SeccompMode::DenyList),
@@ -162,8 +209,31 @@ pub fn run_main(args: impl Iterator<Item = OsString>) -> i32 {
     let mut forwarded = FORWARDED.to_vec();
     forwarded.push(kill_signal());
     forwarded.push(libc::SIGCHLD);
-    let set = sigset(&forwarded);
-    block(&set);
+    if args.hold {
+        let waiting: Vec<i32> = forwarded
+            .iter()
+            .copied()
+            .filter(|&s| s != libc::SIGCHLD)
+            .chain([go_signal()])
+            .collect();
+        let held = block(&waiting);
+        // Not held forever: a host that cannot release it only loses the OOM watch.
+        let wait = libc::timespec {
+            tv_sec: HOLD_LIMIT_SECS,
+            tv_nsec: 0,
+        };
+        let sig = loop {
+            // SAFETY: sigtimedwait reads the valid set and timeout; no siginfo is asked for.
+            let sig = unsafe { libc::sigtimedwait(&held, std::ptr::null_mut(), &wait) };
+            if sig >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break sig;
+            }
+        };
+        if sig > 0 && sig != go_signal() {
+            return 128 + sig;
+        }
+    }
+    let set = block(&forwarded);
     // SAFETY: a signalfd for the blocked set; the kernel validates the arguments.
     let sigfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
     if sigfd < 0 {
@@ -178,6 +248,16 @@ pub fn run_main(args: impl Iterator<Item = OsString>) -> i32 {
     cmd.process_group(0)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
+    // The command starts with no signal blocked: the mask above is this process's own, and a
+    // child would inherit it (measured: SigBlk of the command equalled the role's).
+    // SAFETY: sigprocmask with a valid empty set is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            let empty = sigset(&[]);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            Ok(())
+        });
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return not_started(&program, &e),
@@ -186,6 +266,8 @@ pub fn run_main(args: impl Iterator<Item = OsString>) -> i32 {
     let mut out: Option<OwnedFd> = child.stdout.take().map(OwnedFd::from);
     let mut err: Option<OwnedFd> = child.stderr.take().map(OwnedFd::from);
     let mut buf = vec![0u8; 64 * 1024];
+    let deadline = args.timeout.map(|t| std::time::Instant::now() + t);
+    let mut timed_out = false;
     let status = loop {
         let mut fds = [
             pollfd(out.as_ref()),
@@ -196,9 +278,26 @@ pub fn run_main(args: impl Iterator<Item = OsString>) -> i32 {
                 revents: 0,
             },
         ];
+        let wait_ms = match deadline {
+            Some(d) if !timed_out => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                // Rounded up, so that the deadline has passed when poll returns.
+                i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+            _ => -1,
+        };
         // SAFETY: a valid array of three pollfd structs; unused slots have fd -1.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, wait_ms) };
         if n < 0 {
+            continue;
+        }
+        // Checked whatever poll answered: a command that writes without pause keeps it busy.
+        if !timed_out && deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            timed_out = true;
+            // SAFETY: kill(2) on the command's own process group.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+        if n == 0 {
             continue;
         }
         for (slot, target) in [(0usize, 1), (1, 2)] {
@@ -262,6 +361,9 @@ pub fn run_main(args: impl Iterator<Item = OsString>) -> i32 {
             }
         }
     }
+    if timed_out {
+        return TIMED_OUT;
+    }
     match (status.code(), status.signal()) {
         (Some(code), _) => code,
         (None, Some(sig)) => 128 + sig,
@@ -303,7 +405,22 @@ mod tests {
                 .into_iter(),
         )
         .expect("parse");
-        assert!(a.seccomp.is_some() && !a.tty);
+        assert!(a.seccomp.is_some() && !a.tty && a.timeout.is_none());
+        let a = parse(
+            ["--timeout-ms", "1500", "--", "true"]
+                .map(OsString::from)
+                .into_iter(),
+        )
+        .expect("parse");
+        assert_eq!(a.timeout, Some(std::time::Duration::from_millis(1500)));
+        assert!(
+            parse(
+                ["--timeout-ms", "soon", "--", "true"]
+                    .map(OsString::from)
+                    .into_iter()
+            )
+            .is_err()
+        );
         assert_eq!(a.argv, ["ls", "-l"].map(OsString::from));
         assert!(parse(["--"].map(OsString::from).into_iter()).is_err());
         assert!(parse(["--bogus"].map(OsString::from).into_iter()).is_err());

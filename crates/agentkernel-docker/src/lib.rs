@@ -22,6 +22,7 @@ mod discovery;
 mod files;
 mod images;
 pub mod init;
+mod oom;
 mod policy;
 mod run;
 
@@ -35,6 +36,10 @@ use bollard::Docker;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Host threads of an idle gVisor sandbox, with headroom (38 measured), and per task.
+const GVISOR_IDLE_THREADS: i64 = 64;
+const GVISOR_THREADS_PER_TASK: i64 = 8;
 
 /// Where agentkernel's executable is bind-mounted in every container.
 pub const INIT_PATH: &str = "/dev/.agentkernel-init";
@@ -135,6 +140,36 @@ impl Flavor {
             Flavor::Podman => "podman",
             Flavor::Gvisor => "gvisor",
         }
+    }
+
+    /// The host's pids limit for a sandbox of `pids` processes. gVisor's kernel runs in host
+    /// threads of its own (38 with nothing running, about 7 more per process on the ptrace
+    /// platform of Debian's runsc, measured in the sandbox's pids cgroup), and when the host
+    /// refuses it a thread it crashes (exit 2) or hangs while booting: the host limit is only
+    /// a backstop there, and the policy's count is enforced inside by `nproc_ulimit`.
+    fn host_pids_limit(self, pids: u64) -> i64 {
+        let pids = i64::try_from(pids).unwrap_or(i64::MAX / 16);
+        match self {
+            Flavor::Gvisor => {
+                GVISOR_IDLE_THREADS.saturating_add(pids.saturating_mul(GVISOR_THREADS_PER_TASK))
+            }
+            Flavor::Docker | Flavor::Podman => pids,
+        }
+    }
+
+    /// gVisor counts a sandbox's tasks against RLIMIT_NPROC in its own kernel, root included,
+    /// so the limit is exact there (fork fails with EAGAIN, as under a pids cgroup). Not set
+    /// for runc: the host kernel counts RLIMIT_NPROC per user across every container and
+    /// process of that uid.
+    fn nproc_ulimit(self, pids: u64) -> Option<Vec<bollard::models::ResourcesUlimits>> {
+        (self == Flavor::Gvisor).then(|| {
+            let n = i64::try_from(pids).unwrap_or(i64::MAX);
+            vec![bollard::models::ResourcesUlimits {
+                name: Some("nproc".to_string()),
+                soft: Some(n),
+                hard: Some(n),
+            }]
+        })
     }
 
     /// The OCI runtime asked of the engine, if not its default.
@@ -329,8 +364,9 @@ fn owner_alive(label: &str) -> bool {
 /// Whether `path` is an ELF executable that needs no dynamic loader (it runs in any image).
 pub fn is_static_executable(path: &Path) -> bool {
     let mut data = Vec::new();
-    let read = std::fs::File::open(path)
-        .and_then(|f| std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut data));
+    let read = std::fs::File::open(path).and_then(|f| {
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, 64 * 1024), &mut data)
+    });
     if read.is_err() {
         return false;
     }

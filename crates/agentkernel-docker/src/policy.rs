@@ -11,6 +11,7 @@
 //! | no_new_privs | `SecurityOpt no-new-privileges` |
 //! | user | `User: uid:gid` |
 //! | memory / pids / vcpus | `Memory` (= `MemorySwap`, no swap) / `PidsLimit` / `NanoCpus` |
+//! | pids on gVisor | `Ulimits nproc` (counted by gVisor's own kernel) + `PidsLimit` as a backstop |
 //! | egress_allowlist | refused by `Policy::validate` for every backend |
 
 use crate::{Client, DockerError, Flavor, INIT_PATH, Result};
@@ -185,9 +186,10 @@ impl Client {
             security_opt: Some(security_opt),
             memory: Some(memory),
             memory_swap: Some(memory),
-            pids_limit: Some(policy.limits.pids as i64),
+            pids_limit: Some(self.flavor.host_pids_limit(policy.limits.pids)),
+            ulimits: self.flavor.nproc_ulimit(policy.limits.pids),
             nano_cpus: (policy.limits.vcpus > 0.0)
-                .then(|| (policy.limits.vcpus * 1_000_000_000.0) as i64),
+                .then_some((policy.limits.vcpus * 1_000_000_000.0) as i64),
             ipc_mode: Some("private".to_string()),
             init: Some(false),
             auto_remove: Some(false),

@@ -44,16 +44,30 @@ type Input = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ending {
     Exited,
+    /// The command ended after its timeout: the run role killed it if it exited TIMED_OUT.
+    ExitedLate,
+    /// The run role did not end the command in time and the host killed it.
     TimedOut,
     Cancelled,
 }
 
+/// How long past a command's timeout the host waits for the run role (which enforces it
+/// inside the container) before killing the command itself.
+const TIMEOUT_BACKSTOP: Duration = Duration::from_secs(5);
+
+/// How long a throwaway run waits for the engine to remove its container.
+const REMOVE_WAIT: Duration = Duration::from_secs(30);
+
 impl Client {
     /// The argv prefix that runs a command under the run role.
-    fn run_prefix(&self, spec: &SandboxSpec, tty: bool) -> Vec<String> {
+    fn run_prefix(&self, spec: &SandboxSpec, tty: bool, timeout: Option<Duration>) -> Vec<String> {
         let mut v = vec![INIT_PATH.to_string(), RUN_ROLE.to_string()];
         if tty {
             v.push("--tty".to_string());
+        }
+        if let Some(t) = timeout {
+            v.push("--timeout-ms".to_string());
+            v.push(t.as_millis().max(1).to_string());
         }
         // runsc ignores the seccomp profile the engine passes unless registered with
         // --oci-seccomp: the run role installs the native filter itself.
@@ -145,7 +159,7 @@ impl Client {
                         .and_then(|c| c.labels)
                         .is_some_and(|l| {
                             l.get(crate::LABEL_HOME) == Some(&self.home_hash)
-                                && l.get(LABEL_MANAGED).is_some()
+                                && l.contains_key(LABEL_MANAGED)
                         });
                     if !ours {
                         return Err(DockerError::Api {
@@ -323,7 +337,7 @@ impl Client {
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
         let docker = self.docker()?;
-        let mut cmd = self.run_prefix(spec, false);
+        let mut cmd = self.run_prefix(spec, false, req.timeout);
         cmd.extend(req.argv.iter().cloned());
         let options = bollard::exec::CreateExecOptions::<String> {
             cmd: Some(cmd),
@@ -335,7 +349,11 @@ impl Client {
             tty: Some(false),
             ..Default::default()
         };
-        let oom_before = oom_kills(started.pid);
+        let memory = self
+            .local()
+            .then(|| crate::oom::MemoryCgroup::of_process(started.pid))
+            .flatten();
+        let oom_before = memory.as_ref().and_then(|m| m.oom_kills());
         let id = started.id.as_str();
         let (code, ending) = with_signals(controls.signals, |signals| {
             self.block(async {
@@ -391,7 +409,11 @@ impl Client {
             })
         })?;
         let mut status = exit_status(code, ending);
-        status.oom_killed = code == 137 && oom_kills(started.pid) > oom_before;
+        status.oom_killed = code == 137
+            && memory
+                .as_ref()
+                .and_then(|m| m.oom_kills())
+                .is_some_and(|after| after > oom_before.unwrap_or(0));
         let _ = sink(ExecEvent::Exit(status));
         Ok(status)
     }
@@ -408,7 +430,11 @@ impl Client {
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
         let docker = self.docker()?;
-        let mut entrypoint = self.run_prefix(spec, false);
+        let mut entrypoint = self.run_prefix(spec, false, req.timeout);
+        if self.watches_oom() {
+            // Held until the host watches its cgroup (`oom_watch`); before the `--`.
+            entrypoint.insert(entrypoint.len() - 1, "--hold".to_string());
+        }
         entrypoint.extend(req.argv.iter().cloned());
         let mut spec = spec.clone();
         for (k, v) in &req.env {
@@ -433,7 +459,9 @@ impl Client {
             self.block(async {
                 let id = self.create(docker, &spec.name, body).await?;
                 let outcome = self.run_created(docker, &id, req, sink, signals).await;
-                remove(docker, &id).await;
+                // Bounded: an engine that cannot remove it now (runsc stuck booting) leaves it
+                // to `gc`, which finds it by its labels once this process is gone.
+                let _ = tokio::time::timeout(REMOVE_WAIT, remove(docker, &id)).await;
                 outcome
             })
         })?;
@@ -447,7 +475,7 @@ impl Client {
         id: &str,
         req: &ExecRequest,
         sink: &mut Sink<'_>,
-        signals: Option<&mut tokio::sync::mpsc::UnboundedReceiver<i32>>,
+        mut signals: Option<&mut tokio::sync::mpsc::UnboundedReceiver<i32>>,
     ) -> Result<ExitStatus> {
         let options = bollard::query_parameters::AttachContainerOptions {
             stream: true,
@@ -456,14 +484,29 @@ impl Client {
             stdin: req.stdin,
             ..Default::default()
         };
-        let attached = docker
-            .attach_container(id, Some(options))
-            .await
-            .map_err(self.api("attach to the container"))?;
-        docker
-            .start_container(id, None)
-            .await
-            .map_err(|e| self.exec_error(id, e))?;
+        let begin = async {
+            let attached = docker
+                .attach_container(id, Some(options))
+                .await
+                .map_err(self.api("attach to the container"))?;
+            docker
+                .start_container(id, None)
+                .await
+                .map_err(|e| self.exec_error(id, e))?;
+            Ok::<_, DockerError>(attached)
+        };
+        // A signal before the command runs (an engine slow or stuck starting it) ends the run:
+        // the caller removes the container.
+        let attached = tokio::select! {
+            attached = begin => attached?,
+            Some(sig) = recv(&mut signals) => return Ok(ExitStatus {
+                code: 128 + sig,
+                signal: Some(sig),
+                oom_killed: false,
+                timed_out: false,
+            }),
+        };
+        let watch = self.oom_watch(docker, id).await;
         let deliver = |sig: i32| async move {
             let options = bollard::query_parameters::KillContainerOptions {
                 signal: if sig == kill_signal() {
@@ -474,42 +517,111 @@ impl Client {
             };
             let _ = docker.kill_container(id, Some(options)).await;
         };
-        let ending = relay(
-            attached.output,
-            req.stdin.then_some(attached.input),
-            sink,
-            signals,
-            req.timeout,
-            deliver,
-        )
-        .await;
-        let options = bollard::query_parameters::WaitContainerOptions {
-            condition: "not-running".to_string(),
+        let finish = async {
+            let ending = relay(
+                attached.output,
+                req.stdin.then_some(attached.input),
+                sink,
+                signals,
+                req.timeout,
+                deliver,
+            )
+            .await;
+            let options = bollard::query_parameters::WaitContainerOptions {
+                condition: "not-running".to_string(),
+            };
+            let mut waited = docker.wait_container(id, Some(options));
+            let code = match waited.next().await {
+                Some(Ok(r)) => r.status_code,
+                Some(Err(ApiError::DockerContainerWaitError { code, .. })) => code,
+                Some(Err(e)) => return Err(self.api("wait for the container")(e)),
+                None => {
+                    return Err(DockerError::Api {
+                        backend: self.name(),
+                        action: "wait for the container".to_string(),
+                        message: "the engine gave no exit code".to_string(),
+                    });
+                }
+            };
+            Ok((code, ending))
         };
-        let mut waited = docker.wait_container(id, Some(options));
-        let code = match waited.next().await {
-            Some(Ok(r)) => r.status_code,
-            Some(Err(ApiError::DockerContainerWaitError { code, .. })) => code,
-            Some(Err(e)) => return Err(self.api("wait for the container")(e)),
-            None => {
-                return Err(DockerError::Api {
-                    backend: self.name(),
-                    action: "wait for the container".to_string(),
-                    message: "the engine gave no exit code".to_string(),
-                });
+        tokio::pin!(finish);
+        // The OOM watch is read while the container runs: its cgroup goes when it exits.
+        let mut watching = watch.is_some();
+        let mut oom = false;
+        let (code, ending) = loop {
+            tokio::select! {
+                done = &mut finish => break done?,
+                killed = async {
+                    match &watch {
+                        Some(w) => w.killed().await,
+                        None => std::future::pending().await,
+                    }
+                }, if watching => {
+                    oom = killed;
+                    watching = false;
+                }
             }
         };
         let mut status = exit_status(code, ending);
         if code == 137 {
-            status.oom_killed = docker
+            oom = oom || watch.as_ref().is_some_and(|w| w.killed_so_far());
+            status.oom_killed = oom
+                || docker
+                    .inspect_container(id, None)
+                    .await
+                    .ok()
+                    .and_then(|c| c.state)
+                    .and_then(|s| s.oom_killed)
+                    .unwrap_or(false);
+        }
+        Ok(status)
+    }
+
+    /// Podman does not record an OOM kill on a v1 memory hierarchy (see `oom.rs`): its
+    /// containers on this host are watched for one. Docker records it; nothing is watched.
+    fn watches_oom(&self) -> bool {
+        self.flavor == Flavor::Podman && self.local()
+    }
+
+    /// Begins watching a started container's memory cgroup, then releases its run role
+    /// (started with `--hold`), so that no OOM kill comes before the watch.
+    async fn oom_watch(&self, docker: &Docker, id: &str) -> Option<crate::oom::OomWatch> {
+        if !self.watches_oom() {
+            return None;
+        }
+        // The engine may answer `start` a moment before it records the process.
+        let mut pid = None;
+        for _ in 0..50 {
+            pid = docker
                 .inspect_container(id, None)
                 .await
                 .ok()
-                .and_then(|c| c.state)
-                .and_then(|s| s.oom_killed)
-                .unwrap_or(false);
+                .and_then(|c| c.state?.pid)
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p > 0);
+            if pid.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        Ok(status)
+        let watch = pid
+            .and_then(crate::oom::MemoryCgroup::of_process)
+            .and_then(crate::oom::OomWatch::new);
+        let go = crate::init::go_signal();
+        match pid {
+            // SAFETY: kill(2) on the container's init, whose host pid the engine just gave.
+            Some(pid) => unsafe {
+                libc::kill(pid as libc::pid_t, go);
+            },
+            None => {
+                let options = bollard::query_parameters::KillContainerOptions {
+                    signal: go.to_string(),
+                };
+                let _ = docker.kill_container(id, Some(options)).await;
+            }
+        }
+        watch
     }
 
     /// An interactive session on a terminal the engine makes (`attach`).
@@ -519,11 +631,11 @@ impl Client {
         started: &Started,
         req: &ExecRequest,
         controls: Controls<'_>,
-        mut record: Option<&mut (dyn FnMut(&[u8]) + '_)>,
+        mut record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
     ) -> Result<ExitStatus> {
         let docker = self.docker()?;
         let id = started.id.as_str();
-        let mut cmd = self.run_prefix(spec, true);
+        let mut cmd = self.run_prefix(spec, true, None);
         cmd.extend(req.argv.iter().cloned());
         let options = bollard::exec::CreateExecOptions::<String> {
             cmd: Some(cmd),
@@ -687,7 +799,8 @@ where
 {
     let _ = sink(ExecEvent::Started { pid: 0 });
     let pump = input.map(stdin_pump);
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let begun = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| begun + t + TIMEOUT_BACKSTOP);
     let mut ending = Ending::Exited;
     let mut killed = false;
     loop {
@@ -724,20 +837,25 @@ where
     if let Some(p) = pump {
         p.abort();
     }
+    if ending == Ending::Exited && timeout.is_some_and(|t| begun.elapsed() >= t) {
+        ending = Ending::ExitedLate;
+    }
     ending
 }
 
 fn exit_status(code: i64, ending: Ending) -> ExitStatus {
     let code = i32::try_from(code).unwrap_or(125);
+    let timed_out = ending == Ending::TimedOut
+        || (ending == Ending::ExitedLate && code == crate::init::TIMED_OUT);
     ExitStatus {
-        code: if ending == Ending::TimedOut {
-            124
+        code: if timed_out {
+            crate::init::TIMED_OUT
         } else {
             code
         },
         signal: None,
         oom_killed: false,
-        timed_out: ending == Ending::TimedOut,
+        timed_out,
     }
 }
 
@@ -783,29 +901,6 @@ fn with_signals<T>(
         stop.store(true, Ordering::Relaxed);
         out
     })
-}
-
-/// The kernel's count of OOM kills in the cgroup of host process `pid` (cgroup v2), 0 when
-/// unknown.
-fn oom_kills(pid: u32) -> u64 {
-    if pid == 0 {
-        return 0;
-    }
-    let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-        return 0;
-    };
-    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
-        return 0;
-    };
-    std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.events"))
-        .ok()
-        .and_then(|events| {
-            events
-                .lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|n| n.trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The caller's terminal in raw mode for the life of the value.

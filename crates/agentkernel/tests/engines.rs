@@ -64,7 +64,10 @@ fn engine(backend: &'static str) -> Engine {
         },
         "gvisor" => {
             let runtime = need("AGENTKERNEL_TEST_GVISOR_RUNTIME", backend);
-            assert_eq!(runtime, "runsc", "AGENTKERNEL_TEST_GVISOR_RUNTIME names runsc");
+            assert_eq!(
+                runtime, "runsc",
+                "AGENTKERNEL_TEST_GVISOR_RUNTIME names runsc"
+            );
             Engine {
                 backend,
                 var: "DOCKER_HOST",
@@ -111,7 +114,14 @@ impl E {
 
     /// `run -B ENGINE --no-network [extra…] -- argv…` on busybox.
     fn run_bb(&self, extra: &[&str], argv: &[&str]) -> Out {
-        let mut args = vec!["run", "-B", self.b(), "--image", "busybox:latest", "--no-network"];
+        let mut args = vec![
+            "run",
+            "-B",
+            self.b(),
+            "--image",
+            "busybox:latest",
+            "--no-network",
+        ];
         args.extend_from_slice(extra);
         args.push("--");
         args.extend_from_slice(argv);
@@ -120,7 +130,14 @@ impl E {
 
     /// `run` on the python image.
     fn run_py(&self, extra: &[&str], script: &str) -> Out {
-        let mut args = vec!["run", "-B", self.b(), "--image", "python:3.12-alpine", "--no-network"];
+        let mut args = vec![
+            "run",
+            "-B",
+            self.b(),
+            "--image",
+            "python:3.12-alpine",
+            "--no-network",
+        ];
         args.extend_from_slice(extra);
         args.extend_from_slice(&["--", "python3", "-c", script]);
         self.run(&args)
@@ -128,7 +145,15 @@ impl E {
 
     /// A persistent busybox sandbox, created and started.
     fn started(&self, name: &str, extra: &[&str]) {
-        let mut args = vec!["create", name, "-B", self.b(), "--image", "busybox:latest", "--no-network"];
+        let mut args = vec![
+            "create",
+            name,
+            "-B",
+            self.b(),
+            "--image",
+            "busybox:latest",
+            "--no-network",
+        ];
         args.extend_from_slice(extra);
         self.ok(&args);
         self.ok(&["start", name]);
@@ -154,8 +179,7 @@ impl E {
         let home = std::fs::canonicalize(self.ak.home.path()).expect("home");
         let hash = {
             use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..16]
-                .to_string()
+            hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..16].to_string()
         };
         out.stdout
             .lines()
@@ -192,15 +216,80 @@ fn exit_codes(e: &E) {
     let out = e.run_bb(&[], &["/etc/passwd"]);
     assert_eq!(out.code, 126, "{out:?}");
     e.started("codes", &[]);
-    assert_eq!(e.run(&["exec", "codes", "--", "sh", "-c", "exit 42"]).code, 42);
-    assert_eq!(e.run(&["exec", "codes", "--", "no-such-command-xyz"]).code, 127);
+    assert_eq!(
+        e.run(&["exec", "codes", "--", "sh", "-c", "exit 42"]).code,
+        42
+    );
+    assert_eq!(
+        e.run(&["exec", "codes", "--", "no-such-command-xyz"]).code,
+        127
+    );
     assert_eq!(e.run(&["exec", "codes", "--", "/etc/passwd"]).code, 126);
+    let t = Instant::now();
     let out = e.run(&["exec", "--timeout", "1s", "codes", "--", "sleep", "30"]);
     assert_eq!(out.code, 124, "a timed-out command: {out:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the timeout did not end the command"
+    );
+    let out = e.ok(&["exec", "codes", "--", "ps", "-o", "args"]);
+    assert!(
+        !out.stdout.contains("sleep 30"),
+        "the timed-out command still runs: {out:?}"
+    );
+    let t = Instant::now();
+    let out = e.run_bb(&["--timeout", "1s"], &["sh", "-c", "yes > /dev/null & yes"]);
+    assert_eq!(
+        out.code, 124,
+        "a timed-out run that writes without pause: {}",
+        out.stderr
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "the timeout did not end the run"
+    );
+}
+
+fn interrupting_a_run_ends_it(e: &E) {
+    let mut child = e
+        .cmd(&[
+            "run",
+            "-B",
+            e.b(),
+            "--image",
+            "busybox:latest",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("read"), "up");
+    let t = Instant::now();
+    // SAFETY: kill(2) on the agentkernel process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "SIGTERM did not end the run"
+    );
+    assert_eq!(status.code(), Some(143), "{status:?}");
+    assert!(
+        e.containers().is_empty(),
+        "left behind: {:?}",
+        e.containers()
+    );
 }
 
 fn streams_stay_separate(e: &E) {
-    let out = e.run_bb(&[], &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"]);
+    let out = e.run_bb(
+        &[],
+        &["sh", "-c", "echo to-out; echo to-err >&2; echo more-out"],
+    );
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "to-out\nmore-out\n");
     assert_eq!(out.stderr, "to-err\n");
@@ -209,14 +298,35 @@ fn streams_stay_separate(e: &E) {
     assert_eq!((out.stdout.as_str(), out.stderr.as_str()), ("o\n", "e\n"));
     // A background process left holding the pipes does not keep the caller waiting.
     let t = Instant::now();
-    let out = e.ok(&["exec", "streams", "--", "sh", "-c", "sleep 20 & echo started"]);
+    let out = e.ok(&[
+        "exec",
+        "streams",
+        "--",
+        "sh",
+        "-c",
+        "sleep 20 & echo started",
+    ]);
     assert_eq!(out.stdout, "started\n");
-    assert!(t.elapsed() < Duration::from_secs(10), "waited for the background process");
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "waited for the background process"
+    );
 }
 
 fn output_streams_while_running(e: &E) {
     let mut child = e
-        .cmd(&["run", "-B", e.b(), "--image", "busybox:latest", "--no-network", "--", "sh", "-c", "echo first; sleep 4; echo second"])
+        .cmd(&[
+            "run",
+            "-B",
+            e.b(),
+            "--image",
+            "busybox:latest",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "echo first; sleep 4; echo second",
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
@@ -235,11 +345,26 @@ fn output_streams_while_running(e: &E) {
 }
 
 fn persistence_across_processes(e: &E) {
-    e.ok(&["create", "keep", "-B", e.b(), "--image", "busybox:latest", "--no-network"]);
+    e.ok(&[
+        "create",
+        "keep",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+        "--no-network",
+    ]);
     assert_eq!(e.ak.status_of("keep").as_deref(), Some("stopped"));
     e.ok(&["start", "keep"]);
     assert_eq!(e.ak.status_of("keep").as_deref(), Some("running"));
-    e.ok(&["exec", "keep", "--", "sh", "-c", "mkdir -p /data && echo kept > /data/f"]);
+    e.ok(&[
+        "exec",
+        "keep",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /data && echo kept > /data/f",
+    ]);
     let host_file = e.ak.cwd.path().join("in.txt");
     std::fs::write(&host_file, "from host\n").expect("write");
     e.ok(&["cp", host_file.to_str().expect("utf8"), "keep:/data/in.txt"]);
@@ -252,10 +377,17 @@ fn persistence_across_processes(e: &E) {
     assert_eq!(out.stdout, "kept\nfrom host\n", "files survive stop/start");
     let back = e.ak.cwd.path().join("back.txt");
     e.ok(&["cp", "keep:/data/f", back.to_str().expect("utf8")]);
-    assert_eq!(std::fs::read_to_string(&back).expect("copied out"), "kept\n");
+    assert_eq!(
+        std::fs::read_to_string(&back).expect("copied out"),
+        "kept\n"
+    );
     assert_eq!(e.containers().len(), 1, "one container per sandbox");
     e.ok(&["remove", "keep"]);
-    assert!(e.containers().is_empty(), "remove deletes the container: {:?}", e.containers());
+    assert!(
+        e.containers().is_empty(),
+        "remove deletes the container: {:?}",
+        e.containers()
+    );
     assert!(e.ak.list_json().is_empty());
 }
 
@@ -267,7 +399,10 @@ fn list_shows_true_status(e: &E) {
     assert_eq!(out.code, 0, "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     while e.ak.status_of("truth").as_deref() != Some("stopped") {
-        assert!(Instant::now() < deadline, "list still says running after the container was killed");
+        assert!(
+            Instant::now() < deadline,
+            "list still says running after the container was killed"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     e.ok(&["start", "truth"]);
@@ -275,11 +410,25 @@ fn list_shows_true_status(e: &E) {
 }
 
 fn host_processes_are_invisible(e: &E) {
-    let out = e.run_bb(&[], &["sh", "-c", "ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '"]);
+    let out = e.run_bb(
+        &[],
+        &[
+            "sh",
+            "-c",
+            "ls /proc | grep -E '^[0-9]+$' | sort -n | tr '\\n' ' '",
+        ],
+    );
     assert_eq!(out.code, 0, "{out:?}");
-    let pids: Vec<u32> = out.stdout.split_whitespace().map(|p| p.parse().expect("pid")).collect();
+    let pids: Vec<u32> = out
+        .stdout
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
     assert!(!pids.contains(&std::process::id()), "{pids:?}");
-    assert!(pids.len() <= 6, "only the sandbox's own processes: {pids:?}");
+    assert!(
+        pids.len() <= 6,
+        "only the sandbox's own processes: {pids:?}"
+    );
     assert_eq!(pids.first(), Some(&1), "{pids:?}");
 }
 
@@ -287,25 +436,49 @@ fn host_files_are_unreadable(e: &E) {
     let secret = e.ak.cwd.path().join("secret.txt");
     std::fs::write(&secret, "TOP SECRET\n").expect("write");
     let s = secret.to_str().expect("utf8");
-    let out = e.run_bb(&[], &["sh", "-c", &format!("cat {s} /etc/shadow 2>&1; echo checked")]);
-    assert!(out.stdout.ends_with("checked\n") && out.stdout.contains(s), "{out:?}");
+    let out = e.run_bb(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("cat {s} /etc/shadow 2>&1; echo checked"),
+        ],
+    );
+    assert!(
+        out.stdout.ends_with("checked\n") && out.stdout.contains(s),
+        "{out:?}"
+    );
     assert!(!out.stdout.contains("TOP SECRET"), "{out:?}");
 }
 
 fn restrictive_root_is_read_only(e: &E) {
-    let out = e.run_bb(&["-p", "restrictive"], &["sh", "-c", "touch /etc/x 2>&1; echo rc=$?; echo t > /tmp/t && cat /tmp/t"]);
+    let out = e.run_bb(
+        &["-p", "restrictive"],
+        &[
+            "sh",
+            "-c",
+            "touch /etc/x 2>&1; echo rc=$?; echo t > /tmp/t && cat /tmp/t",
+        ],
+    );
     assert!(out.stdout.contains("rc=1"), "{out:?}");
     assert!(
         out.stdout.contains("Read-only file system") || out.stdout.contains("Permission denied"),
         "{out:?}"
     );
-    assert!(out.stdout.ends_with("t\n"), "/tmp must stay writable: {out:?}");
+    assert!(
+        out.stdout.ends_with("t\n"),
+        "/tmp must stay writable: {out:?}"
+    );
 }
 
 fn no_network_when_off(e: &E) {
     for flags in [&["-p", "restrictive"][..], &[][..]] {
         let out = e.run_bb(flags, &["ls", "/sys/class/net"]);
-        assert_eq!(out.stdout.trim(), "lo", "only loopback with {flags:?}: {out:?}");
+        assert_eq!(
+            out.stdout.trim(),
+            "lo",
+            "only loopback with {flags:?}: {out:?}"
+        );
     }
 }
 
@@ -317,17 +490,51 @@ fn hostname_is_the_sandbox_name(e: &E) {
     assert!(out.stdout.starts_with("run-"), "{out:?}");
 }
 
+/// A field of /proc/self/status ("CapEff:\t0000…"; gVisor writes no tab).
+fn status_field<'a>(status: &'a str, key: &str) -> Option<&'a str> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 fn capabilities_are_dropped(e: &E) {
-    let out = e.run_bb(&["-p", "restrictive"], &["sh", "-c", "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; id -u"]);
+    let out = e.run_bb(
+        &["-p", "restrictive"],
+        &["sh", "-c", "cat /proc/self/status; id -u"],
+    );
     assert_eq!(out.code, 0, "{out:?}");
-    assert!(out.stdout.contains("CapEff:\t0000000000000000"), "{out:?}");
-    assert!(out.stdout.contains("CapBnd:\t0000000000000000"), "{out:?}");
-    assert!(out.stdout.contains("NoNewPrivs:\t1"), "{out:?}");
-    assert!(out.stdout.ends_with("65534\n"), "restrictive runs as nobody: {out:?}");
-    let out = e.run_bb(&[], &["sh", "-c", "grep CapBnd /proc/self/status"]);
-    let hex = out.stdout.trim().rsplit('\t').next().expect("caps");
+    assert_eq!(
+        status_field(&out.stdout, "CapEff"),
+        Some("0000000000000000"),
+        "{out:?}"
+    );
+    assert_eq!(
+        status_field(&out.stdout, "CapBnd"),
+        Some("0000000000000000"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.ends_with("65534\n"),
+        "restrictive runs as nobody: {out:?}"
+    );
+    // PR_GET_NO_NEW_PRIVS (gVisor's /proc has no NoNewPrivs line).
+    for profile in ["moderate", "restrictive"] {
+        let out = e.run_py(
+            &["-p", profile],
+            "import ctypes\nprint(ctypes.CDLL(None).prctl(39, 0, 0, 0, 0))",
+        );
+        assert_eq!(out.stdout, "1\n", "no_new_privs with {profile}: {out:?}");
+    }
+    let out = e.run_bb(&[], &["cat", "/proc/self/status"]);
+    let hex = status_field(&out.stdout, "CapBnd").expect("CapBnd");
     let caps = u64::from_str_radix(hex, 16).expect("hex");
-    for (name, bit) in [("SYS_ADMIN", 21), ("NET_ADMIN", 12), ("SYS_PTRACE", 19), ("SYS_MODULE", 16)] {
+    for (name, bit) in [
+        ("SYS_ADMIN", 21),
+        ("NET_ADMIN", 12),
+        ("SYS_PTRACE", 19),
+        ("SYS_MODULE", 16),
+    ] {
         assert_eq!(caps & (1u64 << bit), 0, "moderate keeps CAP_{name}: {hex}");
     }
 }
@@ -338,7 +545,11 @@ fn seccomp_denies_namespaces_mount_and_keyctl(e: &E) {
         let out = e.run_py(&["-p", profile], script);
         assert_eq!(out.code, 0, "{out:?}");
         for call in ["keyctl", "unshare", "mount", "bpf", "clone_newuser"] {
-            let line = out.stdout.lines().find(|l| l.starts_with(call)).expect("line per call");
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(call))
+                .expect("line per call");
             assert!(
                 line.contains(" -1 ") && line.contains("Operation not permitted"),
                 "{profile}: {line}"
@@ -351,16 +562,31 @@ fn memory_limit_kills_a_hog(e: &E) {
     let out = e.run_py(&["--memory", "64"], "x = bytearray(400 * 1024 * 1024)\nfor i in range(0, len(x), 4096): x[i] = 1\nprint('survived')");
     assert_eq!(out.code, 137, "{out:?}");
     assert!(!out.stdout.contains("survived"));
-    assert!(out.stderr.contains("out of memory"), "a clear status is expected: {out:?}");
+    assert!(
+        out.stderr.contains("out of memory"),
+        "a clear status is expected: {out:?}"
+    );
+    // A command killed otherwise is not reported as out of memory.
+    let out = e.run_py(&["--memory", "64"], "import os\nos.kill(os.getpid(), 9)");
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(!out.stderr.contains("out of memory"), "{out:?}");
 }
 
 fn pids_limit_stops_a_fork_bomb(e: &E) {
-    std::fs::write(e.ak.cwd.path().join("agentkernel.toml"), "[resources]\npids = 32\n").expect("write");
+    std::fs::write(
+        e.ak.cwd.path().join("agentkernel.toml"),
+        "[resources]\npids = 32\n",
+    )
+    .expect("write");
     let script = "import os, time, errno\npids = []\ntry:\n    for i in range(200):\n        pid = os.fork()\n        if pid == 0:\n            time.sleep(30)\n            os._exit(0)\n        pids.append(pid)\n    print('forked', len(pids))\nexcept OSError as e:\n    print('refused', len(pids), errno.errorcode[e.errno])\n";
     let out = e.run_py(&["--timeout", "60s"], script);
     assert_eq!(out.code, 0, "{out:?}");
     let words: Vec<&str> = out.stdout.split_whitespace().collect();
-    assert_eq!(words.first(), Some(&"refused"), "forking was never refused: {out:?}");
+    assert_eq!(
+        words.first(),
+        Some(&"refused"),
+        "forking was never refused: {out:?}"
+    );
     assert_eq!(words.get(2), Some(&"EAGAIN"), "{out:?}");
     let forked: usize = words.get(1).and_then(|n| n.parse().ok()).expect("count");
     assert!(forked < 32, "more processes than the pids limit: {out:?}");
@@ -374,32 +600,68 @@ fn cp_never_follows_a_link_out(e: &E) {
     e.ok(&["exec", "links", "--", "sh", "-c", &format!("ln -s {s} /tmp/abs; ln -s ../../../../../../..{s} /tmp/rel; ln -s /proc/1/root{s} /tmp/magic")]);
     for link in ["abs", "rel", "magic"] {
         let dst = e.ak.cwd.path().join(format!("got-{link}"));
-        let out = e.run(&["cp", &format!("links:/tmp/{link}"), dst.to_str().expect("utf8")]);
+        let out = e.run(&[
+            "cp",
+            &format!("links:/tmp/{link}"),
+            dst.to_str().expect("utf8"),
+        ]);
         let got = std::fs::read_to_string(&dst).unwrap_or_default();
-        assert!(!got.contains("HOST SECRET"), "cp followed /tmp/{link} out: {out:?}");
+        assert!(
+            !got.contains("HOST SECRET"),
+            "cp followed /tmp/{link} out: {out:?}"
+        );
         assert!(!dst.is_symlink(), "cp made a host link for /tmp/{link}");
-        assert_eq!(out.code, 125, "a link to a path missing inside the sandbox must fail: {out:?}");
+        assert_eq!(
+            out.code, 125,
+            "a link to a path missing inside the sandbox must fail: {out:?}"
+        );
     }
-    e.ok(&["exec", "links", "--", "sh", "-c", &format!("ln -s {s} /tmp/wlink")]);
+    e.ok(&[
+        "exec",
+        "links",
+        "--",
+        "sh",
+        "-c",
+        &format!("ln -s {s} /tmp/wlink"),
+    ]);
     let host_file = e.ak.cwd.path().join("in.txt");
     std::fs::write(&host_file, "x\n").expect("write");
     let _ = e.run(&["cp", host_file.to_str().expect("utf8"), "links:/tmp/wlink"]);
-    assert_eq!(std::fs::read_to_string(&secret).expect("secret"), "HOST SECRET\n");
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        "HOST SECRET\n"
+    );
 }
 
 fn users_own_containers_are_left_alone(e: &E) {
     // A container of the user's, unlabelled, named like one of ours would be.
     let mine = format!("agentkernel-mine-{}", std::process::id());
-    let out = e.docker(&["create", "--name", &mine, "--network", "none", "busybox:latest", "sleep", "300"]);
+    let out = e.docker(&[
+        "create",
+        "--name",
+        &mine,
+        "--network",
+        "none",
+        "busybox:latest",
+        "sleep",
+        "300",
+    ]);
     assert_eq!(out.code, 0, "{out:?}");
     let guard = Cleanup(e, mine.clone());
     e.started("labelled", &[]);
-    let listed: Vec<String> = e.ak.list_json().iter().filter_map(|s| s["name"].as_str().map(str::to_string)).collect();
+    let listed: Vec<String> =
+        e.ak.list_json()
+            .iter()
+            .filter_map(|s| s["name"].as_str().map(str::to_string))
+            .collect();
     assert_eq!(listed, ["labelled"]);
     e.ok(&["remove", "labelled"]);
     e.ok(&["gc"]);
     let out = e.docker(&["inspect", "--format", "{{.Name}}", &mine]);
-    assert_eq!(out.code, 0, "agentkernel removed the user's container: {out:?}");
+    assert_eq!(
+        out.code, 0,
+        "agentkernel removed the user's container: {out:?}"
+    );
     drop(guard);
 }
 
@@ -423,7 +685,16 @@ fn gc_removes_containers_whose_sandbox_is_gone(e: &E) {
 }
 
 fn bad_input_is_125_and_leaves_nothing(e: &E) {
-    let out = e.run(&["run", "-B", e.b(), "--image", "no-such-image-xyz:1", "--no-network", "--", "true"]);
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "no-such-image-xyz:1",
+        "--no-network",
+        "--",
+        "true",
+    ]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("no-such-image-xyz"), "{out:?}");
     let out = e.run_bb(&["--memory", "1"], &["true"]);
@@ -433,13 +704,28 @@ fn bad_input_is_125_and_leaves_nothing(e: &E) {
     // The engine refuses what it cannot start (a bind source that does not exist).
     let out = e.run(&["exec", "nosuch", "--", "true"]);
     assert_eq!(out.code, 125, "{out:?}");
-    assert!(e.containers().is_empty(), "left behind: {:?}", e.containers());
+    assert!(
+        e.containers().is_empty(),
+        "left behind: {:?}",
+        e.containers()
+    );
 }
 
 fn gvisor_refuses_network(e: &E) {
-    let out = e.run(&["run", "-B", e.b(), "--image", "busybox:latest", "--", "true"]);
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+        "--",
+        "true",
+    ]);
     assert_eq!(out.code, 125, "{out:?}");
-    assert!(out.stderr.contains("network") && out.stderr.contains("--no-network"), "{out:?}");
+    assert!(
+        out.stderr.contains("network") && out.stderr.contains("--no-network"),
+        "{out:?}"
+    );
     assert!(e.containers().is_empty());
 }
 
@@ -460,6 +746,7 @@ macro_rules! per_engine {
 
 per_engine!(
     exit_codes,
+    interrupting_a_run_ends_it,
     streams_stay_separate,
     output_streams_while_running,
     persistence_across_processes,
