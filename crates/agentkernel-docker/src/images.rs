@@ -116,8 +116,9 @@ impl Client {
             let body = bollard::body_try_stream(stream);
             let options = bollard::query_parameters::CreateImageOptions {
                 from_src: Some("-".to_string()),
-                repo: Some(LOCAL_REPO.to_string()),
-                tag: Some(tag.clone()),
+                // The tag inside `repo` (the API allows both): Podman's service ignores a
+                // separate `tag` and names the import `:latest`.
+                repo: Some(name.clone()),
                 ..Default::default()
             };
             let mut progress = docker.create_image(Some(options), Some(body), None);

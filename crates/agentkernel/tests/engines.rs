@@ -13,70 +13,11 @@
 //! A missing variable fails the test with what to run: nothing here passes silently.
 
 mod common;
+use common::engines::{Engine, engine};
 use common::*;
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// One engine under test.
-struct Engine {
-    backend: &'static str,
-    /// The variable agentkernel reads the engine's address from, and its value.
-    var: &'static str,
-    host: String,
-}
-
-fn engines_env(name: &str) -> Option<String> {
-    if let Some(v) = std::env::var(name).ok().filter(|v| !v.is_empty()) {
-        return Some(v);
-    }
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".to_string());
-    let file = std::fs::read_to_string(format!(
-        "{home}/.cache/agentkernel-test-engines/engines.env"
-    ))
-    .ok()?;
-    file.lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim() == name)
-        .map(|(_, v)| v.trim().trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-}
-
-fn need(name: &str, backend: &str) -> String {
-    engines_env(name).unwrap_or_else(|| {
-        panic!(
-            "{name} is not set: start the test engines with `bash scripts/test-engines.sh start` (it writes ~/.cache/agentkernel-test-engines/engines.env); the {backend} tests need them"
-        )
-    })
-}
-
-fn engine(backend: &'static str) -> Engine {
-    match backend {
-        "docker" => Engine {
-            backend,
-            var: "DOCKER_HOST",
-            host: need("AGENTKERNEL_TEST_DOCKER_HOST", backend),
-        },
-        "podman" => Engine {
-            backend,
-            var: "CONTAINER_HOST",
-            host: need("AGENTKERNEL_TEST_PODMAN_HOST", backend),
-        },
-        "gvisor" => {
-            let runtime = need("AGENTKERNEL_TEST_GVISOR_RUNTIME", backend);
-            assert_eq!(
-                runtime, "runsc",
-                "AGENTKERNEL_TEST_GVISOR_RUNTIME names runsc"
-            );
-            Engine {
-                backend,
-                var: "DOCKER_HOST",
-                host: need("AGENTKERNEL_TEST_DOCKER_HOST", backend),
-            }
-        }
-        other => panic!("no engine {other}"),
-    }
-}
 
 /// A state directory and one engine.
 struct E {
@@ -86,10 +27,10 @@ struct E {
 
 impl E {
     fn new(backend: &'static str) -> E {
-        E {
-            eng: engine(backend),
-            ak: Ak::new(),
-        }
+        let eng = engine(backend);
+        let mut ak = Ak::new();
+        ak.env.push((eng.var.to_string(), eng.host.clone()));
+        E { eng, ak }
     }
 
     fn b(&self) -> &'static str {
@@ -97,9 +38,7 @@ impl E {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = self.ak.cmd(args);
-        c.env(self.eng.var, &self.eng.host);
-        c
+        self.ak.cmd(args)
     }
 
     fn run(&self, args: &[&str]) -> Out {
@@ -711,6 +650,122 @@ fn bad_input_is_125_and_leaves_nothing(e: &E) {
     );
 }
 
+/// `--image` names the same root on every backend: a directory, an OCI layout and `host`.
+fn local_images_mean_the_same(e: &E) {
+    let unique = format!("{}-{}", std::process::id(), e.b());
+    let dir = e.ak.cwd.path().join("rootdir");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(busybox_root())
+        .arg(&dir)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    std::fs::write(dir.join("etc/marker"), format!("dir {unique}\n")).expect("marker");
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "./rootdir",
+        "--no-network",
+        "--",
+        "cat",
+        "/etc/marker",
+    ]);
+    assert_eq!(out.stdout, format!("dir {unique}\n"), "{out:?}");
+    // Changed, the directory is imported again.
+    std::fs::write(dir.join("etc/marker"), "changed\n").expect("marker");
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "./rootdir",
+        "--no-network",
+        "--",
+        "cat",
+        "/etc/marker",
+    ]);
+    assert_eq!(out.stdout, "changed\n", "{out:?}");
+
+    let busybox = std::fs::read(busybox_root().join("bin/busybox")).expect("busybox");
+    let layer = agentkernel_image::testing::Layer::new()
+        .dir("bin", 0o755)
+        .file("bin/busybox", &busybox, 0o755)
+        .symlink("bin/sh", "busybox")
+        .dir("etc", 0o755)
+        .file("etc/marker", format!("layout {unique}\n").as_bytes(), 0o644)
+        .finish()
+        .expect("layer");
+    let layout = e.ak.cwd.path().join("layout");
+    agentkernel_image::testing::write_oci_layout(&layout, "t", &[layer], &Default::default())
+        .expect("layout");
+    let image = format!("oci:{}:t", layout.display());
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        &image,
+        "--no-network",
+        "--",
+        "/bin/sh",
+        "-c",
+        "/bin/busybox cat /etc/marker",
+    ]);
+    assert_eq!(out.stdout, format!("layout {unique}\n"), "{out:?}");
+
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo $((6*7)); test -e /etc/shadow || echo no-shadow",
+    ]);
+    assert_eq!(out.stdout, "42\nno-shadow\n", "{out:?}");
+}
+
+/// Network off is the engine's `none`; on, its default network (`bridge` for Docker; these
+/// test engines give it no route out, see docs/test-engines.md). No loopback service of the
+/// host is reachable with it off.
+fn network_follows_the_policy(e: &E) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("addr").port();
+    let out = e.run_bb(
+        &[],
+        &[
+            "sh",
+            "-c",
+            &format!("nc -w 2 127.0.0.1 {port} </dev/null && echo connected; echo done"),
+        ],
+    );
+    assert_eq!(out.stdout, "done\n", "reached the host's loopback: {out:?}");
+    e.started("net-off", &[]);
+    e.ok(&["create", "net-on", "-B", e.b(), "--image", "busybox:latest"]);
+    e.ok(&["start", "net-on"]);
+    let mode_of = |name: &str| {
+        let filter = format!("label=agentkernel.sandbox={name}");
+        let id = e.docker(&["ps", "-q", "--filter", &filter]).stdout;
+        assert!(!id.trim().is_empty(), "no container for {name}");
+        let out = e.docker(&[
+            "inspect",
+            "--format",
+            "{{.HostConfig.NetworkMode}}",
+            id.trim(),
+        ]);
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(mode_of("net-off"), "none");
+    let on = mode_of("net-on");
+    assert!(on != "none" && !on.is_empty(), "network on gave {on:?}");
+}
+
 fn gvisor_refuses_network(e: &E) {
     let out = e.run(&[
         "run",
@@ -733,12 +788,17 @@ macro_rules! per_engine {
     ($($body:ident),* $(,)?) => {
         mod docker {
             $(#[test] fn $body() { super::$body(&super::E::new("docker")); })*
+            #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("docker")); }
+            #[test] fn network_follows_the_policy() { super::network_follows_the_policy(&super::E::new("docker")); }
         }
         mod podman {
             $(#[test] fn $body() { super::$body(&super::E::new("podman")); })*
+            #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("podman")); }
+            #[test] fn network_follows_the_policy() { super::network_follows_the_policy(&super::E::new("podman")); }
         }
         mod gvisor {
             $(#[test] fn $body() { super::$body(&super::E::new("gvisor")); })*
+            #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("gvisor")); }
             #[test] fn refuses_network() { super::gvisor_refuses_network(&super::E::new("gvisor")); }
         }
     };

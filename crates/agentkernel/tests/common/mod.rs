@@ -2,6 +2,7 @@
 //! directory, runs the real binary as root and asserts on outputs, exit codes and the host.
 #![allow(dead_code)]
 
+pub mod engines;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ pub struct Ak {
     /// `http://127.0.0.1:PORT` of the test registry: Docker Hub names (and the auto-detected
     /// images) are pulled from it, never from a public registry.
     pub mirror: String,
+    /// Set for every command (the address of a container engine under test).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Out {
@@ -55,6 +58,7 @@ impl Ak {
             home: tempfile::tempdir().expect("home"),
             cwd: tempfile::tempdir().expect("cwd"),
             mirror: format!("http://{}", test_registry().addr),
+            env: Vec::new(),
         }
     }
 
@@ -64,7 +68,8 @@ impl Ak {
             .env("AGENTKERNEL_HOME", self.home.path())
             .env("AGENTKERNEL_REGISTRY_MIRROR", &self.mirror)
             .current_dir(self.cwd.path())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 
