@@ -21,6 +21,30 @@ const GO_MODE_DIR: u32 = 1 << 31;
 const GO_MODE_SYMLINK: u32 = 1 << 27;
 
 impl Client {
+    /// Under gVisor, /tmp is a tmpfs inside runsc's own kernel: the engine's archive API
+    /// reads and writes the container's root beneath it, so a copy there would silently go
+    /// elsewhere (measured: a file copied in is missing inside, one written inside is missing
+    /// outside). Refused rather than lost.
+    fn archive_reaches(&self, path: &Path) -> Result<()> {
+        let mut normal = PathBuf::from("/");
+        for part in path.components() {
+            match part {
+                std::path::Component::ParentDir => {
+                    normal.pop();
+                }
+                std::path::Component::Normal(p) => normal.push(p),
+                _ => {}
+            }
+        }
+        if self.flavor == crate::Flavor::Gvisor && normal.starts_with("/tmp") {
+            return Err(DockerError::Files(format!(
+                "{}: gvisor keeps /tmp inside its own kernel, out of the engine's reach: copy to or from another directory (e.g. /workspace), or use -B docker",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
     fn files_err(&self, path: &Path, e: bollard::errors::Error) -> DockerError {
         match e {
             bollard::errors::Error::DockerResponseServerError {
@@ -101,6 +125,7 @@ impl Client {
     /// `cp NAME:SRC DST`: a file or tree out of the sandbox (into DST when it is an existing
     /// directory). Symlinks inside a copied tree are copied as links.
     pub fn copy_out(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
+        self.archive_reaches(src)?;
         let docker = self.docker()?;
         let dst = if dst.is_dir() {
             dst.join(src.file_name().unwrap_or(src.as_os_str()))
@@ -146,6 +171,7 @@ impl Client {
     /// `cp SRC NAME:DST`: a host file or tree into the sandbox (into DST when it is an
     /// existing directory there). Host symlinks are copied as links, never followed.
     pub fn copy_in(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
+        self.archive_reaches(dst)?;
         let docker = self.docker()?;
         std::fs::symlink_metadata(src)
             .map_err(|e| DockerError::Files(format!("{} on the host: {e}", src.display())))?;
@@ -188,6 +214,7 @@ impl Client {
 
     /// A whole file, refused above `limit` bytes.
     pub fn read_file(&self, id: &str, path: &Path, limit: u64) -> Result<Vec<u8>> {
+        self.archive_reaches(path)?;
         let docker = self.docker()?;
         let archive = self.block(async {
             let (real, is_dir) = self.resolve(docker, id, path).await?;
@@ -229,6 +256,7 @@ impl Client {
 
     /// Creates or replaces a file and its missing parent directories.
     pub fn write_file(&self, id: &str, path: &Path, data: &[u8]) -> Result<()> {
+        self.archive_reaches(path)?;
         let docker = self.docker()?;
         let relative = path
             .strip_prefix("/")
