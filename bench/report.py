@@ -1,7 +1,17 @@
-"""Formats hyperfine JSON exports from bench/run.sh as docs/benchmarks.md."""
+"""Formats hyperfine JSON exports from bench/run.sh as docs/benchmarks.md.
+
+    python3 bench/report.py WORK [DOC]
+
+Prints the native sections, or with DOC writes them to that file, keeping its "Container
+backends" section (between the markers bench/engines.py writes) as it is.
+"""
 import json, os, platform, subprocess, sys
 
 work = sys.argv[1]
+doc = sys.argv[2] if len(sys.argv) > 2 else None
+# bench/engines.sh's section of the same file (bench/engines.py writes it).
+ENGINES_BEGIN = "<!-- container-backends:begin"
+ENGINES_END = "<!-- container-backends:end -->"
 
 def load(name):
     with open(os.path.join(work, name)) as f:
@@ -83,10 +93,11 @@ run, net, exe, cli = load("run.json"), load("net.json"), load("exec.json"), load
 daemon, daemon_idle = load("daemon.json"), load("daemon-idle.json")
 pull, pulled = load("pull.json"), load("pulled.json")
 cpu = sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2").strip()
-print(f"""# Benchmarks
+native = f"""# Benchmarks
 
 Start-up cost of the native backend against the tools people use for the same job, measured
-side by side in one run. Regenerate with `bash bench/run.sh` (writes this file).
+side by side in one run. Regenerate with `bash bench/run.sh` (writes every section but
+"Container backends", which `bash bench/engines.sh` writes).
 
 ## Method
 - hyperfine `-N` (no shell), {run[0]['times'].__len__()} runs after 10 warm-ups per command; medians.
@@ -156,4 +167,18 @@ The same tree, once as the pulled image and once as an unpacked directory: what 
 registry image adds to `run` (no network is touched).
 
 {table(pulled, 1)}
-""" + ANALYSIS)
+""" + ANALYSIS
+
+if doc is None:
+    print(native)
+else:
+    engines = ""
+    if os.path.exists(doc):
+        old = open(doc).read()
+        start = old.find(ENGINES_BEGIN)
+        end = old.find(ENGINES_END)
+        if start >= 0 and end > start:
+            engines = old[start:end + len(ENGINES_END)] + "\n"
+    with open(doc + ".tmp", "w") as f:
+        f.write(native.rstrip("\n") + "\n" + ("\n" + engines if engines else ""))
+    os.replace(doc + ".tmp", doc)
