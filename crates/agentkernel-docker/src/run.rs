@@ -17,7 +17,6 @@ use futures_util::{Stream, StreamExt};
 use rustix::fd::{AsRawFd, BorrowedFd};
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
@@ -860,7 +859,8 @@ fn exit_status(code: i64, ending: Ending) -> ExitStatus {
 }
 
 /// Runs `f` with a channel of the signal numbers read from `fd` (by a thread of its own,
-/// stopped when `f` returns).
+/// woken through an eventfd the moment `f` returns: a polling thread would hold every command
+/// up to its poll interval, which measured as a constant 100 ms on each `exec`).
 fn with_signals<T>(
     fd: Option<BorrowedFd<'_>>,
     f: impl FnOnce(Option<&mut tokio::sync::mpsc::UnboundedReceiver<i32>>) -> T,
@@ -868,20 +868,35 @@ fn with_signals<T>(
     let Some(fd) = fd else {
         return f(None);
     };
+    let Ok(stop) = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC) else {
+        return f(None);
+    };
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                let mut pfd = libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd; the descriptor outlives this scope.
-                let n = unsafe { libc::poll(&mut pfd, 1, 100) };
-                if n <= 0 || pfd.revents & libc::POLLIN == 0 {
-                    if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            loop {
+                let mut fds = [
+                    libc::pollfd {
+                        fd: fd.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                    libc::pollfd {
+                        fd: stop.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    },
+                ];
+                // SAFETY: two valid pollfds; both descriptors outlive this scope.
+                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+                if n < 0 {
+                    continue;
+                }
+                if fds[1].revents != 0 {
+                    return;
+                }
+                if fds[0].revents & libc::POLLIN == 0 {
+                    if fds[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                         return;
                     }
                     continue;
@@ -898,7 +913,7 @@ fn with_signals<T>(
             }
         });
         let out = f(Some(&mut rx));
-        stop.store(true, Ordering::Relaxed);
+        let _ = rustix::io::write(&stop, &1u64.to_ne_bytes());
         out
     })
 }
