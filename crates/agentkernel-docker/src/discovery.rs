@@ -105,6 +105,33 @@ impl Endpoint {
 
 impl Client {
     /// Whether the engine answers `/_ping`, with its version; the reason and the fix when not.
+    /// What can be known without asking the engine: agentkernel's executable can be the
+    /// containers' init and the engine's socket exists. Asked before every operation; the
+    /// engine's answer to the operation itself says the rest (the docker CLI, likewise,
+    /// sends no request before `create`). `readiness` is the full check, for `doctor`.
+    pub fn quick_readiness(&self) -> Result<(), String> {
+        let where_ = format!("{} (from {})", self.endpoint.host, self.endpoint.source);
+        if !crate::is_static_executable(&self.init_exe) {
+            return Err(format!(
+                "{} is not a statically linked executable: the {} backend runs agentkernel itself as the containers' init, in images without a C library; build it as scripts/env.sh does (crt-static)",
+                self.init_exe.display(),
+                self.name()
+            ));
+        }
+        if let Err(e) = &self.docker {
+            return Err(format!("{where_}: {e}"));
+        }
+        if let Some(path) = self.endpoint.socket()
+            && !Path::new(path).exists()
+        {
+            return Err(format!(
+                "no engine socket at {where_}: {}",
+                self.endpoint.start_hint()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn readiness(&self) -> Result<String, String> {
         let name = self.name();
         let where_ = format!("{} (from {})", self.endpoint.host, self.endpoint.source);

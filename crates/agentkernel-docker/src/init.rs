@@ -71,12 +71,16 @@ fn sigset(signals: &[i32]) -> libc::sigset_t {
     }
 }
 
-/// Blocks `signals` (they are then read with sigwait or a signalfd) after giving each a
+/// Blocks `signals` (they are then read with sigwait or a signalfd), then gives each a
 /// handler: the kernel drops a signal sent from outside to a PID namespace's init while its
-/// disposition is the default, so `docker kill`/`stop` would never reach a role that is
-/// PID 1. execve resets handled signals to the default for the command.
+/// disposition is the default and it is not blocked, so `docker kill`/`stop` would never reach
+/// a role that is PID 1. Blocked first, so that none is lost in between: the host sends
+/// [`go_signal`] once it sees the signal blocked. execve resets handlers for the command.
 fn block(signals: &[i32]) -> libc::sigset_t {
     extern "C" fn ignore(_: libc::c_int) {}
+    let set = sigset(signals);
+    // SAFETY: blocks signals for this (single-threaded) process; the set is valid.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     for &sig in signals {
         // SAFETY: a zeroed sigaction with a valid handler function; the signal number is one
         // of the fixed catchable ones above.
@@ -89,9 +93,6 @@ fn block(signals: &[i32]) -> libc::sigset_t {
             libc::sigaction(sig, &action, std::ptr::null_mut());
         }
     }
-    let set = sigset(signals);
-    // SAFETY: blocks signals for this (single-threaded) process; the set is valid.
-    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     set
 }
 

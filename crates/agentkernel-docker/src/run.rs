@@ -141,7 +141,10 @@ impl Client {
             match docker.create_container(Some(options), body.clone()).await {
                 Ok(r) => return Ok(r.id),
                 Err(e) => {
-                    let message = api_message(e);
+                    let mut message = api_message(e);
+                    if self.flavor == Flavor::Gvisor && message.contains("runtime") {
+                        message.push_str(": register gVisor's runsc with the engine (dockerd's daemon.json: \"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\"}}) and restart it; `agentkernel doctor` checks it");
+                    }
                     let taken = message.contains("already in use") || message.contains("Conflict");
                     if !taken || replaced {
                         return Err(DockerError::Api {
@@ -609,10 +612,17 @@ impl Client {
             .and_then(crate::oom::OomWatch::new);
         let go = crate::init::go_signal();
         match pid {
-            // SAFETY: kill(2) on the container's init, whose host pid the engine just gave.
-            Some(pid) => unsafe {
-                libc::kill(pid as libc::pid_t, go);
-            },
+            Some(pid) => {
+                // A signal that comes before the run role blocks it is dropped (it is PID 1).
+                for _ in 0..500 {
+                    if catches_signal(pid, go) {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                // SAFETY: kill(2) on the container's init, whose host pid the engine just gave.
+                unsafe { libc::kill(pid as libc::pid_t, go) };
+            }
             None => {
                 let options = bollard::query_parameters::KillContainerOptions {
                     signal: go.to_string(),
@@ -856,6 +866,19 @@ fn exit_status(code: i64, ending: Ending) -> ExitStatus {
         oom_killed: false,
         timed_out,
     }
+}
+
+/// Whether host process `pid` has a handler for `sig` (SigCgt in /proc). The run role blocks
+/// a signal before it handles it; SigBlk itself reads 0 while it waits in sigtimedwait.
+fn catches_signal(pid: u32, sig: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| sig > 0 && mask & (1u64 << (sig - 1)) != 0)
 }
 
 /// Runs `f` with a channel of the signal numbers read from `fd` (by a thread of its own,

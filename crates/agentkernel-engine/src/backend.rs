@@ -63,6 +63,11 @@ pub struct Controls<'a> {
 pub trait Backend {
     fn kind(&self) -> BackendKind;
     fn readiness(&self) -> Readiness;
+    /// The check made before each operation: what `readiness` says, unless the backend has a
+    /// cheaper one (what it leaves out then fails on the operation itself, with its reason).
+    fn ready_for_use(&self) -> Readiness {
+        self.readiness()
+    }
     fn capabilities(&self) -> Capabilities;
     /// Makes the image ready for this backend: agentkernel's own store prepares root
     /// directories for the native backend; container engines pull or load it themselves.

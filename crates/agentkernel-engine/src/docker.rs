@@ -73,6 +73,19 @@ impl Backend for DockerBackend {
         }
     }
 
+    fn ready_for_use(&self) -> Readiness {
+        match self.client.quick_readiness() {
+            Ok(()) => Readiness {
+                usable: true,
+                reason: String::new(),
+            },
+            Err(reason) => Readiness {
+                usable: false,
+                reason,
+            },
+        }
+    }
+
     fn capabilities(&self) -> Capabilities {
         // Bind mounts of the project and home directories need the engine on this host.
         let local = self.client.endpoint().is_local();

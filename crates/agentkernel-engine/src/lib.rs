@@ -127,7 +127,7 @@ impl Engine {
 
     fn backend(&self, spec: &SandboxSpec) -> Result<Box<dyn Backend>> {
         let b = backend::backend_for(spec.backend, &self.home)?;
-        let r = b.readiness();
+        let r = b.ready_for_use();
         if !r.usable {
             return Err(EngineError::BackendNotReady {
                 backend: spec.backend.to_string(),
