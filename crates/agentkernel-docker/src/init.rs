@@ -407,6 +407,7 @@ mod tests {
         )
         .expect("parse");
         assert!(a.seccomp.is_some() && !a.tty && a.timeout.is_none());
+        assert_eq!(a.argv, ["ls", "-l"].map(OsString::from));
         let a = parse(
             ["--timeout-ms", "1500", "--", "true"]
                 .map(OsString::from)
@@ -422,7 +423,6 @@ mod tests {
             )
             .is_err()
         );
-        assert_eq!(a.argv, ["ls", "-l"].map(OsString::from));
         assert!(parse(["--"].map(OsString::from).into_iter()).is_err());
         assert!(parse(["--bogus"].map(OsString::from).into_iter()).is_err());
     }

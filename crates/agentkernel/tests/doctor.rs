@@ -9,7 +9,11 @@ fn checks(out: &Out) -> Vec<serde_json::Value> {
 
 #[test]
 fn doctor_reports_backends_and_the_registry_with_fixes() {
-    let ak = Ak::new();
+    let mut ak = Ak::new();
+    ak.env.push((
+        "DOCKER_HOST".to_string(),
+        "unix:///nonexistent/docker.sock".to_string(),
+    ));
     let out = ak.ok(&["doctor", "--json"]);
     let list = checks(&out);
     assert_eq!(list[0]["name"], "backend native (default)");
@@ -18,7 +22,12 @@ fn doctor_reports_backends_and_the_registry_with_fixes() {
         .iter()
         .find(|c| c["name"] == "backend docker")
         .expect("docker listed");
-    assert_eq!(docker["detail"], "not in this build");
+    assert_eq!(docker["ok"], false, "{docker:?}");
+    let detail = docker["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("/nonexistent/docker.sock") && detail.contains("DOCKER_HOST"),
+        "{docker:?}"
+    );
     // The cgroup attach latency says how the host's cgroup2 root is mounted, and the fix.
     let mounted_favoring = std::fs::read_to_string("/proc/self/mounts")
         .expect("mounts")

@@ -41,7 +41,22 @@ fn bad_inputs_exit_125_with_a_clear_message() {
         &["run", "-B", "vmware", "--", "true"],
         "unknown backend",
     );
-    assert_refused(&ak, &["run", "-B", "docker", "--", "true"], "not available");
+    assert_refused(
+        &ak,
+        &["run", "-B", "kubernetes", "--", "true"],
+        "not available",
+    );
+    // A container backend whose engine is not there says where it looked.
+    let mut no_engine = Ak::new();
+    no_engine.env.push((
+        "DOCKER_HOST".to_string(),
+        "unix:///nonexistent/docker.sock".to_string(),
+    ));
+    assert_refused(
+        &no_engine,
+        &["run", "-B", "docker", "--", "true"],
+        "/nonexistent/docker.sock",
+    );
     assert_refused(
         &ak,
         &["run", "--ttl", "soon", "--keep", "--", "true"],
