@@ -158,6 +158,34 @@ fn kill(pid: u32) {
     }
 }
 
+/// How long `stop` waits for a killed detached init to be gone.
+const INIT_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+/// Kills a detached init and waits until it has exited (its pidfd turns readable), so that
+/// `stop`/`remove` return with the sandbox's processes gone: the kernel ends every process of
+/// the init's pid namespace before the init's own exit completes. On a loaded machine that
+/// can take longer than the kill itself (seen as an init still listed after `remove`).
+fn kill_and_wait(pid: u32) {
+    let Some(p) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    // Opened before the kill: the descriptor stays with this process even if the pid is
+    // reused after it exits.
+    let pidfd = rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok();
+    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+    if let Some(fd) = pidfd {
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let wait = rustix::event::Timespec {
+            tv_sec: INIT_EXIT_WAIT.as_secs() as i64,
+            tv_nsec: 0,
+        };
+        let _ = rustix::event::poll(&mut fds, Some(&wait));
+    }
+}
+
 /// Stops a sandbox: ends its init (which takes every process of its pid namespace with it),
 /// removes the network pin and the cgroups. `target` is None when the init is known to be gone
 /// (another boot); `lifeline` is given for a sandbox this process started without detaching.
@@ -181,7 +209,7 @@ pub fn stop(
             // exits soon after. The pid is checked against its start time: a recycled pid is
             // never killed.
             if proc::is_alive(t.pid, t.start_time) {
-                kill(t.pid);
+                kill_and_wait(t.pid);
             }
         }
         (None, None) => {}
