@@ -29,6 +29,8 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 
 pub const INIT_ROLE: &str = "__container-init";
 pub const RUN_ROLE: &str = "__container-run";
+/// `SIGNAL_ROLE TOKEN SIGNO`: sends a signal to the run role started with `--token TOKEN`.
+pub const SIGNAL_ROLE: &str = "__container-signal";
 
 /// The exit code of a command the run role killed at its timeout (as timeout(1) exits).
 pub const TIMED_OUT: i32 = 124;
@@ -123,6 +125,55 @@ struct RunArgs {
     argv: Vec<OsString>,
 }
 
+/// Delivers a signal to the run role named by a token, from a second exec in the same
+/// container: how an `exec`'s signals reach it whatever the engine (a remote one, or gVisor,
+/// where the host sees only runsc's processes). Exits 0 when a process got it, 1 when none
+/// has that token (the command already ended), 2 on bad arguments.
+pub fn signal_main(mut args: impl Iterator<Item = OsString>) -> i32 {
+    let (Some(token), Some(sig)) = (args.next(), args.next()) else {
+        eprintln!("usage: {SIGNAL_ROLE} TOKEN SIGNO");
+        return 2;
+    };
+    let Some(sig) = sig.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        eprintln!("{SIGNAL_ROLE}: bad signal number");
+        return 2;
+    };
+    let wanted: Vec<&[u8]> = vec![RUN_ROLE.as_bytes(), b"--token", token.as_encoded_bytes()];
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 1;
+    };
+    let mut sent = 1;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let parts: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        // The run role's own arguments, before its `--`: the command's cannot forge them.
+        let own = parts
+            .iter()
+            .position(|p| *p == b"--")
+            .map_or(&parts[..], |end| &parts[..end]);
+        if wanted.iter().all(|w| own.contains(w))
+            && own
+                .windows(2)
+                .any(|w| w[0] == b"--token" && w[1] == token.as_encoded_bytes())
+        {
+            // SAFETY: kill(2) on a process of this container found by its own command line.
+            if unsafe { libc::kill(pid, sig) } == 0 {
+                sent = 0;
+            }
+        }
+    }
+    sent
+}
+
 fn parse(args: impl Iterator<Item = OsString>) -> Result<RunArgs, String> {
     let mut args = args.peekable();
     let mut parsed = RunArgs {
@@ -140,6 +191,12 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RunArgs, String> {
             }
             Some("--tty") => parsed.tty = true,
             Some("--hold") => parsed.hold = true,
+            // Only names the process for SIGNAL_ROLE.
+            Some("--token") => {
+                if args.next().is_none() {
+                    return Err("--token needs a value".to_string());
+                }
+            }
             Some("--timeout-ms") => {
                 let ms = args.next();
                 let ms = ms.as_ref().and_then(|m| m.to_str()?.parse::<u64>().ok());

@@ -340,6 +340,10 @@ impl Client {
     ) -> Result<ExitStatus> {
         let docker = self.docker()?;
         let mut cmd = self.run_prefix(spec, false, req.timeout);
+        // Names this command's run role for the signals sent to it (`signal_exec`).
+        let token = exec_token();
+        cmd.insert(cmd.len() - 1, "--token".to_string());
+        cmd.insert(cmd.len() - 1, token.clone());
         cmd.extend(req.argv.iter().cloned());
         let options = bollard::exec::CreateExecOptions::<String> {
             cmd: Some(cmd),
@@ -381,20 +385,8 @@ impl Client {
                         });
                     }
                 };
-                let local = self.local();
-                let exec_id = exec.id.clone();
-                let deliver = |sig: i32| {
-                    let exec_id = exec_id.clone();
-                    async move {
-                        if !local {
-                            return;
-                        }
-                        if let Ok(pid) = exec_pid(docker, &exec_id).await {
-                            // SAFETY: kill(2) on the run role's host pid, just read from the engine.
-                            unsafe { libc::kill(pid, sig) };
-                        }
-                    }
-                };
+                let token = token.as_str();
+                let deliver = |sig: i32| async move { signal_exec(docker, id, token, sig).await };
                 let ending = relay(
                     output,
                     req.stdin.then_some(input),
@@ -720,6 +712,38 @@ impl Client {
     }
 }
 
+/// A name for one exec's run role, unique within its container.
+fn exec_token() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}-{nanos:x}", std::process::id())
+}
+
+/// Sends `sig` to the run role of an exec, by a second exec of agentkernel's signal role in
+/// the same container: it works for an engine on another host and under gVisor alike (the
+/// host's view of an exec's pid is the engine's process there, not the command).
+async fn signal_exec(docker: &Docker, container: &str, token: &str, sig: i32) {
+    let options = bollard::exec::CreateExecOptions::<String> {
+        cmd: Some(vec![
+            INIT_PATH.to_string(),
+            crate::init::SIGNAL_ROLE.to_string(),
+            token.to_string(),
+            sig.to_string(),
+        ]),
+        attach_stdout: Some(false),
+        attach_stderr: Some(false),
+        ..Default::default()
+    };
+    if let Ok(exec) = docker.create_exec(container, options).await {
+        let start = bollard::exec::StartExecOptions {
+            detach: true,
+            ..Default::default()
+        };
+        let _ = docker.start_exec(&exec.id, Some(start)).await;
+    }
+}
+
 /// Removes a container, whatever its state; a missing one is fine.
 pub(crate) async fn remove(docker: &Docker, id: &str) {
     let options = bollard::query_parameters::RemoveContainerOptions {
@@ -728,11 +752,6 @@ pub(crate) async fn remove(docker: &Docker, id: &str) {
         ..Default::default()
     };
     let _ = docker.remove_container(id, Some(options)).await;
-}
-
-async fn exec_pid(docker: &Docker, exec_id: &str) -> std::result::Result<i32, ApiError> {
-    let info = docker.inspect_exec(exec_id).await?;
-    Ok(info.pid.unwrap_or(0) as i32).map(|p| if p > 0 { p } else { -1 })
 }
 
 /// The exit code of a finished exec; the engine may record it a moment after the stream ends.

@@ -16,6 +16,9 @@ pub fn dispatch() -> Option<i32> {
         agentkernel_docker::init::RUN_ROLE => Some(agentkernel_docker::init::run_main(
             std::env::args_os().skip(2),
         )),
+        agentkernel_docker::init::SIGNAL_ROLE => Some(agentkernel_docker::init::signal_main(
+            std::env::args_os().skip(2),
+        )),
         agentkernel_docker::RM_ROLE => {
             Some(agentkernel_docker::rm_main(std::env::args_os().skip(2)))
         }

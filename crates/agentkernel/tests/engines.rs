@@ -189,6 +189,38 @@ fn exit_codes(e: &E) {
     );
 }
 
+/// SIGTERM to `exec` reaches the command inside, through the container (by a second exec of
+/// agentkernel's signal role, so it holds for a remote engine and under gVisor too).
+fn signals_reach_an_exec(e: &E) {
+    e.started("sig", &[]);
+    let mut child = e
+        .cmd(&[
+            "exec",
+            "sig",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().expect("a line").expect("read"), "ready");
+    let t = Instant::now();
+    // SAFETY: kill(2) on the agentkernel process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().expect("wait");
+    assert_eq!(rest, ["got-term"], "the command's trap did not run");
+    assert_eq!(status.code(), Some(7), "{status:?}");
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "SIGTERM took {:?}",
+        t.elapsed()
+    );
+}
+
 fn interrupting_a_run_ends_it(e: &E) {
     let mut child = e
         .cmd(&[
@@ -841,6 +873,7 @@ macro_rules! per_engine {
 
 per_engine!(
     exit_codes,
+    signals_reach_an_exec,
     doctor_reports_the_engine,
     interrupting_a_run_ends_it,
     streams_stay_separate,
