@@ -82,6 +82,23 @@ impl E {
         self.run(&args)
     }
 
+    /// Starts the CLI with its stdout piped; returns it with the lines of its output.
+    fn spawn_lines(
+        &self,
+        args: &[&str],
+    ) -> (
+        std::process::Child,
+        std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    ) {
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn agentkernel");
+        let stdout = child.stdout.take().expect("stdout");
+        (child, std::io::BufReader::new(stdout).lines())
+    }
+
     /// A persistent busybox sandbox, created and started.
     fn started(&self, name: &str, extra: &[&str]) {
         let mut args = vec![
@@ -193,19 +210,14 @@ fn exit_codes(e: &E) {
 /// agentkernel's signal role, so it holds for a remote engine and under gVisor too).
 fn signals_reach_an_exec(e: &E) {
     e.started("sig", &[]);
-    let mut child = e
-        .cmd(&[
-            "exec",
-            "sig",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = e.spawn_lines(&[
+        "exec",
+        "sig",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done",
+    ]);
     assert_eq!(lines.next().expect("a line").expect("read"), "ready");
     let t = Instant::now();
     // SAFETY: kill(2) on the agentkernel process this test started.
@@ -222,23 +234,18 @@ fn signals_reach_an_exec(e: &E) {
 }
 
 fn interrupting_a_run_ends_it(e: &E) {
-    let mut child = e
-        .cmd(&[
-            "run",
-            "-B",
-            e.b(),
-            "--image",
-            "busybox:latest",
-            "--no-network",
-            "--",
-            "sh",
-            "-c",
-            "echo up; sleep 60",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = e.spawn_lines(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo up; sleep 60",
+    ]);
     assert_eq!(lines.next().expect("a line").expect("read"), "up");
     let t = Instant::now();
     // SAFETY: kill(2) on the agentkernel process this test started.
@@ -285,24 +292,19 @@ fn streams_stay_separate(e: &E) {
 }
 
 fn output_streams_while_running(e: &E) {
-    let mut child = e
-        .cmd(&[
-            "run",
-            "-B",
-            e.b(),
-            "--image",
-            "busybox:latest",
-            "--no-network",
-            "--",
-            "sh",
-            "-c",
-            "echo first; sleep 4; echo second",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
     let t = Instant::now();
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (mut child, mut lines) = e.spawn_lines(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "echo first; sleep 4; echo second",
+    ]);
     let first = lines.next().expect("a line").expect("read");
     let took = t.elapsed();
     assert_eq!(first, "first");
