@@ -104,13 +104,22 @@ impl Endpoint {
 }
 
 impl Client {
-    /// Whether the engine answers `/_ping`, with its version; the reason and the fix when not.
     /// What can be known without asking the engine: agentkernel's executable can be the
-    /// containers' init and the engine's socket exists. Asked before every operation; the
-    /// engine's answer to the operation itself says the rest (the docker CLI, likewise,
-    /// sends no request before `create`). `readiness` is the full check, for `doctor`.
+    /// containers' init, the engine is on this host and its socket exists. Asked before every
+    /// operation; the engine's answer to the operation itself says the rest (the docker CLI,
+    /// likewise, sends no request before `create`). `readiness` is the full check, for `doctor`.
     pub fn quick_readiness(&self) -> Result<(), String> {
         let where_ = format!("{} (from {})", self.endpoint.host, self.endpoint.source);
+        // Every container bind-mounts agentkernel's own executable (and, per profile, the
+        // project and the host image's directories) by host path: an engine elsewhere would
+        // mount whatever its own host has there.
+        if !self.endpoint.is_local() {
+            return Err(format!(
+                "{where_} is not a unix socket on this host: the {} backend mounts agentkernel's own executable and the sandbox's host directories into each container, so it needs the engine on this machine; point {} at its socket (unix:///…)",
+                self.name(),
+                self.endpoint.source
+            ));
+        }
         if !crate::is_static_executable(&self.init_exe) {
             return Err(format!(
                 "{} is not a statically linked executable: the {} backend runs agentkernel itself as the containers' init, in images without a C library; build it as scripts/env.sh does (crt-static)",
@@ -132,27 +141,14 @@ impl Client {
         Ok(())
     }
 
+    /// Whether the engine answers `/_ping`, with its version; the reason and the fix when not.
     pub fn readiness(&self) -> Result<String, String> {
-        let name = self.name();
+        self.quick_readiness()?;
         let where_ = format!("{} (from {})", self.endpoint.host, self.endpoint.source);
-        if !crate::is_static_executable(&self.init_exe) {
-            return Err(format!(
-                "{} is not a statically linked executable: the {name} backend runs agentkernel itself as the containers' init, in images without a C library; build it as scripts/env.sh does (crt-static)",
-                self.init_exe.display()
-            ));
-        }
         let docker = match &self.docker {
             Ok(d) => d,
             Err(e) => return Err(format!("{where_}: {e}")),
         };
-        if let Some(path) = self.endpoint.socket()
-            && !Path::new(path).exists()
-        {
-            return Err(format!(
-                "no engine socket at {where_}: {}",
-                self.endpoint.start_hint()
-            ));
-        }
         let versions = async {
             let version = docker
                 .version()

@@ -320,10 +320,6 @@ impl Client {
     }
 
     /// Whether the engine's processes are visible in this host's /proc (a local socket).
-    fn local(&self) -> bool {
-        self.endpoint.is_local()
-    }
-
     /// Where the Podman seccomp profiles are written (it reads them by path).
     fn profile_dir(&self) -> PathBuf {
         self.home.join("docker")

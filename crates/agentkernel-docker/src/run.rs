@@ -185,11 +185,7 @@ impl Client {
             .await
             .map_err(self.api("inspect container"))?;
         let pid = c.state.and_then(|s| s.pid).unwrap_or(0);
-        let local = if self.local() {
-            local_init(pid, id)
-        } else {
-            None
-        };
+        let local = local_init(pid, id);
         Ok(Started {
             id: id.to_string(),
             pid: local.map_or(0, |l| l.0),
@@ -355,10 +351,7 @@ impl Client {
             tty: Some(false),
             ..Default::default()
         };
-        let memory = self
-            .local()
-            .then(|| crate::oom::MemoryCgroup::of_process(started.pid))
-            .flatten();
+        let memory = crate::oom::MemoryCgroup::of_process(started.pid);
         let oom_before = memory.as_ref().and_then(|m| m.oom_kills());
         let id = started.id.as_str();
         let (code, ending) = with_signals(controls.signals, |signals| {
@@ -575,7 +568,7 @@ impl Client {
     /// Podman does not record an OOM kill on a v1 memory hierarchy (see `oom.rs`): its
     /// containers on this host are watched for one. Docker records it; nothing is watched.
     fn watches_oom(&self) -> bool {
-        self.flavor == Flavor::Podman && self.local()
+        self.flavor == Flavor::Podman
     }
 
     /// Begins watching a started container's memory cgroup, then releases its run role

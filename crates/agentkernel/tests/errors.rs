@@ -57,6 +57,17 @@ fn bad_inputs_exit_125_with_a_clear_message() {
         &["run", "-B", "docker", "--", "true"],
         "/nonexistent/docker.sock",
     );
+    // An engine on another host cannot mount this host's paths: refused, not half-working.
+    let mut remote = Ak::new();
+    remote.env.push((
+        "DOCKER_HOST".to_string(),
+        "tcp://192.0.2.1:2375".to_string(),
+    ));
+    assert_refused(
+        &remote,
+        &["run", "-B", "docker", "--", "true"],
+        "needs the engine on this machine",
+    );
     assert_refused(
         &ak,
         &["run", "--ttl", "soon", "--keep", "--", "true"],
