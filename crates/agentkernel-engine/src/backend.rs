@@ -60,6 +60,23 @@ pub struct Controls<'a> {
     pub resized: Option<BorrowedFd<'a>>,
 }
 
+/// The general throwaway sandbox: started, the command exec'd into it, stopped.
+pub(crate) fn start_exec_stop<B: Backend + ?Sized>(
+    backend: &B,
+    spec: &SandboxSpec,
+    rootfs: &Rootfs,
+    exec: &ExecRequest,
+    sink: &mut Sink<'_>,
+    controls: Controls<'_>,
+) -> Result<ExitStatus> {
+    let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
+    let result = backend.exec(spec, &started.runtime, exec, sink, controls);
+    let stopped = backend.stop(&started.runtime, started.lifeline);
+    let status = result?;
+    stopped?;
+    Ok(status)
+}
+
 pub trait Backend {
     fn kind(&self) -> BackendKind;
     fn readiness(&self) -> Readiness;
@@ -85,12 +102,7 @@ pub trait Backend {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
-        let started = self.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
-        let result = self.exec(spec, &started.runtime, exec, sink, controls);
-        let stopped = self.stop(&started.runtime, started.lifeline);
-        let status = result?;
-        stopped?;
-        Ok(status)
+        start_exec_stop(self, spec, rootfs, exec, sink, controls)
     }
     /// Deletes what the backend keeps for sandbox `name` beyond its directory (a container's
     /// writable layer), when the sandbox is removed.

@@ -23,6 +23,44 @@ impl NativeBackend {
         self.home.join("netns").join(instance)
     }
 
+    /// The root a sandbox gets: the image's layers under an upper directory (tmpfs for a
+    /// throwaway sandbox, on disk for a persistent one).
+    fn rootfs_plan(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        persistence: Persistence<'_>,
+    ) -> Result<RootfsPlan> {
+        let (upper, mountpoint) = match persistence {
+            Persistence::Ephemeral => (
+                UpperDir::Tmpfs {
+                    size_mb: spec.policy.limits.memory_mb.max(64),
+                },
+                self.home.join("mnt"),
+            ),
+            Persistence::Persistent { dir } => {
+                let upper = dir.join("upper");
+                let work = dir.join("work");
+                for d in [&upper, &work] {
+                    std::fs::create_dir_all(d)
+                        .map_err(EngineError::io(format!("create {}", d.display())))?;
+                }
+                (UpperDir::Disk { upper, work }, dir.join("mnt"))
+            }
+        };
+        std::fs::create_dir_all(&mountpoint)
+            .map_err(EngineError::io(format!("create {}", mountpoint.display())))?;
+        Ok(RootfsPlan {
+            lower_dirs: rootfs.lower_dirs.clone(),
+            upper,
+            mountpoint,
+            host_binds: rootfs.host_binds.clone(),
+            binds: spec.policy.mounts.clone(),
+            read_only: spec.policy.read_only_root,
+            workdir: spec.workdir.clone(),
+        })
+    }
+
     fn target(runtime: &RuntimeState) -> Target {
         Target {
             pid: runtime.pid,
@@ -58,6 +96,46 @@ impl Backend for NativeBackend {
         }
     }
 
+    /// A throwaway sandbox whose init starts the command itself (`native::run_throwaway`):
+    /// no namespaces to join from outside and no second round trip. Sandboxes it cannot serve
+    /// (an uplink to connect first, or inits cloned by the boot helper) take the general path.
+    fn run_ephemeral(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        let plan = self.rootfs_plan(spec, rootfs, Persistence::Ephemeral)?;
+        let pin = self.pin(&spec.name);
+        let start = native::StartSpec {
+            id: &spec.name,
+            hostname: &spec.name,
+            rootfs: &plan,
+            policy: &spec.policy,
+            detach: false,
+            netns_pin: &pin,
+        };
+        if !native::can_run_throwaway(&start) {
+            return crate::backend::start_exec_stop(self, spec, rootfs, exec, sink, controls);
+        }
+        let env = merged_env(spec, exec);
+        let (status, _ending) = native::run_throwaway(
+            &start,
+            &native::RunCommand {
+                argv: &exec.argv,
+                env: &env,
+                workdir: exec.workdir.as_deref().unwrap_or(&spec.workdir),
+                timeout: exec.timeout,
+                forward_stdin: exec.stdin,
+                signals: controls.signals,
+            },
+            sink,
+        )?;
+        Ok(status)
+    }
+
     fn start(
         &self,
         spec: &SandboxSpec,
@@ -66,42 +144,14 @@ impl Backend for NativeBackend {
         persistence: Persistence<'_>,
     ) -> Result<Started> {
         let ephemeral = matches!(persistence, Persistence::Ephemeral);
-        let (upper, detach, mountpoint) = match persistence {
-            Persistence::Ephemeral => (
-                UpperDir::Tmpfs {
-                    size_mb: spec.policy.limits.memory_mb.max(64),
-                },
-                false,
-                self.home.join("mnt"),
-            ),
-            Persistence::Persistent { dir } => {
-                let upper = dir.join("upper");
-                let work = dir.join("work");
-                for d in [&upper, &work] {
-                    std::fs::create_dir_all(d)
-                        .map_err(EngineError::io(format!("create {}", d.display())))?;
-                }
-                (UpperDir::Disk { upper, work }, true, dir.join("mnt"))
-            }
-        };
-        std::fs::create_dir_all(&mountpoint)
-            .map_err(EngineError::io(format!("create {}", mountpoint.display())))?;
-        let plan = RootfsPlan {
-            lower_dirs: rootfs.lower_dirs.clone(),
-            upper,
-            mountpoint,
-            host_binds: rootfs.host_binds.clone(),
-            binds: spec.policy.mounts.clone(),
-            read_only: spec.policy.read_only_root,
-            workdir: spec.workdir.clone(),
-        };
+        let plan = self.rootfs_plan(spec, rootfs, persistence)?;
         let pin = self.pin(instance);
         let running = native::start(&native::StartSpec {
             id: instance,
             hostname: &spec.name,
             rootfs: &plan,
             policy: &spec.policy,
-            detach,
+            detach: !ephemeral,
             netns_pin: &pin,
         })?;
         Ok(Started {

@@ -1,8 +1,9 @@
 //! Starting a sandbox: clone an init process into new mount, pid, net, ipc and uts namespaces,
 //! let it join the sandbox's cgroups, build the root and become the namespace's PID 1.
 //!
-//! The init only reaps orphans and keeps the namespaces alive; commands are started later by
-//! joining its namespaces (`exec.rs`), so `run` and `exec` share one path.
+//! The init reaps orphans and keeps the namespaces alive. Commands are started later by joining
+//! its namespaces (`exec.rs`), except the command of a throwaway sandbox booted directly, which
+//! the init starts itself once its setup is done (`launch.rs`).
 //!
 //! The clone is fork-like and the child runs ordinary Rust code (allocation included) until its
 //! init loop, which is only safe in a single-threaded process. So there are two ways to boot:
@@ -15,9 +16,10 @@ mod helper;
 
 pub use helper::{BOOT_HELPER_ROLE, boot_helper_main, use_boot_helper};
 
+use crate::launch::FirstCommand;
 use crate::rootfs::{RootfsPlan, enter_rootfs};
 use rustix::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::io::{Read, Write};
+use std::io::Write;
 
 /// What the init needs, prepared before the clone.
 pub struct BootPlan<'a> {
@@ -30,6 +32,9 @@ pub struct BootPlan<'a> {
     /// The namespace will get an uplink (pasta): cloud metadata addresses are blocked first.
     /// Without one it has only loopback, and no route to block.
     pub uplink: bool,
+    /// A command the init starts as soon as its setup is done (booting directly only; see
+    /// `launch.rs`).
+    pub first: Option<&'a FirstCommand<'a>>,
 }
 
 /// A started sandbox init.
@@ -77,9 +82,30 @@ const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWNS
 /// be multithreaded. Either way an ephemeral sandbox's init is the caller's child (`reap` it);
 /// a detached one started through the helper is not (it was reparented when the helper exited).
 pub fn boot(plan: &BootPlan<'_>) -> Result<Booted, BootError> {
+    boot_reporting(plan).map(|(booted, _)| booted)
+}
+
+/// The init's status pipe after a successful boot: where an init that started a first command
+/// reports its exit status.
+pub struct StatusPipe {
+    pub fd: OwnedFd,
+    /// Bytes already read behind the setup report.
+    pub early: Vec<u8>,
+}
+
+/// What the init writes when its setup has succeeded.
+const SETUP_DONE: &[u8] = b"ok\n";
+
+/// `boot`, keeping the init's status pipe.
+pub fn boot_reporting(plan: &BootPlan<'_>) -> Result<(Booted, StatusPipe), BootError> {
     let (status_r, status_w) = pipe()?;
     let (life_r, life_w) = pipe()?;
     let init = match helper::configured() {
+        Some(_) if plan.first.is_some() => {
+            return Err(BootError::Setup(
+                "a first command needs an init cloned by its caller (no boot helper)".into(),
+            ));
+        }
         None => {
             let caller_ends = [status_r.as_raw_fd(), life_w.as_raw_fd()];
             let pid =
@@ -94,20 +120,22 @@ pub fn boot(plan: &BootPlan<'_>) -> Result<Booted, BootError> {
     };
     // Every copy of the status pipe's write end but the init's is closed by now (ours, and the
     // helper's, which has exited): end of file means the init finished or abandoned its setup.
-    let mut report = String::new();
-    if let Err(e) = std::fs::File::from(status_r).read_to_string(&mut report) {
-        init.end();
-        return Err(e.into());
-    }
-    if report != "ok" {
-        init.end();
-        let msg = if report.is_empty() {
-            "the init exited during setup".to_string()
-        } else {
-            report
-        };
-        return Err(BootError::Setup(msg));
-    }
+    let early = match read_report(&status_r) {
+        Ok(Ok(early)) => early,
+        Ok(Err(report)) => {
+            init.end();
+            let msg = if report.is_empty() {
+                "the init exited during setup".to_string()
+            } else {
+                report
+            };
+            return Err(BootError::Setup(msg));
+        }
+        Err(e) => {
+            init.end();
+            return Err(e.into());
+        }
+    };
     let start_time = crate::proc::start_time(init.pid)
         .filter(|t| init.start_time.is_none_or(|known| known == *t));
     let Some(start_time) = start_time else {
@@ -124,11 +152,35 @@ pub fn boot(plan: &BootPlan<'_>) -> Result<Booted, BootError> {
         std::mem::forget(life_w);
         Some(fd)
     };
-    Ok(Booted {
-        pid: init.pid,
-        start_time,
-        lifeline,
-    })
+    Ok((
+        Booted {
+            pid: init.pid,
+            start_time,
+            lifeline,
+        },
+        StatusPipe {
+            fd: status_r,
+            early,
+        },
+    ))
+}
+
+/// Reads the init's setup report: `SETUP_DONE` (Ok, with any bytes behind it), or the reason
+/// the setup failed, up to end of file (Err).
+fn read_report(status: &OwnedFd) -> std::io::Result<Result<Vec<u8>, String>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        if got.starts_with(SETUP_DONE) {
+            return Ok(Ok(got.split_off(SETUP_DONE.len())));
+        }
+        match rustix::io::read(status, &mut buf) {
+            Ok(0) => return Ok(Err(String::from_utf8_lossy(&got).into_owned())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// An init just cloned, whose setup is not known to have succeeded yet.
@@ -155,6 +207,11 @@ impl Cloned {
             crate::kill(self.pid);
         }
     }
+}
+
+/// Whether inits are cloned by the boot helper (`use_boot_helper`) rather than by this process.
+pub(crate) fn uses_helper() -> bool {
+    helper::configured().is_some()
 }
 
 /// Whether a sandbox init started by this process with `detach` is this process's child, which
@@ -235,19 +292,43 @@ pub fn reap(pid: u32) {
 
 fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
     let mut status = std::fs::File::from(status_w);
-    match setup(plan) {
-        Ok(()) => {}
-        Err(msg) => {
-            let _ = status.write_all(msg.as_bytes());
-            // SAFETY: terminating the forked child without running the parent's atexit state.
-            unsafe { libc::_exit(1) };
-        }
+    let fail = |status: &mut std::fs::File, msg: String| -> ! {
+        let _ = status.write_all(msg.as_bytes());
+        // SAFETY: terminating the forked child without running the parent's atexit state.
+        unsafe { libc::_exit(1) }
+    };
+    if let Err(msg) = setup(plan) {
+        fail(&mut status, msg);
     }
-    let keep = [status.as_raw_fd(), life_r.as_raw_fd()];
+    let mut keep = vec![status.as_raw_fd(), life_r.as_raw_fd()];
+    if let Some(first) = plan.first {
+        keep.extend_from_slice(&first.stdio);
+    }
     close_other_fds(&keep);
-    let _ = status.write_all(b"ok");
-    drop(status);
-    init_loop(if plan.detach { None } else { Some(life_r) })
+    let first = match plan.first {
+        None => None,
+        Some(first) => {
+            let pid = match crate::launch::start_in_init(first) {
+                Ok(pid) => pid,
+                Err(msg) => fail(&mut status, msg),
+            };
+            for fd in first.stdio {
+                // SAFETY: the command's ends of its pipes, inherited from the caller and now
+                // held by the command; the init never uses them.
+                unsafe { libc::close(fd) };
+            }
+            Some(pid)
+        }
+    };
+    let _ = status.write_all(SETUP_DONE);
+    let report_to = match first {
+        Some(pid) => Some((pid, status)),
+        None => {
+            drop(status);
+            None
+        }
+    };
+    init_loop(if plan.detach { None } else { Some(life_r) }, report_to)
 }
 
 fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
@@ -325,8 +406,10 @@ fn block_signals() {
 }
 
 /// PID 1 of the sandbox: reaps orphaned processes, and exits (taking the namespace down) on
-/// SIGTERM/SIGINT/SIGHUP or when an ephemeral sandbox's caller goes away.
-fn init_loop(lifeline: Option<OwnedFd>) -> ! {
+/// SIGTERM/SIGINT/SIGHUP or when an ephemeral sandbox's caller goes away (its lifeline closes).
+/// With a first command (`report_to`): its wait status goes to the caller when it exits, and
+/// bytes on the lifeline are signals for it.
+fn init_loop(lifeline: Option<OwnedFd>, mut report_to: Option<(libc::pid_t, std::fs::File)>) -> ! {
     let set = sigset();
     // SAFETY: signalfd on a valid sigset; the returned descriptor is owned below.
     let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
@@ -349,8 +432,20 @@ fn init_loop(lifeline: Option<OwnedFd>) -> ! {
             continue;
         }
         if fds[1].revents != 0 {
-            // SAFETY: ending PID 1 makes the kernel kill the rest of the namespace.
-            unsafe { libc::_exit(0) };
+            let mut sigs = [0u8; 16];
+            let got = match &lifeline {
+                Some(fd) => rustix::io::read(fd, &mut sigs).unwrap_or(0),
+                None => 0,
+            };
+            if got == 0 {
+                // SAFETY: ending PID 1 makes the kernel kill the rest of the namespace.
+                unsafe { libc::_exit(0) };
+            }
+            if let Some((command, _)) = &report_to {
+                for sig in &sigs[..got] {
+                    crate::launch::forward_in_init(*command, *sig);
+                }
+            }
         }
         if fds[0].revents & libc::POLLIN != 0 {
             // SAFETY: signalfd_siginfo is plain data, read whole from the signalfd.
@@ -369,6 +464,9 @@ fn init_loop(lifeline: Option<OwnedFd>) -> ! {
                 let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
                 if r <= 0 {
                     break;
+                }
+                if let Some((_, mut status)) = report_to.take_if(|(command, _)| *command == r) {
+                    let _ = status.write_all(&st.to_ne_bytes());
                 }
             }
         }

@@ -2,7 +2,8 @@
 //! the way `nsenter` does, then hardening the process before it execs.
 
 use crate::security::SecurityPlan;
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::ffi::CString;
 
 /// The init whose namespaces a command joins.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +57,7 @@ const NAMESPACES: [(&str, libc::c_int); 5] = [
 /// Spawns the command. Must be called from a thread that may change its pid namespace for
 /// children briefly (the CLI's main thread).
 pub fn spawn(plan: ExecPlan<'_>) -> Result<Spawned, ExecError> {
-    let program = plan.argv.first().ok_or(ExecError::NoCommand)?.clone();
+    let command = CommandLine::new(plan.argv, plan.env, plan.workdir)?;
     let pid = plan.target.pid;
     let open_ns = |name: &str| -> Result<OwnedFd, ExecError> {
         rustix::fs::open(
@@ -81,44 +82,7 @@ pub fn spawn(plan: ExecPlan<'_>) -> Result<Spawned, ExecError> {
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
-    .map_err(|e| ExecError::Spawn {
-        cmd: program.clone(),
-        source: e.into(),
-    })?;
-
-    let cstr = |text: &str| {
-        std::ffi::CString::new(text).map_err(|_| ExecError::Spawn {
-            cmd: program.clone(),
-            source: std::io::Error::other(format!("{text:?} contains a NUL byte")),
-        })
-    };
-    let argv: Vec<std::ffi::CString> = plan
-        .argv
-        .iter()
-        .map(|a| cstr(a))
-        .collect::<Result<_, _>>()?;
-    let envp: Vec<std::ffi::CString> = plan
-        .env
-        .iter()
-        .map(|(k, v)| cstr(&format!("{k}={v}")))
-        .collect::<Result<_, _>>()?;
-    let argv_ptrs = null_terminated(&argv);
-    let envp_ptrs = null_terminated(&envp);
-    let path = plan
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .unwrap_or(DEFAULT_PATH);
-    let candidates: Vec<std::ffi::CString> = candidates(&program, path)
-        .iter()
-        .map(|c| cstr(c))
-        .collect::<Result<_, _>>()?;
-    let workdir = cstr(plan.workdir)?;
-    let io_err = |e: std::io::Error| ExecError::Spawn {
-        cmd: program.clone(),
-        source: e,
-    };
+    .map_err(|e| command.spawn_error(e.into()))?;
 
     // The caller's ends of the standard streams, and the child's.
     let mut spawned = Spawned {
@@ -131,83 +95,179 @@ pub fn spawn(plan: ExecPlan<'_>) -> Result<Spawned, ExecError> {
     let child_ends: [OwnedFd; 3];
     let controlling_tty = match plan.stdio {
         StdioMode::Pipes { stdin } => {
-            let pipe = || {
-                rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-                    .map_err(|e| io_err(e.into()))
-            };
-            let input: OwnedFd = if stdin {
-                let (r, w) = pipe()?;
-                spawned.stdin = Some(std::fs::File::from(w));
-                r
-            } else {
-                std::fs::File::open("/dev/null").map_err(io_err)?.into()
-            };
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            spawned.stdout = Some(out_r);
-            spawned.stderr = Some(err_r);
-            child_ends = [input, out_w, err_w];
+            let pipes = StdioPipes::new(stdin).map_err(|e| command.spawn_error(e))?;
+            spawned.stdin = pipes.stdin.map(std::fs::File::from);
+            spawned.stdout = Some(pipes.stdout);
+            spawned.stderr = Some(pipes.stderr);
+            child_ends = pipes.child_ends;
             false
         }
         StdioMode::Pty(slave) => {
-            child_ends = [
-                slave.try_clone().map_err(io_err)?,
-                slave.try_clone().map_err(io_err)?,
-                slave,
-            ];
+            let copy = |fd: &OwnedFd| fd.try_clone().map_err(|e| command.spawn_error(e));
+            child_ends = [copy(&slave)?, copy(&slave)?, slave];
             true
         }
-    };
-    let harden = || plan.security.apply();
-    let steps = crate::vfork::ChildSteps {
-        cgroup_procs: plan.cgroup_procs,
-        namespaces: &ns_fds,
-        workdir: &workdir,
-        stdio: [
-            child_ends[0].as_raw_fd(),
-            child_ends[1].as_raw_fd(),
-            child_ends[2].as_raw_fd(),
-        ],
-        controlling_tty,
-        harden: &harden,
-        candidates: &candidates,
-        argv: &argv_ptrs,
-        envp: &envp_ptrs,
     };
     // Children of this thread are created in the sandbox's pid namespace until we switch back.
     rustix::thread::move_into_link_name_space(
         pid_ns.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::ProcessID),
     )
-    .map_err(|e| io_err(e.into()))?;
-    let started = crate::vfork::spawn(&steps);
+    .map_err(|e| command.spawn_error(e.into()))?;
+    let started = command.start(&Joining {
+        cgroup_procs: plan.cgroup_procs,
+        namespaces: &ns_fds,
+        stdio: [
+            child_ends[0].as_raw_fd(),
+            child_ends[1].as_raw_fd(),
+            child_ends[2].as_raw_fd(),
+        ],
+        controlling_tty,
+        from_init: false,
+        security: plan.security,
+    });
     let _ = rustix::thread::move_into_link_name_space(
         own_pid_ns.as_fd(),
         Some(rustix::thread::LinkNameSpaceType::ProcessID),
     );
     drop(child_ends);
-    match started {
-        Ok(started) => {
-            spawned.pid = started.pid;
-            spawned.pidfd = Some(started.pidfd);
-            Ok(spawned)
-        }
-        Err(e) if e.step == crate::vfork::Step::Exec => Err(match e.error.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => {
-                ExecError::NotFound(program.clone())
-            }
-            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
-                ExecError::NotExecutable(program.clone())
-            }
-            _ => io_err(e.error),
-        }),
-        Err(e) => Err(ExecError::Spawn {
-            cmd: program.clone(),
-            source: std::io::Error::new(
+    let started = started?;
+    spawned.pid = started.pid;
+    spawned.pidfd = Some(started.pidfd);
+    Ok(spawned)
+}
+
+/// The pipes of a command's standard streams: the caller's ends and the command's
+/// (stdin, stdout, stderr). Without `stdin`, the command reads /dev/null. Pipes, not the
+/// caller's terminal: a sandboxed process holding the caller's tty could push keystrokes into
+/// it (TIOCSTI).
+pub(crate) struct StdioPipes {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub child_ends: [OwnedFd; 3],
+}
+
+impl StdioPipes {
+    pub fn new(stdin: bool) -> std::io::Result<StdioPipes> {
+        let pipe = || rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC);
+        let (input, stdin) = if stdin {
+            let (r, w) = pipe()?;
+            (r, Some(w))
+        } else {
+            (std::fs::File::open("/dev/null")?.into(), None)
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        Ok(StdioPipes {
+            stdin,
+            stdout: out_r,
+            stderr: err_r,
+            child_ends: [input, out_w, err_w],
+        })
+    }
+}
+
+/// What a command's process joins and becomes before it execs.
+pub(crate) struct Joining<'a> {
+    pub cgroup_procs: &'a [OwnedFd],
+    pub namespaces: &'a [(OwnedFd, libc::c_int)],
+    /// Descriptors that become 0, 1 and 2.
+    pub stdio: [RawFd; 3],
+    pub controlling_tty: bool,
+    /// The caller is a sandbox init, whose blocked signals the command must not inherit.
+    pub from_init: bool,
+    pub security: &'a SecurityPlan,
+}
+
+/// A command line made ready for exec: C strings, and the paths a PATH search would try.
+pub(crate) struct CommandLine {
+    pub program: String,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    candidates: Vec<CString>,
+    workdir: CString,
+}
+
+impl CommandLine {
+    pub fn new(
+        argv: &[String],
+        env: &[(String, String)],
+        workdir: &str,
+    ) -> Result<CommandLine, ExecError> {
+        let program = argv.first().ok_or(ExecError::NoCommand)?.clone();
+        let cstr = |text: &str| {
+            CString::new(text).map_err(|_| ExecError::Spawn {
+                cmd: program.clone(),
+                source: std::io::Error::other(format!("{text:?} contains a NUL byte")),
+            })
+        };
+        let path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH);
+        Ok(CommandLine {
+            argv: argv.iter().map(|a| cstr(a)).collect::<Result<_, _>>()?,
+            envp: env
+                .iter()
+                .map(|(k, v)| cstr(&format!("{k}={v}")))
+                .collect::<Result<_, _>>()?,
+            candidates: candidates(&program, path)
+                .iter()
+                .map(|c| cstr(c))
+                .collect::<Result<_, _>>()?,
+            workdir: cstr(workdir)?,
+            program,
+        })
+    }
+
+    /// Starts the command as a child of the calling thread (in the pid namespace it has set
+    /// for its children), joining and hardening as `joining` says.
+    pub fn start(&self, joining: &Joining<'_>) -> Result<crate::vfork::Started, ExecError> {
+        let argv = null_terminated(&self.argv);
+        let envp = null_terminated(&self.envp);
+        let harden = || joining.security.apply();
+        let steps = crate::vfork::ChildSteps {
+            cgroup_procs: joining.cgroup_procs,
+            namespaces: joining.namespaces,
+            workdir: &self.workdir,
+            stdio: joining.stdio,
+            controlling_tty: joining.controlling_tty,
+            unblock_signals: joining.from_init,
+            harden: &harden,
+            candidates: &self.candidates,
+            argv: &argv,
+            envp: &envp,
+        };
+        crate::vfork::spawn(&steps).map_err(|e| self.failed(e))
+    }
+
+    /// The error for a failed start, with the exit code a shell would give (127 not found,
+    /// 126 not executable).
+    pub fn failed(&self, e: crate::vfork::SpawnError) -> ExecError {
+        if e.step != crate::vfork::Step::Exec {
+            return self.spawn_error(std::io::Error::new(
                 e.error.kind(),
                 format!("cannot {}: {}", e.step.describe(), e.error),
-            ),
-        }),
+            ));
+        }
+        match e.error.raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG) => {
+                ExecError::NotFound(self.program.clone())
+            }
+            Some(libc::EACCES) | Some(libc::ENOEXEC) | Some(libc::EISDIR) => {
+                ExecError::NotExecutable(self.program.clone())
+            }
+            _ => self.spawn_error(e.error),
+        }
+    }
+
+    pub fn spawn_error(&self, source: std::io::Error) -> ExecError {
+        ExecError::Spawn {
+            cmd: self.program.clone(),
+            source,
+        }
     }
 }
 
@@ -231,7 +291,7 @@ fn candidates(program: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
-fn null_terminated(strings: &[std::ffi::CString]) -> Vec<*const libc::c_char> {
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings
         .iter()
         .map(|s| s.as_ptr())

@@ -19,6 +19,7 @@ mod boot;
 pub mod cgroup;
 pub mod exec;
 pub mod files;
+pub mod launch;
 pub mod net;
 pub mod proc;
 mod pty;
@@ -35,7 +36,7 @@ pub use rootfs::{RootfsPlan, UpperDir};
 
 use agentkernel_core::policy::{NetworkMode, Policy};
 use agentkernel_core::{ExecEvent, ExitStatus};
-use rustix::fd::{BorrowedFd, RawFd};
+use rustix::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -125,6 +126,7 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
         cgroup_procs: &procs,
         detach: spec.detach,
         uplink: spec.policy.network == NetworkMode::User,
+        first: None,
     })?;
     if spec.policy.network == NetworkMode::User
         && let Err(e) = net::start_pasta(booted.pid, spec.netns_pin, spec.policy.host_loopback)
@@ -217,6 +219,107 @@ pub fn stop(
     net::unpin_netns(netns_pin);
     cgroup::Cgroup::open(id).destroy()?;
     Ok(())
+}
+
+/// A throwaway sandbox's command: what `run` starts in it.
+pub struct RunCommand<'a> {
+    pub argv: &'a [String],
+    pub env: &'a [(String, String)],
+    pub workdir: &'a str,
+    pub timeout: Option<Duration>,
+    /// Pass the caller's stdin to the command (otherwise it reads /dev/null).
+    pub forward_stdin: bool,
+    /// Bytes are signal numbers to forward to the command.
+    pub signals: Option<BorrowedFd<'a>>,
+}
+
+/// Whether `run_throwaway` can run `spec`: the init is cloned by this process (no boot helper)
+/// and the sandbox has no uplink to connect before its command starts.
+pub fn can_run_throwaway(spec: &StartSpec<'_>) -> bool {
+    !boot::uses_helper() && !spec.detach && spec.policy.network != NetworkMode::User
+}
+
+/// Runs one command in a new sandbox whose init starts it (`launch.rs`), streaming its events
+/// to `sink`, then tears the sandbox down. The caller checks `can_run_throwaway` first. On
+/// return nothing is left: no process, cgroup or mount.
+pub fn run_throwaway(
+    spec: &StartSpec<'_>,
+    command: &RunCommand<'_>,
+    sink: &mut Sink<'_>,
+) -> Result<(ExitStatus, Ending), NativeError> {
+    let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
+    let result = run_in_group(spec, command, &group, sink);
+    let destroyed = group.destroy();
+    let outcome = result?;
+    destroyed?;
+    Ok(outcome)
+}
+
+fn run_in_group(
+    spec: &StartSpec<'_>,
+    command: &RunCommand<'_>,
+    group: &cgroup::Cgroup,
+    sink: &mut Sink<'_>,
+) -> Result<(ExitStatus, Ending), NativeError> {
+    let procs = group.open_procs_files()?;
+    let pipes = exec::StdioPipes::new(command.forward_stdin)?;
+    let first = launch::FirstCommand {
+        argv: command.argv,
+        env: command.env,
+        workdir: command.workdir,
+        policy: spec.policy,
+        stdio: [
+            pipes.child_ends[0].as_raw_fd(),
+            pipes.child_ends[1].as_raw_fd(),
+            pipes.child_ends[2].as_raw_fd(),
+        ],
+    };
+    let oom_before = group.oom_kills();
+    let booted = boot::boot_reporting(&boot::BootPlan {
+        hostname: spec.hostname,
+        rootfs: spec.rootfs,
+        cgroup_procs: &procs,
+        detach: false,
+        uplink: false,
+        first: Some(&first),
+    });
+    drop(procs);
+    drop(pipes.child_ends);
+    let (booted, status) = match booted {
+        Ok(b) => b,
+        Err(boot::BootError::Setup(report)) => {
+            return Err(launch::start_failure(&report, &first)
+                .unwrap_or(boot::BootError::Setup(report).into()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(lifeline) = booted.lifeline else {
+        end_started(&booted, false);
+        return Err(boot::BootError::Setup("the sandbox has no lifeline".into()).into());
+    };
+    let mut launched = launch::Launched {
+        pid: launch::child_of(booted.pid),
+        stdin: pipes.stdin.map(std::fs::File::from),
+        stdout: Some(pipes.stdout),
+        stderr: Some(pipes.stderr),
+        status: status.fd,
+        early: status.early,
+        lifeline,
+    };
+    let relayed = relay::relay(
+        &mut launched,
+        sink,
+        command.timeout,
+        command.signals,
+        command.forward_stdin,
+    );
+    // The init exits when its lifeline closes and takes every process of the sandbox with it.
+    boot::release(lifeline);
+    boot::reap(booted.pid);
+    let (mut status, ending) = relayed?;
+    status.oom_killed = group.oom_kills() > oom_before;
+    let _ = sink(ExecEvent::Exit(status));
+    Ok((status, ending))
 }
 
 /// A command to run in a running sandbox.

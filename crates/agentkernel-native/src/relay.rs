@@ -20,6 +20,49 @@ pub enum Ending {
     Cancelled,
 }
 
+/// A started command as the relay sees it: a process this one spawned (`Spawned`), or the first
+/// command of a throwaway sandbox, spawned by the sandbox's init (`launch::Launched`).
+pub trait Command {
+    /// The command's pid, as reported in `Started`.
+    fn pid(&self) -> u32;
+    /// The caller's ends of the command's stdin, stdout and stderr.
+    fn take_stdio(&mut self) -> (Option<std::fs::File>, Option<OwnedFd>, Option<OwnedFd>);
+    /// Readable once the command has exited.
+    fn exited(&self) -> Option<BorrowedFd<'_>>;
+    /// Sends `sig` to the command's process group.
+    fn signal(&self, sig: i32);
+    /// Kills the command and everything in its process group.
+    fn kill(&self);
+    /// Waits for the command to exit.
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus>;
+}
+
+impl Command for Spawned {
+    fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    fn take_stdio(&mut self) -> (Option<std::fs::File>, Option<OwnedFd>, Option<OwnedFd>) {
+        (self.stdin.take(), self.stdout.take(), self.stderr.take())
+    }
+
+    fn exited(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|f| f.as_fd())
+    }
+
+    fn signal(&self, sig: i32) {
+        forward_signal(self.pid, sig);
+    }
+
+    fn kill(&self) {
+        kill_group(self.pid);
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        Spawned::wait(self)
+    }
+}
+
 /// Streams the child's output to `sink` until it exits, the timeout passes, or the sink breaks.
 /// The command's exit ends the stream, as with `docker exec`: output already written is
 /// delivered, but a background process it left holding the pipes (`server &`) does not keep the
@@ -27,23 +70,21 @@ pub enum Ending {
 /// `signals` is a pipe whose bytes are signal numbers to forward to the command (Ctrl-C at the
 /// CLI); `stdin` forwards the caller's standard input.
 pub fn relay(
-    child: &mut Spawned,
+    child: &mut dyn Command,
     sink: &mut Sink<'_>,
     timeout: Option<Duration>,
     signals: Option<BorrowedFd<'_>>,
     forward_stdin: bool,
 ) -> std::io::Result<(ExitStatus, Ending)> {
-    let pid = child.id();
-    let _ = sink(ExecEvent::Started { pid });
-    let stdin_thread = match (forward_stdin, child.stdin.take()) {
+    let _ = sink(ExecEvent::Started { pid: child.pid() });
+    let (stdin, out, err) = child.take_stdio();
+    let stdin_thread = match (forward_stdin, stdin) {
         (true, Some(mut to_child)) => Some(std::thread::spawn(move || {
             let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_child);
         })),
         _ => None,
     };
-    let mut out: Option<OwnedFd> = child.stdout.take();
-    let mut err: Option<OwnedFd> = child.stderr.take();
-    let exited = child.pidfd.take();
+    let (mut out, mut err) = (out, err);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut ending = Ending::Exited;
     let mut buf = vec![0u8; 64 * 1024];
@@ -63,7 +104,7 @@ pub fn relay(
             pollfd(out.as_ref().map(|f| f.as_fd())),
             pollfd(err.as_ref().map(|f| f.as_fd())),
             pollfd(signals),
-            pollfd(exited.as_ref().map(|f| f.as_fd())),
+            pollfd(child.exited()),
         ];
         // SAFETY: `fds` is a valid array of pollfd structs; unused slots have fd -1.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
@@ -80,7 +121,7 @@ pub fn relay(
             let mut sig = [0u8; 16];
             if let Ok(n) = rustix::io::read(sig_fd, &mut sig) {
                 for s in &sig[..n] {
-                    forward_signal(pid, *s as i32);
+                    child.signal(*s as i32);
                 }
             }
         }
@@ -117,7 +158,7 @@ pub fn relay(
         }
     }
     if ending != Ending::Exited {
-        kill_group(pid);
+        child.kill();
     }
     let status = child.wait()?;
     drop(stdin_thread);

@@ -22,6 +22,9 @@ pub struct ChildSteps<'a> {
     pub stdio: [c_int; 3],
     /// Make fd 0 the controlling terminal (a pty slave).
     pub controlling_tty: bool,
+    /// Start the command with no signal blocked, rather than with the caller's mask (a sandbox
+    /// init blocks the signals it reads through a signalfd).
+    pub unblock_signals: bool,
     /// Runs last before exec (credentials, Landlock, seccomp).
     pub harden: &'a (dyn Fn() -> std::io::Result<()> + Sync),
     /// Paths to try in order (the PATH search, done by the caller).
@@ -226,7 +229,13 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
                 e.raw_os_error().unwrap_or(libc::EPERM),
             );
         }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &shared.mask, std::ptr::null_mut());
+        if steps.unblock_signals {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        } else {
+            libc::pthread_sigmask(libc::SIG_SETMASK, &shared.mask, std::ptr::null_mut());
+        }
         let mut best = libc::ENOENT;
         for path in steps.candidates {
             libc::execve(path.as_ptr(), steps.argv.as_ptr(), steps.envp.as_ptr());

@@ -82,7 +82,6 @@ impl E {
         self.run(&args)
     }
 
-    /// Starts the CLI with its stdout piped; returns it with the lines of its output.
     fn spawn_lines(
         &self,
         args: &[&str],
@@ -90,13 +89,7 @@ impl E {
         std::process::Child,
         std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
     ) {
-        let mut child = self
-            .cmd(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn agentkernel");
-        let stdout = child.stdout.take().expect("stdout");
-        (child, std::io::BufReader::new(stdout).lines())
+        self.ak.spawn_lines(args)
     }
 
     /// A persistent busybox sandbox, created and started.

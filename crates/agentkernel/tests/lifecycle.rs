@@ -134,18 +134,90 @@ fn nothing_left_after_remove() {
     assert_nothing_left(&home, "box4-", "sleep 300");
 }
 
+/// Both ways of running a throwaway sandbox: with network (its command joins the sandbox from
+/// outside, once pasta has connected it) and without (the sandbox's init starts the command).
 #[test]
 fn nothing_left_after_run() {
-    let ak = Ak::new();
-    let home = ak.home.path().to_str().expect("utf8").to_string();
-    ak.ok(&["run", "--", "sh", "-c", "sleep 200 & true"]);
-    // The sandbox's name (and so its cgroups') is random: the audit entry says which it was.
+    for network in [&[][..], &["--no-network"][..]] {
+        let ak = Ak::new();
+        let home = ak.home.path().to_str().expect("utf8").to_string();
+        let mut args = vec!["run"];
+        args.extend_from_slice(network);
+        args.extend_from_slice(&["--", "sh", "-c", "sleep 200 & true"]);
+        ak.ok(&args);
+        let name = last_run_sandbox(&ak);
+        assert_nothing_left(&home, &name, "sleep 200");
+    }
+}
+
+/// The sandbox a throwaway run used: its name (and so its cgroups') is random, and the audit
+/// entry says which it was.
+fn last_run_sandbox(ak: &Ak) -> String {
     let audit = ak.ok(&["audit", "list", "--json"]).stdout;
     let entry: serde_json::Value =
         serde_json::from_str(audit.lines().last().expect("an entry")).expect("json");
     let name = entry["sandbox"].as_str().expect("sandbox name").to_string();
     assert!(name.starts_with("run-"), "{entry}");
-    assert_nothing_left(&home, &name, "sleep 200");
+    name
+}
+
+/// SIGTERM to `run` reaches the command (its trap runs and sets the exit code), and the
+/// sandbox is gone afterwards.
+#[test]
+fn signals_reach_the_command_of_a_run() {
+    let ak = Ak::new();
+    let home = ak.home.path().to_str().expect("utf8").to_string();
+    let (mut child, mut lines) = ak.spawn_lines(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1.37; done",
+    ]);
+    assert_eq!(lines.next().expect("a line").expect("read"), "ready");
+    // SAFETY: kill(2) on the agentkernel process this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().expect("wait");
+    assert_eq!(rest, ["got-term"], "the command's trap did not run");
+    assert_eq!(status.code(), Some(7), "{status:?}");
+    assert_nothing_left(&home, &last_run_sandbox(&ak), "sleep 1.37");
+}
+
+/// The command's exit ends a run even when a process it started in the background holds its
+/// output open; a timeout ends the command and everything it started.
+#[test]
+fn a_run_ends_with_its_command() {
+    let ak = Ak::new();
+    let home = ak.home.path().to_str().expect("utf8").to_string();
+    let t = std::time::Instant::now();
+    let out = ak.ok(&[
+        "run",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "sleep 300 & echo started",
+    ]);
+    assert_eq!(out.stdout, "started\n");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "the background sleep held the run"
+    );
+    assert_nothing_left(&home, &last_run_sandbox(&ak), "sleep 300");
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "--timeout",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "sleep 301 & exec sleep 302",
+    ]);
+    assert_eq!(out.code, 124, "{out:?}");
+    assert_nothing_left(&home, &last_run_sandbox(&ak), "sleep 301");
 }
 
 /// No cgroup of the sandbox, no mount under the state directory, no process left.

@@ -261,6 +261,7 @@ fn serve(reply_to: &OwnedFd) -> Reply {
         cgroup_procs: &cgroup_procs,
         detach: req.detach,
         uplink: req.uplink,
+        first: None,
     };
     // An ephemeral init becomes the caller's child, which holds its lifeline and reaps it; a
     // detached one stays ours until we exit, then belongs to the host's PID 1.

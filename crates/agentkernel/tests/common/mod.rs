@@ -85,6 +85,24 @@ impl Ak {
         out
     }
 
+    /// Starts the CLI with its stdout piped; returns it with the lines of its output.
+    pub fn spawn_lines(
+        &self,
+        args: &[&str],
+    ) -> (
+        std::process::Child,
+        std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    ) {
+        use std::io::BufRead;
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn agentkernel");
+        let stdout = child.stdout.take().expect("stdout");
+        (child, std::io::BufReader::new(stdout).lines())
+    }
+
     pub fn list_json(&self) -> Vec<serde_json::Value> {
         let out = self.ok(&["list", "--json"]);
         serde_json::from_str(&out.stdout).expect("list --json is JSON")
