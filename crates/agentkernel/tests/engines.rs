@@ -15,7 +15,6 @@
 mod common;
 use common::engines::{Engine, engine};
 use common::*;
-use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
