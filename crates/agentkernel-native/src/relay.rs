@@ -5,6 +5,7 @@ use crate::exec::Spawned;
 use agentkernel_core::{ExecEvent, ExitStatus};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::io::Write;
+use std::mem::MaybeUninit;
 use std::ops::ControlFlow;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
@@ -87,7 +88,9 @@ pub fn relay(
     let (mut out, mut err) = (out, err);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut ending = Ending::Exited;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Left uninitialised: only the pages the kernel fills get touched (a zeroed 64 KiB buffer
+    // costs 16 page faults on every run, output or not).
+    let mut buf = Box::<[u8]>::new_uninit_slice(64 * 1024);
     while out.is_some() || err.is_some() {
         let wait_ms = match deadline {
             Some(d) => {
@@ -139,10 +142,10 @@ pub fn relay(
             }
             let stream = if is_out { &mut out } else { &mut err };
             let Some(fd) = stream.as_ref() else { continue };
-            match rustix::io::read(fd, &mut buf) {
-                Ok(0) | Err(_) => *stream = None,
-                Ok(n) => {
-                    let chunk = buf[..n].to_vec();
+            match rustix::io::read(fd, &mut buf[..]) {
+                Err(_) | Ok(([], _)) => *stream = None,
+                Ok((read, _)) => {
+                    let chunk = read.to_vec();
                     let event = if is_out {
                         ExecEvent::Stdout(chunk)
                     } else {
@@ -179,15 +182,15 @@ pub fn relay(
 
 /// Delivers what is already in a pipe without waiting for more (the command has exited; a
 /// process it left behind may hold the pipe open forever).
-fn drain(fd: &OwnedFd, is_out: bool, sink: &mut Sink<'_>, buf: &mut [u8]) {
+fn drain(fd: &OwnedFd, is_out: bool, sink: &mut Sink<'_>, buf: &mut [MaybeUninit<u8>]) {
     if rustix::io::ioctl_fionbio(fd, true).is_err() {
         return;
     }
-    while let Ok(n) = rustix::io::read(fd, &mut *buf) {
-        if n == 0 {
+    while let Ok((read, _)) = rustix::io::read(fd, &mut *buf) {
+        if read.is_empty() {
             break;
         }
-        let chunk = buf[..n].to_vec();
+        let chunk = read.to_vec();
         let event = if is_out {
             ExecEvent::Stdout(chunk)
         } else {
