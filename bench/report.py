@@ -107,10 +107,12 @@ side by side in one run. Regenerate with `bash bench/run.sh` (writes every secti
 - Machine: {os.cpu_count()} cores, {cpu}, kernel {platform.release()}.
 
 ## `run`: a new sandbox per command (no network)
-Baseline: `bwrap --unshare-all --ro-bind DIR / true`. agentkernel additionally mounts an overlay
-with a private tmpfs upper layer, a fresh /proc, /sys, /dev and /tmp, creates cgroups with
-memory/pids limits, applies seccomp, Landlock and capability drops, and removes the cgroups
-afterwards.
+Baseline: `bwrap --unshare-all --ro-bind DIR / true`: the same namespaces and a read-only
+root, but no /proc, /dev or /tmp (no `/dev/null`: most programs fail in it). The row after it
+adds those three (`--proc /proc --dev /dev --tmpfs /tmp`), the least a usable sandbox has.
+agentkernel additionally mounts an overlay with a private tmpfs upper layer, /sys, and a /proc
+with read-only and masked entries, creates cgroups with memory/pids limits, applies seccomp,
+Landlock and capability drops, and removes the cgroups afterwards.
 
 {table(run, 2)}
 

@@ -35,6 +35,7 @@ hf "$work/run.json" \
   -n "agentkernel run --no-network" "$AK run --image $root --no-network -- true" \
   -n "agentkernel run -p restrictive" "$AK run --image $root -p restrictive -- true" \
   -n "bwrap --unshare-all" "bwrap --unshare-all --ro-bind $root / true" \
+  -n "bwrap --unshare-all with /proc, /dev, /tmp" "bwrap --unshare-all --ro-bind $root / --proc /proc --dev /dev --tmpfs /tmp true" \
   -n "unshare -Urmpfn chroot" "unshare -Urmpfn chroot $root true"
 
 echo "bench: run with network" >&2
