@@ -2,10 +2,11 @@
 //! seccomp, Landlock, capabilities and cgroups.
 //!
 //! A sandbox is an init process (PID 1 of new mount, pid, net, ipc, uts and cgroup namespaces)
-//! that holds the namespaces; every command, `run` included, is started by joining them
-//! (`exec.rs`). The init outlives the process that started it, so a sandbox created by one CLI
-//! process is used and stopped by later ones: a sandbox is found again by its init's pid and
-//! start time, and its cgroups by its instance id.
+//! that holds the namespaces; commands are started by joining them (`exec.rs`), except the
+//! command of a throwaway sandbox without an uplink, which its init starts itself
+//! (`launch.rs`, `run_throwaway`). A persistent sandbox's init outlives the process that
+//! started it, so a sandbox created by one CLI process is used and stopped by later ones: a
+//! sandbox is found again by its init's pid and start time, and its cgroups by its instance id.
 //!
 //! `start` clones the sandbox init like a fork and runs ordinary Rust code in the child, which
 //! needs a single-threaded process: a multithreaded caller (the HTTP server) must call

@@ -341,6 +341,48 @@ fn capabilities_are_dropped() {
     }
 }
 
+/// `run` (whose command the sandbox's init starts) and `exec` (which joins a running sandbox from
+/// outside) harden their commands alike: capabilities, no_new_privs, user, seccomp and Landlock.
+#[test]
+fn exec_is_hardened_like_run() {
+    let ak = Ak::new();
+    let probe = "grep -E '^(CapEff|CapBnd|CapPrm|NoNewPrivs|Seccomp):' /proc/self/status; id -u; \
+        unshare -U true 2>/dev/null && echo unshare-allowed || echo unshare-denied; \
+        mknod /tmp/null-copy c 1 3 2>/dev/null && echo mknod-allowed || echo mknod-denied";
+    for profile in ["moderate", "restrictive"] {
+        let ran = ak.ok(&[
+            "run",
+            "--image",
+            "host",
+            "--no-network",
+            "-p",
+            profile,
+            "--",
+            "sh",
+            "-c",
+            probe,
+        ]);
+        assert!(ran.stdout.contains("NoNewPrivs:\t1"), "{profile}: {ran:?}");
+        assert!(ran.stdout.contains("Seccomp:\t2"), "{profile}: {ran:?}");
+        assert!(ran.stdout.contains("unshare-denied"), "{profile}: {ran:?}");
+        assert!(ran.stdout.contains("mknod-denied"), "{profile}: {ran:?}");
+        let name = format!("hardened-{profile}");
+        ak.ok(&[
+            "create",
+            &name,
+            "--image",
+            "host",
+            "--no-network",
+            "-p",
+            profile,
+        ]);
+        ak.ok(&["start", &name]);
+        let execd = ak.ok(&["exec", &name, "--", "sh", "-c", probe]);
+        assert_eq!(ran.stdout, execd.stdout, "{profile}: run and exec differ");
+        ak.ok(&["remove", &name]);
+    }
+}
+
 #[test]
 fn proc_sys_is_read_only_and_kernel_files_are_masked() {
     let ak = Ak::new();
