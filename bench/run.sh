@@ -31,12 +31,18 @@ for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/b
 hf() { hyperfine --style none --export-json "$1" --warmup "$WARMUP" --runs "$RUNS" -N "${@:2}" >/dev/null; }
 
 echo "bench: run" >&2
-hf "$work/run.json" \
-  -n "agentkernel run --no-network" "$AK run --image $root --no-network -- true" \
-  -n "agentkernel run -p restrictive" "$AK run --image $root -p restrictive -- true" \
-  -n "bwrap --unshare-all" "bwrap --unshare-all --ro-bind $root / true" \
-  -n "bwrap --unshare-all with /proc, /dev, /tmp" "bwrap --unshare-all --ro-bind $root / --proc /proc --dev /dev --tmpfs /tmp true" \
-  -n "unshare -Urmpfn chroot" "unshare -Urmpfn chroot $root true"
+# In ROUNDS rounds of RUNS/ROUNDS runs each (report.py pools them): hyperfine runs all of one
+# command's runs before the next, and this virtual machine's speed drifts over minutes, so
+# rounds spread every command over the same stretch of time.
+ROUNDS=4
+for round in $(seq "$ROUNDS"); do
+  hyperfine --style none --export-json "$work/run-$round.json" --warmup 3 --runs "$(( RUNS / ROUNDS ))" -N \
+    -n "agentkernel run --no-network" "$AK run --image $root --no-network -- true" \
+    -n "agentkernel run -p restrictive" "$AK run --image $root -p restrictive -- true" \
+    -n "bwrap --unshare-all" "bwrap --unshare-all --ro-bind $root / true" \
+    -n "bwrap --unshare-all with /proc, /dev, /tmp" "bwrap --unshare-all --ro-bind $root / --proc /proc --dev /dev --tmpfs /tmp true" \
+    -n "unshare -Urmpfn chroot" "unshare -Urmpfn chroot $root true" >/dev/null
+done
 
 echo "bench: run with network" >&2
 hf "$work/net.json" \
