@@ -123,7 +123,7 @@ impl Backend for NativeBackend {
         let env = merged_env(spec, exec);
         let (status, _ending) = native::run_throwaway(
             &start,
-            &native::RunCommand {
+            &native::CommandSpec {
                 argv: &exec.argv,
                 env: &env,
                 workdir: exec.workdir.as_deref().unwrap_or(&spec.workdir),
@@ -197,12 +197,14 @@ impl Backend for NativeBackend {
                 id: &runtime.instance,
                 target: Self::target(runtime),
                 policy: &spec.policy,
-                argv: &req.argv,
-                env: &env,
-                workdir,
-                timeout: req.timeout,
-                forward_stdin: req.stdin,
-                signals: controls.signals,
+                command: native::CommandSpec {
+                    argv: &req.argv,
+                    env: &env,
+                    workdir,
+                    timeout: req.timeout,
+                    forward_stdin: req.stdin,
+                    signals: controls.signals,
+                },
             },
             sink,
         )?;

@@ -222,8 +222,8 @@ pub fn stop(
     Ok(())
 }
 
-/// A throwaway sandbox's command: what `run` starts in it.
-pub struct RunCommand<'a> {
+/// A command to start in a sandbox, and how its caller talks to it.
+pub struct CommandSpec<'a> {
     pub argv: &'a [String],
     pub env: &'a [(String, String)],
     pub workdir: &'a str,
@@ -245,7 +245,7 @@ pub fn can_run_throwaway(spec: &StartSpec<'_>) -> bool {
 /// return nothing is left: no process, cgroup or mount.
 pub fn run_throwaway(
     spec: &StartSpec<'_>,
-    command: &RunCommand<'_>,
+    command: &CommandSpec<'_>,
     sink: &mut Sink<'_>,
 ) -> Result<(ExitStatus, Ending), NativeError> {
     let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
@@ -258,7 +258,7 @@ pub fn run_throwaway(
 
 fn run_in_group(
     spec: &StartSpec<'_>,
-    command: &RunCommand<'_>,
+    command: &CommandSpec<'_>,
     group: &cgroup::Cgroup,
     sink: &mut Sink<'_>,
 ) -> Result<(ExitStatus, Ending), NativeError> {
@@ -328,42 +328,35 @@ pub struct ExecSpec<'a> {
     pub id: &'a str,
     pub target: Target,
     pub policy: &'a Policy,
-    pub argv: &'a [String],
-    pub env: &'a [(String, String)],
-    pub workdir: &'a str,
-    pub timeout: Option<Duration>,
-    /// Pass the caller's stdin to the command (otherwise it reads /dev/null).
-    pub forward_stdin: bool,
-    /// Bytes are signal numbers to forward to the command.
-    pub signals: Option<BorrowedFd<'a>>,
+    pub command: CommandSpec<'a>,
 }
 
 /// Runs a command in the sandbox, streaming `Started`, output and `Exit` events to `sink`.
 pub fn exec(spec: &ExecSpec<'_>, sink: &mut Sink<'_>) -> Result<(ExitStatus, Ending), NativeError> {
     let root = files::root_of(spec.target.pid)?;
-    files::check_workdir(&root, spec.workdir)?;
+    files::check_workdir(&root, spec.command.workdir)?;
     let security = security::SecurityPlan::prepare(spec.policy, &root)?;
     let group = cgroup::Cgroup::open(spec.id);
     let procs = group.open_procs_files()?;
     let oom_before = group.oom_kills();
     let mut child = exec::spawn(exec::ExecPlan {
         target: spec.target,
-        argv: spec.argv,
-        env: spec.env,
-        workdir: spec.workdir,
+        argv: spec.command.argv,
+        env: spec.command.env,
+        workdir: spec.command.workdir,
         security: &security,
         cgroup_procs: &procs,
         stdio: exec::StdioMode::Pipes {
-            stdin: spec.forward_stdin,
+            stdin: spec.command.forward_stdin,
         },
     })?;
     drop(procs);
     let (mut status, ending) = relay::relay(
         &mut child,
         sink,
-        spec.timeout,
-        spec.signals,
-        spec.forward_stdin,
+        spec.command.timeout,
+        spec.command.signals,
+        spec.command.forward_stdin,
     )?;
     status.oom_killed = group.oom_kills() > oom_before;
     let _ = sink(ExecEvent::Exit(status));
