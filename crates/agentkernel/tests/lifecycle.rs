@@ -176,8 +176,21 @@ fn signals_reach_the_command_of_a_run() {
         "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1.37; done",
     ]);
     assert_eq!(lines.next().expect("a line").expect("read"), "ready");
+    let pid = child.id() as i32;
     // SAFETY: kill(2) on the agentkernel process this test started.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // A signal that never arrives must fail the test, not hang it: after 30 s the run is
+    // killed, its output ends without the trap's line, and the assertion below fails. Through
+    // a pidfd, so a recycled pid is never hit.
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).expect("pid"),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("pidfd");
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+    });
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
     let status = child.wait().expect("wait");
     assert_eq!(rest, ["got-term"], "the command's trap did not run");
