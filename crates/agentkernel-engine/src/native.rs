@@ -107,6 +107,9 @@ impl Backend for NativeBackend {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
+        if !native::can_run_throwaway(&spec.policy) {
+            return crate::backend::start_exec_stop(self, spec, rootfs, exec, sink, controls);
+        }
         let plan = self.rootfs_plan(spec, rootfs, Persistence::Ephemeral)?;
         let pin = self.pin(&spec.name);
         let start = native::StartSpec {
@@ -117,22 +120,9 @@ impl Backend for NativeBackend {
             detach: false,
             netns_pin: &pin,
         };
-        if !native::can_run_throwaway(&start) {
-            return crate::backend::start_exec_stop(self, spec, rootfs, exec, sink, controls);
-        }
         let env = merged_env(spec, exec);
-        let (status, _ending) = native::run_throwaway(
-            &start,
-            &native::CommandSpec {
-                argv: &exec.argv,
-                env: &env,
-                workdir: exec.workdir.as_deref().unwrap_or(&spec.workdir),
-                timeout: exec.timeout,
-                forward_stdin: exec.stdin,
-                signals: controls.signals,
-            },
-            sink,
-        )?;
+        let (status, _ending) =
+            native::run_throwaway(&start, &command_spec(spec, exec, &env, &controls), sink)?;
         Ok(status)
     }
 
@@ -191,20 +181,12 @@ impl Backend for NativeBackend {
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
         let env = merged_env(spec, req);
-        let workdir = req.workdir.as_deref().unwrap_or(&spec.workdir);
         let (status, _ending) = native::exec(
             &native::ExecSpec {
                 id: &runtime.instance,
                 target: Self::target(runtime),
                 policy: &spec.policy,
-                command: native::CommandSpec {
-                    argv: &req.argv,
-                    env: &env,
-                    workdir,
-                    timeout: req.timeout,
-                    forward_stdin: req.stdin,
-                    signals: controls.signals,
-                },
+                command: command_spec(spec, req, &env, &controls),
             },
             sink,
         )?;
@@ -312,6 +294,24 @@ fn file_error(e: native::files::FileError) -> EngineError {
 }
 
 /// The sandbox's environment with the request's on top; TERM comes from the request (attach).
+/// The command of `req` as the native backend starts it, in `run` and `exec` alike: `env` is
+/// its `merged_env`, the working directory defaults to the sandbox's.
+fn command_spec<'a>(
+    spec: &'a SandboxSpec,
+    req: &'a ExecRequest,
+    env: &'a [(String, String)],
+    controls: &Controls<'a>,
+) -> native::CommandSpec<'a> {
+    native::CommandSpec {
+        argv: &req.argv,
+        env,
+        workdir: req.workdir.as_deref().unwrap_or(&spec.workdir),
+        timeout: req.timeout,
+        forward_stdin: req.stdin,
+        signals: controls.signals,
+    }
+}
+
 fn merged_env(spec: &SandboxSpec, req: &ExecRequest) -> Vec<(String, String)> {
     let mut env = spec.env.clone();
     for (k, v) in &req.env {

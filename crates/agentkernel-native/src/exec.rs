@@ -310,10 +310,6 @@ pub struct Spawned {
 }
 
 impl Spawned {
-    pub fn id(&self) -> u32 {
-        self.pid
-    }
-
     /// Waits for the command to exit.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         use std::os::unix::process::ExitStatusExt;

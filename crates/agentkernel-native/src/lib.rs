@@ -234,10 +234,10 @@ pub struct CommandSpec<'a> {
     pub signals: Option<BorrowedFd<'a>>,
 }
 
-/// Whether `run_throwaway` can run `spec`: the init is cloned by this process (no boot helper)
-/// and the sandbox has no uplink to connect before its command starts.
-pub fn can_run_throwaway(spec: &StartSpec<'_>) -> bool {
-    !boot::uses_helper() && !spec.detach && spec.policy.network != NetworkMode::User
+/// Whether `run_throwaway` can run a sandbox with `policy`: the init is cloned by this process
+/// (no boot helper) and the sandbox has no uplink to connect before its command starts.
+pub fn can_run_throwaway(policy: &Policy) -> bool {
+    !boot::uses_helper() && policy.network != NetworkMode::User
 }
 
 /// Runs one command in a new sandbox whose init starts it (`launch.rs`), streaming its events
