@@ -36,6 +36,13 @@ pub struct ServerSection {
     /// Keys accepted as `Authorization: Bearer <key>` (with `--api-key` and
     /// `AGENTKERNEL_API_KEY`).
     pub api_keys: Option<Vec<String>>,
+    /// Host names the server answers to besides loopback names and IP literals (the `Host`
+    /// header; `Origin` must name one of them too).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Ceilings for what HTTP and MCP callers may ask for.
+    pub max_sandboxes: Option<usize>,
+    pub max_memory_mb: Option<u64>,
+    pub max_vcpus: Option<f64>,
 }
 
 /// `agentkernel daemon`: warm pools of pre-started sandboxes, each used for one run.
@@ -68,6 +75,9 @@ pub struct ImagesSection {
     /// `host[:port]` of registries that may be reached over plain HTTP (loopback ones may
     /// always).
     pub insecure_registries: Option<Vec<String>>,
+    /// Most bytes, in MB, one unpacked layer and one whole unpacked image may take.
+    pub max_layer_mb: Option<u64>,
+    pub max_image_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -92,6 +102,8 @@ pub struct ResourcesSection {
     pub vcpus: Option<f64>,
     pub memory_mb: Option<u64>,
     pub pids: Option<u64>,
+    /// Per writable filesystem of the sandbox (root layer, `/tmp`, `/dev/shm`), in MB.
+    pub disk_mb: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -100,6 +112,9 @@ pub struct SecuritySection {
     pub profile: Option<String>,
     pub network: Option<bool>,
     pub read_only: Option<bool>,
+    /// Host directories that HTTP and MCP callers may name (as image directories and OCI
+    /// layouts) and that their permissive sandboxes may mount. User config only.
+    pub remote_paths: Option<Vec<String>>,
 }
 
 /// Why a compatibility mode cannot be used.
@@ -205,11 +220,13 @@ impl Config {
                 vcpus: self.resources.vcpus.or(lower.resources.vcpus),
                 memory_mb: self.resources.memory_mb.or(lower.resources.memory_mb),
                 pids: self.resources.pids.or(lower.resources.pids),
+                disk_mb: self.resources.disk_mb.or(lower.resources.disk_mb),
             },
             security: SecuritySection {
                 profile: self.security.profile.or(lower.security.profile),
                 network: self.security.network.or(lower.security.network),
                 read_only: self.security.read_only.or(lower.security.read_only),
+                remote_paths: self.security.remote_paths.or(lower.security.remote_paths),
             },
             images: ImagesSection {
                 mirrors: self.images.mirrors.or(lower.images.mirrors),
@@ -217,11 +234,17 @@ impl Config {
                     .images
                     .insecure_registries
                     .or(lower.images.insecure_registries),
+                max_layer_mb: self.images.max_layer_mb.or(lower.images.max_layer_mb),
+                max_image_mb: self.images.max_image_mb.or(lower.images.max_image_mb),
             },
             server: ServerSection {
                 host: self.server.host.or(lower.server.host),
                 port: self.server.port.or(lower.server.port),
                 api_keys: self.server.api_keys.or(lower.server.api_keys),
+                allowed_hosts: self.server.allowed_hosts.or(lower.server.allowed_hosts),
+                max_sandboxes: self.server.max_sandboxes.or(lower.server.max_sandboxes),
+                max_memory_mb: self.server.max_memory_mb.or(lower.server.max_memory_mb),
+                max_vcpus: self.server.max_vcpus.or(lower.server.max_vcpus),
             },
             daemon: DaemonSection {
                 min_warm: self.daemon.min_warm.or(lower.daemon.min_warm),

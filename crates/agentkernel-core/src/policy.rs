@@ -79,6 +79,14 @@ pub struct Limits {
     pub pids: u64,
     /// CPU bandwidth in cores (1.5 = one and a half cores); 0 means unlimited.
     pub vcpus: f64,
+    /// Most bytes, in MB, the sandbox may write to each writable filesystem of its own (the
+    /// root's writable layer, `/tmp`, `/dev/shm`).
+    #[serde(default = "default_disk_mb")]
+    pub disk_mb: u64,
+}
+
+fn default_disk_mb() -> u64 {
+    Policy::for_profile(Profile::Moderate).limits.disk_mb
 }
 
 /// The uid/gid the command runs as inside the sandbox.
@@ -129,6 +137,10 @@ pub struct Policy {
     pub egress_allowlist: Vec<String>,
     /// Host environment variables passed into the sandbox.
     pub env_passthrough: Vec<String>,
+    /// Paths inside the sandbox hidden under an empty read-only directory: where a mount
+    /// would otherwise show agentkernel's own state directory.
+    #[serde(default)]
+    pub masked_paths: Vec<PathBuf>,
 }
 
 /// Overrides of a profile's defaults from flags and config, applied in `Policy::resolve`.
@@ -138,6 +150,7 @@ pub struct PolicyOverrides {
     pub memory_mb: Option<u64>,
     pub pids: Option<u64>,
     pub vcpus: Option<f64>,
+    pub disk_mb: Option<u64>,
     pub read_only_root: Option<bool>,
     /// The host directory permissive sandboxes mount at /workspace (the caller's cwd).
     pub project_dir: Option<PathBuf>,
@@ -147,6 +160,10 @@ pub struct PolicyOverrides {
 
 /// The largest memory limit a sandbox may ask for, in MB (1 TiB).
 pub const MAX_MEMORY_MB: u64 = 1024 * 1024;
+
+/// The smallest and largest disk limits, in MB (64 MB to 64 TiB).
+pub const MIN_DISK_MB: u64 = 64;
+pub const MAX_DISK_MB: u64 = 64 * 1024 * 1024;
 
 /// Where a permissive sandbox sees the caller's working directory.
 pub const WORKSPACE: &str = "/workspace";
@@ -170,9 +187,11 @@ impl Policy {
                     memory_mb: 4096,
                     pids: 4096,
                     vcpus: 0.0,
+                    disk_mb: 20480,
                 },
                 egress_allowlist: Vec::new(),
                 env_passthrough: PASSTHROUGH_ENV.iter().map(|v| v.to_string()).collect(),
+                masked_paths: Vec::new(),
             },
             Profile::Moderate => Policy {
                 profile,
@@ -188,9 +207,11 @@ impl Policy {
                     memory_mb: 2048,
                     pids: 1024,
                     vcpus: 0.0,
+                    disk_mb: 10240,
                 },
                 egress_allowlist: Vec::new(),
                 env_passthrough: Vec::new(),
+                masked_paths: Vec::new(),
             },
             Profile::Restrictive => Policy {
                 profile,
@@ -209,9 +230,11 @@ impl Policy {
                     memory_mb: 512,
                     pids: 256,
                     vcpus: 1.0,
+                    disk_mb: 1024,
                 },
                 egress_allowlist: Vec::new(),
                 env_passthrough: Vec::new(),
+                masked_paths: Vec::new(),
             },
         }
     }
@@ -234,6 +257,9 @@ impl Policy {
         }
         if let Some(v) = overrides.vcpus {
             policy.limits.vcpus = v;
+        }
+        if let Some(d) = overrides.disk_mb {
+            policy.limits.disk_mb = d;
         }
         if let Some(ro) = overrides.read_only_root {
             policy.read_only_root = ro;
@@ -283,6 +309,12 @@ impl Policy {
             return Err(CoreError::Unsupported(format!(
                 "vcpus {} is out of range: give 0 (unlimited) to 1024",
                 self.limits.vcpus
+            )));
+        }
+        if !(MIN_DISK_MB..=MAX_DISK_MB).contains(&self.limits.disk_mb) {
+            return Err(CoreError::Unsupported(format!(
+                "disk limit {} MB is out of range: give {MIN_DISK_MB} MB to {MAX_DISK_MB} MB (64 TiB)",
+                self.limits.disk_mb
             )));
         }
         if !self.egress_allowlist.is_empty() {

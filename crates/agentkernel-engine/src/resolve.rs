@@ -31,6 +31,8 @@ pub struct SpecRequest {
     pub workdir: Option<String>,
     pub memory_mb: Option<u64>,
     pub vcpus: Option<f64>,
+    /// `--disk MB`.
+    pub disk_mb: Option<u64>,
     /// The caller's working directory: where `./agentkernel.toml` and relative image paths are
     /// looked up, and what permissive sandboxes mount at /workspace.
     pub cwd: PathBuf,
@@ -122,6 +124,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         memory_mb: req.memory_mb.or(config.resources.memory_mb),
         pids: config.resources.pids,
         vcpus: req.vcpus.or(config.resources.vcpus),
+        disk_mb: req.disk_mb.or(config.resources.disk_mb),
         read_only_root: config.security.read_only,
         project_dir: Some(req.cwd.clone()),
         home_dir,

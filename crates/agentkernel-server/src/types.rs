@@ -64,6 +64,10 @@ pub struct RunRequest {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 1024)]
     pub vcpus: Option<f64>,
+    /// Disk limit in MB for each writable filesystem of the sandbox.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 64, maximum = 67108864)]
+    pub disk_mb: Option<u64>,
     /// Kill the command after this many milliseconds (default: the server's request timeout).
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 1, maximum = 86400000)]
@@ -166,6 +170,10 @@ pub struct CreateRequest {
     #[serde(default, deserialize_with = "whole_number")]
     #[schema(minimum = 16, maximum = 1048576)]
     pub memory_mb: Option<u64>,
+    /// Disk limit in MB for each writable filesystem of the sandbox.
+    #[serde(default, deserialize_with = "whole_number")]
+    #[schema(minimum = 64, maximum = 67108864)]
+    pub disk_mb: Option<u64>,
     #[serde(default)]
     #[schema(value_type = Option<ProfileName>)]
     pub profile: Option<String>,

@@ -236,6 +236,9 @@ pub struct SandboxOpts {
     /// CPU limit in cores (overrides the profile and config)
     #[arg(long, value_name = "N")]
     pub vcpus: Option<f64>,
+    /// Disk limit in MB for each writable filesystem of the sandbox (overrides the profile and config)
+    #[arg(long, value_name = "MB")]
+    pub disk: Option<u64>,
 }
 
 #[derive(Args, Debug)]

@@ -397,6 +397,7 @@ pub fn try_run(
         "env": req.env,
         "workdir": req.workdir,
         "memory_mb": req.memory_mb,
+        "disk_mb": req.disk_mb,
         "vcpus": req.vcpus,
         "timeout_ms": timeout.map(|t| t.as_millis() as u64),
         "cwd": req.cwd,

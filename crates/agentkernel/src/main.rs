@@ -187,6 +187,7 @@ fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
         workdir: opts.workdir,
         memory_mb: opts.memory,
         vcpus: opts.vcpus,
+        disk_mb: opts.disk,
         cwd,
         ..Default::default()
     })

@@ -73,6 +73,7 @@ pub async fn create(
         env: req.env.clone().unwrap_or_default(),
         memory_mb: req.memory_mb,
         vcpus: req.vcpus,
+        disk_mb: req.disk_mb,
         cwd: st.cwd.clone(),
         labels: req.labels.clone().unwrap_or_default(),
         description: req.description.clone(),
