@@ -83,6 +83,11 @@ pub struct Limits {
     /// root's writable layer, `/tmp`, `/dev/shm`).
     #[serde(default = "default_disk_mb")]
     pub disk_mb: u64,
+    /// The disk limit was asked for (flag, config, request) rather than taken from the profile.
+    /// A backend that cannot enforce a disk limit on some writable path refuses an asked-for
+    /// one; the profile's default is applied wherever the backend can.
+    #[serde(default)]
+    pub disk_explicit: bool,
 }
 
 fn default_disk_mb() -> u64 {
@@ -188,6 +193,7 @@ impl Policy {
                     pids: 4096,
                     vcpus: 0.0,
                     disk_mb: 20480,
+                    disk_explicit: false,
                 },
                 egress_allowlist: Vec::new(),
                 env_passthrough: PASSTHROUGH_ENV.iter().map(|v| v.to_string()).collect(),
@@ -208,6 +214,7 @@ impl Policy {
                     pids: 1024,
                     vcpus: 0.0,
                     disk_mb: 10240,
+                    disk_explicit: false,
                 },
                 egress_allowlist: Vec::new(),
                 env_passthrough: Vec::new(),
@@ -231,6 +238,7 @@ impl Policy {
                     pids: 256,
                     vcpus: 1.0,
                     disk_mb: 1024,
+                    disk_explicit: false,
                 },
                 egress_allowlist: Vec::new(),
                 env_passthrough: Vec::new(),
@@ -260,6 +268,7 @@ impl Policy {
         }
         if let Some(d) = overrides.disk_mb {
             policy.limits.disk_mb = d;
+            policy.limits.disk_explicit = true;
         }
         if let Some(ro) = overrides.read_only_root {
             policy.read_only_root = ro;
