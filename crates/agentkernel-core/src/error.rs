@@ -27,6 +27,10 @@ pub enum CoreError {
     Config { path: String, message: String },
     #[error("{0}")]
     Unsupported(String),
+    /// The request names something its caller may not (a host path from a remote caller, a
+    /// looser policy from a project's config or an MCP caller): HTTP 403.
+    #[error("{0}")]
+    NotPermitted(String),
     #[error("invalid command argument: {0}")]
     InvalidArgument(String),
     #[error("the description is {0} characters long: give at most 4096")]

@@ -294,6 +294,68 @@ impl Policy {
         policy
     }
 
+    /// The first way in which `self` lets a sandbox do more than `bound` does, or `None` when
+    /// `self` is at least as strict in every field. A project's config and an MCP caller may
+    /// only tighten: their policy is checked against the one the user's own settings give.
+    pub fn loosening_of(&self, bound: &Policy) -> Option<String> {
+        if self.network == NetworkMode::User && bound.network == NetworkMode::None {
+            return Some("network access".to_string());
+        }
+        if self.host_loopback && !bound.host_loopback {
+            return Some("access to the host's loopback services".to_string());
+        }
+        if !self.read_only_root && bound.read_only_root {
+            return Some("a writable root filesystem".to_string());
+        }
+        if let Some(m) = self.mounts.iter().find(|m| {
+            !bound
+                .mounts
+                .iter()
+                .any(|b| b.source == m.source && b.target == m.target && (m.read_only || !b.read_only))
+        }) {
+            return Some(format!(
+                "the host directory {} mounted at {}{}",
+                m.source.display(),
+                m.target.display(),
+                if m.read_only { "" } else { " (writable)" }
+            ));
+        }
+        if let Some(c) = self.capabilities.iter().find(|c| !bound.capabilities.contains(c)) {
+            return Some(format!("the capability {c}"));
+        }
+        if self.seccomp == SeccompMode::DenyList && bound.seccomp == SeccompMode::AllowList {
+            return Some("the seccomp deny-list instead of the allow-list".to_string());
+        }
+        if !self.no_new_privs && bound.no_new_privs {
+            return Some("gaining privileges through set-uid programs".to_string());
+        }
+        if self.user.uid == 0 && bound.user.uid != 0 {
+            return Some("running as root".to_string());
+        }
+        let (l, b) = (&self.limits, &bound.limits);
+        if l.memory_mb > b.memory_mb {
+            return Some(format!("{} MB of memory (more than {} MB)", l.memory_mb, b.memory_mb));
+        }
+        if l.pids > b.pids {
+            return Some(format!("{} processes (more than {})", l.pids, b.pids));
+        }
+        if b.vcpus > 0.0 && (l.vcpus == 0.0 || l.vcpus > b.vcpus) {
+            let asked = if l.vcpus == 0.0 {
+                "unlimited CPU".to_string()
+            } else {
+                format!("{} CPUs", l.vcpus)
+            };
+            return Some(format!("{asked} (more than {})", b.vcpus));
+        }
+        if l.disk_mb > b.disk_mb {
+            return Some(format!("{} MB of disk (more than {} MB)", l.disk_mb, b.disk_mb));
+        }
+        if let Some(v) = self.env_passthrough.iter().find(|v| !bound.env_passthrough.contains(v)) {
+            return Some(format!("the host's {v} variable"));
+        }
+        None
+    }
+
     /// Checks the limits are ones a backend can apply.
     pub fn validate(&self) -> Result<(), CoreError> {
         if self.limits.memory_mb < 16 {
@@ -358,6 +420,52 @@ mod tests {
         let p = Policy::resolve(Profile::Moderate, &o);
         assert_eq!(p.network, NetworkMode::None);
         assert_eq!(p.limits.memory_mb, 64);
+    }
+
+    #[test]
+    fn only_tighter_policies_are_within_a_bound() {
+        let moderate = Policy::for_profile(Profile::Moderate);
+        let restrictive = Policy::for_profile(Profile::Restrictive);
+        let permissive = Policy::resolve(
+            Profile::Permissive,
+            &PolicyOverrides {
+                project_dir: Some("/src/app".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(restrictive.loosening_of(&moderate), None);
+        assert_eq!(moderate.loosening_of(&moderate), None);
+        assert!(moderate.loosening_of(&restrictive).is_some());
+        let why = permissive.loosening_of(&moderate).expect("permissive is looser");
+        assert!(why.contains("/src/app"), "{why}");
+        let more_memory = Policy::resolve(
+            Profile::Restrictive,
+            &PolicyOverrides {
+                memory_mb: Some(4096),
+                ..Default::default()
+            },
+        );
+        let why = more_memory.loosening_of(&moderate).expect("more memory");
+        assert!(why.contains("4096 MB"), "{why}");
+        let unlimited_cpu = Policy::resolve(
+            Profile::Moderate,
+            &PolicyOverrides {
+                vcpus: Some(0.0),
+                ..Default::default()
+            },
+        );
+        assert!(unlimited_cpu.loosening_of(&restrictive).is_some());
+        let network = Policy::resolve(
+            Profile::Restrictive,
+            &PolicyOverrides {
+                network: Some(true),
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            network.loosening_of(&restrictive).as_deref(),
+            Some("network access")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The audit log: one JSON object per line in `~/.agentkernel/audit.jsonl`, with `timestamp`,
 //! `pid`, `user` and the event (`event` names its type). `AGENTKERNEL_AUDIT=0` disables it.
 
+use std::os::unix::fs::OpenOptionsExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, Write};
@@ -110,6 +111,7 @@ impl AuditLog {
         let result = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(crate::state_dir::FILE_MODE)
             .open(&self.path)
             .and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = result {

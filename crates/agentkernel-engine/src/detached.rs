@@ -72,6 +72,10 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const SETTLE_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(10);
 
+/// Most records of detached commands kept per sandbox (each holds up to twice `OUTPUT_CAP`):
+/// starting one more removes the oldest finished ones, and is refused when all are running.
+pub const MAX_RECORDS: usize = 64;
+
 const REQUEST: &str = "request.json";
 const COMMAND: &str = "command.json";
 const EXIT: &str = "exit.json";
@@ -338,6 +342,38 @@ fn remove_record(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Keeps the records of sandbox `name` under `MAX_RECORDS` before one more is added: the
+/// oldest finished ones go; if every record is of a running command, the new one is refused.
+fn make_room(root: &Path, name: &str) -> Result<()> {
+    let entries = std::fs::read_dir(root).map_err(EngineError::io(format!("read {}", root.display())))?;
+    let mut finished = Vec::new();
+    let mut count = 0;
+    for entry in entries.flatten() {
+        if !valid_id(&entry.file_name().to_string_lossy()) {
+            continue;
+        }
+        count += 1;
+        let dir = entry.path();
+        if let Ok(meta) = std::fs::metadata(dir.join(EXIT)) {
+            finished.push((meta.modified().ok(), dir));
+        }
+    }
+    if count < MAX_RECORDS {
+        return Ok(());
+    }
+    finished.sort();
+    let excess = count + 1 - MAX_RECORDS;
+    if finished.len() < excess {
+        return Err(EngineError::LimitReached(format!(
+            "sandbox {name:?} already runs {count} detached commands, the most it keeps: wait for some to end or kill them (DELETE /sandboxes/{name}/exec/detached/ID)"
+        )));
+    }
+    for (_, dir) in finished.into_iter().take(excess) {
+        remove_record(&dir);
+    }
+    Ok(())
+}
+
 /// The command's state, from its record and the process table.
 fn load(dir: &Path, meta: Meta) -> Result<DetachedCommand> {
     let exit: Option<Exit> = read_json(&dir.join(EXIT)).map_err(EngineError::io(format!(
@@ -461,6 +497,7 @@ impl Engine {
             .mode(0o700)
             .create(&root)
             .map_err(EngineError::io(format!("create {}", root.display())))?;
+        make_room(&root, name)?;
         let id = new_id();
         let dir = root.join(&id);
         std::fs::DirBuilder::new()
@@ -914,6 +951,37 @@ fn run_supervised(home: &Path, sandbox: &str, id: &str, dir: &Path) -> i32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn records_are_capped_oldest_finished_first() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let ids: Vec<String> = (0..MAX_RECORDS).map(|i| format!("{i:012x}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            let dir = root.path().join(id);
+            std::fs::create_dir(&dir).expect("record");
+            // The first two are finished, the oldest first.
+            if i < 2 {
+                std::fs::write(dir.join(EXIT), "{}").expect("exit");
+                let at = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1000 + i as u64);
+                std::fs::File::options()
+                    .write(true)
+                    .open(dir.join(EXIT))
+                    .and_then(|f| f.set_modified(at))
+                    .expect("mtime");
+            }
+        }
+        make_room(root.path(), "s").expect("room made");
+        assert!(!root.path().join(&ids[0]).exists(), "the oldest finished record goes");
+        assert!(root.path().join(&ids[1]).exists());
+        assert!(root.path().join(&ids[2]).exists(), "running commands' records stay");
+        std::fs::create_dir(root.path().join("ffffffffffff")).expect("one more");
+        make_room(root.path(), "s").expect("room made");
+        assert!(!root.path().join(&ids[1]).exists());
+        std::fs::create_dir(root.path().join("fffffffffffe")).expect("one more");
+        let e = make_room(root.path(), "s").expect_err("all running");
+        assert!(matches!(e, EngineError::LimitReached(_)), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -64,6 +64,15 @@ pub enum EngineError {
     },
     #[error("unknown output stream {0:?}: use stdout or stderr")]
     BadLogStream(String),
+    /// A ceiling the operator set (or its default) is reached: sandboxes, detached commands.
+    #[error("{0}")]
+    LimitReached(String),
+    /// A stored record does not carry a valid authentication code: it was written by
+    /// something other than agentkernel.
+    #[error(
+        "the stored record of sandbox {0:?} was changed outside agentkernel (or by an older version), so it is not trusted: remove the sandbox with `agentkernel remove {0}` and create it again"
+    )]
+    Tampered(String),
 }
 
 impl EngineError {

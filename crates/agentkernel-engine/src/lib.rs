@@ -15,6 +15,8 @@ mod native;
 pub mod pool;
 pub mod resolve;
 mod running;
+mod seal;
+mod state_dir;
 pub mod status;
 pub mod store;
 
@@ -36,6 +38,29 @@ use store::{SandboxRecord, Store};
 
 /// Default lifetime of a sandbox kept by `run --keep`.
 pub const DEFAULT_KEEP_TTL: Duration = Duration::from_secs(3600);
+
+/// How many sandboxes remote and MCP callers may keep, unless `[server] max_sandboxes` says.
+pub const DEFAULT_MAX_SANDBOXES: usize = 100;
+
+/// The RFC 3339 time `ttl` from now; a TTL beyond `metadata::MAX_TTL_DAYS` is refused (a
+/// larger one would overflow the clock arithmetic).
+pub(crate) fn expiry_after(ttl: Duration) -> Result<String> {
+    let too_long = || {
+        EngineError::Input(agentkernel_core::CoreError::InvalidArgument(format!(
+            "a lifetime of {} s is more than the longest allowed ({} days): give a shorter TTL",
+            ttl.as_secs(),
+            metadata::MAX_TTL_DAYS
+        )))
+    };
+    let secs = i64::try_from(ttl.as_secs()).map_err(|_| too_long())?;
+    if secs > metadata::MAX_TTL_DAYS * 86400 {
+        return Err(too_long());
+    }
+    let at = chrono::Utc::now()
+        .checked_add_signed(chrono::Duration::seconds(secs))
+        .ok_or_else(too_long)?;
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
 
 /// A sandbox as listed to users.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -83,6 +108,7 @@ pub struct Engine {
     audit: AuditLog,
     images: ImageStore,
     store: OnceCell<Store>,
+    seal: OnceCell<seal::Seal>,
     /// The executable re-run as the supervisor of detached commands; `current_exe()` if unset.
     supervisor_exe: Option<PathBuf>,
 }
@@ -90,13 +116,13 @@ pub struct Engine {
 impl Engine {
     /// An engine on `home` (`~/.agentkernel` or `$AGENTKERNEL_HOME`). Creates the directory.
     pub fn open(home: &Path) -> Result<Engine> {
-        std::fs::create_dir_all(home)
-            .map_err(EngineError::io(format!("create {}", home.display())))?;
+        state_dir::secure(home)?;
         Ok(Engine {
             home: home.to_path_buf(),
             audit: AuditLog::new(home),
             images: ImageStore::new(home.join("images")),
             store: OnceCell::new(),
+            seal: OnceCell::new(),
             supervisor_exe: None,
         })
     }
@@ -114,6 +140,15 @@ impl Engine {
 
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The key that authenticates stored records, read on first use.
+    fn seal(&self) -> Result<&seal::Seal> {
+        if let Some(s) = self.seal.get() {
+            return Ok(s);
+        }
+        let s = seal::Seal::open(&self.home)?;
+        Ok(self.seal.get_or_init(|| s))
     }
 
     /// The state database, opened on first use: an ephemeral `run` never touches it.
@@ -150,6 +185,7 @@ impl Engine {
         let mut spec = resolve::resolve(req, name, config)?;
         let backend = self.backend(&spec)?;
         let rootfs = backend.resolve_image(&spec.image, &self.images_for(Some(config))?)?;
+        state_dir::hide(&self.home, &mut spec, &rootfs)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
         if req.workdir.is_none()
             && config.sandbox.workdir.is_none()
@@ -173,9 +209,36 @@ impl Engine {
             .with_registries(registry_settings(config)?))
     }
 
+    /// Which config files a request reads and the profile they give, as `run` says on stderr:
+    /// `None` when no file applies (flags and defaults only). A project's file took effect
+    /// silently before; now the user sees it every time.
+    pub fn explain_config(&self, req: &SpecRequest) -> Result<Option<String>> {
+        let paths = resolve::config_paths(&self.home, req)?;
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let config = resolve::load_config(&self.home, req)?;
+        let profile = req
+            .profile
+            .clone()
+            .or(config.security.profile)
+            .unwrap_or_else(|| agentkernel_core::Profile::default().to_string());
+        let shown: Vec<String> = paths
+            .iter()
+            .map(|p| match p.strip_prefix(&req.cwd) {
+                Ok(rel) => format!("./{}", rel.display()),
+                Err(_) => p.display().to_string(),
+            })
+            .collect();
+        Ok(Some(format!("config {}; profile {profile}", shown.join(", "))))
+    }
+
     /// Which image a request would use and which rule chose it (`run -v`).
     pub fn explain_image(&self, req: &SpecRequest) -> Result<agentkernel_core::detect::Detection> {
-        Ok(resolve::choose_image(req, &resolve::load_config(req)?))
+        Ok(resolve::choose_image(
+            req,
+            &resolve::load_config(&self.home, req)?,
+        ))
     }
 
     /// Runs one command in a new sandbox (removed afterwards unless kept).
@@ -205,7 +268,7 @@ impl Engine {
                 memory_limit_mb,
             });
         }
-        let config = resolve::load_config(req)?;
+        let config = resolve::load_config(&self.home, req)?;
         let (spec, rootfs, backend) = self.prepare(req, &name, &config)?;
         let status = self.run_prepared(&spec, &rootfs, backend.as_ref(), exec, sink, controls)?;
         Ok(RunOutcome {
@@ -265,7 +328,7 @@ impl Engine {
         name: Option<&str>,
         ttl: Option<Duration>,
     ) -> Result<SandboxInfo> {
-        let config = resolve::load_config(req)?;
+        let config = resolve::load_config(&self.home, req)?;
         // An explicit name, else the project's `[sandbox] name`, else a generated one.
         let name = match name
             .map(str::to_string)
@@ -278,20 +341,26 @@ impl Engine {
             ),
         };
         validate_name(&name)?;
+        let expires_at = ttl.map(expiry_after).transpose()?;
         let (spec, _rootfs, _backend) = self.prepare(req, &name, &config)?;
-        let now = chrono::Utc::now();
         let rec = SandboxRecord {
             name: name.clone(),
             uuid: uuid::Uuid::new_v4().to_string(),
-            created_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-            expires_at: ttl.map(|t| {
-                (now + chrono::Duration::seconds(t.as_secs() as i64))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-            }),
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            expires_at,
             runtime: None,
             spec,
         };
         let _lock = lock::SandboxLock::acquire(&self.home, &name)?;
+        if req.caller != resolve::Caller::Local {
+            let most = config.server.max_sandboxes.unwrap_or(DEFAULT_MAX_SANDBOXES);
+            let count = self.store()?.list()?.len();
+            if count >= most {
+                return Err(EngineError::LimitReached(format!(
+                    "this server already keeps {count} sandboxes, its limit: remove some (DELETE /sandboxes/NAME), or have the operator raise [server] max_sandboxes"
+                )));
+            }
+        }
         self.store()?.insert(&rec)?;
         self.audit.record(AuditEvent::SandboxCreated {
             name: name.clone(),
@@ -380,7 +449,7 @@ impl Engine {
                     runtime: Some(started.runtime.clone()),
                     ..rec.clone()
                 };
-                running::write(&dir, &rec)
+                running::write(&dir, &rec, self.seal()?)
                     .map_err(EngineError::io(format!("write {}", dir.display())))
             });
         if let Err(e) = recorded {
@@ -421,7 +490,10 @@ impl Engine {
     /// Stops and deletes a sandbox and everything it wrote.
     pub fn remove(&self, name: &str) -> Result<()> {
         let _lock = lock::SandboxLock::acquire(&self.home, name)?;
-        let rec = self.get_record(name)?;
+        let rec = match self.get_record(name) {
+            Err(EngineError::Tampered(_)) => return self.remove_untrusted(name),
+            other => other?,
+        };
         let backend = backend::backend_for(rec.spec.backend, &self.home)?;
         if let Some(rt) = &rec.runtime {
             backend.stop(rt, None)?;
@@ -443,13 +515,32 @@ impl Engine {
         Ok(())
     }
 
+    /// Removes a sandbox whose stored record does not verify: its spec and runtime are not
+    /// trusted, so nothing they name is stopped; what still runs is no longer in any verified
+    /// record, and `gc` removes it.
+    fn remove_untrusted(&self, name: &str) -> Result<()> {
+        detached::settle(&self.home, name);
+        let dir = self.sandbox_dir(name);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(EngineError::io(format!("remove {}", dir.display()))(e)),
+        }
+        self.store()?.delete(name)?;
+        self.audit.record(AuditEvent::SandboxRemoved {
+            name: name.to_string(),
+        });
+        Ok(())
+    }
+
     fn running_record(
         &self,
         name: &str,
     ) -> Result<(SandboxSpec, Box<dyn Backend>, store::RuntimeState)> {
         validate_name(name)?;
         // The fast path: the view `start` left, trusted only if its init is alive.
-        if let Some((spec, rt)) = running::read(&self.sandbox_dir(name))
+        if let Ok(seal) = self.seal()
+            && let Some((spec, rt)) = running::read(&self.sandbox_dir(name), seal)
             && let Ok(backend) = backend::backend_for(spec.backend, &self.home)
             && backend.is_running(&rt)
         {
@@ -547,7 +638,14 @@ impl Engine {
     pub fn pull_image(&self, reference: &str, cwd: &Path, quiet: bool) -> Result<String> {
         match agentkernel_core::ImageRef::parse(reference, cwd)? {
             agentkernel_core::ImageRef::Registry { reference } => {
-                let config = resolve::load_config(&SpecRequest { cwd: cwd.to_path_buf(), ..Default::default() })?;
+                let config = resolve::load_config(
+                    &self.home,
+                    &SpecRequest {
+                        cwd: cwd.to_path_buf(),
+                        caller: resolve::Caller::Local,
+                        ..Default::default()
+                    },
+                )?;
                 let images = self.images_for(Some(&config))?;
                 let images = if quiet { images.quiet() } else { images };
                 Ok(images.pull(&reference)?.id)

@@ -249,10 +249,10 @@ impl Backend for NativeBackend {
             }
             let group = native::cgroup::Cgroup::open(&id);
             // A group with processes belongs to a sandbox still in use (an ephemeral `run` of
-            // another process), and a young empty one to a sandbox still booting (its init
-            // joins it a few milliseconds after it is made): only old empty leftovers go.
-            let booting = group.age().is_none_or(|age| age < GC_GRACE);
-            if !booting && group.pids().is_empty() && group.destroy().is_ok() {
+            // another process), and a young empty one never used to a sandbox still booting
+            // (its init joins it a few milliseconds after it is made): only empty groups that
+            // were used (their sandbox ended: a crashed CLI or server) or are old go.
+            if is_leftover(&group) && group.destroy().is_ok() {
                 removed.push(format!("cgroup {id}"));
             }
         }
@@ -264,9 +264,12 @@ impl Backend for NativeBackend {
                     .ok()
                     .and_then(|t| t.elapsed().ok())
                     .is_none_or(|age| age < GC_GRACE);
-                if young
+                let group = native::cgroup::Cgroup::open(&id);
+                // The pin of a sandbox whose group is gone (removed above) or ended.
+                let ended = group.age().is_none() || is_leftover(&group);
+                if (young && !ended)
                     || live_instances.contains(&id)
-                    || !native::cgroup::Cgroup::open(&id).pids().is_empty()
+                    || !group.pids().is_empty()
                 {
                     continue;
                 }
@@ -276,6 +279,16 @@ impl Backend for NativeBackend {
         }
         removed
     }
+}
+
+/// Whether an empty group is a leftover: it was used (its sandbox has ended), or, where the
+/// kernel keeps no usage mark, it is older than any boot takes.
+fn is_leftover(group: &native::cgroup::Cgroup) -> bool {
+    group.pids().is_empty()
+        && match group.was_used() {
+            Some(used) => used || group.age().is_none_or(|age| age >= GC_GRACE),
+            None => group.age().is_some_and(|age| age >= GC_GRACE),
+        }
 }
 
 /// How old an empty cgroup must be before `gc` takes it for a leftover.

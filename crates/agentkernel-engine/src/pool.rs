@@ -288,7 +288,7 @@ impl WarmPool {
     /// shutdown. Resolves the request first, so a bad image or profile is an error here.
     pub fn prewarm(&self, req: &SpecRequest, count: Option<usize>) -> Result<PoolStatus> {
         let engine = Engine::open(&self.shared.home)?;
-        let config = resolve::load_config(req)?;
+        let config = resolve::load_config(&self.shared.home, req)?;
         let (spec, rootfs, _) = engine.prepare(req, "warm-check", &config)?;
         let key = pool_key(&spec, &rootfs);
         let target = count
@@ -320,7 +320,7 @@ impl WarmPool {
         let req = crate::run_request(req, exec)?;
         let req = req.as_ref();
         let engine = Engine::open(&self.shared.home)?;
-        let config = resolve::load_config(req)?;
+        let config = resolve::load_config(&self.shared.home, req)?;
         let name = crate::throwaway_name();
         let (spec, rootfs, backend) = engine.prepare(req, &name, &config)?;
         let key = pool_key(&spec, &rootfs);
@@ -474,8 +474,16 @@ impl Drop for WarmPool {
 fn new_pool(req: &SpecRequest, spec: &SandboxSpec, target: usize) -> Pool {
     Pool {
         request: SpecRequest {
-            // Image detection already happened: keep the resolved image, not the command.
-            image: Some(spec.image.display()),
+            // Image detection already happened: keep the detected image, not the command. An
+            // image from a config file is found there again (naming a host directory here
+            // would be refused for a remote caller, who may not name one).
+            image: req.image.clone().or_else(|| {
+                matches!(
+                    spec.image,
+                    agentkernel_core::ImageRef::Registry { .. } | agentkernel_core::ImageRef::Host
+                )
+                .then(|| spec.image.display())
+            }),
             command: Vec::new(),
             env: Vec::new(),
             ..req.clone()
@@ -656,7 +664,7 @@ fn fill(shared: &Shared) {
 /// Boots one warm sandbox for `request`; returns the key it resolved to with it.
 fn boot(home: &Path, request: &SpecRequest) -> Result<(String, Warm)> {
     let engine = Engine::open(home)?;
-    let config = resolve::load_config(request)?;
+    let config = resolve::load_config(home, request)?;
     let name = warm_name();
     let (spec, rootfs, backend) = engine.prepare(request, &name, &config)?;
     let started = backend.start(&spec, &rootfs, &name, Persistence::Ephemeral)?;

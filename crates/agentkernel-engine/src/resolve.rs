@@ -1,7 +1,15 @@
-//! Turning what a user asked for (flags, `--config`, `./agentkernel.toml`) into one validated
-//! `SandboxSpec`. Precedence: flags > `--config` > `./agentkernel.toml` > defaults.
+//! Turning what a user asked for (flags, `--config`, `./agentkernel.toml`, the user's own
+//! `~/.agentkernel/config.toml`) into one validated `SandboxSpec`, and deciding what each caller
+//! may ask for (docs/security.md, "Who may name what").
+//!
+//! Precedence: flags > `--config` > `./agentkernel.toml` > the user config > defaults. The
+//! project file arrived with the project, so it may only tighten: the policy with it must be at
+//! least as strict as the policy without it, and it may not choose mirrors, the backend, or
+//! host paths outside the project. Remote callers (HTTP) may name registry images, `host` and
+//! directories under `[security] remote_paths`; MCP callers (the agent being sandboxed) also
+//! may only tighten the policy the configs give.
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use agentkernel_core::config::{Config, PROJECT_CONFIG};
 use agentkernel_core::detect::{Detection, detect_image};
 use agentkernel_core::policy::PolicyOverrides;
@@ -10,7 +18,24 @@ use agentkernel_core::{
     BackendKind, CoreError, ImageRef, Policy, Profile, SandboxSpec, validate_name,
 };
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Who sent a request. It decides which host paths the request may name and whether the
+/// configs are a ceiling for it. The default is the least trusted remote caller, so a surface
+/// that forgets to say gets the narrowest rights.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Caller {
+    /// The local user: the CLI, and the daemon's socket (0600 in the 0700 state directory,
+    /// so only the user who runs the daemon reaches it). May name host paths.
+    Local,
+    /// An HTTP client of `serve`: may name registry images, `host` and directories under
+    /// `[security] remote_paths`; its permissive sandboxes mount only such directories.
+    #[default]
+    Remote,
+    /// An MCP client, which is the agent being sandboxed: as `Remote`, and the policy the
+    /// configs give is a ceiling it may only tighten.
+    Agent,
+}
 
 /// Sandbox options as given on a surface (CLI flags, HTTP fields).
 #[derive(Debug, Clone, Default)]
@@ -43,6 +68,8 @@ pub struct SpecRequest {
     /// The caller's environment, for the variables a profile passes through, when the caller
     /// is another process (a CLI talking to the daemon); `None` reads this process's.
     pub host_env: Option<BTreeMap<String, String>>,
+    /// Who is asking.
+    pub caller: Caller,
 }
 
 /// The image for a request: `--image`, else `[sandbox] base_image`, else auto-detected from the
@@ -68,36 +95,198 @@ pub const DEFAULT_WORKDIR: &str = "/workspace";
 
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Checks everything about a request that can be checked without images or backends (names,
-/// profile, backend, image reference syntax, limits, working directory, environment, labels):
-/// surfaces call it to refuse bad input before they answer.
-pub fn validate_request(req: &SpecRequest) -> Result<()> {
-    resolve(req, "validate", &load_config(req)?).map(drop)
+/// The user's own config file in the state directory `home`: trusted, like flags.
+pub fn user_config_path(home: &Path) -> PathBuf {
+    home.join("config.toml")
 }
 
-/// Reads the config layers for a request.
-pub fn load_config(req: &SpecRequest) -> Result<Config> {
-    let project = req.cwd.join(PROJECT_CONFIG);
-    let mut config = if project.is_file() {
-        Config::load(&project)?
+/// The user's own config (`~/.agentkernel/config.toml`), or the defaults when there is none.
+/// What `serve` and the daemon read for their own settings: a project's file never sets them.
+pub fn user_config(home: &Path) -> Result<Config> {
+    let path = user_config_path(home);
+    Ok(if path.is_file() {
+        Config::load(&path)?
+    } else {
+        Config::default()
+    })
+}
+
+/// The settings of `serve` and the daemon: the user's own config with `--config FILE` over it.
+/// A project's `./agentkernel.toml` never sets them (it came with the project).
+pub fn operator_config(home: &Path, explicit: Option<&Path>) -> Result<Config> {
+    let user = user_config(home)?;
+    Ok(match explicit {
+        Some(path) => Config::load(path)?.over(user),
+        None => user,
+    })
+}
+
+/// Checks everything about a request that can be checked without images or backends (names,
+/// profile, backend, image reference syntax, who may name what, limits, working directory,
+/// environment, labels): surfaces call it to refuse bad input before they answer.
+pub fn validate_request(home: &Path, req: &SpecRequest) -> Result<()> {
+    resolve(req, "validate", &load_config(home, req)?).map(drop)
+}
+
+/// The config files that apply to a request, kept apart by how far they are trusted.
+struct ConfigFiles {
+    user: Config,
+    /// `./agentkernel.toml`: came with the project.
+    project: Option<(PathBuf, Config)>,
+    /// `--config FILE`: named by the caller.
+    explicit: Option<Config>,
+    /// Paths of the files read, in precedence order (lowest first).
+    paths: Vec<PathBuf>,
+}
+
+fn read_config_files(home: &Path, req: &SpecRequest) -> Result<ConfigFiles> {
+    let mut paths = Vec::new();
+    let user_path = user_config_path(home);
+    let user = if user_path.is_file() {
+        paths.push(user_path.clone());
+        Config::load(&user_path)?
     } else {
         Config::default()
     };
-    if let Some(path) = &req.config {
-        let path = if path.is_absolute() {
-            path.clone()
-        } else {
-            req.cwd.join(path)
-        };
-        config = Config::load(&path)?.over(config);
+    let project_path = req.cwd.join(PROJECT_CONFIG);
+    let project = if project_path.is_file() {
+        paths.push(project_path.clone());
+        Some((project_path.clone(), Config::load(&project_path)?))
+    } else {
+        None
+    };
+    let explicit = match &req.config {
+        Some(path) => {
+            let path = if path.is_absolute() {
+                path.clone()
+            } else {
+                req.cwd.join(path)
+            };
+            paths.push(path.clone());
+            Some(Config::load(&path)?)
+        }
+        None => None,
+    };
+    Ok(ConfigFiles {
+        user,
+        project,
+        explicit,
+        paths,
+    })
+}
+
+impl ConfigFiles {
+    fn merged(&self, with_project: bool) -> Config {
+        let mut config = self.user.clone();
+        if with_project && let Some((_, project)) = &self.project {
+            config = project.clone().over(config);
+        }
+        if let Some(explicit) = &self.explicit {
+            config = explicit.clone().over(config);
+        }
+        config
+    }
+}
+
+/// Reads the config layers for a request, after checking that the project's own file only
+/// tightens what the user's settings give.
+pub fn load_config(home: &Path, req: &SpecRequest) -> Result<Config> {
+    let files = read_config_files(home, req)?;
+    let config = files.merged(true);
+    if let Some((path, project)) = &files.project {
+        check_project_config(req, path, project, &config, &files.merged(false))?;
     }
     Ok(config)
 }
 
-/// Builds the spec for sandbox `name`. Image contents (its env and workdir) are merged later,
-/// when the image is resolved.
-pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<SandboxSpec> {
-    validate_name(name)?;
+/// The config files a request reads, lowest precedence first (`run` names them on stderr).
+pub fn config_paths(home: &Path, req: &SpecRequest) -> Result<Vec<PathBuf>> {
+    Ok(read_config_files(home, req)?.paths)
+}
+
+fn not_permitted(message: String) -> EngineError {
+    EngineError::Input(CoreError::NotPermitted(message))
+}
+
+/// A project's `./agentkernel.toml` may tighten the sandbox, never loosen it: no registry
+/// settings, no backend choice, no images outside the project, and a policy at least as strict
+/// as the one the user's own settings (`without`) give.
+fn check_project_config(
+    req: &SpecRequest,
+    path: &Path,
+    project: &Config,
+    with: &Config,
+    without: &Config,
+) -> Result<()> {
+    let refuse = |key: &str, how: &str| {
+        not_permitted(format!(
+            "{} sets {key}, which a project's config may not set (it came with the project, not from you): {how}, or remove it from that file",
+            path.display()
+        ))
+    };
+    let user_file = "put it in ~/.agentkernel/config.toml";
+    if project.images != Default::default() {
+        return Err(refuse("[images]", user_file));
+    }
+    if project.security.remote_paths.is_some() {
+        return Err(refuse("[security] remote_paths", user_file));
+    }
+    if with.sandbox.backend != without.sandbox.backend && req.backend.is_none() {
+        return Err(refuse(
+            "[sandbox] backend",
+            "choose the backend with -B or in ~/.agentkernel/config.toml",
+        ));
+    }
+    if req.image.is_none()
+        && with.sandbox.base_image != without.sandbox.base_image
+        && let Some(image) = &with.sandbox.base_image
+    {
+        match ImageRef::parse(image, &req.cwd)? {
+            ImageRef::Registry { .. } | ImageRef::Host => {}
+            ImageRef::Directory { path } | ImageRef::OciLayout { path, .. } => {
+                if !is_within(&path, std::slice::from_ref(&req.cwd)) {
+                    return Err(refuse(
+                        &format!("[sandbox] base_image = {image:?} outside the project"),
+                        "pass --image yourself",
+                    ));
+                }
+            }
+        }
+    }
+    let loose = resolve_policy(req, with)?;
+    let bound = resolve_policy(req, without)?;
+    if let Some(what) = loose.loosening_of(&bound) {
+        return Err(not_permitted(format!(
+            "{} asks for {what}, more than your own settings give ({} profile): a project's config may only tighten the sandbox; pass the option yourself (e.g. -p {}) or remove it from that file",
+            path.display(),
+            bound.profile,
+            loose.profile,
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `path` (made absolute, symlinks resolved where it exists) lies inside one of `roots`.
+fn is_within(path: &Path, roots: &[PathBuf]) -> bool {
+    let path = real_path(path);
+    roots.iter().any(|root| path.starts_with(real_path(root)))
+}
+
+/// `path` with symlinks resolved as far as it exists (a missing tail is kept as written).
+fn real_path(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) => real_path(parent).join(name),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The profile, with the request's and the configs' overrides applied, and, for callers that
+/// are not the local user, only the mounts under `[security] remote_paths`, no variables of
+/// this process, and the operator's resource ceilings.
+fn resolve_policy(req: &SpecRequest, config: &Config) -> Result<Policy> {
     let profile: Profile = match req
         .profile
         .as_deref()
@@ -106,11 +295,6 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         Some(p) => p.parse()?,
         None => Profile::default(),
     };
-    let backend: BackendKind = match req.backend.as_deref().or(config.sandbox.backend.as_deref()) {
-        Some(b) => b.parse()?,
-        None => BackendKind::Native,
-    };
-    let image = ImageRef::parse(&choose_image(req, config).image, &req.cwd)?;
     let network = if req.no_network {
         Some(false)
     } else {
@@ -129,8 +313,109 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         project_dir: Some(req.cwd.clone()),
         home_dir,
     };
-    let policy = Policy::resolve(profile, &overrides);
+    let mut policy = Policy::resolve(profile, &overrides);
+    if req.caller != Caller::Local {
+        let allowed = remote_paths(config);
+        policy.mounts.retain(|m| is_within(&m.source, &allowed));
+        policy.env_passthrough.clear();
+    }
+    Ok(policy)
+}
+
+/// `[security] remote_paths`, the host directories remote and MCP callers may name.
+fn remote_paths(config: &Config) -> Vec<PathBuf> {
+    config
+        .security
+        .remote_paths
+        .iter()
+        .flatten()
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
+/// Refuses what a caller other than the local user may not have: host paths outside
+/// `[security] remote_paths` as its image, more than the operator's ceilings, and, for an MCP
+/// caller, anything looser than the policy the configs alone give.
+fn check_caller(req: &SpecRequest, config: &Config, image: &ImageRef, policy: &Policy) -> Result<()> {
+    if req.caller == Caller::Local {
+        return Ok(());
+    }
+    if req.image.is_some()
+        && let ImageRef::Directory { path } | ImageRef::OciLayout { path, .. } = image
+        && !is_within(path, &remote_paths(config))
+    {
+        return Err(not_permitted(format!(
+            "image {} is a host path, which a remote or MCP caller may not name: use a registry image or `host`, or have the operator list the directory in [security] remote_paths of ~/.agentkernel/config.toml",
+            image.display()
+        )));
+    }
+    let max_memory = config.server.max_memory_mb.unwrap_or_else(host_memory_mb);
+    if policy.limits.memory_mb > max_memory {
+        return Err(not_permitted(format!(
+            "memory_mb {} is more than this server allows ({max_memory} MB): ask for less, or have the operator raise [server] max_memory_mb",
+            policy.limits.memory_mb
+        )));
+    }
+    let max_vcpus = config.server.max_vcpus.unwrap_or_else(host_cpus);
+    if policy.limits.vcpus > max_vcpus {
+        return Err(not_permitted(format!(
+            "vcpus {} is more than this server allows ({max_vcpus}): ask for less, or have the operator raise [server] max_vcpus",
+            policy.limits.vcpus
+        )));
+    }
+    if req.caller == Caller::Agent {
+        let ceiling = resolve_policy(
+            &SpecRequest {
+                profile: None,
+                network: None,
+                no_network: false,
+                memory_mb: None,
+                vcpus: None,
+                disk_mb: None,
+                ..req.clone()
+            },
+            config,
+        )?;
+        if let Some(what) = policy.loosening_of(&ceiling) {
+            return Err(not_permitted(format!(
+                "this asks for {what}, more than the operator's settings give ({} profile): an MCP caller may only tighten its sandbox; drop the option, or have the user change ~/.agentkernel/config.toml",
+                ceiling.profile
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The host's memory in MB: the default ceiling for remote callers.
+fn host_memory_mb() -> u64 {
+    let total_kb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+    total_kb.map_or(agentkernel_core::policy::MAX_MEMORY_MB, |kb| kb / 1024)
+}
+
+/// The host's CPUs: the default vcpus ceiling for remote callers.
+fn host_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// Builds the spec for sandbox `name`. Image contents (its env and workdir) are merged later,
+/// when the image is resolved.
+pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<SandboxSpec> {
+    validate_name(name)?;
+    let backend: BackendKind = match req.backend.as_deref().or(config.sandbox.backend.as_deref()) {
+        Some(b) => b.parse()?,
+        None => BackendKind::Native,
+    };
+    let image = ImageRef::parse(&choose_image(req, config).image, &req.cwd)?;
+    let policy = resolve_policy(req, config)?;
     policy.validate()?;
+    check_caller(req, config, &image, &policy)?;
     let workdir = req
         .workdir
         .clone()
@@ -262,42 +547,231 @@ pub fn branch_name(cwd: &std::path::Path) -> Result<String> {
 mod tests {
     use super::*;
 
-    fn req(dir: &std::path::Path) -> SpecRequest {
+    /// A request of the local user in `dir`, and a state directory with no user config.
+    fn req(dir: &Path) -> SpecRequest {
         SpecRequest {
             cwd: dir.to_path_buf(),
+            caller: Caller::Local,
             ..Default::default()
         }
     }
 
+    fn no_home() -> tempfile::TempDir {
+        tempfile::tempdir().expect("home")
+    }
+
+    fn project(dir: &Path, text: &str) {
+        std::fs::write(dir.join(PROJECT_CONFIG), text).expect("write project config");
+    }
+
+    fn spec_of(home: &Path, r: &SpecRequest) -> Result<SandboxSpec> {
+        resolve(r, "a", &load_config(home, r)?)
+    }
+
     #[test]
-    fn flags_beat_config_beat_project_file() {
+    fn flags_beat_config_beat_project_file_beat_user_file() {
+        let home = no_home();
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(
-            dir.path().join(PROJECT_CONFIG),
-            "[security]\nprofile = \"restrictive\"\n[resources]\nmemory_mb = 300\n",
+            user_config_path(home.path()),
+            "[security]\nprofile = \"moderate\"\n[resources]\nmemory_mb = 1000\n",
         )
         .expect("write");
+        project(
+            dir.path(),
+            "[security]\nprofile = \"restrictive\"\n[resources]\nmemory_mb = 300\n",
+        );
         std::fs::write(
             dir.path().join("other.toml"),
             "[resources]\nmemory_mb = 400\n",
         )
         .expect("write");
         let mut r = req(dir.path());
-        let c = load_config(&r).expect("config");
-        let s = resolve(&r, "a", &c).expect("spec");
+        let s = spec_of(home.path(), &r).expect("spec");
         assert_eq!(s.policy.profile, Profile::Restrictive);
         assert_eq!(s.policy.limits.memory_mb, 300);
         r.config = Some("other.toml".into());
-        let c = load_config(&r).expect("config");
-        assert_eq!(
-            resolve(&r, "a", &c).expect("spec").policy.limits.memory_mb,
-            400
-        );
+        assert_eq!(spec_of(home.path(), &r).expect("spec").policy.limits.memory_mb, 400);
         r.profile = Some("moderate".into());
         r.memory_mb = Some(500);
-        let s = resolve(&r, "a", &c).expect("spec");
+        let s = spec_of(home.path(), &r).expect("spec");
         assert_eq!(s.policy.profile, Profile::Moderate);
         assert_eq!(s.policy.limits.memory_mb, 500);
+        assert_eq!(
+            config_paths(home.path(), &r).expect("paths"),
+            vec![
+                user_config_path(home.path()),
+                dir.path().join(PROJECT_CONFIG),
+                dir.path().join("other.toml")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_project_config_may_tighten_but_never_loosen() {
+        let home = no_home();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = req(dir.path());
+        for (text, key) in [
+            ("[security]\nprofile = \"permissive\"\n", "permissive"),
+            ("[resources]\npids = 100000\n", "processes"),
+            ("[resources]\nmemory_mb = 8192\n", "8192 MB"),
+            ("[resources]\ndisk_mb = 999999\n", "disk"),
+            ("[sandbox]\nbase_image = \"/\"\n", "outside the project"),
+            ("[sandbox]\nbase_image = \"oci:/srv/layout\"\n", "outside the project"),
+            ("[sandbox]\nbase_image = \"../elsewhere\"\n", "outside the project"),
+            ("[sandbox]\nbackend = \"docker\"\n", "backend"),
+            ("[images]\nmirrors = [\"http://evil.example\"]\n", "[images]"),
+            ("[security]\nremote_paths = [\"/\"]\n", "remote_paths"),
+        ] {
+            project(dir.path(), text);
+            let e = load_config(home.path(), &r).expect_err(text);
+            assert!(
+                matches!(e, EngineError::Input(CoreError::NotPermitted(_))),
+                "{text}: {e}"
+            );
+            assert!(e.to_string().contains(key), "{text}: {e}");
+            assert!(e.to_string().contains(PROJECT_CONFIG), "{text}: {e}");
+        }
+        // Tightening, choosing an image inside the project, and what the flags already give.
+        std::fs::create_dir(dir.path().join("rootfs")).expect("mkdir");
+        for text in [
+            "[security]\nprofile = \"restrictive\"\n",
+            "[security]\nnetwork = false\nread_only = true\n",
+            "[resources]\nmemory_mb = 256\nvcpus = 1\n",
+            "[sandbox]\nbase_image = \"./rootfs\"\nname = \"x\"\n",
+            "[sandbox]\nbase_image = \"python:3.12-alpine\"\n",
+            "[server]\nport = 9000\n",
+        ] {
+            project(dir.path(), text);
+            load_config(home.path(), &r).expect(text);
+        }
+        project(dir.path(), "[security]\nprofile = \"permissive\"\n");
+        let flagged = SpecRequest {
+            profile: Some("permissive".into()),
+            ..req(dir.path())
+        };
+        load_config(home.path(), &flagged).expect("the flag allows it");
+        // The user's own file sets the bound the project is measured against.
+        std::fs::write(
+            user_config_path(home.path()),
+            "[security]\nprofile = \"permissive\"\n",
+        )
+        .expect("write");
+        load_config(home.path(), &r).expect("the user's default is permissive");
+        std::fs::write(
+            user_config_path(home.path()),
+            "[security]\nprofile = \"restrictive\"\n",
+        )
+        .expect("write");
+        project(dir.path(), "[security]\nnetwork = true\nread_only = false\n");
+        let e = load_config(home.path(), &r).expect_err("network over restrictive");
+        assert!(e.to_string().contains("network"), "{e}");
+    }
+
+    #[test]
+    fn remote_callers_name_no_host_paths_and_mount_only_listed_ones() {
+        let home = no_home();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let remote = SpecRequest {
+            caller: Caller::Remote,
+            ..req(dir.path())
+        };
+        for image in ["/", "/dev", "oci:/tmp/layout", "./x"] {
+            let r = SpecRequest {
+                image: Some(image.into()),
+                ..remote.clone()
+            };
+            let e = spec_of(home.path(), &r).expect_err(image);
+            assert!(
+                matches!(e, EngineError::Input(CoreError::NotPermitted(_))),
+                "{image}: {e}"
+            );
+            assert!(e.to_string().contains("remote_paths"), "{e}");
+        }
+        for image in ["host", "python:3.12-alpine"] {
+            let r = SpecRequest {
+                image: Some(image.into()),
+                ..remote.clone()
+            };
+            spec_of(home.path(), &r).expect(image);
+        }
+        let permissive = SpecRequest {
+            image: Some("host".into()),
+            profile: Some("permissive".into()),
+            ..remote.clone()
+        };
+        let s = spec_of(home.path(), &permissive).expect("spec");
+        assert!(s.policy.mounts.is_empty(), "{:?}", s.policy.mounts);
+        assert!(s.policy.env_passthrough.is_empty());
+        let listed = dir.path().display().to_string();
+        std::fs::write(
+            user_config_path(home.path()),
+            format!("[security]\nremote_paths = [{listed:?}]\n"),
+        )
+        .expect("write");
+        let s = spec_of(home.path(), &permissive).expect("spec");
+        assert_eq!(s.policy.mounts.len(), 1, "{:?}", s.policy.mounts);
+        assert_eq!(s.policy.mounts[0].source, dir.path());
+        let r = SpecRequest {
+            image: Some(listed.clone()),
+            ..remote.clone()
+        };
+        spec_of(home.path(), &r).expect("a listed directory");
+        let huge = SpecRequest {
+            image: Some("host".into()),
+            memory_mb: Some(1024 * 1024),
+            ..remote.clone()
+        };
+        let e = spec_of(home.path(), &huge).expect_err("1 TiB");
+        assert!(e.to_string().contains("max_memory_mb"), "{e}");
+        let local = SpecRequest {
+            image: Some("/".into()),
+            ..req(dir.path())
+        };
+        spec_of(home.path(), &local).expect("the local user names host paths");
+    }
+
+    #[test]
+    fn an_mcp_caller_may_only_tighten_the_operators_policy() {
+        let home = no_home();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let agent = SpecRequest {
+            caller: Caller::Agent,
+            image: Some("host".into()),
+            ..req(dir.path())
+        };
+        for (profile, network) in [(Some("permissive"), None), (None, Some(true))] {
+            project(dir.path(), "[security]\nprofile = \"restrictive\"\n");
+            let r = SpecRequest {
+                profile: profile.map(str::to_string),
+                network,
+                ..agent.clone()
+            };
+            let e = spec_of(home.path(), &r).expect_err("looser than the ceiling");
+            assert!(
+                matches!(e, EngineError::Input(CoreError::NotPermitted(_))),
+                "{e}"
+            );
+        }
+        std::fs::remove_file(dir.path().join(PROJECT_CONFIG)).expect("rm");
+        let e = spec_of(
+            home.path(),
+            &SpecRequest {
+                profile: Some("permissive".into()),
+                ..agent.clone()
+            },
+        )
+        .expect_err("permissive over the default moderate");
+        assert!(e.to_string().contains("MCP"), "{e}");
+        for (profile, network) in [(Some("restrictive"), None), (None, Some(false)), (None, None)] {
+            let r = SpecRequest {
+                profile: profile.map(str::to_string),
+                network,
+                ..agent.clone()
+            };
+            spec_of(home.path(), &r).expect("tighter or equal");
+        }
     }
 
     #[test]
@@ -314,8 +788,8 @@ mod tests {
         r.env = vec![];
         r.workdir = Some("relative".into());
         assert!(resolve(&r, "x", &c).is_err());
-        std::fs::write(dir.path().join(PROJECT_CONFIG), "[security\n").expect("write");
-        assert!(load_config(&req(dir.path())).is_err());
+        project(dir.path(), "[security\n");
+        assert!(load_config(no_home().path(), &req(dir.path())).is_err());
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The state store: `state.db` (SQLite, WAL). One row per persistent sandbox; every change is
-//! one statement or transaction, so a crash leaves either the old or the new row.
+//! one statement or transaction, so a crash leaves either the old or the new row. Every row
+//! carries an authentication code over all its fields (`seal.rs`): a row that something other
+//! than the engine wrote or changed is refused (`EngineError::Tampered`), never used.
 
 use crate::error::{EngineError, Result};
+use crate::seal::Seal;
 use agentkernel_core::SandboxSpec;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
@@ -35,6 +38,7 @@ pub struct SandboxRecord {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    seal: Seal,
 }
 
 const SCHEMA: &str = "
@@ -44,11 +48,12 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     spec TEXT NOT NULL,
     created_at TEXT NOT NULL,
     expires_at TEXT,
-    runtime TEXT
+    runtime TEXT,
+    mac TEXT
 );";
 
-/// Bumped when `SCHEMA` changes.
-const SCHEMA_VERSION: i64 = 1;
+/// Bumped when `SCHEMA` changes. Version 1 had no `mac`: its rows are kept but not trusted.
+const SCHEMA_VERSION: i64 = 2;
 
 /// Keeps `state.db-wal` and `-shm` when the last connection closes. Otherwise SQLite deletes
 /// them at every close and the next CLI call creates, sizes and locks them again (about a third
@@ -68,6 +73,20 @@ fn keep_wal_files(conn: &Connection) {
     }
 }
 
+/// Makes a file of the state directory readable by its owner only.
+pub(crate) fn private_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(EngineError::io(format!("read {}", path.display())))?;
+    if meta.permissions().mode() & 0o777 != crate::state_dir::FILE_MODE {
+        std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(crate::state_dir::FILE_MODE),
+        )
+        .map_err(EngineError::io(format!("make {} private (chmod 0600)", path.display())))?;
+    }
+    Ok(())
+}
+
 impl Store {
     pub fn open(home: &Path) -> Result<Store> {
         let path = home.join("state.db");
@@ -76,6 +95,8 @@ impl Store {
             source,
         };
         let conn = Connection::open(&path).map_err(err)?;
+        // SQLite creates the file 0644; its -wal and -shm files take the database's mode.
+        private_file(&path)?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(err)?;
         keep_wal_files(&conn);
@@ -97,10 +118,15 @@ impl Store {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(err)?;
             conn.execute_batch(SCHEMA).map_err(err)?;
+            if version == 1 {
+                conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN mac TEXT")
+                    .map_err(err)?;
+            }
             conn.pragma_update(None, "user_version", SCHEMA_VERSION)
                 .map_err(err)?;
         }
-        Ok(Store { conn, path })
+        let seal = Seal::open(home)?;
+        Ok(Store { conn, path, seal })
     }
 
     fn err(&self) -> impl FnOnce(rusqlite::Error) -> EngineError + '_ {
@@ -120,9 +146,18 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| EngineError::io("encode runtime")(e.into()))?;
+        let mac = self.sign(&RawRow {
+            name: rec.name.clone(),
+            uuid: rec.uuid.clone(),
+            spec: spec.clone(),
+            created_at: rec.created_at.clone(),
+            expires_at: rec.expires_at.clone(),
+            runtime: runtime.clone(),
+            mac: None,
+        });
         let r = self.conn.execute(
-            "INSERT INTO sandboxes (name, uuid, spec, created_at, expires_at, runtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![rec.name, rec.uuid, spec, rec.created_at, rec.expires_at, runtime],
+            "INSERT INTO sandboxes (name, uuid, spec, created_at, expires_at, runtime, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![rec.name, rec.uuid, spec, rec.created_at, rec.expires_at, runtime, mac],
         );
         match r {
             Ok(_) => Ok(()),
@@ -136,29 +171,54 @@ impl Store {
     }
 
     pub fn get(&self, name: &str) -> Result<Option<SandboxRecord>> {
-        self.conn
-            .query_row(
-                "SELECT name, uuid, spec, created_at, expires_at, runtime FROM sandboxes WHERE name = ?1",
-                params![name],
-                row_to_raw,
-            )
-            .optional()
-            .map_err(self.err())?
-            .map(decode)
+        self.raw("name", name)?
+            .map(|raw| self.decode(raw))
             .transpose()
     }
 
+    pub fn get_by_uuid(&self, uuid: &str) -> Result<Option<SandboxRecord>> {
+        self.raw("uuid", uuid)?
+            .map(|raw| self.decode(raw))
+            .transpose()
+    }
+
+    fn raw(&self, column: &str, value: &str) -> Result<Option<RawRow>> {
+        let sql = format!("{SELECT} WHERE {column} = ?1");
+        self.conn
+            .query_row(&sql, params![value], row_to_raw)
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Every sandbox whose record verifies, oldest first. Records that do not verify are left
+    /// out (`untrusted` names them).
     pub fn list(&self) -> Result<Vec<SandboxRecord>> {
+        Ok(self
+            .all_raw()?
+            .into_iter()
+            .filter_map(|raw| self.decode(raw).ok())
+            .collect())
+    }
+
+    /// Names of the records that do not verify (changed outside agentkernel, or written by a
+    /// version without authentication codes).
+    pub fn untrusted(&self) -> Result<Vec<String>> {
+        Ok(self
+            .all_raw()?
+            .into_iter()
+            .filter(|raw| !self.verifies(raw))
+            .map(|raw| raw.name)
+            .collect())
+    }
+
+    fn all_raw(&self) -> Result<Vec<RawRow>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT name, uuid, spec, created_at, expires_at, runtime FROM sandboxes ORDER BY created_at, name")
+            .prepare(&format!("{SELECT} ORDER BY created_at, name"))
             .map_err(self.err())?;
         let rows = stmt.query_map([], row_to_raw).map_err(self.err())?;
-        let mut out = Vec::new();
-        for row in rows {
-            out.push(decode(row.map_err(self.err())?)?);
-        }
-        Ok(out)
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
     }
 
     pub fn set_runtime(&self, name: &str, runtime: Option<&RuntimeState>) -> Result<()> {
@@ -166,49 +226,42 @@ impl Store {
             .map(serde_json::to_string)
             .transpose()
             .map_err(|e| EngineError::io("encode runtime")(e.into()))?;
-        self.conn
-            .execute(
-                "UPDATE sandboxes SET runtime = ?2 WHERE name = ?1",
-                params![name, runtime],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        self.update(name, |row| row.runtime = runtime)
     }
 
     /// Replaces the stored spec (metadata edits: labels, description).
     pub fn set_spec(&self, name: &str, spec: &SandboxSpec) -> Result<()> {
         let spec =
             serde_json::to_string(spec).map_err(|e| EngineError::io("encode spec")(e.into()))?;
-        self.conn
-            .execute(
-                "UPDATE sandboxes SET spec = ?2 WHERE name = ?1",
-                params![name, spec],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        self.update(name, |row| row.spec = spec)
     }
 
     pub fn set_expires_at(&self, name: &str, expires_at: Option<&str>) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE sandboxes SET expires_at = ?2 WHERE name = ?1",
-                params![name, expires_at],
-            )
-            .map_err(self.err())?;
-        Ok(())
+        let expires_at = expires_at.map(str::to_string);
+        self.update(name, |row| row.expires_at = expires_at)
     }
 
-    pub fn get_by_uuid(&self, uuid: &str) -> Result<Option<SandboxRecord>> {
-        self.conn
-            .query_row(
-                "SELECT name, uuid, spec, created_at, expires_at, runtime FROM sandboxes WHERE uuid = ?1",
-                params![uuid],
-                row_to_raw,
-            )
-            .optional()
-            .map_err(self.err())?
-            .map(decode)
-            .transpose()
+    /// Changes one verified row and signs it again, in one transaction. A row that does not
+    /// verify is not changed (so it cannot be laundered into a signed one).
+    fn update(&self, name: &str, change: impl FnOnce(&mut RawRow)) -> Result<()> {
+        let tx = self
+            .conn
+            .unchecked_transaction()
+            .map_err(self.err())?;
+        let Some(mut row) = self.raw("name", name)? else {
+            return Err(EngineError::NotFound(name.to_string()));
+        };
+        if !self.verifies(&row) {
+            return Err(EngineError::Tampered(name.to_string()));
+        }
+        change(&mut row);
+        let mac = self.sign(&row);
+        tx.execute(
+            "UPDATE sandboxes SET spec = ?2, expires_at = ?3, runtime = ?4, mac = ?5 WHERE name = ?1",
+            params![row.name, row.spec, row.expires_at, row.runtime, mac],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {
@@ -217,45 +270,77 @@ impl Store {
             .map_err(self.err())?;
         Ok(())
     }
+
+    fn parts(row: &RawRow) -> [Option<&[u8]>; 6] {
+        [
+            Some(row.name.as_bytes()),
+            Some(row.uuid.as_bytes()),
+            Some(row.spec.as_bytes()),
+            Some(row.created_at.as_bytes()),
+            row.expires_at.as_deref().map(str::as_bytes),
+            row.runtime.as_deref().map(str::as_bytes),
+        ]
+    }
+
+    fn sign(&self, row: &RawRow) -> String {
+        self.seal.sign(&Store::parts(row))
+    }
+
+    fn verifies(&self, row: &RawRow) -> bool {
+        row.mac
+            .as_deref()
+            .is_some_and(|mac| self.seal.verify(&Store::parts(row), mac))
+    }
+
+    fn decode(&self, row: RawRow) -> Result<SandboxRecord> {
+        if !self.verifies(&row) {
+            return Err(EngineError::Tampered(row.name));
+        }
+        let name = row.name;
+        let bad = |what: &str, e: serde_json::Error| {
+            EngineError::io(format!(
+                "sandbox {name}: stored {what} is unreadable (remove the sandbox and create it again)"
+            ))(e.into())
+        };
+        let spec = serde_json::from_str(&row.spec).map_err(|e| bad("spec", e))?;
+        let runtime = row
+            .runtime
+            .map(|r| serde_json::from_str(&r))
+            .transpose()
+            .map_err(|e| bad("runtime", e))?;
+        Ok(SandboxRecord {
+            name,
+            uuid: row.uuid,
+            spec,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            runtime,
+        })
+    }
 }
 
-type RawRow = (
-    String,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-);
+const SELECT: &str =
+    "SELECT name, uuid, spec, created_at, expires_at, runtime, mac FROM sandboxes";
+
+/// A row as stored.
+struct RawRow {
+    name: String,
+    uuid: String,
+    spec: String,
+    created_at: String,
+    expires_at: Option<String>,
+    runtime: Option<String>,
+    mac: Option<String>,
+}
 
 fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-    ))
-}
-
-fn decode((name, uuid, spec, created_at, expires_at, runtime): RawRow) -> Result<SandboxRecord> {
-    let bad = |what: &str, e: serde_json::Error| {
-        EngineError::io(format!(
-            "sandbox {name}: stored {what} is unreadable (remove the sandbox and create it again)"
-        ))(e.into())
-    };
-    let spec = serde_json::from_str(&spec).map_err(|e| bad("spec", e))?;
-    let runtime = runtime
-        .map(|r| serde_json::from_str(&r))
-        .transpose()
-        .map_err(|e| bad("runtime", e))?;
-    Ok(SandboxRecord {
-        name,
-        uuid,
-        spec,
-        created_at,
-        expires_at,
-        runtime,
+    Ok(RawRow {
+        name: row.get(0)?,
+        uuid: row.get(1)?,
+        spec: row.get(2)?,
+        created_at: row.get(3)?,
+        expires_at: row.get(4)?,
+        runtime: row.get(5)?,
+        mac: row.get(6)?,
     })
 }

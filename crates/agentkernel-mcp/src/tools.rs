@@ -316,9 +316,11 @@ impl SandboxTools {
             workdir: p.cwd.map(str::to_string),
             cwd: self.options.cwd.clone(),
             command,
+            caller: agentkernel_engine::resolve::Caller::Agent,
             ..Default::default()
         };
-        agentkernel_engine::resolve::validate_request(&spec).map_err(engine_failure)?;
+        agentkernel_engine::resolve::validate_request(&self.options.home, &spec)
+            .map_err(engine_failure)?;
         Ok(spec)
     }
 

@@ -272,6 +272,23 @@ impl Cgroup {
             .min()
     }
 
+    /// Whether a process has ever been in the groups: the pids controller's high-water mark
+    /// (`pids.peak`) is above zero. An empty group that was used is a leftover whatever its age;
+    /// one never used may be a sandbox still booting. `None` where the kernel keeps no peak.
+    pub fn was_used(&self) -> Option<bool> {
+        let peaks: Vec<u64> = self
+            .dirs()
+            .iter()
+            .filter_map(|d| std::fs::read_to_string(d.join("pids.peak")).ok())
+            .filter_map(|text| text.trim().parse().ok())
+            .collect();
+        if peaks.is_empty() {
+            None
+        } else {
+            Some(peaks.iter().any(|&p| p > 0))
+        }
+    }
+
     /// Processes in any of the groups.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids: Vec<u32> = self

@@ -163,6 +163,8 @@ pub fn status_of(e: &EngineError) -> StatusCode {
     use agentkernel_native::exec::ExecError;
     use agentkernel_native::files::FileError;
     match e {
+        EngineError::Input(agentkernel_core::CoreError::NotPermitted(_)) => StatusCode::FORBIDDEN,
+        EngineError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
         EngineError::Input(_)
         | EngineError::NoCommand
         | EngineError::BadCopyArg(_)

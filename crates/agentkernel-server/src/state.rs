@@ -67,6 +67,16 @@ impl AppState {
         }
     }
 
+    /// Who the requests of this server come from: the local user on the daemon's socket, a
+    /// remote caller over TCP.
+    pub fn caller(&self) -> agentkernel_engine::resolve::Caller {
+        if self.trust_client_paths {
+            agentkernel_engine::resolve::Caller::Local
+        } else {
+            agentkernel_engine::resolve::Caller::Remote
+        }
+    }
+
     /// An engine for one request. Cheap: the state database is opened on first use.
     pub fn engine(&self) -> Result<Engine, EngineError> {
         Engine::open(&self.home)

@@ -11,7 +11,7 @@ use agentkernel_engine::{EngineError, SpecRequest, resolve};
 use agentkernel_server::{AppState, DaemonInfo, Limits};
 use hyper::Method;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -69,9 +69,11 @@ fn run_daemon(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineError> {
     let base = SpecRequest {
         cwd: cwd.clone(),
         config: args.config.clone(),
+        caller: resolve::Caller::Local,
         ..Default::default()
     };
-    let config = resolve::load_config(&base)?;
+    let config = resolve::operator_config(home, args.config.as_deref())?;
+    crate::serve::warn_ignored_project_settings(&cwd);
     std::fs::create_dir_all(home).map_err(io(format!("create {}", home.display())))?;
     let socket = socket_path(home);
     // Nothing answers on it (checked above): a previous daemon died without cleaning up.
@@ -174,6 +176,7 @@ fn start_background(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineEr
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .map_err(io(format!("open {}", log.display())))?;
     let log_err = log_file.try_clone().map_err(io("duplicate the log"))?;

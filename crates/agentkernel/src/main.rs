@@ -189,6 +189,7 @@ fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
         vcpus: opts.vcpus,
         disk_mb: opts.disk,
         cwd,
+        caller: agentkernel_engine::resolve::Caller::Local,
         ..Default::default()
     })
 }
@@ -240,6 +241,9 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     let mut req = spec_request(args.sandbox)?;
     req.command = exec.argv.clone();
     let engine = engine()?;
+    if let Some(applied) = engine.explain_config(&req)? {
+        eprintln!("agentkernel: {applied}");
+    }
     if args.verbose {
         let chosen = engine.explain_image(&req)?;
         eprintln!(
@@ -283,7 +287,11 @@ fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
         (None, true) => Some(agentkernel_engine::resolve::branch_name(&req.cwd)?),
         (None, false) => None,
     };
-    let info = engine()?.create(&req, name.as_deref(), ttl)?;
+    let engine = engine()?;
+    if let Some(applied) = engine.explain_config(&req)? {
+        eprintln!("agentkernel: {applied}");
+    }
+    let info = engine.create(&req, name.as_deref(), ttl)?;
     println!("{}", info.name);
     Ok(0)
 }

@@ -8,13 +8,28 @@ use std::net::{IpAddr, SocketAddr};
 const DEFAULT_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 18888;
 
+/// `[server]` and `[daemon]` in `./agentkernel.toml` are not read (a cloned repository must not
+/// choose where the server listens or which keys it takes): say so rather than ignore them
+/// silently.
+pub fn warn_ignored_project_settings(cwd: &std::path::Path) {
+    let path = cwd.join(agentkernel_core::config::PROJECT_CONFIG);
+    let Ok(project) = agentkernel_core::config::Config::load(&path) else {
+        return;
+    };
+    if project.server != Default::default() || project.daemon != Default::default() {
+        eprintln!(
+            "agentkernel: note: [server] and [daemon] in {} are not used: a project's config cannot set them; put them in ~/.agentkernel/config.toml or pass --config",
+            path.display()
+        );
+    }
+}
+
 pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
     let cwd = crate::current_dir()?;
-    let config = agentkernel_engine::resolve::load_config(&agentkernel_engine::SpecRequest {
-        cwd: cwd.clone(),
-        config: args.config.clone(),
-        ..Default::default()
-    })?;
+    let home = agentkernel_core::paths::agentkernel_home();
+    let explicit = args.config.as_ref().map(|c| cwd.join(c));
+    let config = agentkernel_engine::resolve::operator_config(&home, explicit.as_deref())?;
+    warn_ignored_project_settings(&cwd);
     let host_given = args.host.clone().or(config.server.host.clone());
     let also_ipv6_loopback = host_given.is_none();
     let host = host_given.unwrap_or_else(|| DEFAULT_HOST.to_string());
@@ -31,7 +46,6 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         )));
     }
     let limits = limits(&args)?;
-    let home = agentkernel_core::paths::agentkernel_home();
     // The server boots sandboxes from many threads: through the boot helper, this same
     // executable (`/proc/self/exe` is the running binary even if the file was replaced since).
     agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));

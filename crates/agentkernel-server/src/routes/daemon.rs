@@ -82,13 +82,15 @@ pub async fn prewarm(
         config: req.config.map(PathBuf::from),
         no_network: req.no_network,
         cwd,
+        caller: st.caller(),
         ..Default::default()
     };
     let count = req.count;
     let mode = req.mode;
     let pool = st.pool.clone();
+    let home = st.home.clone();
     let status = tokio::task::spawn_blocking(move || {
-        let config = resolve::load_config(&base)?;
+        let config = resolve::load_config(&home, &base)?;
         let (request, mode_count) = match &mode {
             Some(m) => agentkernel_engine::pool::mode_request(&config, m, base)?,
             None => (base, None),

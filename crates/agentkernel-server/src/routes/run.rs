@@ -53,6 +53,7 @@ pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> 
         cwd,
         command: req.command.clone(),
         host_env: req.host_env.clone(),
+        caller: st.caller(),
         ..Default::default()
     };
     let exec = ExecRequest {
@@ -62,7 +63,7 @@ pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> 
     };
     // Checked before a stream starts, so bad input is a 400 rather than an `error` event.
     agentkernel_engine::validate_exec(&exec)?;
-    agentkernel_engine::resolve::validate_request(&spec)?;
+    agentkernel_engine::resolve::validate_request(&st.home, &spec)?;
     Ok(RunParts {
         name: agentkernel_engine::throwaway_name(),
         spec,

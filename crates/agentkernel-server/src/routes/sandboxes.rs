@@ -77,6 +77,7 @@ pub async fn create(
         cwd: st.cwd.clone(),
         labels: req.labels.clone().unwrap_or_default(),
         description: req.description.clone(),
+        caller: st.caller(),
         ..Default::default()
     };
     let name = req.name.clone();
