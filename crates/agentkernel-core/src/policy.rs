@@ -308,10 +308,9 @@ impl Policy {
             return Some("a writable root filesystem".to_string());
         }
         if let Some(m) = self.mounts.iter().find(|m| {
-            !bound
-                .mounts
-                .iter()
-                .any(|b| b.source == m.source && b.target == m.target && (m.read_only || !b.read_only))
+            !bound.mounts.iter().any(|b| {
+                b.source == m.source && b.target == m.target && (m.read_only || !b.read_only)
+            })
         }) {
             return Some(format!(
                 "the host directory {} mounted at {}{}",
@@ -320,7 +319,11 @@ impl Policy {
                 if m.read_only { "" } else { " (writable)" }
             ));
         }
-        if let Some(c) = self.capabilities.iter().find(|c| !bound.capabilities.contains(c)) {
+        if let Some(c) = self
+            .capabilities
+            .iter()
+            .find(|c| !bound.capabilities.contains(c))
+        {
             return Some(format!("the capability {c}"));
         }
         if self.seccomp == SeccompMode::DenyList && bound.seccomp == SeccompMode::AllowList {
@@ -334,7 +337,10 @@ impl Policy {
         }
         let (l, b) = (&self.limits, &bound.limits);
         if l.memory_mb > b.memory_mb {
-            return Some(format!("{} MB of memory (more than {} MB)", l.memory_mb, b.memory_mb));
+            return Some(format!(
+                "{} MB of memory (more than {} MB)",
+                l.memory_mb, b.memory_mb
+            ));
         }
         if l.pids > b.pids {
             return Some(format!("{} processes (more than {})", l.pids, b.pids));
@@ -348,9 +354,16 @@ impl Policy {
             return Some(format!("{asked} (more than {})", b.vcpus));
         }
         if l.disk_mb > b.disk_mb {
-            return Some(format!("{} MB of disk (more than {} MB)", l.disk_mb, b.disk_mb));
+            return Some(format!(
+                "{} MB of disk (more than {} MB)",
+                l.disk_mb, b.disk_mb
+            ));
         }
-        if let Some(v) = self.env_passthrough.iter().find(|v| !bound.env_passthrough.contains(v)) {
+        if let Some(v) = self
+            .env_passthrough
+            .iter()
+            .find(|v| !bound.env_passthrough.contains(v))
+        {
             return Some(format!("the host's {v} variable"));
         }
         None
@@ -436,7 +449,9 @@ mod tests {
         assert_eq!(restrictive.loosening_of(&moderate), None);
         assert_eq!(moderate.loosening_of(&moderate), None);
         assert!(moderate.loosening_of(&restrictive).is_some());
-        let why = permissive.loosening_of(&moderate).expect("permissive is looser");
+        let why = permissive
+            .loosening_of(&moderate)
+            .expect("permissive is looser");
         assert!(why.contains("/src/app"), "{why}");
         let more_memory = Policy::resolve(
             Profile::Restrictive,

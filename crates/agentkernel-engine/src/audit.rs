@@ -1,10 +1,10 @@
 //! The audit log: one JSON object per line in `~/.agentkernel/audit.jsonl`, with `timestamp`,
 //! `pid`, `user` and the event (`event` names its type). `AGENTKERNEL_AUDIT=0` disables it.
 
-use std::os::unix::fs::OpenOptionsExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The events the log records, with the fields the reference documents.

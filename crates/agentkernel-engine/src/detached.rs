@@ -345,7 +345,8 @@ fn remove_record(dir: &Path) {
 /// Keeps the records of sandbox `name` under `MAX_RECORDS` before one more is added: the
 /// oldest finished ones go; if every record is of a running command, the new one is refused.
 fn make_room(root: &Path, name: &str) -> Result<()> {
-    let entries = std::fs::read_dir(root).map_err(EngineError::io(format!("read {}", root.display())))?;
+    let entries =
+        std::fs::read_dir(root).map_err(EngineError::io(format!("read {}", root.display())))?;
     let mut finished = Vec::new();
     let mut count = 0;
     for entry in entries.flatten() {
@@ -971,9 +972,15 @@ mod tests {
             }
         }
         make_room(root.path(), "s").expect("room made");
-        assert!(!root.path().join(&ids[0]).exists(), "the oldest finished record goes");
+        assert!(
+            !root.path().join(&ids[0]).exists(),
+            "the oldest finished record goes"
+        );
         assert!(root.path().join(&ids[1]).exists());
-        assert!(root.path().join(&ids[2]).exists(), "running commands' records stay");
+        assert!(
+            root.path().join(&ids[2]).exists(),
+            "running commands' records stay"
+        );
         std::fs::create_dir(root.path().join("ffffffffffff")).expect("one more");
         make_room(root.path(), "s").expect("room made");
         assert!(!root.path().join(&ids[1]).exists());

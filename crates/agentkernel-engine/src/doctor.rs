@@ -104,7 +104,9 @@ impl Engine {
             caller: crate::resolve::Caller::Local,
             ..Default::default()
         };
-        match crate::resolve::load_config(home, &req).and_then(|c| crate::registry_settings(Some(&c))) {
+        match crate::resolve::load_config(home, &req)
+            .and_then(|c| crate::registry_settings(Some(&c)))
+        {
             Ok(settings) => {
                 for (label, addr) in settings.docker_hub_sources() {
                     checks.push(registry_check(&label, &addr));

@@ -230,7 +230,10 @@ impl Engine {
                 Err(_) => p.display().to_string(),
             })
             .collect();
-        Ok(Some(format!("config {}; profile {profile}", shown.join(", "))))
+        Ok(Some(format!(
+            "config {}; profile {profile}",
+            shown.join(", ")
+        )))
     }
 
     /// Which image a request would use and which rule chose it (`run -v`).

@@ -267,10 +267,7 @@ impl Backend for NativeBackend {
                 let group = native::cgroup::Cgroup::open(&id);
                 // The pin of a sandbox whose group is gone (removed above) or ended.
                 let ended = group.age().is_none() || is_leftover(&group);
-                if (young && !ended)
-                    || live_instances.contains(&id)
-                    || !group.pids().is_empty()
-                {
+                if (young && !ended) || live_instances.contains(&id) || !group.pids().is_empty() {
                     continue;
                 }
                 native::net::unpin_netns(&pin.path());

@@ -337,7 +337,12 @@ fn remote_paths(config: &Config) -> Vec<PathBuf> {
 /// Refuses what a caller other than the local user may not have: host paths outside
 /// `[security] remote_paths` as its image, more than the operator's ceilings, and, for an MCP
 /// caller, anything looser than the policy the configs alone give.
-fn check_caller(req: &SpecRequest, config: &Config, image: &ImageRef, policy: &Policy) -> Result<()> {
+fn check_caller(
+    req: &SpecRequest,
+    config: &Config,
+    image: &ImageRef,
+    policy: &Policy,
+) -> Result<()> {
     if req.caller == Caller::Local {
         return Ok(());
     }
@@ -591,7 +596,14 @@ mod tests {
         assert_eq!(s.policy.profile, Profile::Restrictive);
         assert_eq!(s.policy.limits.memory_mb, 300);
         r.config = Some("other.toml".into());
-        assert_eq!(spec_of(home.path(), &r).expect("spec").policy.limits.memory_mb, 400);
+        assert_eq!(
+            spec_of(home.path(), &r)
+                .expect("spec")
+                .policy
+                .limits
+                .memory_mb,
+            400
+        );
         r.profile = Some("moderate".into());
         r.memory_mb = Some(500);
         let s = spec_of(home.path(), &r).expect("spec");
@@ -618,10 +630,19 @@ mod tests {
             ("[resources]\nmemory_mb = 8192\n", "8192 MB"),
             ("[resources]\ndisk_mb = 999999\n", "disk"),
             ("[sandbox]\nbase_image = \"/\"\n", "outside the project"),
-            ("[sandbox]\nbase_image = \"oci:/srv/layout\"\n", "outside the project"),
-            ("[sandbox]\nbase_image = \"../elsewhere\"\n", "outside the project"),
+            (
+                "[sandbox]\nbase_image = \"oci:/srv/layout\"\n",
+                "outside the project",
+            ),
+            (
+                "[sandbox]\nbase_image = \"../elsewhere\"\n",
+                "outside the project",
+            ),
             ("[sandbox]\nbackend = \"docker\"\n", "backend"),
-            ("[images]\nmirrors = [\"http://evil.example\"]\n", "[images]"),
+            (
+                "[images]\nmirrors = [\"http://evil.example\"]\n",
+                "[images]",
+            ),
             ("[security]\nremote_paths = [\"/\"]\n", "remote_paths"),
         ] {
             project(dir.path(), text);
@@ -664,7 +685,10 @@ mod tests {
             "[security]\nprofile = \"restrictive\"\n",
         )
         .expect("write");
-        project(dir.path(), "[security]\nnetwork = true\nread_only = false\n");
+        project(
+            dir.path(),
+            "[security]\nnetwork = true\nread_only = false\n",
+        );
         let e = load_config(home.path(), &r).expect_err("network over restrictive");
         assert!(e.to_string().contains("network"), "{e}");
     }
@@ -764,7 +788,11 @@ mod tests {
         )
         .expect_err("permissive over the default moderate");
         assert!(e.to_string().contains("MCP"), "{e}");
-        for (profile, network) in [(Some("restrictive"), None), (None, Some(false)), (None, None)] {
+        for (profile, network) in [
+            (Some("restrictive"), None),
+            (None, Some(false)),
+            (None, None),
+        ] {
             let r = SpecRequest {
                 profile: profile.map(str::to_string),
                 network,

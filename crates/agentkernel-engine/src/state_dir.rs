@@ -25,10 +25,12 @@ pub const FILE_MODE: u32 = 0o600;
 /// before and with whatever mode.
 pub fn secure(home: &Path) -> Result<()> {
     std::fs::create_dir_all(home).map_err(EngineError::io(format!("create {}", home.display())))?;
-    let meta = std::fs::metadata(home).map_err(EngineError::io(format!("read {}", home.display())))?;
+    let meta =
+        std::fs::metadata(home).map_err(EngineError::io(format!("read {}", home.display())))?;
     if meta.permissions().mode() & 0o7777 != DIR_MODE {
-        std::fs::set_permissions(home, std::fs::Permissions::from_mode(DIR_MODE))
-            .map_err(EngineError::io(format!("make {} private (chmod 0700)", home.display())))?;
+        std::fs::set_permissions(home, std::fs::Permissions::from_mode(DIR_MODE)).map_err(
+            EngineError::io(format!("make {} private (chmod 0700)", home.display())),
+        )?;
     }
     Ok(())
 }
@@ -146,7 +148,12 @@ mod tests {
         let home = tempfile::tempdir().expect("tempdir");
         let inside = home.path().join("sandboxes/other/upper");
         std::fs::create_dir_all(&inside).expect("dir");
-        let mut s = spec(ImageRef::Directory { path: inside.clone() }, Vec::new());
+        let mut s = spec(
+            ImageRef::Directory {
+                path: inside.clone(),
+            },
+            Vec::new(),
+        );
         let e = hide(home.path(), &mut s, &rootfs()).expect_err("refused");
         assert!(e.to_string().contains("state directory"), "{e}");
         let mut s = spec(

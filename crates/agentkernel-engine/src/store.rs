@@ -76,13 +76,17 @@ fn keep_wal_files(conn: &Connection) {
 /// Makes a file of the state directory readable by its owner only.
 pub(crate) fn private_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(EngineError::io(format!("read {}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(EngineError::io(format!("read {}", path.display())))?;
     if meta.permissions().mode() & 0o777 != crate::state_dir::FILE_MODE {
         std::fs::set_permissions(
             path,
             std::fs::Permissions::from_mode(crate::state_dir::FILE_MODE),
         )
-        .map_err(EngineError::io(format!("make {} private (chmod 0600)", path.display())))?;
+        .map_err(EngineError::io(format!(
+            "make {} private (chmod 0600)",
+            path.display()
+        )))?;
     }
     Ok(())
 }
@@ -244,10 +248,7 @@ impl Store {
     /// Changes one verified row and signs it again, in one transaction. A row that does not
     /// verify is not changed (so it cannot be laundered into a signed one).
     fn update(&self, name: &str, change: impl FnOnce(&mut RawRow)) -> Result<()> {
-        let tx = self
-            .conn
-            .unchecked_transaction()
-            .map_err(self.err())?;
+        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
         let Some(mut row) = self.raw("name", name)? else {
             return Err(EngineError::NotFound(name.to_string()));
         };
@@ -319,8 +320,7 @@ impl Store {
     }
 }
 
-const SELECT: &str =
-    "SELECT name, uuid, spec, created_at, expires_at, runtime, mac FROM sandboxes";
+const SELECT: &str = "SELECT name, uuid, spec, created_at, expires_at, runtime, mac FROM sandboxes";
 
 /// A row as stored.
 struct RawRow {
