@@ -236,6 +236,28 @@ impl Engine {
         )))
     }
 
+    /// Refuses an MCP caller a sandbox whose policy is looser than what the configs give an MCP
+    /// caller resolved in `cwd` (a permissive sandbox the user made, say): otherwise the agent
+    /// could step around its ceiling by using a sandbox instead of creating one.
+    pub fn check_agent_access(&self, name: &str, cwd: &Path) -> Result<()> {
+        let rec = self.get_record(name)?;
+        let req = SpecRequest {
+            cwd: cwd.to_path_buf(),
+            caller: resolve::Caller::Agent,
+            ..Default::default()
+        };
+        let ceiling = resolve::ceiling(&self.home, &req)?;
+        match rec.spec.policy.loosening_of(&ceiling) {
+            None => Ok(()),
+            Some(what) => Err(EngineError::Input(
+                agentkernel_core::CoreError::NotPermitted(format!(
+                    "sandbox {name} allows {what}, more than an MCP caller may use here ({} profile): use a sandbox made through MCP, or have the user change ~/.agentkernel/config.toml",
+                    ceiling.profile
+                )),
+            )),
+        }
+    }
+
     /// Which image a request would use and which rule chose it (`run -v`).
     pub fn explain_image(&self, req: &SpecRequest) -> Result<agentkernel_core::detect::Detection> {
         Ok(resolve::choose_image(

@@ -322,6 +322,25 @@ fn resolve_policy(req: &SpecRequest, config: &Config) -> Result<Policy> {
     Ok(policy)
 }
 
+/// The policy the configs give `req`'s caller when it asks for nothing itself: the ceiling of
+/// an MCP caller.
+pub fn ceiling(home: &Path, req: &SpecRequest) -> Result<Policy> {
+    resolve_policy(&asking_nothing(req), &load_config(home, req)?)
+}
+
+/// `req` without the policy options a caller may give.
+fn asking_nothing(req: &SpecRequest) -> SpecRequest {
+    SpecRequest {
+        profile: None,
+        network: None,
+        no_network: false,
+        memory_mb: None,
+        vcpus: None,
+        disk_mb: None,
+        ..req.clone()
+    }
+}
+
 /// `[security] remote_paths`, the host directories remote and MCP callers may name.
 fn remote_paths(config: &Config) -> Vec<PathBuf> {
     config
@@ -370,18 +389,7 @@ fn check_caller(
         )));
     }
     if req.caller == Caller::Agent {
-        let ceiling = resolve_policy(
-            &SpecRequest {
-                profile: None,
-                network: None,
-                no_network: false,
-                memory_mb: None,
-                vcpus: None,
-                disk_mb: None,
-                ..req.clone()
-            },
-            config,
-        )?;
+        let ceiling = resolve_policy(&asking_nothing(req), config)?;
         if let Some(what) = policy.loosening_of(&ceiling) {
             return Err(not_permitted(format!(
                 "this asks for {what}, more than the operator's settings give ({} profile): an MCP caller may only tighten its sandbox; drop the option, or have the user change ~/.agentkernel/config.toml",

@@ -459,10 +459,13 @@ impl SandboxTools {
             ..Default::default()
         };
         agentkernel_engine::validate_exec(&exec).map_err(engine_failure)?;
-        let home = self.options.home.clone();
+        let (home, cwd) = (self.options.home.clone(), self.options.cwd.clone());
         let name = p.name.clone();
-        let op: ExecOp =
-            Box::new(move |sink, controls| Engine::open(&home)?.exec(&name, &exec, sink, controls));
+        let op: ExecOp = Box::new(move |sink, controls| {
+            let engine = Engine::open(&home)?;
+            engine.check_agent_access(&name, &cwd)?;
+            engine.exec(&name, &exec, sink, controls)
+        });
         Ok(self.run_command(op, timeout, Some(&p.name)).await)
     }
 
@@ -547,9 +550,13 @@ impl SandboxTools {
         }
         let size = data.len();
         let (name, path) = (p.name.clone(), p.path);
+        let cwd = self.options.cwd.clone();
         Ok(
             match self
-                .blocking(move |engine| engine.write_file(&name, &path, &data))
+                .blocking(move |engine| {
+                    engine.check_agent_access(&name, &cwd)?;
+                    engine.write_file(&name, &path, &data)
+                })
                 .await
             {
                 Ok(written) => answer(
@@ -578,8 +585,12 @@ impl SandboxTools {
             return Ok(engine_failure(e));
         }
         let (name, path) = (p.name, p.path.clone());
+        let cwd = self.options.cwd.clone();
         let data = match self
-            .blocking(move |engine| engine.read_file(&name, &path))
+            .blocking(move |engine| {
+                engine.check_agent_access(&name, &cwd)?;
+                engine.read_file(&name, &path)
+            })
             .await
         {
             Ok(d) => d,
@@ -613,8 +624,15 @@ impl SandboxTools {
     )]
     async fn sandbox_start(&self, Parameters(p): Parameters<NameParams>) -> ToolResult {
         let name = p.name.clone();
+        let cwd = self.options.cwd.clone();
         Ok(
-            match self.blocking(move |engine| engine.start(&name)).await {
+            match self
+                .blocking(move |engine| {
+                    engine.check_agent_access(&name, &cwd)?;
+                    engine.start(&name)
+                })
+                .await
+            {
                 Ok(started) => answer(
                     if started {
                         format!("started sandbox {}", p.name)

@@ -616,3 +616,53 @@ fn only_the_local_user_reaches_the_daemon_socket() {
     );
     ak.ok(&["daemon", "stop"]);
 }
+
+/// The ceiling holds for sandboxes an MCP caller did not make: a permissive sandbox the user
+/// created is not the agent's to use.
+#[test]
+fn an_mcp_caller_cannot_use_a_sandbox_looser_than_its_ceiling() {
+    let ak = Ak::new();
+    ak.ok(&[
+        "create",
+        "userbox",
+        "--image",
+        "host",
+        "-p",
+        "permissive",
+        "--no-network",
+    ]);
+    ak.ok(&["start", "userbox"]);
+    ak.ok(&["create", "tight", "--image", "host", "-p", "restrictive"]);
+    ak.ok(&["start", "tight"]);
+    let mut mcp = Mcp::start(&ak);
+    for (tool, args) in [
+        (
+            "sandbox_exec",
+            json!({"name": "userbox", "command": ["true"]}),
+        ),
+        (
+            "sandbox_file_read",
+            json!({"name": "userbox", "path": "/etc/hostname"}),
+        ),
+        (
+            "sandbox_file_write",
+            json!({"name": "userbox", "path": "/tmp/x", "content": "x"}),
+        ),
+        ("sandbox_start", json!({"name": "userbox"})),
+    ] {
+        let (is_error, text) = mcp.call(tool, args);
+        assert!(is_error, "{tool}: {text}");
+        assert!(
+            text.contains("more than an MCP caller may use"),
+            "{tool}: {text}"
+        );
+    }
+    let (is_error, text) = mcp.call(
+        "sandbox_exec",
+        json!({"name": "tight", "command": ["id", "-u"]}),
+    );
+    assert!(!is_error, "{text}");
+    drop(mcp);
+    ak.ok(&["remove", "userbox"]);
+    ak.ok(&["remove", "tight"]);
+}
