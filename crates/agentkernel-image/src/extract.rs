@@ -51,7 +51,7 @@ pub(crate) const ENTRY_COST: u64 = 4096;
 pub(crate) struct Extracted {
     /// Bytes counted against the caps: data written plus [`ENTRY_COST`] per entry.
     pub(crate) bytes: u64,
-    /// Block and character devices left out.
+    /// Block and character devices left out (and hard links to them).
     pub(crate) skipped_devices: u64,
 }
 
@@ -73,6 +73,7 @@ pub(crate) fn extract(
         buf: vec![0; 256 * 1024],
         budget,
         skipped_devices: 0,
+        skipped_paths: std::collections::HashSet::new(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| ex.io_error("", e))?;
@@ -148,6 +149,8 @@ struct Extractor<'a> {
     buf: Vec<u8>,
     budget: &'a mut Budget,
     skipped_devices: u64,
+    /// Where skipped devices would have been: a hard link to one is skipped too.
+    skipped_paths: std::collections::HashSet<Vec<OsString>>,
 }
 
 impl Extractor<'_> {
@@ -235,6 +238,7 @@ impl Extractor<'_> {
                 let whiteout = file_type == FileType::CharacterDevice && dev == 0;
                 if file_type != FileType::Fifo && !whiteout {
                     self.skipped_devices += 1;
+                    self.skipped_paths.insert(comps.clone());
                     return Ok(());
                 }
                 let perm = Mode::from_raw_mode(meta.mode & 0o777);
@@ -340,6 +344,10 @@ impl Extractor<'_> {
             Failure::Unsafe(r) => Failure::Unsafe(format!("hard link target: {r}")),
             other => other,
         })?;
+        if self.skipped_paths.contains(&target) {
+            self.skipped_devices += 1;
+            return Ok(());
+        }
         let (target_name, target_parent) = target
             .split_last()
             .ok_or_else(|| Failure::Unsafe("hard link to the layer root".into()))?;
@@ -641,6 +649,17 @@ mod tests {
         dev.set_size(0);
         dev.set_cksum();
         b.append(&dev, &b""[..]).expect("append");
+        let mut link = tar::Header::new_ustar();
+        link.set_entry_type(EntryType::Link);
+        link.set_mode(0o666);
+        link.set_uid(0);
+        link.set_gid(0);
+        link.set_mtime(0);
+        link.set_path("null-link").expect("path");
+        link.set_link_name("null").expect("link");
+        link.set_size(0);
+        link.set_cksum();
+        b.append(&link, &b""[..]).expect("append");
         append(&mut b, "pipe", EntryType::Fifo, b"");
         append(&mut b, "d/", EntryType::Directory, b"");
         append(&mut b, "d/inner", EntryType::Regular, b"x");
@@ -655,7 +674,10 @@ mod tests {
         let mut budget = Budget::new(Default::default());
         let extracted =
             extract(&tar[..], fd.as_fd(), dir.path(), "sha256:test", &mut budget).expect("extract");
-        assert_eq!(extracted.skipped_devices, 1, "the 1:3 device is left out");
+        assert_eq!(
+            extracted.skipped_devices, 2,
+            "the 1:3 device and the hard link to it are left out"
+        );
         let p = dir.path();
 
         let f = std::fs::metadata(p.join("f")).expect("f");
@@ -669,7 +691,8 @@ mod tests {
         assert!(rustix::fs::getxattr(p.join("f"), "trusted.overlay.redirect", &mut buf).is_err());
 
         assert!(
-            std::fs::symlink_metadata(p.join("null")).is_err(),
+            std::fs::symlink_metadata(p.join("null")).is_err()
+                && std::fs::symlink_metadata(p.join("null-link")).is_err(),
             "no device node is ever created"
         );
         assert!(
