@@ -103,6 +103,8 @@ impl LayoutDir {
                     "is a symbolic link or lies outside the layout",
                 ));
             }
+            // ENXIO: a socket.
+            Err(Errno::NXIO) => return Err(OpenError::Refused("is not a regular file")),
             Err(Errno::NOTDIR) => {
                 return Err(OpenError::Refused(
                     "lies below something that is not a directory",

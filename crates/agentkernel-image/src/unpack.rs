@@ -338,10 +338,10 @@ mod tests {
         let real_digest = crate::blob::digest_of(&tar);
 
         // A symlink to a host file with exactly the descriptor's content, a FIFO (which would
-        // block a reader), and the symlink to a host file of other content: all refused, and no
-        // error tells what the file there holds.
+        // block a reader), a symlink to a host file of other content, a socket: all refused,
+        // and no error tells what the file there holds.
         type Plant<'a> = &'a dyn Fn(&Path);
-        let cases: [(&str, Plant<'_>); 3] = [
+        let cases: [(&str, Plant<'_>); 4] = [
             ("symlink to the matching host file", &|blob: &Path| {
                 std::os::unix::fs::symlink(&host_file, blob).expect("symlink")
             }),
@@ -357,6 +357,10 @@ mod tests {
             }),
             ("symlink to /etc/passwd", &|blob: &Path| {
                 std::os::unix::fs::symlink("/etc/passwd", blob).expect("symlink")
+            }),
+            ("socket", &|blob: &Path| {
+                // Bound, then closed: the socket file stays.
+                drop(std::os::unix::net::UnixListener::bind(blob).expect("bind"));
             }),
         ];
         let passwd = std::fs::read("/etc/passwd").expect("passwd");
