@@ -6,12 +6,20 @@
 //! - Directories (`--image /dir`, `./dir`) are imported as one-layer images
 //!   (`POST /images/create?fromSrc=-`), tagged `agentkernel-local:dir-<digest>` where the
 //!   digest covers the directory's listing (paths, types, modes, owners, sizes, mtimes and
-//!   link targets), so an unchanged directory is imported once and a changed one again.
+//!   link targets), so an unchanged directory is imported once and a changed one again. The
+//!   archive never holds a device node, and is read without following links (see [`import`]).
 //! - OCI layouts (`oci:/path[:tag]`) are loaded as a docker-archive made of the layout's own
-//!   blobs (`POST /images/load`); the image id is the config digest, so they load once.
+//!   blobs (`POST /images/load`); the image id is the config digest, so they load once. The
+//!   blobs are opened beneath the layout as regular files only and sent byte for byte (the
+//!   engine checks them against the config's diff ids); a device node in those layers meets
+//!   the engine's device cgroup.
+//!
+//! Each step stops when the user asks (`agentkernel_image::interrupt`).
 //! - `host`: the host image's skeleton (agentkernel's own, with copies of an allowlist of
 //!   `/etc`) is imported like a directory, and the host's system directories are bind-mounted
 //!   read-only over it at start, as the native backend does.
+
+mod import;
 
 use crate::{Client, DockerError, Result};
 use agentkernel_core::ImageRef;
@@ -52,7 +60,7 @@ impl Client {
     fn registry_image(&self, reference: &str) -> Result<Rootfs> {
         let docker = self.docker()?;
         let backend = self.name();
-        self.block(async {
+        self.block(interruptible(async {
             let inspected = match docker.inspect_image(reference).await {
                 Ok(i) => i,
                 Err(bollard::errors::Error::DockerResponseServerError {
@@ -88,7 +96,7 @@ impl Client {
                 Err(e) => return Err(self.api(format!("inspect image {reference}"))(e)),
             };
             Ok(inspected_rootfs(inspected, reference))
-        })
+        }))
     }
 
     /// Imports `dir` (once per content) and returns the image id.
@@ -104,14 +112,21 @@ impl Client {
             .map_err(|e| load_err(format!("cannot read {}: {e}", dir.display())))?;
         let tag = format!("dir-{}", &digest[..16]);
         let name = format!("{LOCAL_REPO}:{tag}");
-        self.block(async {
+        self.block(interruptible(async {
             if let Ok(img) = docker.inspect_image(&name).await {
                 return Ok(img.id.unwrap_or(name));
             }
             let root = dir.to_path_buf();
             let (stream, writer) = tar_stream(move |builder| {
-                builder.follow_symlinks(false);
-                builder.append_dir_all(".", &root)
+                let archived = import::append_tree(builder, &root)?;
+                if archived.skipped > 0 {
+                    tracing::warn!(
+                        directory = %root.display(),
+                        skipped = archived.skipped,
+                        "device nodes and sockets were left out of the image: images never bring devices"
+                    );
+                }
+                Ok(())
             });
             let body = bollard::body_try_stream(stream);
             let options = bollard::query_parameters::CreateImageOptions {
@@ -140,7 +155,7 @@ impl Client {
                 .await
                 .map_err(|e| load_err(api_message(e)))?;
             Ok(img.id.unwrap_or(name))
-        })
+        }))
     }
 
     fn layout_image(&self, layout: &Path, tag: Option<&str>, shown: &str) -> Result<Rootfs> {
@@ -153,26 +168,34 @@ impl Client {
             image: shown.to_string(),
             message,
         };
-        self.block(async {
+        let agentkernel_image::LayoutImage {
+            config_hex,
+            config_bytes,
+            layers,
+            ..
+        } = blobs;
+        self.block(interruptible(async {
             if docker.inspect_image(&id).await.is_err() {
-                let repo_tag = format!("{LOCAL_REPO}:oci-{}", &blobs.config_hex[..16]);
-                let layers: Vec<(String, PathBuf)> = blobs
-                    .layers
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| (format!("layer{i}.tar"), p.clone()))
-                    .collect();
+                let repo_tag = format!("{LOCAL_REPO}:oci-{}", &config_hex[..16]);
+                let names: Vec<String> =
+                    (0..layers.len()).map(|i| format!("layer{i}.tar")).collect();
                 let manifest = serde_json::json!([{
                     "Config": "config.json",
                     "RepoTags": [repo_tag],
-                    "Layers": layers.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
+                    "Layers": names,
                 }]);
-                let config = blobs.config_path.clone();
                 let (stream, writer) = tar_stream(move |builder| {
                     append_bytes(builder, "manifest.json", manifest.to_string().as_bytes())?;
-                    builder.append_path_with_name(&config, "config.json")?;
-                    for (name, path) in &layers {
-                        builder.append_path_with_name(path, name)?;
+                    append_bytes(builder, "config.json", &config_bytes)?;
+                    for (name, layer) in names.iter().zip(layers) {
+                        let mut header = tar::Header::new_gnu();
+                        header.set_size(layer.size);
+                        header.set_mode(0o644);
+                        header.set_mtime(0);
+                        let data = import::Exact::new(layer.file, layer.size);
+                        builder.append_data(&mut header, name, data).map_err(|e| {
+                            std::io::Error::new(e.kind(), format!("layer {}: {e}", layer.digest))
+                        })?;
                     }
                     Ok(())
                 });
@@ -205,8 +228,13 @@ impl Client {
                 .await
                 .map_err(|e| load_err(api_message(e)))?;
             Ok(inspected_rootfs(img, &id))
-        })
+        }))
     }
+}
+
+/// Runs an engine request until it completes or the user asks to stop (Ctrl-C, SIGTERM).
+async fn interruptible<T>(work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    agentkernel_image::interrupt::until_stopped(work).await
 }
 
 fn engine_rootfs(id: String, host_binds: Vec<PathBuf>, config: ImageConfig) -> Rootfs {

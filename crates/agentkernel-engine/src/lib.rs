@@ -203,10 +203,16 @@ impl Engine {
     /// The image store with the registry settings of `config` (`[images]`) and the environment
     /// (`AGENTKERNEL_REGISTRY_MIRROR`, which wins).
     pub(crate) fn images_for(&self, config: Option<&Config>) -> Result<ImageStore> {
+        let images = config.map(|c| &c.images);
+        let limits = agentkernel_image::UnpackLimits::from_settings(
+            images.and_then(|i| i.max_layer_mb),
+            images.and_then(|i| i.max_image_mb),
+        );
         Ok(self
             .images
             .clone()
-            .with_registries(registry_settings(config)?))
+            .with_registries(registry_settings(config)?)
+            .with_unpack_limits(limits))
     }
 
     /// Which config files a request reads and the profile they give, as `run` says on stderr:

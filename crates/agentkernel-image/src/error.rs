@@ -76,18 +76,49 @@ pub enum ImageError {
         path: PathBuf,
     },
 
+    /// What the blob actually holds is deliberately left out: its digest and size would leak
+    /// the hash of whatever file was put in the blob's place.
     #[error(
-        "blob {digest} in OCI layout {} does not match its descriptor (content is {actual}, {size} bytes, \
-         expected {expected_size} bytes): the layout is corrupt or was tampered with; export the image again",
+        "blob {digest} in OCI layout {} does not match its descriptor ({digest}, {expected_size} bytes): \
+         the layout is corrupt or was tampered with; export the image again",
         layout.display()
     )]
     DigestMismatch {
         layout: PathBuf,
         digest: String,
-        actual: String,
-        size: u64,
         expected_size: u64,
     },
+
+    #[error(
+        "OCI layout {}: {file} {reason}; refusing to read it (a layout's files must be regular files \
+         inside it): export the image again, e.g. with `skopeo copy docker://IMAGE oci:DIR:TAG`",
+        layout.display()
+    )]
+    UnsafeLayoutFile {
+        layout: PathBuf,
+        file: String,
+        reason: &'static str,
+    },
+
+    #[error(
+        "layer {digest} unpacks to more than {cap_mb} MB, the most {scope} may take: nothing of it \
+         was kept; if you trust this image, raise `[images] {key}` in agentkernel.toml"
+    )]
+    UnpackTooLarge {
+        digest: String,
+        cap_mb: u64,
+        /// `one layer` or `one image`.
+        scope: &'static str,
+        /// `max_layer_mb` or `max_image_mb`.
+        key: &'static str,
+    },
+
+    #[error(
+        "stopped by {} while preparing the image: nothing half-unpacked was kept, and what was \
+         downloaded is kept for the next pull to resume",
+        crate::interrupt::signal_name(*signal)
+    )]
+    Interrupted { signal: i32 },
 
     #[error("blob {digest} in OCI layout {}: {reason}", layout.display())]
     BadBlob {
@@ -203,6 +234,8 @@ impl ImageError {
                 | ImageError::InsecureRegistry { .. }
                 | ImageError::ImageNotFound { .. }
                 | ImageError::PullUnauthorized { .. }
+                | ImageError::UnsafeLayoutFile { .. }
+                | ImageError::UnpackTooLarge { .. }
         )
     }
 }

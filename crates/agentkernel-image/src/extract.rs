@@ -6,8 +6,16 @@
 //! links may only name entries inside the layer. OCI whiteouts become overlayfs whiteouts
 //! (`.wh.NAME` → char device 0:0, `.wh..wh..opq` → `trusted.overlay.opaque=y`) because the
 //! layers are stacked by overlayfs, not merged by us.
+//!
+//! Device nodes are never created: a block or character device in a layer would hand the
+//! sandbox the host's disk or kernel log behind the device's numbers. Such entries are skipped
+//! and counted (real images sometimes carry a `/dev` skeleton); the 0:0 character device stays,
+//! being overlayfs's whiteout. Every byte written counts against the unpack caps, holes of
+//! sparse files included, and every entry costs [`ENTRY_COST`] besides, so neither a tiny
+//! sparse archive nor a million empty files can fill the disk.
 
 use crate::ImageError;
+use crate::limits::{Budget, Exceeded};
 use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid, XattrFlags};
 use rustix::io::Errno;
 use std::ffi::{OsStr, OsString};
@@ -34,14 +42,28 @@ fn xattr_allowed(name: &str) -> bool {
     name.starts_with("user.") || name == "security.capability"
 }
 
+/// What every archive entry costs against the unpack caps besides its data: a filesystem
+/// block, about what an inode and its directory entry take.
+pub(crate) const ENTRY_COST: u64 = 4096;
+
+/// What one layer's extraction did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Extracted {
+    /// Bytes counted against the caps: data written plus [`ENTRY_COST`] per entry.
+    pub(crate) bytes: u64,
+    /// Block and character devices left out (and hard links to them).
+    pub(crate) skipped_devices: u64,
+}
+
 /// Extracts `reader` (an uncompressed tar) into the directory `root` (whose path is
-/// `root_path`). `digest` names the layer in errors.
+/// `root_path`), charging what it writes to `budget`. `digest` names the layer in errors.
 pub(crate) fn extract(
     reader: impl Read,
     root: BorrowedFd<'_>,
     root_path: &Path,
     digest: &str,
-) -> std::result::Result<(), ImageError> {
+    budget: &mut Budget,
+) -> std::result::Result<Extracted, ImageError> {
     let mut ex = Extractor {
         root,
         root_path,
@@ -49,10 +71,14 @@ pub(crate) fn extract(
         cached_parent: None,
         dir_times: Vec::new(),
         buf: vec![0; 256 * 1024],
+        budget,
+        skipped_devices: 0,
+        skipped_paths: std::collections::HashSet::new(),
     };
     let mut archive = tar::Archive::new(reader);
     let entries = archive.entries().map_err(|e| ex.io_error("", e))?;
     for entry in entries {
+        crate::interrupt::check()?;
         let mut entry = entry.map_err(|e| ex.io_error("", e))?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         ex.entry(&mut entry, &name).map_err(|e| match e {
@@ -62,14 +88,30 @@ pub(crate) fn extract(
                 reason,
             },
             Failure::Io(err) => ex.io_error(&name, err),
+            Failure::TooLarge(exceeded) => exceeded.error(digest),
+            Failure::Stopped(e) => e,
         })?;
     }
-    ex.apply_dir_times().map_err(|e| ex.io_error("", e))
+    ex.apply_dir_times().map_err(|e| ex.io_error("", e))?;
+    Ok(Extracted {
+        bytes: ex.budget.layer_bytes(),
+        skipped_devices: ex.skipped_devices,
+    })
 }
 
 enum Failure {
     Unsafe(String),
     Io(std::io::Error),
+    /// An unpack cap was crossed.
+    TooLarge(Exceeded),
+    /// Asked to stop (a signal).
+    Stopped(ImageError),
+}
+
+impl From<Exceeded> for Failure {
+    fn from(e: Exceeded) -> Self {
+        Failure::TooLarge(e)
+    }
 }
 
 impl From<std::io::Error> for Failure {
@@ -105,6 +147,10 @@ struct Extractor<'a> {
     /// Directory times are applied last, since creating entries inside changes them.
     dir_times: Vec<(Vec<OsString>, Timespec)>,
     buf: Vec<u8>,
+    budget: &'a mut Budget,
+    skipped_devices: u64,
+    /// Where skipped devices would have been: a hard link to one is skipped too.
+    skipped_paths: std::collections::HashSet<Vec<OsString>>,
 }
 
 impl Extractor<'_> {
@@ -117,6 +163,7 @@ impl Extractor<'_> {
     }
 
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, name: &str) -> Result<()> {
+        self.budget.charge(ENTRY_COST)?;
         let kind = entry.header().entry_type();
         if kind == EntryType::XGlobalHeader {
             return Ok(());
@@ -173,6 +220,7 @@ impl Extractor<'_> {
                     .link_name_bytes()
                     .ok_or_else(|| Failure::Unsafe("symlink without a target".into()))?;
                 let target = OsStr::from_bytes(&target).to_os_string();
+                self.budget.charge(target.len() as u64)?;
                 self.create(dir, parent, file_name, |d| {
                     rustix::fs::symlinkat(&target, d, file_name)
                 })?;
@@ -187,6 +235,12 @@ impl Extractor<'_> {
                     // Writers often leave a fifo's device fields empty.
                     _ => (FileType::Fifo, 0),
                 };
+                let whiteout = file_type == FileType::CharacterDevice && dev == 0;
+                if file_type != FileType::Fifo && !whiteout {
+                    self.skipped_devices += 1;
+                    self.skipped_paths.insert(comps.clone());
+                    return Ok(());
+                }
                 let perm = Mode::from_raw_mode(meta.mode & 0o777);
                 self.create(dir, parent, file_name, |d| {
                     rustix::fs::mknodat(d, file_name, file_type, perm, dev)
@@ -230,10 +284,13 @@ impl Extractor<'_> {
             created.ok_or_else(|| Failure::Io(std::io::Error::other("file was not created")))?;
         let mut file = std::fs::File::from(fd);
         loop {
+            // Holes of a sparse entry come out of the reader as zeros, so they count too.
             let n = data.read(&mut self.buf)?;
             if n == 0 {
                 break;
             }
+            self.budget.charge(n as u64)?;
+            crate::interrupt::check().map_err(Failure::Stopped)?;
             file.write_all(&self.buf[..n])?;
         }
         // chown clears set-id bits and file capabilities, so it goes first.
@@ -287,6 +344,10 @@ impl Extractor<'_> {
             Failure::Unsafe(r) => Failure::Unsafe(format!("hard link target: {r}")),
             other => other,
         })?;
+        if self.skipped_paths.contains(&target) {
+            self.skipped_devices += 1;
+            return Ok(());
+        }
         let (target_name, target_parent) = target
             .split_last()
             .ok_or_else(|| Failure::Unsafe("hard link to the layer root".into()))?;
@@ -565,7 +626,7 @@ mod tests {
     }
 
     #[test]
-    fn pax_metadata_devices_replacements_and_aufs_leftovers() {
+    fn pax_metadata_skipped_devices_replacements_and_aufs_leftovers() {
         let mut b = tar::Builder::new(Vec::new());
         append(&mut b, "./", EntryType::Directory, b"");
         let ext = pax(&[
@@ -588,6 +649,17 @@ mod tests {
         dev.set_size(0);
         dev.set_cksum();
         b.append(&dev, &b""[..]).expect("append");
+        let mut link = tar::Header::new_ustar();
+        link.set_entry_type(EntryType::Link);
+        link.set_mode(0o666);
+        link.set_uid(0);
+        link.set_gid(0);
+        link.set_mtime(0);
+        link.set_path("null-link").expect("path");
+        link.set_link_name("null").expect("link");
+        link.set_size(0);
+        link.set_cksum();
+        b.append(&link, &b""[..]).expect("append");
         append(&mut b, "pipe", EntryType::Fifo, b"");
         append(&mut b, "d/", EntryType::Directory, b"");
         append(&mut b, "d/inner", EntryType::Regular, b"x");
@@ -599,7 +671,13 @@ mod tests {
 
         let dir = tempfile::tempdir().expect("tempdir");
         let fd = rustix::fs::open(dir.path(), DIR_FLAGS, Mode::empty()).expect("open");
-        extract(&tar[..], fd.as_fd(), dir.path(), "sha256:test").expect("extract");
+        let mut budget = Budget::new(Default::default());
+        let extracted =
+            extract(&tar[..], fd.as_fd(), dir.path(), "sha256:test", &mut budget).expect("extract");
+        assert_eq!(
+            extracted.skipped_devices, 2,
+            "the 1:3 device and the hard link to it are left out"
+        );
         let p = dir.path();
 
         let f = std::fs::metadata(p.join("f")).expect("f");
@@ -612,11 +690,10 @@ mod tests {
         assert_eq!(&buf[..n], b"hello");
         assert!(rustix::fs::getxattr(p.join("f"), "trusted.overlay.redirect", &mut buf).is_err());
 
-        let null = std::fs::symlink_metadata(p.join("null")).expect("null");
-        assert!(null.file_type().is_char_device());
-        assert_eq!(
-            (null.rdev(), null.mode() & 0o777),
-            (rustix::fs::makedev(1, 3), 0o666)
+        assert!(
+            std::fs::symlink_metadata(p.join("null")).is_err()
+                && std::fs::symlink_metadata(p.join("null-link")).is_err(),
+            "no device node is ever created"
         );
         assert!(
             std::fs::symlink_metadata(p.join("pipe"))

@@ -4,8 +4,12 @@
 //! The fast path reads `index.json` (and a nested image index, if the entry is one) to learn
 //! the manifest digest, then loads the record of that manifest. Only when there is none are
 //! the manifest, config and layers read, all verified against their digests.
+//!
+//! Every file of the layout is opened beneath it, never through a symlink, and only if it is a
+//! regular file (see [`blob::LayoutDir`]): a layout may have been written by a sandbox.
 
-use crate::blob;
+use crate::blob::{self, LayoutDir};
+use crate::limits::{Budget, UnpackLimits};
 use crate::record::{self, Record};
 use crate::unpack;
 use crate::{ImageConfig, ImageError, Rootfs};
@@ -19,17 +23,19 @@ const MAX_INDEX: u64 = 16 << 20;
 
 pub(crate) fn resolve(
     store: &Path,
-    layout: &Path,
+    layout_path: &Path,
     tag: Option<&str>,
+    limits: UnpackLimits,
 ) -> Result<Rootfs, ImageError> {
-    let index = read_index(layout)?;
-    let entry = select(layout, &index, tag)?;
-    let manifest = platform_manifest(layout, entry)?;
-    let hex = blob::sha256_hex(layout, &manifest)?;
+    let layout = LayoutDir::open(layout_path)?;
+    let index = read_index(&layout)?;
+    let entry = select(layout_path, &index, tag)?;
+    let manifest = platform_manifest(&layout, entry)?;
+    let hex = blob::sha256_hex(layout_path, &manifest)?;
     if let Some(rootfs) = record::load(store, hex) {
         return Ok(rootfs);
     }
-    prepare(store, layout, &manifest)
+    prepare(store, &layout, &manifest, limits)
 }
 
 fn not_layout(layout: &Path, reason: impl Into<String>) -> ImageError {
@@ -39,27 +45,23 @@ fn not_layout(layout: &Path, reason: impl Into<String>) -> ImageError {
     }
 }
 
-fn read_index(layout: &Path) -> Result<ImageIndex, ImageError> {
-    let path = layout.join("index.json");
+fn read_index(layout: &LayoutDir) -> Result<ImageIndex, ImageError> {
+    let path = layout.path();
+    let (file, _) = layout.open_file("index.json").map_err(|e| {
+        layout.open_error("index.json", e, || not_layout(path, "it has no index.json"))
+    })?;
     let mut bytes = Vec::new();
-    let read = std::fs::File::open(&path).and_then(|f| f.take(MAX_INDEX).read_to_end(&mut bytes));
-    if let Err(e) = read {
-        return Err(match e.kind() {
-            std::io::ErrorKind::NotFound if !layout.exists() => ImageError::LayoutMissing {
-                path: layout.to_path_buf(),
-            },
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory => {
-                not_layout(layout, "it has no index.json")
-            }
-            _ => ImageError::Io {
-                action: "read",
-                path,
-                source: e,
-            },
-        });
+    file.take(MAX_INDEX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(ImageError::io("read", path.join("index.json")))?;
+    if bytes.len() as u64 > MAX_INDEX {
+        return Err(not_layout(
+            path,
+            format!("its index.json is larger than {} MB", MAX_INDEX >> 20),
+        ));
     }
     serde_json::from_slice(&bytes)
-        .map_err(|e| not_layout(layout, format!("its index.json is not valid: {e}")))
+        .map_err(|e| not_layout(path, format!("its index.json is not valid: {e}")))
 }
 
 fn tags_of<'a>(entries: impl Iterator<Item = &'a Descriptor>) -> Vec<String> {
@@ -149,7 +151,7 @@ fn kind_of(desc: &Descriptor) -> Kind {
 }
 
 /// Follows image indexes down to the manifest for this machine's platform.
-fn platform_manifest(layout: &Path, entry: &Descriptor) -> Result<Descriptor, ImageError> {
+fn platform_manifest(layout: &LayoutDir, entry: &Descriptor) -> Result<Descriptor, ImageError> {
     let mut desc = entry.clone();
     // Indexes may nest; a few levels is all real images use.
     for _ in 0..4 {
@@ -158,13 +160,13 @@ fn platform_manifest(layout: &Path, entry: &Descriptor) -> Result<Descriptor, Im
             Kind::Index | Kind::Unknown => {
                 let bytes = blob::read_verified(layout, &desc)?;
                 let probe: serde_json::Value =
-                    blob::parse_json(layout, &desc, &bytes, "JSON document")?;
+                    blob::parse_json(layout.path(), &desc, &bytes, "JSON document")?;
                 if probe.get("manifests").is_none() {
                     if probe.get("layers").is_some() {
                         return Ok(desc);
                     }
                     return Err(ImageError::BadBlob {
-                        layout: layout.to_path_buf(),
+                        layout: layout.path().to_path_buf(),
                         digest: desc.digest().to_string(),
                         reason: format!(
                             "it is neither an image manifest nor an image index (media type {})",
@@ -172,7 +174,8 @@ fn platform_manifest(layout: &Path, entry: &Descriptor) -> Result<Descriptor, Im
                         ),
                     });
                 }
-                let index: ImageIndex = blob::parse_json(layout, &desc, &bytes, "image index")?;
+                let index: ImageIndex =
+                    blob::parse_json(layout.path(), &desc, &bytes, "image index")?;
                 let Some(found) = index.manifests().iter().find(|d| matches_host(d)) else {
                     let mut available: Vec<String> = index
                         .manifests()
@@ -182,7 +185,7 @@ fn platform_manifest(layout: &Path, entry: &Descriptor) -> Result<Descriptor, Im
                         .collect();
                     available.dedup();
                     return Err(ImageError::NoPlatform {
-                        layout: layout.to_path_buf(),
+                        layout: layout.path().to_path_buf(),
                         digest: desc.digest().to_string(),
                         arch: host_arch().to_string(),
                         available,
@@ -193,7 +196,7 @@ fn platform_manifest(layout: &Path, entry: &Descriptor) -> Result<Descriptor, Im
         }
     }
     Err(ImageError::BadBlob {
-        layout: layout.to_path_buf(),
+        layout: layout.path().to_path_buf(),
         digest: desc.digest().to_string(),
         reason: "image indexes are nested too deeply".to_string(),
     })
@@ -242,14 +245,18 @@ impl From<ConfigBlob> for ImageConfig {
 /// result.
 pub(crate) fn prepare(
     store: &Path,
-    layout: &Path,
+    layout_dir: &LayoutDir,
     manifest_desc: &Descriptor,
+    limits: UnpackLimits,
 ) -> Result<Rootfs, ImageError> {
-    if !layout.join("oci-layout").is_file() {
-        return Err(not_layout(layout, "it has no oci-layout file"));
+    let layout = layout_dir.path();
+    if let Err(e) = layout_dir.open_file("oci-layout") {
+        return Err(layout_dir.open_error("oci-layout", e, || {
+            not_layout(layout, "it has no oci-layout file")
+        }));
     }
     let hex = blob::sha256_hex(layout, manifest_desc)?;
-    let bytes = blob::read_verified(layout, manifest_desc)?;
+    let bytes = blob::read_verified(layout_dir, manifest_desc)?;
     let manifest: ImageManifest =
         blob::parse_json(layout, manifest_desc, &bytes, "image manifest")?;
 
@@ -268,7 +275,7 @@ pub(crate) fn prepare(
             ),
         });
     }
-    let config_bytes = blob::read_verified(layout, config_desc)?;
+    let config_bytes = blob::read_verified(layout_dir, config_desc)?;
     let config: ConfigBlob = blob::parse_json(layout, config_desc, &config_bytes, "image config")?;
 
     if manifest.layers().is_empty() {
@@ -280,8 +287,9 @@ pub(crate) fn prepare(
     }
     let layers_dir = store.join("layers");
     let mut top_first: Vec<String> = Vec::with_capacity(manifest.layers().len());
+    let mut budget = Budget::new(limits);
     for desc in manifest.layers() {
-        unpack::ensure_layer(&layers_dir, layout, desc)?;
+        unpack::ensure_layer(&layers_dir, layout_dir, desc, &mut budget)?;
         top_first.insert(0, blob::sha256_hex(layout, desc)?.to_string());
     }
     // overlayfs refuses a directory twice; the topmost copy of a repeated layer already
@@ -308,38 +316,56 @@ pub(crate) fn prepare(
 }
 
 /// The blobs of the image a layout holds for `tag`, for engines that load images themselves
-/// (the container backends): its config and its layers, bottom first, as files of the layout.
-#[derive(Debug, Clone)]
+/// (the container backends): its config (verified) and its layers, bottom first, opened as
+/// regular files beneath the layout.
+#[derive(Debug)]
 pub struct LayoutImage {
     pub config: ImageConfig,
     /// Hex sha256 of the config blob: the image's id in Docker's and Podman's stores.
     pub config_hex: String,
-    pub config_path: std::path::PathBuf,
-    pub layers: Vec<std::path::PathBuf>,
+    /// The config blob's bytes, verified against its descriptor.
+    pub config_bytes: Vec<u8>,
+    pub layers: Vec<LayoutBlob>,
 }
 
-/// Chooses the image of `tag` (as `resolve` does) and names its blobs, verifying the manifest
-/// and config; the layers are verified by the engine that loads them (against the config's
+/// A layer blob of a layout, opened: send exactly `size` bytes of it (the descriptor's size),
+/// so a file that grows or shrinks under the reader cannot change what is sent unnoticed.
+#[derive(Debug)]
+pub struct LayoutBlob {
+    pub file: std::fs::File,
+    pub size: u64,
+    /// `sha256:<hex>`, for messages.
+    pub digest: String,
+}
+
+/// Chooses the image of `tag` (as `resolve` does), verifies its manifest and config, and opens
+/// its layers; the layers are verified by the engine that loads them (against the config's
 /// diff ids).
-pub fn image_blobs(layout: &Path, tag: Option<&str>) -> Result<LayoutImage, ImageError> {
-    let index = read_index(layout)?;
-    let entry = select(layout, &index, tag)?;
-    let manifest_desc = platform_manifest(layout, entry)?;
-    let bytes = blob::read_verified(layout, &manifest_desc)?;
+pub fn image_blobs(layout_path: &Path, tag: Option<&str>) -> Result<LayoutImage, ImageError> {
+    let layout = LayoutDir::open(layout_path)?;
+    let index = read_index(&layout)?;
+    let entry = select(layout_path, &index, tag)?;
+    let manifest_desc = platform_manifest(&layout, entry)?;
+    let bytes = blob::read_verified(&layout, &manifest_desc)?;
     let manifest: ImageManifest =
-        blob::parse_json(layout, &manifest_desc, &bytes, "image manifest")?;
+        blob::parse_json(layout_path, &manifest_desc, &bytes, "image manifest")?;
     let config_desc = manifest.config();
-    let config_bytes = blob::read_verified(layout, config_desc)?;
-    let config: ConfigBlob = blob::parse_json(layout, config_desc, &config_bytes, "image config")?;
-    let config_hex = blob::sha256_hex(layout, config_desc)?.to_string();
+    let config_bytes = blob::read_verified(&layout, config_desc)?;
+    let config: ConfigBlob =
+        blob::parse_json(layout_path, config_desc, &config_bytes, "image config")?;
+    let config_hex = blob::sha256_hex(layout_path, config_desc)?.to_string();
     let mut layers = Vec::with_capacity(manifest.layers().len());
     for desc in manifest.layers() {
-        layers.push(blob::blob_path(layout, blob::sha256_hex(layout, desc)?));
+        layers.push(LayoutBlob {
+            file: blob::open_blob(&layout, desc)?,
+            size: desc.size(),
+            digest: desc.digest().to_string(),
+        });
     }
     Ok(LayoutImage {
         config: config.into(),
-        config_path: blob::blob_path(layout, &config_hex),
         config_hex,
+        config_bytes,
         layers,
     })
 }

@@ -18,7 +18,9 @@ mod directory;
 mod error;
 mod extract;
 mod host;
+pub mod interrupt;
 mod layout;
+mod limits;
 mod prune;
 mod pull;
 mod record;
@@ -29,7 +31,8 @@ mod unpack;
 
 pub use agentkernel_core::ImageRef;
 pub use error::ImageError;
-pub use layout::{LayoutImage, image_blobs};
+pub use layout::{LayoutBlob, LayoutImage, image_blobs};
+pub use limits::UnpackLimits;
 pub use prune::Pruned;
 pub use registry::{ImageSummary, RegistrySettings, canonical_name};
 
@@ -72,6 +75,8 @@ pub struct Rootfs {
 pub struct ImageStore {
     root: PathBuf,
     registries: RegistrySettings,
+    /// Caps on what unpacking one layer and one image may write.
+    limits: UnpackLimits,
     /// Draw download progress on stderr (only ever when it is a terminal).
     progress: bool,
 }
@@ -84,6 +89,7 @@ impl ImageStore {
         ImageStore {
             root,
             registries: RegistrySettings::default(),
+            limits: UnpackLimits::default(),
             progress: std::io::stderr().is_terminal(),
         }
     }
@@ -100,6 +106,13 @@ impl ImageStore {
         self
     }
 
+    /// Caps what unpacking a layer and an image may write (`[images] max_layer_mb` and
+    /// `max_image_mb`); an image that would cross one is refused and nothing of it is kept.
+    pub fn with_unpack_limits(mut self, limits: UnpackLimits) -> ImageStore {
+        self.limits = limits;
+        self
+    }
+
     /// Where the store keeps its data.
     pub fn root(&self) -> &Path {
         &self.root
@@ -107,7 +120,7 @@ impl ImageStore {
 
     /// Pulls a registry image again (even when the store has it) and prepares it.
     pub fn pull(&self, reference: &str) -> Result<Rootfs, ImageError> {
-        registry::pull(&self.root, reference, &self.registries, self.progress)
+        registry::pull(&self.root, reference, &self.settings())
     }
 
     /// Forgets a pulled reference (its content goes at the next prune). Returns whether the
@@ -137,10 +150,20 @@ impl ImageStore {
         match image {
             ImageRef::Host => host::resolve(&self.root.join("host"), Path::new("/")),
             ImageRef::Directory { path } => directory::resolve(path),
-            ImageRef::OciLayout { path, tag } => layout::resolve(&self.root, path, tag.as_deref()),
-            ImageRef::Registry { reference } => {
-                registry::resolve(&self.root, reference, &self.registries, self.progress)
+            ImageRef::OciLayout { path, tag } => {
+                layout::resolve(&self.root, path, tag.as_deref(), self.limits)
             }
+            ImageRef::Registry { reference } => {
+                registry::resolve(&self.root, reference, &self.settings())
+            }
+        }
+    }
+
+    fn settings(&self) -> registry::PullSettings<'_> {
+        registry::PullSettings {
+            registries: &self.registries,
+            limits: self.limits,
+            progress: self.progress,
         }
     }
 }

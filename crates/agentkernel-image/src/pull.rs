@@ -5,10 +5,17 @@
 //! next to its final path (locked while in use), verified against its digest and size, and only
 //! then renamed into place. An interrupted download is resumed by the next pull, which trusts
 //! none of it until the whole blob verifies; two pulls of one blob take turns.
+//!
+//! Nothing a registry sends is read past what it may be: a blob stops at its descriptor's size
+//! (one byte more is an error), a manifest at its descriptor's size or, fetched by tag, at
+//! [`blob::MAX_JSON`]. Manifests are therefore fetched here rather than by oci-client, which
+//! would read a body of any length into memory. The whole fetch stops when the user asks
+//! (see [`crate::interrupt`]).
 
 use crate::ImageError;
 use crate::blob;
 use futures_util::StreamExt as _;
+use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
@@ -57,10 +64,15 @@ pub(crate) fn fetch(
         .enable_all()
         .build()
         .map_err(ImageError::io("start the HTTP client for", store))?;
-    let result = runtime.block_on(fetch_async(store, target, progress));
+    let result = runtime.block_on(crate::interrupt::until_stopped(fetch_async(
+        store, target, progress,
+    )));
     drop(runtime);
     result
 }
+
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 fn client(target: &PullTarget) -> Client {
     let protocol = if target.plain_http {
@@ -71,10 +83,24 @@ fn client(target: &PullTarget) -> Client {
     Client::new(ClientConfig {
         protocol,
         platform_resolver: None,
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        read_timeout: Some(READ_TIMEOUT),
         ..Default::default()
     })
+}
+
+/// The HTTP client manifests are fetched with (oci-client still negotiates the token).
+fn manifest_client(target: &PullTarget) -> Result<reqwest::Client, ImageError> {
+    reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(READ_TIMEOUT)
+        .user_agent(concat!("agentkernel/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ImageError::PullFailed {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+            reason: format!("cannot set up the HTTP client: {e}"),
+        })
 }
 
 async fn fetch_async(
@@ -83,8 +109,15 @@ async fn fetch_async(
     progress: bool,
 ) -> Result<Descriptor, ImageError> {
     let client = client(target);
+    let http = manifest_client(target)?;
     let auth = crate::auth::credentials_for(target.reference.registry(), &target.registry);
-    let (bytes, media_type) = manifest(&client, target, &target.reference, &auth).await?;
+    let fetcher = ManifestFetcher {
+        client: &client,
+        http: &http,
+        target,
+        auth: &auth,
+    };
+    let (bytes, media_type) = fetcher.get(&target.reference, None).await?;
     let mut desc = save_json_blob(
         store,
         target,
@@ -110,7 +143,7 @@ async fn fetch_async(
         let by_digest = target
             .reference
             .clone_with_digest(entry.digest().to_string());
-        let (bytes, media_type) = manifest(&client, target, &by_digest, &auth).await?;
+        let (bytes, media_type) = fetcher.get(&by_digest, Some(entry.size())).await?;
         desc = save_json_blob(
             store,
             target,
@@ -180,25 +213,121 @@ fn net_error(target: &PullTarget, e: oci_client::errors::OciDistributionError) -
     }
 }
 
-async fn manifest(
-    client: &Client,
-    target: &PullTarget,
-    reference: &Reference,
-    auth: &RegistryAuth,
-) -> Result<(Vec<u8>, String), ImageError> {
-    let (bytes, _digest) = client
-        .pull_manifest_raw(reference, auth, MANIFEST_TYPES)
-        .await
-        .map_err(|e| net_error(target, e))?;
-    let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
+/// Fetches manifests, reading no more of a response than a manifest may hold.
+struct ManifestFetcher<'a> {
+    client: &'a Client,
+    http: &'a reqwest::Client,
+    target: &'a PullTarget,
+    auth: &'a RegistryAuth,
+}
+
+impl ManifestFetcher<'_> {
+    /// The manifest `reference` names and its media type. `size` is its descriptor's size when
+    /// an index gave one: the body must be exactly that long. Without one, it may be at most
+    /// [`blob::MAX_JSON`].
+    async fn get(
+        &self,
+        reference: &Reference,
+        size: Option<u64>,
+    ) -> Result<(Vec<u8>, String), ImageError> {
+        let target = self.target;
+        let failed = |reason: String| ImageError::PullFailed {
+            reference: target.original.clone(),
+            registry: target.registry.clone(),
+            reason,
+        };
+        let limit = size.unwrap_or(blob::MAX_JSON);
+        if limit > blob::MAX_JSON {
+            return Err(failed(format!(
+                "its index lists a manifest of {limit} bytes, more than a manifest may be ({} bytes)",
+                blob::MAX_JSON
+            )));
+        }
+        // oci-client negotiates (and caches, for the blob requests) the registry's token.
+        let token = self
+            .client
+            .auth(reference, self.auth, RegistryOperation::Pull)
+            .await
+            .map_err(|e| net_error(target, e))?;
+        let registry = reference.resolve_registry();
+        let scheme = if target.plain_http { "http" } else { "https" };
+        let name = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let url = format!(
+            "{scheme}://{registry}/v2/{}/manifests/{name}",
+            reference.repository()
+        );
+        let mut request = self
+            .http
+            .get(&url)
+            .header(reqwest::header::ACCEPT, MANIFEST_TYPES.join(", "));
+        request = match (token, self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            (None, _) => request,
+        };
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| failed(format!("fetching the manifest: {e}")))?;
+        match response.status().as_u16() {
+            200 => {}
+            401 | 403 => {
+                return Err(ImageError::PullUnauthorized {
+                    reference: target.original.clone(),
+                    registry: target.registry.clone(),
+                    reason: format!("HTTP {} for {url}", response.status()),
+                });
+            }
+            404 => {
+                return Err(ImageError::ImageNotFound {
+                    reference: target.original.clone(),
+                    registry: target.registry.clone(),
+                });
+            }
+            _ => {
+                return Err(failed(format!(
+                    "the registry answered HTTP {} for {url}",
+                    response.status()
+                )));
+            }
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failed(format!("reading the manifest: {e}")))?
+        {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(failed(format!(
+                    "the registry sent more than the {limit} bytes a manifest may be here; \
+                     refusing it"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if let Some(size) = size
+            && body.len() as u64 != size
+        {
+            return Err(failed(format!(
+                "the registry sent a shorter manifest than the {size} bytes its index lists; \
+                 refusing it"
+            )));
+        }
+        let media_type = media_type_of(&body);
+        Ok((body, media_type))
+    }
+}
+
+/// A manifest's own `mediaType`, or the OCI manifest type when it names none.
+fn media_type_of(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
         .ok()
         .and_then(|v| {
             v.get("mediaType")
                 .and_then(|m| m.as_str())
                 .map(str::to_string)
         })
-        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string());
-    Ok((bytes.to_vec(), media_type))
+        .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".to_string())
 }
 
 /// Stores a manifest or index fetched by tag or digest; when a digest was asked for, the bytes

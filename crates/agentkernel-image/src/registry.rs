@@ -8,7 +8,7 @@
 
 use crate::pull::{self, PullTarget};
 use crate::record;
-use crate::{ImageError, Rootfs};
+use crate::{ImageError, Rootfs, UnpackLimits};
 use oci_client::Reference;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -108,6 +108,13 @@ fn is_loopback(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How a store pulls: where from, the unpack caps, whether to draw progress.
+pub(crate) struct PullSettings<'a> {
+    pub(crate) registries: &'a RegistrySettings,
+    pub(crate) limits: UnpackLimits,
+    pub(crate) progress: bool,
 }
 
 /// What a reference means: the name it is known by and where it is fetched from.
@@ -240,39 +247,43 @@ pub(crate) fn parse(reference: &str, settings: &RegistrySettings) -> Result<Reso
 pub(crate) fn resolve(
     store: &Path,
     reference: &str,
-    settings: &RegistrySettings,
-    progress: bool,
+    settings: &PullSettings<'_>,
 ) -> Result<Rootfs, ImageError> {
-    let resolved = parse(reference, settings)?;
+    let resolved = parse(reference, settings.registries)?;
     if let Some(hex) = load_ref(store, &resolved.canonical)
         && let Some(rootfs) = record::load(store, &hex)
     {
         return Ok(rootfs);
     }
-    pull_resolved(store, &resolved, progress)
+    pull_resolved(store, &resolved, settings)
 }
 
 /// Pulls `reference` again from its registry (or mirror), even when it is in the store.
-pub fn pull(
+pub(crate) fn pull(
     store: &Path,
     reference: &str,
-    settings: &RegistrySettings,
-    progress: bool,
+    settings: &PullSettings<'_>,
 ) -> Result<Rootfs, ImageError> {
-    pull_resolved(store, &parse(reference, settings)?, progress)
+    pull_resolved(store, &parse(reference, settings.registries)?, settings)
 }
 
-fn pull_resolved(store: &Path, resolved: &Resolved, progress: bool) -> Result<Rootfs, ImageError> {
+fn pull_resolved(
+    store: &Path,
+    resolved: &Resolved,
+    settings: &PullSettings<'_>,
+) -> Result<Rootfs, ImageError> {
     // The first source that delivers wins; when none does, the first one's error is the one
     // to show (a configured mirror says more than Docker Hub behind it).
     let mut first_error = None;
     let mut fetched = None;
     for target in &resolved.targets {
-        match pull::fetch(store, target, progress) {
+        match pull::fetch(store, target, settings.progress) {
             Ok(manifest) => {
                 fetched = Some(manifest);
                 break;
             }
+            // Asked to stop: no other source either.
+            Err(e @ ImageError::Interrupted { .. }) => return Err(e),
             Err(e) => {
                 first_error.get_or_insert(e);
             }
@@ -288,7 +299,8 @@ fn pull_resolved(store: &Path, resolved: &Resolved, progress: bool) -> Result<Ro
             });
         }
     };
-    let rootfs = crate::layout::prepare(store, store, &manifest)?;
+    let blobs = crate::blob::LayoutDir::open(store)?;
+    let rootfs = crate::layout::prepare(store, &blobs, &manifest, settings.limits)?;
     let hex = crate::blob::sha256_hex(store, &manifest)?;
     save_ref(store, &resolved.canonical, hex)?;
     Ok(rootfs)

@@ -219,6 +219,68 @@ impl Layer {
         )
     }
 
+    /// A block device node, for tests that an image never brings one.
+    pub fn block_device(self, path: &str, major: u32, minor: u32) -> Layer {
+        self.device(path, tar::EntryType::Block, major, minor)
+    }
+
+    /// A character device node (0:0 is an overlayfs whiteout, anything else a real device).
+    pub fn char_device(self, path: &str, major: u32, minor: u32) -> Layer {
+        self.device(path, tar::EntryType::Char, major, minor)
+    }
+
+    fn device(mut self, path: &str, kind: tar::EntryType, major: u32, minor: u32) -> Layer {
+        if self.error.is_some() {
+            return self;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(0o666);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(ENTRY_MTIME);
+        header.set_size(0);
+        let result = header
+            .set_device_major(major)
+            .and_then(|()| header.set_device_minor(minor))
+            .and_then(|()| header.set_path(path))
+            .and_then(|()| {
+                header.set_cksum();
+                self.builder.append(&header, &b""[..])
+            });
+        self.error = result.err();
+        self
+    }
+
+    /// A GNU sparse file of `real_size` bytes (a multiple of 512, at least 512) that stores
+    /// only its last 512 bytes (`x`): the archive stays tiny, the file unpacks to its full
+    /// size.
+    pub fn sparse(mut self, path: &str, real_size: u64) -> Layer {
+        if self.error.is_some() {
+            return self;
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::GNUSparse);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(ENTRY_MTIME);
+        header.set_size(512);
+        let data_at = real_size.saturating_sub(512);
+        let result = header.set_path(path).and_then(|()| {
+            let gnu = header
+                .as_gnu_mut()
+                .ok_or_else(|| std::io::Error::other("not a GNU header"))?;
+            gnu.sparse[0].set_offset(data_at);
+            gnu.sparse[0].set_length(512);
+            gnu.set_real_size(real_size);
+            header.set_cksum();
+            self.builder.append(&header, &[b'x'; 512][..])
+        });
+        self.error = result.err();
+        self
+    }
+
     /// An entry with a path written verbatim (no checks): for tests of hostile archives.
     pub fn raw(
         self,

@@ -580,3 +580,68 @@ fn layout_errors_say_what_to_do() {
         "a failed pull records no reference"
     );
 }
+
+#[test]
+fn an_image_past_its_cap_is_refused_though_each_layer_fits() {
+    let layout = tempfile::tempdir().expect("tempdir");
+    let store = tempfile::tempdir().expect("tempdir");
+    let layer = |name: &str| {
+        Layer::new()
+            .sparse(name, 1536 << 10)
+            .finish()
+            .expect("layer")
+    };
+    write_oci_layout(
+        layout.path(),
+        "t",
+        &[layer("a"), layer("b")],
+        &ImageConfig::default(),
+    )
+    .expect("layout");
+    let limits = agentkernel_image::UnpackLimits {
+        layer_mb: 2,
+        image_mb: 2,
+    };
+    let images = ImageStore::new(store.path().to_path_buf())
+        .quiet()
+        .with_unpack_limits(limits);
+    let err = images
+        .resolve(&oci(layout.path(), Some("t")))
+        .expect_err("the two layers together are over the image's cap");
+    assert!(
+        matches!(
+            err,
+            ImageError::UnpackTooLarge {
+                cap_mb: 2,
+                key: "max_image_mb",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let blobs = layer_blobs(layout.path());
+    let second = blobs[1]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(err.to_string().contains(&second), "names the layer: {err}");
+    let (layers, staging) = layer_store(store.path());
+    assert!(staging.is_empty(), "{staging:?}");
+    assert!(
+        !layers.contains(&format!("sha256-{second}")),
+        "the layer past the cap was kept: {layers:?}"
+    );
+    assert!(
+        fs::read_dir(store.path().join("oci")).is_err(),
+        "no record of a refused image"
+    );
+    // Within a bigger cap the image prepares.
+    let images = images.with_unpack_limits(agentkernel_image::UnpackLimits {
+        layer_mb: 2,
+        image_mb: 4,
+    });
+    images
+        .resolve(&oci(layout.path(), Some("t")))
+        .expect("within the caps");
+}

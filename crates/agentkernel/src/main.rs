@@ -37,7 +37,7 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentkernel: error: {e}");
-            e.exit_code()
+            signals::exit_code_after(e.exit_code())
         }
     };
     std::process::exit(code);
@@ -94,6 +94,14 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
         Command::Images(ImagesCommand::Pull(a)) => {
+            // Ctrl-C stops the pull cleanly: the download so far is kept for the next pull,
+            // a half-unpacked layer is removed.
+            signals::stop_image_preparation_on(&signals::FORWARDED).map_err(|e| {
+                EngineError::Io {
+                    context: "install signal handlers".into(),
+                    source: e,
+                }
+            })?;
             let digest = engine()?.pull_image(&a.image, &current_dir()?, a.quiet)?;
             if !a.quiet {
                 println!("{}: {digest}", a.image);
@@ -259,8 +267,9 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     {
         return Ok(code);
     }
-    let signals =
-        signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {
+    let signals = signals::SignalPipe::register(&signals::FORWARDED)
+        .and_then(|pipe| signals::stop_image_preparation_on(&signals::FORWARDED).map(|()| pipe))
+        .map_err(|e| EngineError::Io {
             context: "install signal handlers".into(),
             source: e,
         })?;
