@@ -276,6 +276,14 @@ fn host_kind(meta: &std::fs::Metadata) -> HostKind {
     }
 }
 
+/// A tar header for a host file or directory, its mode without set-uid, set-gid or sticky bits.
+fn header_of(meta: &std::fs::Metadata) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(meta, tar::HeaderMode::Complete);
+    header.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777);
+    header
+}
+
 /// Refuses a host source that is a FIFO, device or socket (what `cp` was asked to copy in).
 pub fn check_source(src: &Path) -> std::io::Result<()> {
     match host_kind(&std::fs::symlink_metadata(src)?) {
@@ -291,8 +299,8 @@ pub fn check_source(src: &Path) -> std::io::Result<()> {
 }
 
 /// Packs the host path `src` as `name` into `builder`: links as links, directories with their
-/// contents, regular files opened without following a link or waiting on a FIFO; FIFOs,
-/// devices and sockets skipped.
+/// contents, regular files opened without following a link or waiting on a FIFO, modes without
+/// set-uid, set-gid or sticky bits; FIFOs, devices and sockets skipped.
 pub fn pack<W: std::io::Write>(
     builder: &mut tar::Builder<W>,
     name: &Path,
@@ -302,7 +310,7 @@ pub fn pack<W: std::io::Write>(
     match host_kind(&meta) {
         HostKind::Link => builder.append_path_with_name(src, name),
         HostKind::Dir => {
-            builder.append_dir(name, src)?;
+            builder.append_data(&mut header_of(&meta), name, std::io::empty())?;
             for entry in std::fs::read_dir(src)? {
                 let entry = entry?;
                 pack(builder, &name.join(entry.file_name()), &entry.path())?;
@@ -314,8 +322,9 @@ pub fn pack<W: std::io::Write>(
                 .read(true)
                 .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
                 .open(src)?;
-            if file.metadata()?.is_file() {
-                builder.append_file(name, &mut file)?;
+            let meta = file.metadata()?;
+            if meta.is_file() {
+                builder.append_data(&mut header_of(&meta), name, &mut file)?;
             }
             Ok(())
         }
@@ -437,5 +446,50 @@ mod tests {
         let e = unpack(&dest, b.into_inner().expect("tar").as_slice()).expect_err("a FIFO");
         assert!(e.to_string().contains("FIFO"), "{e}");
         assert!(!host.path().join("f").exists());
+    }
+
+    #[test]
+    fn packing_skips_fifos_keeps_links_and_drops_set_uid() {
+        let host = tempfile::tempdir().expect("tempdir");
+        let dir = host.path().join("d");
+        std::fs::create_dir(&dir).expect("mkdir");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            dir.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        std::fs::write(dir.join("suid"), "x").expect("write");
+        std::fs::set_permissions(dir.join("suid"), std::fs::Permissions::from_mode(0o4755))
+            .expect("chmod");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).expect("symlink");
+        let e = check_source(&dir.join("fifo")).expect_err("a FIFO is refused");
+        assert!(e.to_string().contains("FIFO"), "{e}");
+
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        pack(&mut b, Path::new("d"), &dir).expect("pack");
+        let bytes = b.into_inner().expect("tar");
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen: Vec<(String, tar::EntryType, u32)> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                let e = e.expect("entry");
+                let h = e.header();
+                (
+                    e.path().expect("path").display().to_string(),
+                    h.entry_type(),
+                    h.mode().expect("mode") & 0o7777,
+                )
+            })
+            .collect();
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<&str> = seen.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["d", "d/link", "d/suid"], "the FIFO is skipped");
+        assert_eq!(seen[1].1, tar::EntryType::Symlink);
+        assert_eq!(seen[2].2, 0o755, "no set-uid bit into a sandbox");
     }
 }
