@@ -62,6 +62,10 @@ pub enum FileError {
     )]
     DanglingLink { path: String, target: String },
     #[error(
+        "{0} in the sandbox: its path goes through a loop of symbolic links, or through a link like /proc/PID/root or /proc/PID/fd/N, which is not followed from outside the sandbox: give the path of the file itself"
+    )]
+    LinkNotFollowed(String),
+    #[error(
         "{path} in the sandbox is {size} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`"
     )]
     TooLarge { path: String, size: u64, limit: u64 },
@@ -117,6 +121,9 @@ pub(crate) fn open_in(
             // A rename or mount anywhere on the host raced with a `..` resolved inside the root:
             // the kernel could not vouch for the walk and asks for a retry (openat2(2)).
             Err(rustix::io::Errno::AGAIN) if tries < RESOLVE_RETRIES => tries += 1,
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(FileError::LinkNotFollowed(path.display().to_string()));
+            }
             other => return other.map_err(sandbox_err(path)),
         }
     }

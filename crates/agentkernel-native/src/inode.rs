@@ -15,9 +15,9 @@ use rustix::fs::{FileType, Mode, OFlags};
 /// Filesystems whose files are kernel state rather than content, by `statfs` magic
 /// (linux/magic.h). Device nodes on an ordinary filesystem are refused by their type instead.
 const KERNEL_FILESYSTEMS: &[(u32, &str)] = &[
-    (0x0000_9fa0, "proc"),
+    (0x0000_9fa0, "procfs"),
     (0x6265_6572, "sysfs"),
-    (0x0027_e0eb, "cgroup"),
+    (0x0027_e0eb, "cgroupfs"),
     (0x6367_7270, "cgroup2"),
     (0x6462_6720, "debugfs"),
     (0x7472_6163, "tracefs"),
@@ -112,7 +112,7 @@ mod tests {
     fn kernel_filesystems_are_named_and_content_is_not() {
         assert_eq!(
             kernel_filesystem(opath("/proc/self/status")).expect("statfs"),
-            Some("proc")
+            Some("procfs")
         );
         assert_eq!(
             kernel_filesystem(opath("/sys/kernel")).expect("statfs"),

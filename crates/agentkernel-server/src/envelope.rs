@@ -191,7 +191,8 @@ pub fn status_of(e: &EngineError) -> StatusCode {
             FileError::IsDirectory(_)
             | FileError::NotRegular { .. }
             | FileError::HostNotRegular { .. }
-            | FileError::DanglingLink { .. } => StatusCode::BAD_REQUEST,
+            | FileError::DanglingLink { .. }
+            | FileError::LinkNotFollowed(_) => StatusCode::BAD_REQUEST,
             FileError::KernelFilesystem { .. } => StatusCode::FORBIDDEN,
             FileError::NoWorkdir(_) => StatusCode::NOT_FOUND,
             FileError::NotRunning => StatusCode::CONFLICT,
