@@ -266,7 +266,7 @@ impl Client {
                     tar::EntryType::Char => "a character device",
                     tar::EntryType::Block => "a block device",
                     tar::EntryType::Symlink => "a symbolic link",
-                    _ => "not a regular file",
+                    _ => "a special file",
                 },
             });
         }
