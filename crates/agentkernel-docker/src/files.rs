@@ -3,12 +3,15 @@
 //! The engine resolves every path inside the container's root (`..` and symlinks, absolute
 //! ones included, never lead out of it). A path that is itself a symlink is followed inside
 //! the container, as the native backend does: its target is resolved by the engine's stat
-//! (`HEAD /archive`, `linkTarget`) and that path is read instead. What comes back is unpacked
-//! on the host entry by entry with the tar crate's checks (no absolute paths, no `..`, no
-//! writing through a link the archive made).
+//! (`HEAD /archive`, `linkTarget`) and that path is read instead. What comes back for `cp` is
+//! unpacked on the host by `host_copy`, through the same host-side rules as the native backend
+//! (`agentkernel_native::host_dest`): created relative to opened directories, exclusively,
+//! never through a link; only regular files' contents are handed to the files API.
 
+use crate::host_copy;
 use crate::images::{api_message, append_bytes, tar_stream};
 use crate::{Client, DockerError, Result};
+use agentkernel_native::host_dest::HostDest;
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 
@@ -123,58 +126,78 @@ impl Client {
     }
 
     /// `cp NAME:SRC DST`: a file or tree out of the sandbox (into DST when it is an existing
-    /// directory). Symlinks inside a copied tree are copied as links.
+    /// directory). A link named as SRC is followed inside the container; links inside a tree
+    /// are copied as links. The archive is unpacked as it arrives, through the host-side rules
+    /// the native backend uses (`host_copy`, `agentkernel_native::host_dest`).
     pub fn copy_out(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
         self.archive_reaches(src)?;
         let docker = self.docker()?;
-        let dst = if dst.is_dir() {
-            dst.join(src.file_name().unwrap_or(src.as_os_str()))
-        } else {
-            dst.to_path_buf()
-        };
-        let archive = self.block(async {
+        let dest =
+            HostDest::new(dst, src.file_name()).map_err(|e| DockerError::Files(e.to_string()))?;
+        let shown = dest.path().to_path_buf();
+        let unpacked = self.block(async {
             let (real, _) = self.resolve(docker, id, src).await?;
-            self.download(docker, id, &real, u64::MAX).await
+            let options = bollard::query_parameters::DownloadFromContainerOptions {
+                path: real.display().to_string(),
+            };
+            let mut stream = docker.download_from_container(id, Some(options));
+            let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(8);
+            let unpacking = tokio::task::spawn_blocking(move || {
+                host_copy::unpack(&dest, host_copy::ChunkReader::new(rx))
+            });
+            let mut failed = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(chunk) => {
+                        if tx.send(chunk).await.is_err() {
+                            break; // the unpacking stopped: its error says why
+                        }
+                    }
+                    Err(e) => {
+                        failed = Some(self.files_err(src, e));
+                        break;
+                    }
+                }
+            }
+            drop(tx);
+            let unpacked = unpacking
+                .await
+                .map_err(|e| DockerError::Files(format!("unpacking the copy: {e}")))?;
+            match failed {
+                Some(e) => Err(e),
+                None => Ok(unpacked),
+            }
         })?;
-        let host_err =
-            |e: std::io::Error| DockerError::Files(format!("{} on the host: {e}", dst.display()));
-        let parent = dst
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let staging = tempdir_in(parent).map_err(host_err)?;
-        let unpacked = (|| -> std::io::Result<()> {
-            let mut tar = tar::Archive::new(archive.as_slice());
-            tar.set_preserve_permissions(true);
-            tar.set_overwrite(true);
-            for entry in tar.entries()? {
-                let mut entry = entry?;
-                entry.unpack_in(&staging)?;
-            }
-            Ok(())
-        })();
-        let result = unpacked.and_then(|()| {
-            let first = std::fs::read_dir(&staging)?
-                .next()
-                .ok_or_else(|| std::io::Error::other("the archive was empty"))??;
-            if dst.is_dir() && first.path().is_dir() {
-                merge_dir(&first.path(), &dst)
-            } else {
-                std::fs::rename(first.path(), &dst)
-            }
-        });
-        let _ = std::fs::remove_dir_all(&staging);
-        result.map_err(host_err)?;
-        Ok(dst)
+        match unpacked {
+            Ok(()) => Ok(shown),
+            Err(host_copy::UnpackError::NotCopied { kind }) => Err(DockerError::NotRegular {
+                path: src.display().to_string(),
+                kind,
+            }),
+            Err(e) => Err(DockerError::Files(format!(
+                "copying {} to {}: {e}",
+                src.display(),
+                shown.display()
+            ))),
+        }
     }
 
     /// `cp SRC NAME:DST`: a host file or tree into the sandbox (into DST when it is an
-    /// existing directory there). Host symlinks are copied as links, never followed.
+    /// existing directory there). Host symlinks are copied as links, never followed; host
+    /// FIFOs, devices and sockets are skipped (refused when named), never opened.
     pub fn copy_in(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
         self.archive_reaches(dst)?;
         let docker = self.docker()?;
-        std::fs::symlink_metadata(src)
-            .map_err(|e| DockerError::Files(format!("{} on the host: {e}", src.display())))?;
+        host_copy::check_source(src).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => DockerError::Files(e.to_string()),
+            _ => DockerError::Files(format!("{} on the host: {e}", src.display())),
+        })?;
+        let src_name = src.file_name().ok_or_else(|| {
+            DockerError::Files(format!(
+                "{}: give a source with a name, e.g. ./dir",
+                src.display()
+            ))
+        })?;
         self.block(async {
             let into_dir = match self.resolve(docker, id, dst).await {
                 Ok((_, is_dir)) => is_dir,
@@ -182,20 +205,16 @@ impl Client {
                 Err(e) => return Err(e),
             };
             let dst = if into_dir {
-                dst.join(src.file_name().unwrap_or(src.as_os_str()))
+                dst.join(src_name)
             } else {
                 dst.to_path_buf()
             };
             let (parent, name) = split(&dst)?;
             let src = src.to_path_buf();
-            let entry = name.clone();
+            let entry = PathBuf::from(name);
             let (stream, writer) = tar_stream(move |builder| {
                 builder.follow_symlinks(false);
-                if std::fs::symlink_metadata(&src)?.is_dir() {
-                    builder.append_dir_all(&entry, &src)
-                } else {
-                    builder.append_path_with_name(&src, &entry)
-                }
+                host_copy::pack(builder, &entry, &src)
             });
             let options = bollard::query_parameters::UploadToContainerOptions {
                 path: parent.display().to_string(),
@@ -219,10 +238,10 @@ impl Client {
         let archive = self.block(async {
             let (real, is_dir) = self.resolve(docker, id, path).await?;
             if is_dir {
-                return Err(DockerError::Files(format!(
-                    "{} in the sandbox is a directory: give the path of a file",
-                    path.display()
-                )));
+                return Err(DockerError::NotRegular {
+                    path: path.display().to_string(),
+                    kind: "a directory",
+                });
             }
             // The tar framing adds headers and padding around the file.
             self.download(docker, id, &real, limit.saturating_add(64 * 1024))
@@ -235,11 +254,21 @@ impl Client {
         let Some(Ok(mut entry)) = entries.next() else {
             return Err(DockerError::FileNotFound(path.display().to_string()));
         };
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(DockerError::Files(format!(
-                "{} in the sandbox is not a regular file",
-                path.display()
-            )));
+        // The engine archives a FIFO or device as a header alone (it never opens one); only a
+        // regular file's contents are handed out.
+        let kind = entry.header().entry_type();
+        if !matches!(kind, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            return Err(DockerError::NotRegular {
+                path: path.display().to_string(),
+                kind: match kind {
+                    tar::EntryType::Directory => "a directory",
+                    tar::EntryType::Fifo => "a named pipe (FIFO)",
+                    tar::EntryType::Char => "a character device",
+                    tar::EntryType::Block => "a block device",
+                    tar::EntryType::Symlink => "a symbolic link",
+                    _ => "a special file",
+                },
+            });
         }
         if entry.size() > limit {
             return Err(DockerError::Files(format!(
@@ -380,30 +409,4 @@ fn split(path: &Path) -> Result<(PathBuf, String)> {
             path.display()
         ))),
     }
-}
-
-fn tempdir_in(parent: &Path) -> std::io::Result<PathBuf> {
-    for i in 0..100u32 {
-        let p = parent.join(format!(".agentkernel-cp-{}-{i}", std::process::id()));
-        match std::fs::create_dir(&p) {
-            Ok(()) => return Ok(p),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(std::io::Error::other("cannot make a staging directory"))
-}
-
-/// Moves the entries of `src` into the existing directory `dst`.
-fn merge_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let target = dst.join(entry.file_name());
-        if entry.file_type()?.is_dir() && target.is_dir() && !target.is_symlink() {
-            merge_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::rename(entry.path(), &target)?;
-        }
-    }
-    Ok(())
 }

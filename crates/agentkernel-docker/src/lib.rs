@@ -20,6 +20,7 @@
 
 mod discovery;
 mod files;
+mod host_copy;
 mod images;
 pub mod init;
 mod oom;
@@ -103,6 +104,10 @@ pub enum DockerError {
     FileNotFound(String),
     #[error("{0}")]
     Files(String),
+    #[error(
+        "{path} in the sandbox is {kind}: only regular files are read or written from outside the sandbox (and directories and links copied); work with it from inside, with `agentkernel exec`"
+    )]
+    NotRegular { path: String, kind: &'static str },
     #[error("{backend}: {context}: {source}")]
     Io {
         backend: &'static str,

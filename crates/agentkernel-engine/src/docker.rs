@@ -49,6 +49,7 @@ impl From<DockerError> for EngineError {
     fn from(e: DockerError) -> EngineError {
         match e {
             DockerError::FileNotFound(path) => EngineError::FileNotFound(path),
+            DockerError::NotRegular { path, kind } => EngineError::NotRegularFile { path, kind },
             DockerError::Image(e) => EngineError::Image(e),
             other => EngineError::Docker(other),
         }

@@ -1,11 +1,27 @@
-//! Files inside a running sandbox, reached from the host through /proc/PID/root. Every path is
-//! resolved with openat2(RESOLVE_IN_ROOT): `..` and symlinks (absolute ones included) resolve
-//! inside the sandbox's root and can never lead out of it.
+//! Files inside a running sandbox, reached from the host through /proc/PID/root, for the files
+//! API (HTTP, MCP) and `cp` (`copy.rs`).
+//!
+//! The host never acts on sandbox content by path with its own privileges:
+//! - every path is resolved with openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS) beneath the
+//!   sandbox's root: `..` and symlinks (absolute ones included) resolve inside it and never
+//!   lead out; a link the caller names is followed inside the root, like the sandbox would;
+//! - what is found is opened `O_PATH` first and checked (`inode.rs`): only regular files and
+//!   directories, and nothing on a kernel filesystem (procfs, sysfs, cgroupfs, …), are read,
+//!   written or removed in; a device node, FIFO or socket is refused by name and type without
+//!   ever being opened, so nothing blocks and no driver is called;
+//! - a checked file is reopened through its descriptor (`O_NONBLOCK | O_CLOEXEC`): an existing
+//!   file is truncated through the descriptor (`ftruncate`), never by `O_TRUNC` on a path; a
+//!   new one is made with `O_CREAT | O_EXCL | O_NOFOLLOW` relative to its opened parent, and
+//!   missing parents (`mkdir -p`) relative to opened directories;
+//! - removal is `unlinkat` relative to the opened parent, which must not be on a kernel
+//!   filesystem.
 
-use rustix::fd::OwnedFd;
-use rustix::fs::{FileType, Mode, OFlags, ResolveFlags};
+use crate::host_dest::HostDestError;
+use crate::inode;
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -19,6 +35,8 @@ pub enum FileError {
         path: String,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    HostDest(#[from] HostDestError),
     #[error(
         "the working directory {0} does not exist in the sandbox: create it first or pick another with -w"
     )]
@@ -27,8 +45,26 @@ pub enum FileError {
     NotRunning,
     #[error("{0} in the sandbox is a directory: give the path of a file")]
     IsDirectory(String),
-    #[error("{0} in the sandbox is not a regular file")]
-    NotRegular(String),
+    #[error(
+        "{path} in the sandbox is {kind}: only regular files are read or written from outside the sandbox (and directories and links copied); work with it from inside, with `agentkernel exec`"
+    )]
+    NotRegular { path: String, kind: &'static str },
+    #[error(
+        "{path} on the host is {kind}: only regular files, directories and symbolic links are copied into a sandbox"
+    )]
+    HostNotRegular { path: String, kind: &'static str },
+    #[error(
+        "{path} in the sandbox is on {fs}, a kernel filesystem: its files are kernel and process state, which the host never reads, writes or removes for a sandbox; look at it from inside, with `agentkernel exec`"
+    )]
+    KernelFilesystem { path: String, fs: &'static str },
+    #[error(
+        "{path} in the sandbox is a symbolic link to {target}, which does not exist: write {target} itself, or remove the link first"
+    )]
+    DanglingLink { path: String, target: String },
+    #[error(
+        "{0} in the sandbox: its path goes through a loop of symbolic links, or through a link like /proc/PID/root or /proc/PID/fd/N, which is not followed from outside the sandbox: give the path of the file itself"
+    )]
+    LinkNotFollowed(String),
     #[error(
         "{path} in the sandbox is {size} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`"
     )]
@@ -39,14 +75,14 @@ pub enum FileError {
 
 const RESOLVE: ResolveFlags = ResolveFlags::IN_ROOT.union(ResolveFlags::NO_MAGICLINKS);
 
-fn sandbox_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> FileError + '_ {
+pub(crate) fn sandbox_err(path: &Path) -> impl FnOnce(rustix::io::Errno) -> FileError + '_ {
     move |e| FileError::Sandbox {
         path: path.display().to_string(),
         source: e.into(),
     }
 }
 
-fn host_err(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
+pub(crate) fn host_err(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
     move |e| FileError::Host {
         path: path.display().to_string(),
         source: e,
@@ -66,7 +102,12 @@ pub fn root_of(pid: u32) -> Result<OwnedFd, FileError> {
 /// How often `open_in` retries a resolution the kernel could not vouch for.
 const RESOLVE_RETRIES: usize = 64;
 
-fn open_in(root: &OwnedFd, path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd, FileError> {
+pub(crate) fn open_in(
+    root: &OwnedFd,
+    path: &Path,
+    flags: OFlags,
+    mode: u32,
+) -> Result<OwnedFd, FileError> {
     let mut tries = 0;
     loop {
         let opened = rustix::fs::openat2(
@@ -80,6 +121,9 @@ fn open_in(root: &OwnedFd, path: &Path, flags: OFlags, mode: u32) -> Result<Owne
             // A rename or mount anywhere on the host raced with a `..` resolved inside the root:
             // the kernel could not vouch for the walk and asks for a retry (openat2(2)).
             Err(rustix::io::Errno::AGAIN) if tries < RESOLVE_RETRIES => tries += 1,
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(FileError::LinkNotFollowed(path.display().to_string()));
+            }
             other => return other.map_err(sandbox_err(path)),
         }
     }
@@ -103,31 +147,92 @@ pub fn dir_in(root: &OwnedFd, path: &str) -> Result<OwnedFd, FileError> {
     open_in(root, Path::new(path), OFlags::PATH | OFlags::DIRECTORY, 0)
 }
 
+/// How often a write retries when the file it is making appears or vanishes in between (the
+/// sandbox is running and may be changing the same directory).
+const WRITE_RETRIES: usize = 16;
+
+/// Refuses `fd` (for sandbox path `path`) when it is on a kernel filesystem.
+pub(crate) fn check_filesystem(fd: impl AsFd, path: &Path) -> Result<(), FileError> {
+    match inode::kernel_filesystem(fd) {
+        Ok(None) => Ok(()),
+        Ok(Some(fs)) => Err(FileError::KernelFilesystem {
+            path: path.display().to_string(),
+            fs,
+        }),
+        Err(e) => Err(FileError::Sandbox {
+            path: path.display().to_string(),
+            source: e,
+        }),
+    }
+}
+
+/// The type of the file `fd` (for sandbox path `path`) refers to.
+pub(crate) fn kind_in(fd: impl AsFd, path: &Path) -> Result<FileType, FileError> {
+    inode::kind_of(fd).map_err(|e| FileError::Sandbox {
+        path: path.display().to_string(),
+        source: e,
+    })
+}
+
+/// `path` in the sandbox, opened `O_PATH` (a final link followed inside the root) and refused
+/// when it is on a kernel filesystem; with its type.
+pub(crate) fn inspect(root: &OwnedFd, path: &Path) -> Result<(OwnedFd, FileType), FileError> {
+    let fd = open_in(root, path, OFlags::PATH, 0)?;
+    check_filesystem(&fd, path)?;
+    let kind = kind_in(&fd, path)?;
+    Ok((fd, kind))
+}
+
+/// The directory `path` in the sandbox, opened `O_PATH`, refused when on a kernel filesystem.
+pub(crate) fn open_dir_in(root: &OwnedFd, path: &Path) -> Result<OwnedFd, FileError> {
+    let fd = open_in(root, path, OFlags::PATH | OFlags::DIRECTORY, 0)?;
+    check_filesystem(&fd, path)?;
+    Ok(fd)
+}
+
+/// A checked regular file, reopened for real (`flags`) through its `O_PATH` descriptor.
+pub(crate) fn reopen_in(fd: &OwnedFd, flags: OFlags, path: &Path) -> Result<OwnedFd, FileError> {
+    inode::reopen_file(fd, flags).map_err(|e| FileError::Sandbox {
+        path: path.display().to_string(),
+        source: e,
+    })
+}
+
+/// Refuses anything but a regular file, naming what it is.
+fn require_regular(kind: FileType, path: &Path) -> Result<(), FileError> {
+    match kind {
+        FileType::RegularFile => Ok(()),
+        FileType::Directory => Err(FileError::IsDirectory(path.display().to_string())),
+        other => Err(FileError::NotRegular {
+            path: path.display().to_string(),
+            kind: inode::kind_name(other),
+        }),
+    }
+}
+
 /// Reads a whole file from the sandbox; refuses files larger than `limit` bytes.
 pub fn read_file(pid: u32, path: &Path, limit: u64) -> Result<Vec<u8>, FileError> {
     let root = root_of(pid)?;
-    let fd = open_in(&root, path, OFlags::RDONLY, 0)?;
-    let st = rustix::fs::fstat(&fd).map_err(sandbox_err(path))?;
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => {}
-        FileType::Directory => return Err(FileError::IsDirectory(path.display().to_string())),
-        _ => return Err(FileError::NotRegular(path.display().to_string())),
-    }
-    if st.st_size as u64 > limit {
+    let (fd, kind) = inspect(&root, path)?;
+    require_regular(kind, path)?;
+    let file = std::fs::File::from(reopen_in(&fd, OFlags::RDONLY, path)?);
+    let io_err = |e| FileError::Sandbox {
+        path: path.display().to_string(),
+        source: e,
+    };
+    let size = file.metadata().map_err(io_err)?.len();
+    if size > limit {
         return Err(FileError::TooLarge {
             path: path.display().to_string(),
-            size: st.st_size as u64,
+            size,
             limit,
         });
     }
-    let mut data = Vec::with_capacity(st.st_size as usize);
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     // A file that grows while it is read stops at the limit too.
-    std::io::Read::take(std::fs::File::from(fd), limit + 1)
+    file.take(limit + 1)
         .read_to_end(&mut data)
-        .map_err(|e| FileError::Sandbox {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        .map_err(io_err)?;
     if data.len() as u64 > limit {
         return Err(FileError::TooLarge {
             path: path.display().to_string(),
@@ -138,208 +243,126 @@ pub fn read_file(pid: u32, path: &Path, limit: u64) -> Result<Vec<u8>, FileError
     Ok(data)
 }
 
-/// Writes a whole file into the sandbox (created or truncated), creating missing parent
-/// directories. Every directory is resolved inside the sandbox's root.
+/// The parent directory and final name of a path that names an entry (not `/`, not ending in
+/// `..`).
+fn entry_of(path: &Path) -> Option<(&Path, &std::ffi::OsStr)> {
+    Some((path.parent()?, path.file_name()?))
+}
+
+/// Writes a whole file into the sandbox, creating it or replacing its contents, and making
+/// missing parent directories. An existing file (a link the caller names is followed inside the
+/// root) is checked, then truncated and written through its descriptor; a new one is created
+/// exclusively in its opened parent.
 pub fn write_file(pid: u32, path: &Path, data: &[u8], mode: u32) -> Result<(), FileError> {
     let root = root_of(pid)?;
-    if let Some(parent) = path.parent() {
-        make_dirs_in(&root, parent)?;
+    let Some((parent_path, name)) = entry_of(path) else {
+        return Err(FileError::IsDirectory(path.display().to_string()));
+    };
+    let parent = make_dirs_in(&root, parent_path)?;
+    let write_err = |e| FileError::Sandbox {
+        path: path.display().to_string(),
+        source: e,
+    };
+    for _ in 0..WRITE_RETRIES {
+        let file = match open_in(&root, path, OFlags::PATH, 0) {
+            Ok(fd) => {
+                check_filesystem(&fd, path)?;
+                require_regular(kind_in(&fd, path)?, path)?;
+                let file = reopen_in(&fd, OFlags::WRONLY, path)?;
+                rustix::fs::ftruncate(&file, 0).map_err(sandbox_err(path))?;
+                file
+            }
+            Err(FileError::Sandbox { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                match rustix::fs::openat(
+                    &parent,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::NONBLOCK
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(mode & 0o777),
+                ) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::EXIST) => {
+                        // Something is at the name, yet the path does not resolve: a link to
+                        // nothing (or a race with the sandbox: look again).
+                        if let Ok(target) = rustix::fs::readlinkat(&parent, name, Vec::new())
+                            && matches!(
+                                open_in(&root, path, OFlags::PATH, 0),
+                                Err(FileError::Sandbox { ref source, .. })
+                                    if source.kind() == std::io::ErrorKind::NotFound
+                            )
+                        {
+                            return Err(FileError::DanglingLink {
+                                path: path.display().to_string(),
+                                target: target.to_string_lossy().into_owned(),
+                            });
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(sandbox_err(path)(e)),
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        return std::fs::File::from(file).write_all(data).map_err(write_err);
     }
-    let fd = open_in(
-        &root,
-        path,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
-        mode,
-    )?;
-    std::fs::File::from(fd)
-        .write_all(data)
-        .map_err(|e| FileError::Sandbox {
-            path: path.display().to_string(),
-            source: e,
-        })
+    Err(sandbox_err(path)(rustix::io::Errno::AGAIN))
 }
 
-/// `mkdir -p` inside the sandbox.
-fn make_dirs_in(root: &OwnedFd, dir: &Path) -> Result<(), FileError> {
-    if is_dir_in(root, dir) {
-        return Ok(());
+/// `mkdir -p` inside the sandbox: each directory made relative to its opened parent, which must
+/// not be on a kernel filesystem. Returns the last directory, opened `O_PATH`.
+fn make_dirs_in(root: &OwnedFd, dir: &Path) -> Result<OwnedFd, FileError> {
+    if let Ok(fd) = open_in(root, dir, OFlags::PATH | OFlags::DIRECTORY, 0) {
+        check_filesystem(&fd, dir)?;
+        return Ok(fd);
     }
     let mut so_far = PathBuf::from("/");
+    let mut parent = open_dir_in(root, &so_far)?;
     for part in dir.components() {
-        let std::path::Component::Normal(name) = part else {
-            continue;
-        };
-        let parent = open_in(root, &so_far, OFlags::PATH | OFlags::DIRECTORY, 0)?;
-        so_far.push(name);
-        match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(sandbox_err(&so_far)(e)),
+        match part {
+            Component::Normal(name) => {
+                so_far.push(name);
+                match rustix::fs::mkdirat(&parent, name, Mode::from_raw_mode(0o755)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(sandbox_err(&so_far)(e)),
+                }
+            }
+            Component::ParentDir => so_far.push(".."),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => continue,
         }
+        parent = open_dir_in(root, &so_far)?;
     }
-    Ok(())
+    Ok(parent)
 }
 
-/// Removes a file, a symlink (not what it points to) or an empty directory in the sandbox.
+/// Removes a file, a symlink (not what it points to) or an empty directory in the sandbox,
+/// relative to its opened parent directory.
 pub fn remove_file(pid: u32, path: &Path) -> Result<(), FileError> {
     let root = root_of(pid)?;
-    let (parent, name) = split(path);
-    if name == "." || name == ".." || path.parent().is_none() {
+    let Some((parent, name)) = entry_of(path) else {
         return Err(FileError::Sandbox {
             path: path.display().to_string(),
             source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
         });
-    }
-    let dir = open_in(&root, parent, OFlags::PATH | OFlags::DIRECTORY, 0)?;
-    match rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()) {
+    };
+    let dir = open_dir_in(&root, parent)?;
+    match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::ISDIR) => {
-            rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::REMOVEDIR).map_err(|e| {
+        Err(rustix::io::Errno::ISDIR) => rustix::fs::unlinkat(&dir, name, AtFlags::REMOVEDIR)
+            .map_err(|e| {
                 if e == rustix::io::Errno::NOTEMPTY {
                     FileError::DirectoryNotEmpty(path.display().to_string())
                 } else {
                     sandbox_err(path)(e)
                 }
-            })
-        }
+            }),
         Err(e) => Err(sandbox_err(path)(e)),
     }
 }
 
-fn is_dir_in(root: &OwnedFd, path: &Path) -> bool {
-    open_in(root, path, OFlags::PATH | OFlags::DIRECTORY, 0).is_ok()
-}
-
-/// `cp NAME:SRC DST`: copies a file or directory tree out of the sandbox, docker-cp style (into
-/// DST when it is an existing directory). Symlinks inside a copied tree are copied as links.
-pub fn copy_out(pid: u32, src: &Path, dst: &Path) -> Result<PathBuf, FileError> {
-    let root = root_of(pid)?;
-    let fd = open_in(&root, src, OFlags::RDONLY, 0)?;
-    let dst = if dst.is_dir() {
-        dst.join(src.file_name().unwrap_or(src.as_os_str()))
-    } else {
-        dst.to_path_buf()
-    };
-    copy_fd_out(fd, src, &dst)?;
-    Ok(dst)
-}
-
-fn copy_fd_out(fd: OwnedFd, src: &Path, dst: &Path) -> Result<(), FileError> {
-    let st = rustix::fs::fstat(&fd).map_err(sandbox_err(src))?;
-    let mode = st.st_mode & 0o7777;
-    match FileType::from_raw_mode(st.st_mode) {
-        FileType::RegularFile => {
-            let mut out = std::fs::File::create(dst).map_err(host_err(dst))?;
-            std::io::copy(&mut std::fs::File::from(fd), &mut out).map_err(host_err(dst))?;
-            std::fs::set_permissions(
-                dst,
-                std::os::unix::fs::PermissionsExt::from_mode(mode & 0o777),
-            )
-            .map_err(host_err(dst))?;
-        }
-        FileType::Directory => {
-            match std::fs::create_dir(dst) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dst.is_dir() => {}
-                Err(e) => return Err(host_err(dst)(e)),
-            }
-            let mut dir = rustix::fs::Dir::read_from(&fd).map_err(sandbox_err(src))?;
-            while let Some(entry) = dir.read() {
-                let entry = entry.map_err(sandbox_err(src))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name == "." || name == ".." {
-                    continue;
-                }
-                let child_src = src.join(&name);
-                let child_dst = dst.join(&name);
-                // Entries are opened relative to the directory, never following a final symlink.
-                match rustix::fs::openat(
-                    &fd,
-                    name.as_str(),
-                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                ) {
-                    Ok(child) => copy_fd_out(child, &child_src, &child_dst)?,
-                    Err(rustix::io::Errno::LOOP) => {
-                        let target = rustix::fs::readlinkat(&fd, name.as_str(), Vec::new())
-                            .map_err(sandbox_err(&child_src))?;
-                        let target = PathBuf::from(target.to_string_lossy().into_owned());
-                        std::os::unix::fs::symlink(&target, &child_dst)
-                            .map_err(host_err(&child_dst))?;
-                    }
-                    // Sockets, fifos and devices are not copied.
-                    Err(rustix::io::Errno::NXIO) | Err(rustix::io::Errno::ACCESS) => {}
-                    Err(e) => return Err(sandbox_err(&child_src)(e)),
-                }
-            }
-        }
-        // Devices and fifos are not copied.
-        _ => {}
-    }
-    Ok(())
-}
-
-/// `cp SRC NAME:DST`: copies a host file or tree into the sandbox.
-pub fn copy_in(pid: u32, src: &Path, dst: &Path) -> Result<PathBuf, FileError> {
-    let root = root_of(pid)?;
-    let meta = std::fs::symlink_metadata(src).map_err(host_err(src))?;
-    let dst = if is_dir_in(&root, dst) {
-        dst.join(src.file_name().unwrap_or(src.as_os_str()))
-    } else {
-        dst.to_path_buf()
-    };
-    copy_path_in(&root, src, &meta, &dst)?;
-    Ok(dst)
-}
-
-fn copy_path_in(
-    root: &OwnedFd,
-    src: &Path,
-    meta: &std::fs::Metadata,
-    dst: &Path,
-) -> Result<(), FileError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o7777;
-    if meta.is_symlink() {
-        let target = std::fs::read_link(src).map_err(host_err(src))?;
-        let (parent, name) = split(dst);
-        let dir = open_in(root, parent, OFlags::PATH | OFlags::DIRECTORY, 0)?;
-        rustix::fs::symlinkat(target.as_path(), &dir, name).map_err(sandbox_err(dst))?;
-    } else if meta.is_dir() {
-        let (parent, name) = split(dst);
-        let dir = open_in(root, parent, OFlags::PATH | OFlags::DIRECTORY, 0)?;
-        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(mode)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(sandbox_err(dst)(e)),
-        }
-        for entry in std::fs::read_dir(src).map_err(host_err(src))? {
-            let entry = entry.map_err(host_err(src))?;
-            let meta = entry
-                .path()
-                .symlink_metadata()
-                .map_err(host_err(&entry.path()))?;
-            copy_path_in(root, &entry.path(), &meta, &dst.join(entry.file_name()))?;
-        }
-    } else if meta.is_file() {
-        let fd = open_in(
-            root,
-            dst,
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
-            mode,
-        )?;
-        let mut input = std::fs::File::open(src).map_err(host_err(src))?;
-        std::io::copy(&mut input, &mut std::fs::File::from(fd)).map_err(|e| {
-            FileError::Sandbox {
-                path: dst.display().to_string(),
-                source: e,
-            }
-        })?;
-    }
-    Ok(())
-}
-
-fn split(path: &Path) -> (&Path, &std::ffi::OsStr) {
-    (
-        path.parent().unwrap_or(Path::new("/")),
-        path.file_name().unwrap_or(std::ffi::OsStr::new(".")),
-    )
-}
+pub use crate::copy::{copy_in, copy_out};

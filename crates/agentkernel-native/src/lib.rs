@@ -18,8 +18,11 @@
 pub mod attach;
 mod boot;
 pub mod cgroup;
+mod copy;
 pub mod exec;
 pub mod files;
+pub mod host_dest;
+mod inode;
 pub mod launch;
 pub mod net;
 pub mod proc;

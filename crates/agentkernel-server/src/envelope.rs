@@ -169,6 +169,7 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         | EngineError::NoCommand
         | EngineError::BadCopyArg(_)
         | EngineError::BadLogStream(_)
+        | EngineError::NotRegularFile { .. }
         | EngineError::BackendUnavailable(_) => StatusCode::BAD_REQUEST,
         EngineError::NotFound(_)
         | EngineError::UuidNotFound(_)
@@ -189,7 +190,12 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         EngineError::Native(NativeError::Files(f)) => match f {
             FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             FileError::DirectoryNotEmpty(_) => StatusCode::CONFLICT,
-            FileError::IsDirectory(_) | FileError::NotRegular(_) => StatusCode::BAD_REQUEST,
+            FileError::IsDirectory(_)
+            | FileError::NotRegular { .. }
+            | FileError::HostNotRegular { .. }
+            | FileError::DanglingLink { .. }
+            | FileError::LinkNotFollowed(_) => StatusCode::BAD_REQUEST,
+            FileError::KernelFilesystem { .. } => StatusCode::FORBIDDEN,
             FileError::NoWorkdir(_) => StatusCode::NOT_FOUND,
             FileError::NotRunning => StatusCode::CONFLICT,
             FileError::Sandbox { source, .. } => match source.kind() {
@@ -202,9 +208,11 @@ pub fn status_of(e: &EngineError) -> StatusCode {
                 | std::io::ErrorKind::IsADirectory
                 | std::io::ErrorKind::AlreadyExists
                 | std::io::ErrorKind::InvalidFilename => StatusCode::BAD_REQUEST,
+                // A magic link (/proc/PID/root, /proc/PID/fd/N) or a loop of links in the path.
+                _ if source.raw_os_error() == Some(libc::ELOOP) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            FileError::Host { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            FileError::Host { .. } | FileError::HostDest(_) => StatusCode::INTERNAL_SERVER_ERROR,
         },
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

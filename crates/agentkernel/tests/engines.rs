@@ -604,6 +604,91 @@ fn cp_never_follows_a_link_out(e: &E) {
     }
 }
 
+/// The host side of a copy out (`host_dest`, shared with the native backend): a link an earlier
+/// copy left is replaced, never written through; no set-uid bit reaches the host; FIFOs are
+/// skipped in a tree and refused when named, without hanging.
+fn cp_out_never_writes_through_what_an_earlier_copy_left(e: &E) {
+    e.started("links2", &[]);
+    let host = tempfile::tempdir().expect("host dir");
+    let host_file = host.path().join("host-file");
+    std::fs::write(&host_file, "HOST FILE\n").expect("write");
+    std::fs::set_permissions(
+        &host_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+    let host_dir = host.path().join("host-dir");
+    std::fs::create_dir(&host_dir).expect("mkdir");
+    let dst = host.path().join("dst");
+    std::fs::create_dir(&dst).expect("mkdir");
+    let dst_arg = dst.to_str().expect("utf8");
+    e.ok(&[
+        "exec",
+        "links2",
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "mkdir -p /data/out && ln -s {} /data/out/link && ln -s {} /data/out/dirlink && echo s > /data/out/suid && chmod 6755 /data/out/suid && mkfifo /data/out/fifo",
+            host_file.display(),
+            host_dir.display()
+        ),
+    ]);
+    e.ok(&["cp", "links2:/data/out", dst_arg]);
+    assert_eq!(
+        std::fs::read_link(dst.join("out/link")).expect("a link"),
+        host_file
+    );
+    assert!(!dst.join("out/fifo").exists(), "FIFOs are skipped");
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::symlink_metadata(p).expect("stat").permissions(),
+        ) & 0o7777
+    };
+    assert_eq!(mode(&dst.join("out/suid")), 0o755, "set-uid from a sandbox");
+    e.ok(&[
+        "exec",
+        "links2",
+        "--",
+        "sh",
+        "-c",
+        "rm /data/out/link /data/out/dirlink && echo pwned > /data/out/link && chmod 777 /data/out/link && mkdir /data/out/dirlink && echo pwned > /data/out/dirlink/cron",
+    ]);
+    e.ok(&["cp", "links2:/data/out", dst_arg]);
+    assert_eq!(
+        std::fs::read_to_string(&host_file).expect("host file"),
+        "HOST FILE\n",
+        "the copy wrote through a link into a host file"
+    );
+    assert_eq!(mode(&host_file), 0o600, "the copy chmodded a host file");
+    assert_eq!(
+        std::fs::read_dir(&host_dir).expect("host dir").count(),
+        0,
+        "the copy wrote into a host directory through a link"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("out/link")).expect("copied"),
+        "pwned\n"
+    );
+    assert!(dst.join("out/dirlink/cron").is_file());
+
+    // A FIFO named as the source is refused (the engine archives it as a header alone; under
+    // gVisor a FIFO lives in runsc's own kernel and the archive API does not see it at all).
+    let out = e.run(&[
+        "cp",
+        "links2:/data/out/fifo",
+        host.path().join("f").to_str().expect("utf8"),
+    ]);
+    assert_eq!(out.code, 125, "{out:?}");
+    let why = if e.b() == "gvisor" {
+        "no such file"
+    } else {
+        "FIFO"
+    };
+    assert!(out.stderr.contains(why), "{out:?}");
+    assert!(!host.path().join("f").exists());
+}
+
 fn users_own_containers_are_left_alone(e: &E) {
     // A container of the user's, unlabelled, named like one of ours would be.
     let mine = format!("agentkernel-mine-{}", std::process::id());
@@ -884,6 +969,7 @@ per_engine!(
     memory_limit_kills_a_hog,
     pids_limit_stops_a_fork_bomb,
     cp_never_follows_a_link_out,
+    cp_out_never_writes_through_what_an_earlier_copy_left,
     users_own_containers_are_left_alone,
     gc_removes_containers_whose_sandbox_is_gone,
     bad_input_is_125_and_leaves_nothing,
