@@ -359,13 +359,9 @@ impl Policy {
                 l.disk_mb, b.disk_mb
             ));
         }
-        if let Some(v) = self
-            .env_passthrough
-            .iter()
-            .find(|v| !bound.env_passthrough.contains(v))
-        {
-            return Some(format!("the host's {v} variable"));
-        }
+        // `env_passthrough` is not compared: it names only terminal and locale variables
+        // (`PASSTHROUGH_ENV`), never credentials, and callers other than the local user get
+        // none of this process's anyway.
         None
     }
 

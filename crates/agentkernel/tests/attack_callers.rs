@@ -524,20 +524,24 @@ fn gc_removes_what_a_killed_daemon_left() {
             })
             .collect()
     };
+    let pins = || -> Vec<String> {
+        std::fs::read_dir(ak.home.path().join("netns"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while pasta().len() < 2 {
+    while pasta().len() < 2 || pins().len() < 2 {
         assert!(
             Instant::now() < deadline,
             "the warm sandboxes never got their network"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let warm: Vec<String> = std::fs::read_dir(ak.home.path().join("netns"))
-        .expect("namespace pins")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert_eq!(warm.len(), 2, "{warm:?}");
+    let warm = pins();
     let pid: i32 = std::fs::read_to_string(ak.home.path().join("daemon.pid"))
         .expect("daemon.pid")
         .trim()
@@ -566,10 +570,7 @@ fn gc_removes_what_a_killed_daemon_left() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pins: Vec<_> = std::fs::read_dir(ak.home.path().join("netns"))
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
-    assert!(pins.is_empty(), "pins left: {pins:?}");
+    assert!(pins().is_empty(), "pins left: {:?}", pins());
     for id in &warm {
         assert!(
             cgroups_matching(id).is_empty(),

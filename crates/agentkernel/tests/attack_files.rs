@@ -376,6 +376,17 @@ fn device_nodes_in_a_sandbox_are_never_opened_for_a_caller() {
     api.get("devbox", "/dev/zero").refused("GET /dev/zero");
     drop(api);
 
+    // An MCP caller may only use sandboxes within what the operator's config gives it: allow
+    // this permissive one (its project and home mounts).
+    let home = std::env::var("HOME").expect("HOME");
+    std::fs::write(
+        ak.home.path().join("config.toml"),
+        format!(
+            "[security]\nprofile = \"permissive\"\nremote_paths = [{:?}, {home:?}]\n",
+            ak.cwd.path().display().to_string()
+        ),
+    )
+    .expect("write the user config");
     let mut mcp = Mcp::start(&ak);
     for path in ["/loopdev", "/workspace/loopdev2", "/dev/null"] {
         let (is_error, text) = mcp.call(
