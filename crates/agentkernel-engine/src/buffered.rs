@@ -1,14 +1,16 @@
 //! Running one command (`run` or `exec`) for a surface that answers once it has finished (the
 //! buffered HTTP endpoints, the MCP tools): the engine's blocking call runs on a blocking
-//! thread, its output is collected (each stream bounded), and a caller that goes away kills
-//! the command: the future owns a `CancelOnDrop` whose drop sends SIGKILL through the exec's
-//! signal pipe.
+//! thread, its output is collected (each stream bounded, and all commands of a server together
+//! bounded by an [`OutputBudget`]), and a caller that goes away kills the command: the future
+//! owns a `CancelOnDrop` whose drop sends SIGKILL through the exec's signal pipe.
 
 use crate::backend::Controls;
 use crate::{EngineError, Sink};
 use agentkernel_core::{ExecEvent, ExitStatus};
 use rustix::fd::{AsFd, OwnedFd};
 use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// An engine operation that runs one command: `run` or `exec`.
 pub type ExecOp =
@@ -39,35 +41,130 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// Bytes of collected output that all the buffered commands of one server may hold at once.
+/// Each command takes from it as its output arrives and gives back when its answer is gone
+/// (its [`Reservation`] is dropped); output that finds the budget empty is dropped as output
+/// over the per-stream limit is, and marks the answer `truncated`.
+#[derive(Debug)]
+pub struct OutputBudget {
+    available: AtomicUsize,
+    total: usize,
+}
+
+impl OutputBudget {
+    pub fn new(total: usize) -> Arc<OutputBudget> {
+        Arc::new(OutputBudget {
+            available: AtomicUsize::new(total),
+            total,
+        })
+    }
+
+    /// Bytes not held by any command now.
+    pub fn available(&self) -> usize {
+        self.available.load(Ordering::Acquire)
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Takes up to `want` bytes; returns how many were granted.
+    fn take(&self, want: usize) -> usize {
+        let mut granted = 0;
+        let _ = self
+            .available
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+                granted = want.min(free);
+                Some(free - granted)
+            });
+        granted
+    }
+}
+
+/// Bytes taken from an [`OutputBudget`], given back when dropped. Without a budget it holds
+/// nothing.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    budget: Option<Arc<OutputBudget>>,
+    bytes: usize,
+}
+
+impl Reservation {
+    fn new(budget: Option<Arc<OutputBudget>>) -> Reservation {
+        Reservation { budget, bytes: 0 }
+    }
+
+    /// Up to `want` more bytes: all of them without a budget.
+    fn take(&mut self, want: usize) -> usize {
+        match &self.budget {
+            None => want,
+            Some(budget) => {
+                let granted = budget.take(want);
+                self.bytes += granted;
+                granted
+            }
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(budget) = &self.budget {
+            budget.available.fetch_add(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
+
 /// What a finished command wrote and how it ended.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Buffered {
     /// stdout and stderr interleaved as produced.
     pub output: Vec<u8>,
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// Some output was dropped: a stream went over the limit.
+    /// Some output was dropped: a stream went over the limit, or the server's budget was spent.
     pub truncated: bool,
     pub status: ExitStatus,
+    /// The budget held by `output`, `stdout` and `stderr`: keep it until they are gone.
+    pub reservation: Reservation,
+    /// Per buffer (`output`, `stdout`, `stderr`): the budget refused it once, so it keeps no
+    /// more (what it kept stays a prefix of what the command wrote).
+    starved: [bool; 3],
 }
 
 impl Buffered {
-    fn new() -> Buffered {
-        Buffered::default()
+    fn new(budget: Option<Arc<OutputBudget>>) -> Buffered {
+        Buffered {
+            reservation: Reservation::new(budget),
+            ..Buffered::default()
+        }
     }
 
     fn push(&mut self, event: &ExecEvent, limit: usize) {
-        let (data, stream) = match event {
-            ExecEvent::Stdout(d) => (d, &mut self.stdout),
-            ExecEvent::Stderr(d) => (d, &mut self.stderr),
+        let (data, stream, slot) = match event {
+            ExecEvent::Stdout(d) => (d, &mut self.stdout, 1),
+            ExecEvent::Stderr(d) => (d, &mut self.stderr, 2),
             _ => return,
         };
-        for buf in [stream, &mut self.output] {
+        for (buf, slot) in [(stream, slot), (&mut self.output, 0)] {
             let room = limit.saturating_sub(buf.len());
-            if data.len() > room {
+            let wanted = data.len().min(room);
+            let kept = if self.starved[slot] {
+                0
+            } else {
+                self.reservation.take(wanted)
+            };
+            if kept < wanted {
+                self.starved[slot] = true;
+            }
+            if kept < data.len() {
                 self.truncated = true;
             }
-            buf.extend_from_slice(&data[..data.len().min(room)]);
+            buf.extend_from_slice(&data[..kept]);
         }
     }
 }
@@ -83,15 +180,20 @@ pub enum BufferedError {
     Internal(String),
 }
 
-/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes).
-/// A command killed by its timeout comes back with `status.timed_out` set; one that could not
-/// be found or executed comes back with exit code 127/126 and the reason on stderr, as a shell
-/// gives. Dropping the future before it is done kills the command.
-pub async fn buffered(op: ExecOp, limit: usize) -> Result<Buffered, BufferedError> {
+/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes, and
+/// by what `budget` has left). A command killed by its timeout comes back with
+/// `status.timed_out` set; one that could not be found or executed comes back with exit code
+/// 127/126 and the reason on stderr, as a shell gives. Dropping the future before it is done
+/// kills the command.
+pub async fn buffered(
+    op: ExecOp,
+    limit: usize,
+    budget: Option<Arc<OutputBudget>>,
+) -> Result<Buffered, BufferedError> {
     let (mut guard, cancel) =
         CancelOnDrop::pair().map_err(|e| BufferedError::Internal(format!("create a pipe: {e}")))?;
     let task = tokio::task::spawn_blocking(move || {
-        let mut collected = Buffered::new();
+        let mut collected = Buffered::new(budget);
         let result = {
             let mut sink = |event: ExecEvent| {
                 collected.push(&event, limit);
@@ -144,12 +246,35 @@ mod tests {
 
     #[test]
     fn collected_output_is_bounded() {
-        let mut c = Buffered::new();
+        let mut c = Buffered::new(None);
         c.push(&ExecEvent::Stdout(b"abc".to_vec()), 4);
         c.push(&ExecEvent::Stderr(b"xyz".to_vec()), 4);
         assert_eq!(c.stdout, b"abc");
         assert_eq!(c.stderr, b"xyz");
         assert_eq!(c.output, b"abcx");
         assert!(c.truncated);
+    }
+
+    #[test]
+    fn commands_share_the_budget_and_give_it_back() {
+        let budget = OutputBudget::new(10);
+        let mut first = Buffered::new(Some(budget.clone()));
+        first.push(&ExecEvent::Stdout(b"abcd".to_vec()), 100);
+        // stdout and output each hold the four bytes.
+        assert_eq!(budget.available(), 2);
+        assert!(!first.truncated);
+        let mut second = Buffered::new(Some(budget.clone()));
+        second.push(&ExecEvent::Stdout(b"xyz".to_vec()), 100);
+        assert_eq!(second.stdout, b"xy");
+        assert_eq!(second.output, b"");
+        assert!(second.truncated);
+        drop(first);
+        assert_eq!(budget.available(), 8);
+        // What was cut stays cut: the kept output is a prefix of what the command wrote.
+        second.push(&ExecEvent::Stdout(b"123".to_vec()), 100);
+        assert_eq!(second.stdout, b"xy");
+        assert_eq!(second.output, b"");
+        drop(second);
+        assert_eq!(budget.available(), budget.total());
     }
 }
