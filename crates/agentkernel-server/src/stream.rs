@@ -4,6 +4,7 @@
 //! `CancelOnDrop` whose drop sends SIGKILL through the exec's signal pipe.
 
 use crate::envelope::ApiError;
+use crate::state::AppState;
 use crate::types::{OutputEncoding, RunOutput};
 use agentkernel_core::{ExecEvent, ExitStatus};
 use agentkernel_engine::EngineError;
@@ -16,34 +17,50 @@ use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-pub use agentkernel_engine::buffered::{CancelOnDrop, ExecOp, timeout_message};
+pub use agentkernel_engine::buffered::{CancelOnDrop, ExecOp, Reservation, timeout_message};
 
-/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes):
-/// the engine's `buffered`, shared with the MCP tools. A command killed by the timeout is a
-/// 408; one that could not be found or executed is an answer with exit code 127/126 and the
-/// reason on stderr, as a shell gives.
-pub async fn buffered(op: ExecOp, limit: usize, timeout: Duration) -> Result<RunOutput, ApiError> {
+/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes, all
+/// commands of the server by its output budget): the engine's `buffered`, shared with the MCP
+/// tools. A command killed by the timeout is a 408; one that could not be found or executed is
+/// an answer with exit code 127/126 and the reason on stderr, as a shell gives. The
+/// reservation holds the output's share of the budget: keep it until the answer is sent.
+pub async fn buffered(
+    op: ExecOp,
+    st: &AppState,
+    timeout: Duration,
+) -> Result<(RunOutput, Reservation), ApiError> {
     use agentkernel_engine::buffered::BufferedError;
-    let out = agentkernel_engine::buffered::buffered(op, limit)
-        .await
-        .map_err(|e| match e {
-            BufferedError::Engine(e) => ApiError::from(e),
-            BufferedError::Internal(m) => ApiError::internal(m),
-        })?;
+    let out = agentkernel_engine::buffered::buffered(
+        op,
+        st.limits.output_bytes,
+        Some(st.output_budget.clone()),
+    )
+    .await
+    .map_err(|e| match e {
+        BufferedError::Engine(e) => ApiError::from(e),
+        BufferedError::Internal(m) => ApiError::internal(m),
+    })?;
     if out.status.timed_out {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             timeout_message(timeout),
         ));
     }
-    Ok(RunOutput {
-        output: String::from_utf8_lossy(&out.output).into_owned(),
+    let output = RunOutput {
+        output: into_text(out.output),
         exit_code: out.status.code,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: into_text(out.stdout),
+        stderr: into_text(out.stderr),
         truncated: out.truncated,
         oom_killed: out.status.oom_killed,
-    })
+    };
+    Ok((output, out.reservation))
+}
+
+/// Text of output bytes: the same buffer when they are valid UTF-8 (no copy), else with
+/// invalid bytes replaced.
+fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 enum Msg {

@@ -1,13 +1,12 @@
 //! Commands in a persistent sandbox: buffered and streamed.
 
 use super::parse_env;
-use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
+use crate::envelope::{ApiError, ErrorAnswers, Ok};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
-use crate::stream::{ExecOp, buffered, streamed};
+use crate::stream::{ExecOp, Reservation, buffered, streamed};
 use crate::types::{ExecRequest, OutputEncoding, RunOutput};
 use agentkernel_engine::Engine;
-use axum::Json;
 use axum::extract::State;
 use axum::response::IntoResponse;
 use std::time::Duration;
@@ -48,10 +47,19 @@ pub async fn exec(
     State(st): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> Result<Json<Ok<RunOutput>>, ApiError> {
+) -> Result<crate::envelope::Buffered<RunOutput>, ApiError> {
     let (req, timeout) = exec_request(&st, &req)?;
-    let out = buffered(exec_op(&st, name, req), st.limits.output_bytes, timeout).await?;
-    Ok(ok(out))
+    let (out, reservation) = buffered(exec_op(&st, name, req), &st, timeout).await?;
+    Ok(answer(out, reservation))
+}
+
+/// The answer of a buffered command, holding its output's share of the budget until sent.
+pub fn answer(out: RunOutput, reservation: Reservation) -> crate::envelope::Buffered<RunOutput> {
+    crate::envelope::Buffered {
+        text_bytes: out.output.len() + out.stdout.len() + out.stderr.len(),
+        data: out,
+        reservations: vec![reservation],
+    }
 }
 
 /// Like `/exec`, streaming Server-Sent Events as the command writes.
