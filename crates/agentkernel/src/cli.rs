@@ -399,6 +399,10 @@ pub struct ServeArgs {
     /// Largest request body in MB [default: 16]
     #[arg(long, value_name = "MB")]
     pub max_body_mb: Option<u64>,
+    /// Output of buffered commands held at once, all requests together, in MB; beyond it
+    /// output is truncated [default: 256]
+    #[arg(long, value_name = "MB")]
+    pub max_output_mb: Option<u64>,
     /// Config file (over ./agentkernel.toml)
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,

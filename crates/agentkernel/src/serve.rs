@@ -9,6 +9,8 @@ const DEFAULT_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 18888;
 /// Largest `--max-body-mb`: a request body is held in memory whole, and parsed.
 const MAX_BODY_MB: u64 = 1024;
+/// Largest `--max-output-mb`: a terabyte; beyond, the host's memory is the limit anyway.
+const MAX_OUTPUT_MB: u64 = 1024 * 1024;
 
 pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
     let cwd = crate::current_dir()?;
@@ -174,6 +176,15 @@ fn limits(args: &ServeArgs) -> Result<Limits, EngineError> {
         }
         limits.body_bytes = usize::try_from(mb * 1024 * 1024)
             .map_err(|_| input(format!("--max-body-mb {mb} does not fit this host")))?;
+    }
+    if let Some(mb) = args.max_output_mb {
+        if !(1..=MAX_OUTPUT_MB).contains(&mb) {
+            return Err(input(format!(
+                "--max-output-mb must be 1 to {MAX_OUTPUT_MB}"
+            )));
+        }
+        limits.output_budget_bytes = usize::try_from(mb * 1024 * 1024)
+            .map_err(|_| input(format!("--max-output-mb {mb} does not fit this host")))?;
     }
     Ok(limits)
 }
