@@ -46,3 +46,20 @@ pub fn path(path: &str) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The OpenAPI document promises that every duration its pattern matches is accepted.
+    #[test]
+    fn the_largest_duration_the_schema_allows_is_within_the_bound() {
+        assert_eq!(
+            crate::schema::DURATION_PATTERN,
+            r"^([1-9][0-9]{0,2}[smhd]){1,3}$"
+        );
+        let largest = duration("ttl", "999d999d999d").expect("within the bound");
+        assert!(largest <= MAX_TTL);
+        assert!(duration("ttl", "3651d").is_err());
+    }
+}

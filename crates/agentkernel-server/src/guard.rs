@@ -14,8 +14,8 @@
 //!   application/json`. A page can POST a form or `text/plain` to any origin without asking;
 //!   JSON needs a CORS preflight, which this server never answers. A POST with no body, no
 //!   content type and no `Origin` is accepted as is: browsers send `Origin` with every POST, so
-//!   it is not a page's, and the published SDKs send `POST /snapshots/{name}/restore` (and
-//!   start, stop, gc) exactly so.
+//!   it is not a page's, and the published SDKs send `POST /snapshots/{name}/restore` exactly
+//!   so (as do `curl -X POST` and most HTTP clients for start, stop and gc).
 //!
 //! The daemon's Unix socket checks only the content type: no browser can connect to it (its
 //! mode is 0600, the same user's), and its client names itself `Host: agentkernel`.
