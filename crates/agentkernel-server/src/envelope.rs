@@ -23,37 +23,26 @@ pub fn ok<T: Serialize>(data: T) -> Json<Ok<T>> {
     })
 }
 
-/// A success envelope whose `data` holds buffered command output: serialized into a buffer of
-/// about its final size (no doubling growth over a large answer), with the output budget the
-/// data held kept until the answer has been sent, since its JSON is the same bytes again.
-pub struct Buffered<T> {
-    pub data: T,
-    /// Bytes of text in `data`: the JSON is about this long.
-    pub text_bytes: usize,
-    pub reservations: Vec<agentkernel_engine::buffered::Reservation>,
-}
-
-impl<T: Serialize> IntoResponse for Buffered<T> {
-    fn into_response(self) -> Response {
-        let mut json = Vec::with_capacity(self.text_bytes.saturating_add(512));
-        let envelope = Ok {
-            success: true,
-            data: self.data,
-        };
-        if let Err(e) = serde_json::to_writer(&mut json, &envelope) {
-            return ApiError::internal(format!("render the answer: {e}")).into_response();
-        }
-        drop(envelope);
-        let response = (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            json,
-        )
-            .into_response();
-        crate::limits::guard_body(response, self.reservations)
+/// A success envelope around `data` that holds command output, serialized into a buffer of
+/// about its final size (`text_bytes`, the length of its text): no doubling growth, and no
+/// spare capacity, over a large answer.
+pub fn large_ok<T: Serialize>(data: &T, text_bytes: usize) -> Response {
+    let mut json = Vec::with_capacity(text_bytes.saturating_add(512));
+    let envelope = Ok {
+        success: true,
+        data,
+    };
+    if let Err(e) = serde_json::to_writer(&mut json, &envelope) {
+        return ApiError::internal(format!("render the answer: {e}")).into_response();
     }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
 }
 
 /// The error envelope, as documented in the OpenAPI document.

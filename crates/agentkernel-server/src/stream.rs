@@ -10,6 +10,7 @@ use agentkernel_core::{ExecEvent, ExitStatus};
 use agentkernel_engine::EngineError;
 use agentkernel_engine::backend::Controls;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use rustix::fd::AsFd;
@@ -17,18 +18,14 @@ use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-pub use agentkernel_engine::buffered::{CancelOnDrop, ExecOp, Reservation, timeout_message};
+pub use agentkernel_engine::buffered::{Buffered, CancelOnDrop, ExecOp, timeout_message};
 
 /// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes, all
 /// commands of the server by its output budget): the engine's `buffered`, shared with the MCP
 /// tools. A command killed by the timeout is a 408; one that could not be found or executed is
 /// an answer with exit code 127/126 and the reason on stderr, as a shell gives. The
 /// reservation holds the output's share of the budget: keep it until the answer is sent.
-pub async fn buffered(
-    op: ExecOp,
-    st: &AppState,
-    timeout: Duration,
-) -> Result<(RunOutput, Reservation), ApiError> {
+pub async fn buffered(op: ExecOp, st: &AppState, timeout: Duration) -> Result<Buffered, ApiError> {
     use agentkernel_engine::buffered::BufferedError;
     let out = agentkernel_engine::buffered::buffered(
         op,
@@ -46,20 +43,32 @@ pub async fn buffered(
             timeout_message(timeout),
         ));
     }
-    let output = RunOutput {
-        output: into_text(out.output),
+    Ok(out)
+}
+
+/// The answer of a buffered command. Its JSON is made straight from the collected bytes (text
+/// that is valid UTF-8 is not copied first), the bytes are freed once it is made, and their
+/// share of the output budget is held until the answer has been sent: the JSON is the same
+/// bytes again.
+pub fn answer(out: Buffered) -> Response {
+    let view = RunOutput {
+        output: String::from_utf8_lossy(out.output()),
         exit_code: out.status.code,
-        stdout: into_text(out.stdout),
-        stderr: into_text(out.stderr),
+        stdout: String::from_utf8_lossy(&out.stdout),
+        stderr: String::from_utf8_lossy(&out.stderr),
         truncated: out.truncated,
         oom_killed: out.status.oom_killed,
     };
-    Ok((output, out.reservation))
+    let text_bytes = view.output.len() + view.stdout.len() + view.stderr.len();
+    let response = crate::envelope::large_ok(&view, text_bytes);
+    drop(view);
+    let Buffered { reservation, .. } = out;
+    crate::limits::guard_body(response, reservation)
 }
 
 /// Text of output bytes: the same buffer when they are valid UTF-8 (no copy), else with
 /// invalid bytes replaced.
-fn into_text(bytes: Vec<u8>) -> String {
+pub fn into_text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 

@@ -4,11 +4,11 @@ use super::parse_env;
 use crate::envelope::{ApiError, ErrorAnswers, Ok};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
-use crate::stream::{ExecOp, Reservation, buffered, streamed};
+use crate::stream::{ExecOp, answer, buffered, streamed};
 use crate::types::{ExecRequest, OutputEncoding, RunOutput};
 use agentkernel_engine::Engine;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 /// The engine's exec request for an API one, checked.
@@ -47,19 +47,10 @@ pub async fn exec(
     State(st): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> Result<crate::envelope::Buffered<RunOutput>, ApiError> {
+) -> Result<Response, ApiError> {
     let (req, timeout) = exec_request(&st, &req)?;
-    let (out, reservation) = buffered(exec_op(&st, name, req), &st, timeout).await?;
-    Ok(answer(out, reservation))
-}
-
-/// The answer of a buffered command, holding its output's share of the budget until sent.
-pub fn answer(out: RunOutput, reservation: Reservation) -> crate::envelope::Buffered<RunOutput> {
-    crate::envelope::Buffered {
-        text_bytes: out.output.len() + out.stdout.len() + out.stderr.len(),
-        data: out,
-        reservations: vec![reservation],
-    }
+    let out = buffered(exec_op(&st, name, req), &st, timeout).await?;
+    Ok(answer(out))
 }
 
 /// Like `/exec`, streaming Server-Sent Events as the command writes.

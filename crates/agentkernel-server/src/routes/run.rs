@@ -10,7 +10,7 @@ use crate::types::{
 use agentkernel_core::ExecRequest;
 use agentkernel_engine::{Engine, RunOptions, SpecRequest};
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -135,11 +135,11 @@ pub fn run_op(st: &AppState, parts: RunParts) -> ExecOp {
 pub async fn run(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<RunRequest>,
-) -> Result<crate::envelope::Buffered<RunOutput>, ApiError> {
+) -> Result<Response, ApiError> {
     let parts = run_parts(&st, &req)?;
     let timeout = parts.timeout;
-    let (out, reservation) = buffered(run_op(&st, parts), &st, timeout).await?;
-    Ok(super::exec::answer(out, reservation))
+    let out = buffered(run_op(&st, parts), &st, timeout).await?;
+    Ok(crate::stream::answer(out))
 }
 
 /// Like `/run`, streaming Server-Sent Events as the command writes: `progress`, `started`,
@@ -170,7 +170,7 @@ pub async fn run_stream(
 pub async fn batch(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<BatchRequest>,
-) -> Result<crate::envelope::Buffered<BatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     crate::bounds::count("commands", req.commands.len(), crate::bounds::MAX_BATCH)?;
     // Bad input anywhere refuses the whole batch before anything runs.
     let mut all_parts = Vec::with_capacity(req.commands.len());
@@ -202,14 +202,19 @@ pub async fn batch(
         async move {
             let timeout = parts.timeout;
             match buffered(run_op(&st, parts), &st, timeout).await {
-                Result::Ok((out, reservation)) => (
-                    BatchResult {
-                        output: Some(out.output),
-                        exit_code: Some(out.exit_code),
-                        error: None,
-                    },
-                    Some(reservation),
-                ),
+                Result::Ok(mut out) => {
+                    let exit_code = out.status.code;
+                    // Only the interleaved output is answered: the rest is freed now.
+                    let reservation = std::mem::take(&mut out.reservation);
+                    (
+                        BatchResult {
+                            output: Some(crate::stream::into_text(out.into_output())),
+                            exit_code: Some(exit_code),
+                            error: None,
+                        },
+                        Some(reservation),
+                    )
+                }
                 Err(e) => (
                     BatchResult {
                         output: None,
@@ -230,9 +235,7 @@ pub async fn batch(
         .iter()
         .map(|r| r.output.as_ref().map_or(0, String::len))
         .sum();
-    Ok(crate::envelope::Buffered {
-        data: BatchResponse { results },
-        text_bytes,
-        reservations: reservations.into_iter().flatten().collect(),
-    })
+    let response = crate::envelope::large_ok(&BatchResponse { results }, text_bytes);
+    let reservations: Vec<_> = reservations.into_iter().flatten().collect();
+    Ok(crate::limits::guard_body(response, reservations))
 }
