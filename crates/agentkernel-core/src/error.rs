@@ -11,6 +11,8 @@ pub enum CoreError {
     InvalidImage { reference: String, reason: String },
     #[error("invalid duration {0:?}: use a number followed by s, m, h or d (e.g. 30m, 1h, 3d)")]
     InvalidDuration(String),
+    #[error("duration {text:?} is longer than {max}: give at most {max}")]
+    DurationTooLong { text: String, max: String },
     #[error("unknown profile {0:?}: use permissive, moderate or restrictive")]
     UnknownProfile(String),
     #[error("unknown backend {0:?}: use one of {1}")]

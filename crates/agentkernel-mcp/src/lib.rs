@@ -30,19 +30,19 @@ pub async fn serve_stdio(options: Options) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The streamable HTTP service to mount at `/mcp` (a tower service). Authentication is the
-/// caller's (the HTTP API's Bearer keys). Without keys, only loopback `Host` headers are
-/// accepted (no DNS rebinding of a local server); with keys, the key is the protection.
-/// `shutdown` ends open sessions when cancelled.
+/// The streamable HTTP service to mount at `/mcp` (a tower service). Authentication and the
+/// checks against browsers are the caller's: agentkernel-server checks the `Host` header (DNS
+/// rebinding), `Origin` and the content type of every route, `/mcp` included, by one rule
+/// that also accepts IP literals and the names the operator allows. rmcp's own `Host` list
+/// (loopback names only) would refuse some of those, so it is turned off here rather than kept
+/// as a second, different rule. `shutdown` ends open sessions when cancelled.
 pub fn http_service(
     options: Options,
-    authenticated: bool,
     shutdown: tokio_util::sync::CancellationToken,
 ) -> StreamableHttpService<SandboxTools, LocalSessionManager> {
-    let mut config = StreamableHttpServerConfig::default().with_cancellation_token(shutdown);
-    if authenticated {
-        config = config.disable_allowed_hosts();
-    }
+    let config = StreamableHttpServerConfig::default()
+        .with_cancellation_token(shutdown)
+        .disable_allowed_hosts();
     StreamableHttpService::new(
         move || Ok(SandboxTools::new(options.clone())),
         Arc::new(LocalSessionManager::default()),

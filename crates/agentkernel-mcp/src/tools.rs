@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Default `timeout_ms` of `sandbox_run` and `sandbox_exec`.
@@ -33,6 +34,8 @@ pub struct Options {
     pub cwd: PathBuf,
     /// Output kept per stream of a command.
     pub output_bytes: usize,
+    /// Output all commands of the server may hold at once (shared with its HTTP API).
+    pub output_budget: Option<Arc<agentkernel_engine::buffered::OutputBudget>>,
 }
 
 impl Options {
@@ -41,6 +44,7 @@ impl Options {
             home,
             cwd,
             output_bytes: 16 * 1024 * 1024,
+            output_budget: None,
         }
     }
 }
@@ -291,7 +295,13 @@ impl SandboxTools {
         timeout: Duration,
         sandbox: Option<&str>,
     ) -> CallToolResult {
-        match buffered(op, self.options.output_bytes).await {
+        match buffered(
+            op,
+            self.options.output_bytes,
+            self.options.output_budget.clone(),
+        )
+        .await
+        {
             Ok(out) => {
                 let (text, structured) = render(&out, timeout, sandbox);
                 let is_error = out.status.timed_out || out.status.code != 0;

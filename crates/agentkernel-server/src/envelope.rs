@@ -23,6 +23,28 @@ pub fn ok<T: Serialize>(data: T) -> Json<Ok<T>> {
     })
 }
 
+/// A success envelope around `data` that holds command output, serialized into a buffer of
+/// about its final size (`text_bytes`, the length of its text): no doubling growth, and no
+/// spare capacity, over a large answer.
+pub fn large_ok<T: Serialize>(data: &T, text_bytes: usize) -> Response {
+    let mut json = Vec::with_capacity(text_bytes.saturating_add(512));
+    let envelope = Ok {
+        success: true,
+        data,
+    };
+    if let Err(e) = serde_json::to_writer(&mut json, &envelope) {
+        return ApiError::internal(format!("render the answer: {e}")).into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        json,
+    )
+        .into_response()
+}
+
 /// The error envelope, as documented in the OpenAPI document.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {

@@ -2,52 +2,71 @@
 //! text, which the SDKs cannot parse).
 
 use crate::envelope::ApiError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-/// A JSON body.
+/// A JSON body: an object, parsed straight into `T` (no intermediate `serde_json::Value`, which
+/// would cost several times the body's size). `guard` has checked the content type.
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !crate::guard::is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON with `Content-Type: application/json`",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
         // Every body of the API is an object; serde would also take an array for a struct.
-        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(axum::Json(v)) => v,
-            Err(rejection) => return Err(json_rejection(rejection)),
-        };
-        if !value.is_object() {
+        if bytes.trim_ascii_start().first() != Some(&b'{') {
             return Err(ApiError::bad_request(
                 "invalid JSON body: send a JSON object, e.g. {\"command\": [\"echo\", \"hi\"]}",
             ));
         }
-        serde_json::from_value(value)
+        serde_json::from_slice(&bytes)
             .map(ApiJson)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    let message = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            "request body too large: send less per request (files can also be written one by one)"
-                .to_string()
+fn body_rejection(rejection: BytesRejection) -> ApiError {
+    if stalled(&rejection) {
+        return ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            crate::serve::BodyStalled.to_string(),
+        );
+    }
+    match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body too large: send less per request (files can also be written one by one)",
+        ),
+        _ => ApiError::bad_request(format!(
+            "the request body could not be read: {}",
+            rejection.body_text()
+        )),
+    }
+}
+
+/// Whether reading the body failed because it stopped arriving.
+fn stalled(rejection: &BytesRejection) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(rejection);
+    while let Some(e) = source {
+        if e.is::<crate::serve::BodyStalled>() {
+            return true;
         }
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
-            "send the body as JSON with `Content-Type: application/json`".to_string()
-        }
-        _ => format!("invalid JSON body: {}", rejection.body_text()),
-    };
-    ApiError::new(status, message)
+        source = e.source();
+    }
+    false
 }
 
 /// Path parameters.

@@ -1,20 +1,28 @@
 //! The agentkernel HTTP API (`agentkernel serve`, and the daemon on its Unix socket): axum
 //! routes over the engine, the OpenAPI document at `/openapi.json`, SSE streaming, Bearer
-//! authentication and request limits, and the MCP tools over streamable HTTP at `/mcp`. Handlers parse, call the engine and render; the engine
-//! owns validation, policy, state and audit (the same calls as the CLI).
+//! authentication, the checks that keep web pages out (`Host`, `Origin`, content type),
+//! request limits and timeouts, and the MCP tools over streamable HTTP at `/mcp`. Handlers
+//! parse, call the engine and render; the engine owns validation, policy, state and audit (the
+//! same calls as the CLI).
 
 mod auth;
+mod bounds;
 mod envelope;
 mod extract;
+mod guard;
 mod limits;
 mod routes;
 mod schema;
+mod serve;
 mod state;
 mod stream;
 mod types;
 
 pub use auth::ApiKeys;
+pub use bounds::MAX_TTL;
+pub use guard::{AllowedHosts, NotAHostName};
 pub use routes::daemon::{DaemonInfo, DaemonStatus};
+pub use serve::{BODY_STALL_TIMEOUT, HEADER_READ_TIMEOUT, serve_tcp, serve_unix};
 pub use state::{AppState, Limits, MAX_TIMEOUT};
 
 use axum::Router;
@@ -72,9 +80,9 @@ pub fn router(state: AppState) -> Router {
     let mcp = agentkernel_mcp::http_service(
         agentkernel_mcp::Options {
             output_bytes: state.limits.output_bytes,
+            output_budget: Some(state.output_budget.clone()),
             ..agentkernel_mcp::Options::new(state.home.clone(), state.cwd.clone())
         },
-        !state.keys.is_empty(),
         state.shutdown.clone(),
     );
     Router::new()
@@ -127,14 +135,21 @@ pub fn router(state: AppState) -> Router {
         .route("/snapshots/{name}/restore", post(snapshots::restore))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // The last layer added sees a request first: the browser checks, then the key, then
+        // the limits.
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             limits::limit_concurrency,
         ))
+        .layer(middleware::from_fn(serve::time_bodies))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_request,
         ))
         .with_state(state)
 }
@@ -158,26 +173,4 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
             uri.path()
         ),
     )
-}
-
-/// Serves `router` on a TCP listener until `shutdown` resolves.
-pub async fn serve_tcp(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Serves `router` on a Unix socket until `shutdown` resolves.
-pub async fn serve_unix(
-    listener: tokio::net::UnixListener,
-    app: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -29,21 +29,27 @@ pub async fn limit_concurrency(
     };
     let response = next.run(req).await;
     // A streamed body keeps its slot until the stream ends.
+    guard_body(response, permit)
+}
+
+/// `response` with `guard` held until its body has been sent (or dropped).
+pub fn guard_body<G: Send + Unpin + 'static>(response: Response, guard: G) -> Response {
     let (parts, body) = response.into_parts();
-    let body = axum::body::Body::new(PermitBody {
+    let body = axum::body::Body::new(GuardedBody {
         inner: body,
-        _permit: permit,
+        _guard: guard,
     });
     Response::from_parts(parts, body)
 }
 
-/// A response body that holds a concurrency permit until it is dropped.
-struct PermitBody {
+/// A response body that holds something (a concurrency permit, a share of the output budget)
+/// until it is dropped.
+struct GuardedBody<G> {
     inner: axum::body::Body,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _guard: G,
 }
 
-impl http_body::Body for PermitBody {
+impl<G: Unpin> http_body::Body for GuardedBody<G> {
     type Data = axum::body::Bytes;
     type Error = axum::Error;
 

@@ -6,8 +6,9 @@ use utoipa::ToSchema;
 
 /// `agentkernel_core::name::validate_name`.
 pub const NAME_PATTERN: &str = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$";
-/// `agentkernel_core::duration::parse_duration`, bounded so the sum cannot overflow.
-pub const DURATION_PATTERN: &str = r"^([1-9][0-9]{0,5}[smhd]){1,3}$";
+/// `agentkernel_core::duration::parse_duration`, bounded so that every value it matches is
+/// within the server's maximum (`bounds::MAX_TTL`, 3650 days): three terms of at most 999 units.
+pub const DURATION_PATTERN: &str = r"^([1-9][0-9]{0,2}[smhd]){1,3}$";
 
 /// A string schema with a pattern: a unit type named for what the string is.
 macro_rules! string_schema {
@@ -49,7 +50,7 @@ string_schema!(
 );
 string_schema!(
     /// A duration: a number and a unit (s, m, h, d), up to three times (`90s`, `1h30m`, `2d`).
-    DurationText, DURATION_PATTERN, 21
+    DurationText, DURATION_PATTERN, 12
 );
 string_schema!(
     /// An image: `host`, a directory (`/abs`, `./rel`), an OCI layout (`oci:/path[:tag]`) or

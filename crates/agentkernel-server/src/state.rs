@@ -1,6 +1,8 @@
 //! What every handler shares: configuration, the concurrency gate and the engine's home.
 
 use crate::auth::ApiKeys;
+use crate::guard::AllowedHosts;
+use agentkernel_engine::buffered::OutputBudget;
 use agentkernel_engine::{Engine, EngineError};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,6 +19,9 @@ pub struct Limits {
     pub max_concurrent: usize,
     /// Output kept per stream of a buffered command.
     pub output_bytes: usize,
+    /// Output all buffered commands (HTTP and MCP) may hold at once; beyond it their output is
+    /// truncated.
+    pub output_budget_bytes: usize,
 }
 
 impl Default for Limits {
@@ -26,6 +31,9 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_concurrent: 64,
             output_bytes: 16 * 1024 * 1024,
+            // Sixteen commands' worth of a full stream each: a few hundred MiB of memory at
+            // most (the answer's JSON is made beside it).
+            output_budget_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -50,6 +58,11 @@ pub struct AppState {
     /// Cancelled when the server shuts down: ends open MCP sessions (their event streams
     /// would otherwise keep a graceful shutdown waiting).
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The `Host` names a TCP server answers to (and the `Origin` check); `None` on the
+    /// daemon's Unix socket, which no browser can reach (see `guard`).
+    pub hosts: Option<AllowedHosts>,
+    /// Shared by the buffered commands of this server, `/mcp`'s included.
+    pub output_budget: Arc<OutputBudget>,
 }
 
 impl AppState {
@@ -58,12 +71,14 @@ impl AppState {
             home,
             keys,
             concurrency: Arc::new(tokio::sync::Semaphore::new(limits.max_concurrent)),
-            limits,
             cwd,
             trust_client_paths: false,
             pool: None,
             daemon: None,
             shutdown: tokio_util::sync::CancellationToken::new(),
+            hosts: Some(AllowedHosts::default()),
+            output_budget: OutputBudget::new(limits.output_budget_bytes),
+            limits,
         }
     }
 

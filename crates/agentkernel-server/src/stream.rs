@@ -4,11 +4,13 @@
 //! `CancelOnDrop` whose drop sends SIGKILL through the exec's signal pipe.
 
 use crate::envelope::ApiError;
+use crate::state::AppState;
 use crate::types::{OutputEncoding, RunOutput};
 use agentkernel_core::{ExecEvent, ExitStatus};
 use agentkernel_engine::EngineError;
 use agentkernel_engine::backend::Controls;
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use rustix::fd::AsFd;
@@ -16,34 +18,58 @@ use std::convert::Infallible;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
-pub use agentkernel_engine::buffered::{CancelOnDrop, ExecOp, timeout_message};
+pub use agentkernel_engine::buffered::{Buffered, CancelOnDrop, ExecOp, timeout_message};
 
-/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes):
-/// the engine's `buffered`, shared with the MCP tools. A command killed by the timeout is a
-/// 408; one that could not be found or executed is an answer with exit code 127/126 and the
-/// reason on stderr, as a shell gives.
-pub async fn buffered(op: ExecOp, limit: usize, timeout: Duration) -> Result<RunOutput, ApiError> {
+/// Runs `op` to completion and collects its output (each stream bounded by `limit` bytes, all
+/// commands of the server by its output budget): the engine's `buffered`, shared with the MCP
+/// tools. A command killed by the timeout is a 408; one that could not be found or executed is
+/// an answer with exit code 127/126 and the reason on stderr, as a shell gives. The
+/// reservation holds the output's share of the budget: keep it until the answer is sent.
+pub async fn buffered(op: ExecOp, st: &AppState, timeout: Duration) -> Result<Buffered, ApiError> {
     use agentkernel_engine::buffered::BufferedError;
-    let out = agentkernel_engine::buffered::buffered(op, limit)
-        .await
-        .map_err(|e| match e {
-            BufferedError::Engine(e) => ApiError::from(e),
-            BufferedError::Internal(m) => ApiError::internal(m),
-        })?;
+    let out = agentkernel_engine::buffered::buffered(
+        op,
+        st.limits.output_bytes,
+        Some(st.output_budget.clone()),
+    )
+    .await
+    .map_err(|e| match e {
+        BufferedError::Engine(e) => ApiError::from(e),
+        BufferedError::Internal(m) => ApiError::internal(m),
+    })?;
     if out.status.timed_out {
         return Err(ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             timeout_message(timeout),
         ));
     }
-    Ok(RunOutput {
-        output: String::from_utf8_lossy(&out.output).into_owned(),
+    Ok(out)
+}
+
+/// The answer of a buffered command. Its JSON is made straight from the collected bytes (text
+/// that is valid UTF-8 is not copied first), the bytes are freed once it is made, and their
+/// share of the output budget is held until the answer has been sent: the JSON is the same
+/// bytes again.
+pub fn answer(out: Buffered) -> Response {
+    let view = RunOutput {
+        output: String::from_utf8_lossy(out.output()),
         exit_code: out.status.code,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout: String::from_utf8_lossy(&out.stdout),
+        stderr: String::from_utf8_lossy(&out.stderr),
         truncated: out.truncated,
         oom_killed: out.status.oom_killed,
-    })
+    };
+    let text_bytes = view.output.len() + view.stdout.len() + view.stderr.len();
+    let response = crate::envelope::large_ok(&view, text_bytes);
+    drop(view);
+    let Buffered { reservation, .. } = out;
+    crate::limits::guard_body(response, reservation)
+}
+
+/// Text of output bytes: the same buffer when they are valid UTF-8 (no copy), else with
+/// invalid bytes replaced.
+pub fn into_text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 enum Msg {

@@ -101,14 +101,20 @@ pub enum OutputEncoding {
 }
 
 /// The answer of a buffered command.
+// Its text borrows the collected bytes where they are valid UTF-8, so the answer's JSON is
+// made from them without another copy.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct RunOutput {
+pub struct RunOutput<'a> {
     /// stdout and stderr interleaved as they were produced.
-    pub output: String,
+    #[schema(value_type = String)]
+    pub output: std::borrow::Cow<'a, str>,
     pub exit_code: i32,
-    pub stdout: String,
-    pub stderr: String,
-    /// Output beyond the server's limit was dropped.
+    #[schema(value_type = String)]
+    pub stdout: std::borrow::Cow<'a, str>,
+    #[schema(value_type = String)]
+    pub stderr: std::borrow::Cow<'a, str>,
+    /// Output beyond a per-stream limit or the server's output budget was dropped: what is
+    /// kept is the beginning.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
     /// The sandbox's memory limit was hit.

@@ -385,6 +385,11 @@ pub struct ServeArgs {
     /// Serve a non-loopback address without any key (anyone who reaches it can run commands)
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Answer requests for this host name too (repeatable; also `[server] allowed_hosts`).
+    /// localhost and IP addresses are always answered; other names are refused, so that a web
+    /// page cannot reach the server through DNS rebinding
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_host: Vec<String>,
     /// Kill commands after this long unless a request sets timeout_ms [default: 30s]
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
@@ -394,6 +399,10 @@ pub struct ServeArgs {
     /// Largest request body in MB [default: 16]
     #[arg(long, value_name = "MB")]
     pub max_body_mb: Option<u64>,
+    /// Output of buffered commands held at once, all requests together, in MB; beyond it
+    /// output is truncated [default: 256]
+    #[arg(long, value_name = "MB")]
+    pub max_output_mb: Option<u64>,
     /// Config file (over ./agentkernel.toml)
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -101,6 +101,9 @@ fn run_daemon(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineError> {
         cwd.clone(),
     );
     state.trust_client_paths = true;
+    // No browser can connect to a Unix socket (and this one is the user's alone): the `Host`
+    // and `Origin` checks are for TCP. The daemon's client names itself `Host: agentkernel`.
+    state.hosts = None;
     state.pool = Some(pool.clone());
     state.daemon = Some(info);
     let runtime = crate::serve::runtime()?;

@@ -2,11 +2,15 @@
 
 use crate::cli::ServeArgs;
 use agentkernel_engine::EngineError;
-use agentkernel_server::{ApiKeys, AppState, Limits};
+use agentkernel_server::{AllowedHosts, ApiKeys, AppState, Limits};
 use std::net::{IpAddr, SocketAddr};
 
 const DEFAULT_HOST: &str = "127.0.0.1";
 const DEFAULT_PORT: u16 = 18888;
+/// Largest `--max-body-mb`: a request body is held in memory whole, and parsed.
+const MAX_BODY_MB: u64 = 1024;
+/// Largest `--max-output-mb`: a terabyte; beyond, the host's memory is the limit anyway.
+const MAX_OUTPUT_MB: u64 = 1024 * 1024;
 
 /// `[server]` and `[daemon]` in `./agentkernel.toml` are not read (a cloned repository must not
 /// choose where the server listens or which keys it takes): say so rather than ignore them
@@ -46,10 +50,18 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
         )));
     }
     let limits = limits(&args)?;
+    let hosts = AllowedHosts::new(
+        args.allowed_host
+            .iter()
+            .chain(config.server.allowed_hosts.iter().flatten())
+            .cloned(),
+    )
+    .map_err(|e| input(e.to_string()))?;
     // The server boots sandboxes from many threads: through the boot helper, this same
     // executable (`/proc/self/exe` is the running binary even if the file was replaced since).
     agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
     let mut state = AppState::new(home.clone(), keys.clone(), limits, cwd);
+    state.hosts = Some(hosts);
     let pool = if args.no_pool {
         None
     } else {
@@ -157,7 +169,12 @@ fn collect_keys(
 fn limits(args: &ServeArgs) -> Result<Limits, EngineError> {
     let mut limits = Limits::default();
     if let Some(t) = &args.timeout {
-        limits.request_timeout = agentkernel_core::duration::parse_duration(t)?;
+        limits.request_timeout =
+            agentkernel_core::duration::parse_duration_at_most(t, agentkernel_server::MAX_TIMEOUT)
+                .map_err(|e| input(format!("--timeout: {e}")))?;
+        if limits.request_timeout.is_zero() {
+            return Err(input("--timeout must be more than 0".into()));
+        }
     }
     if let Some(n) = args.max_concurrent {
         if n == 0 {
@@ -166,10 +183,22 @@ fn limits(args: &ServeArgs) -> Result<Limits, EngineError> {
         limits.max_concurrent = n;
     }
     if let Some(mb) = args.max_body_mb {
-        if mb == 0 {
-            return Err(input("--max-body-mb must be at least 1".into()));
+        if !(1..=MAX_BODY_MB).contains(&mb) {
+            return Err(input(format!(
+                "--max-body-mb must be 1 to {MAX_BODY_MB}: files larger than that are better copied in pieces"
+            )));
         }
-        limits.body_bytes = (mb as usize) * 1024 * 1024;
+        limits.body_bytes = usize::try_from(mb * 1024 * 1024)
+            .map_err(|_| input(format!("--max-body-mb {mb} does not fit this host")))?;
+    }
+    if let Some(mb) = args.max_output_mb {
+        if !(1..=MAX_OUTPUT_MB).contains(&mb) {
+            return Err(input(format!(
+                "--max-output-mb must be 1 to {MAX_OUTPUT_MB}"
+            )));
+        }
+        limits.output_budget_bytes = usize::try_from(mb * 1024 * 1024)
+            .map_err(|_| input(format!("--max-output-mb {mb} does not fit this host")))?;
     }
     Ok(limits)
 }

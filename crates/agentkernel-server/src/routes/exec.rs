@@ -1,15 +1,14 @@
 //! Commands in a persistent sandbox: buffered and streamed.
 
 use super::parse_env;
-use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
+use crate::envelope::{ApiError, ErrorAnswers, Ok};
 use crate::extract::{ApiJson, ApiPath};
 use crate::state::AppState;
-use crate::stream::{ExecOp, buffered, streamed};
+use crate::stream::{ExecOp, answer, buffered, streamed};
 use crate::types::{ExecRequest, OutputEncoding, RunOutput};
 use agentkernel_engine::Engine;
-use axum::Json;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 /// The engine's exec request for an API one, checked.
@@ -48,10 +47,10 @@ pub async fn exec(
     State(st): State<AppState>,
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
-) -> Result<Json<Ok<RunOutput>>, ApiError> {
+) -> Result<Response, ApiError> {
     let (req, timeout) = exec_request(&st, &req)?;
-    let out = buffered(exec_op(&st, name, req), st.limits.output_bytes, timeout).await?;
-    Ok(ok(out))
+    let out = buffered(exec_op(&st, name, req), &st, timeout).await?;
+    Ok(answer(out))
 }
 
 /// Like `/exec`, streaming Server-Sent Events as the command writes.

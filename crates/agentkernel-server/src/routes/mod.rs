@@ -26,6 +26,7 @@ pub async fn blocking<T: Send + 'static>(
 
 /// `KEY=VALUE` strings as the engine takes them.
 pub fn parse_env(list: Option<&Vec<String>>) -> Result<Vec<(String, String)>, ApiError> {
+    crate::bounds::count("env", list.map_or(0, Vec::len), crate::bounds::MAX_ENV)?;
     list.map(|l| l.as_slice())
         .unwrap_or_default()
         .iter()

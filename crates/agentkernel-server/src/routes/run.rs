@@ -1,6 +1,6 @@
 //! Throwaway sandboxes: `POST /run`, `/run/stream` and `/batch/run`.
 
-use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
+use crate::envelope::{ApiError, ErrorAnswers, Ok};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 use crate::stream::{ExecOp, buffered, streamed};
@@ -9,9 +9,8 @@ use crate::types::{
 };
 use agentkernel_core::ExecRequest;
 use agentkernel_engine::{Engine, RunOptions, SpecRequest};
-use axum::Json;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -39,6 +38,11 @@ pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> 
         ));
     }
     let timeout = st.timeout(req.timeout_ms)?;
+    crate::bounds::count(
+        "env",
+        req.env.as_ref().map_or(0, Vec::len),
+        crate::bounds::MAX_ENV,
+    )?;
     let spec = SpecRequest {
         image: req.image.clone(),
         profile: req.profile.clone(),
@@ -132,11 +136,11 @@ pub fn run_op(st: &AppState, parts: RunParts) -> ExecOp {
 pub async fn run(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<RunRequest>,
-) -> Result<Json<Ok<RunOutput>>, ApiError> {
+) -> Result<Response, ApiError> {
     let parts = run_parts(&st, &req)?;
     let timeout = parts.timeout;
-    let out = buffered(run_op(&st, parts), st.limits.output_bytes, timeout).await?;
-    Ok(ok(out))
+    let out = buffered(run_op(&st, parts), &st, timeout).await?;
+    Ok(crate::stream::answer(out))
 }
 
 /// Like `/run`, streaming Server-Sent Events as the command writes: `progress`, `started`,
@@ -167,14 +171,8 @@ pub async fn run_stream(
 pub async fn batch(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<BatchRequest>,
-) -> Result<Json<Ok<BatchResponse>>, ApiError> {
-    const MAX_BATCH: usize = 64;
-    if req.commands.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(format!(
-            "{} commands in one batch: send at most {MAX_BATCH}",
-            req.commands.len()
-        )));
-    }
+) -> Result<Response, ApiError> {
+    crate::bounds::count("commands", req.commands.len(), crate::bounds::MAX_BATCH)?;
     // Bad input anywhere refuses the whole batch before anything runs.
     let mut all_parts = Vec::with_capacity(req.commands.len());
     for (i, c) in req.commands.into_iter().enumerate() {
@@ -204,20 +202,41 @@ pub async fn batch(
         let st = st.clone();
         async move {
             let timeout = parts.timeout;
-            match buffered(run_op(&st, parts), st.limits.output_bytes, timeout).await {
-                Result::Ok(out) => BatchResult {
-                    output: Some(out.output),
-                    exit_code: Some(out.exit_code),
-                    error: None,
-                },
-                Err(e) => BatchResult {
-                    output: None,
-                    exit_code: None,
-                    error: Some(e.message),
-                },
+            match buffered(run_op(&st, parts), &st, timeout).await {
+                Result::Ok(mut out) => {
+                    let exit_code = out.status.code;
+                    // Only the interleaved output is answered: the rest is freed now.
+                    let reservation = std::mem::take(&mut out.reservation);
+                    (
+                        BatchResult {
+                            output: Some(crate::stream::into_text(out.into_output())),
+                            exit_code: Some(exit_code),
+                            error: None,
+                        },
+                        Some(reservation),
+                    )
+                }
+                Err(e) => (
+                    BatchResult {
+                        output: None,
+                        exit_code: None,
+                        error: Some(e.message),
+                    },
+                    None,
+                ),
             }
         }
     });
-    let results = futures_util::future::join_all(jobs).await;
-    Ok(ok(BatchResponse { results }))
+    let (results, reservations): (Vec<BatchResult>, Vec<Option<_>>) =
+        futures_util::future::join_all(jobs)
+            .await
+            .into_iter()
+            .unzip();
+    let text_bytes = results
+        .iter()
+        .map(|r| r.output.as_ref().map_or(0, String::len))
+        .sum();
+    let response = crate::envelope::large_ok(&BatchResponse { results }, text_bytes);
+    let reservations: Vec<_> = reservations.into_iter().flatten().collect();
+    Ok(crate::limits::guard_body(response, reservations))
 }

@@ -1,6 +1,7 @@
 //! Persistent sandboxes: create, list, inspect, edit, start, stop, remove, logs, TTL.
 
 use super::blocking;
+use crate::bounds;
 use crate::envelope::{ApiError, ErrorAnswers, Ok, ok};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
@@ -12,6 +13,7 @@ use agentkernel_engine::metadata::MetadataUpdate;
 use axum::Json;
 use axum::extract::State;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
 /// `?label=key:value`, repeatable. Describes the query for the OpenAPI document; the handler
@@ -38,6 +40,7 @@ pub async fn list(
         if key != "label" {
             continue;
         }
+        bounds::count("the label filter", labels.len() + 1, bounds::MAX_LABELS)?;
         match value.split_once(':') {
             Some((k, v)) if !k.is_empty() => labels.push((k.to_string(), v.to_string())),
             _ => {
@@ -62,9 +65,14 @@ pub async fn create(
     let ttl = req
         .ttl
         .as_deref()
-        .map(agentkernel_core::duration::parse_duration)
-        .transpose()
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map(|t| bounds::duration("ttl", t))
+        .transpose()?;
+    bounds::count("env", req.env.as_ref().map_or(0, Vec::len), bounds::MAX_ENV)?;
+    bounds::count(
+        "labels",
+        req.labels.as_ref().map_or(0, BTreeMap::len),
+        bounds::MAX_LABELS,
+    )?;
     let spec = SpecRequest {
         image: req.image.clone(),
         profile: req.profile.clone(),
@@ -148,6 +156,11 @@ pub async fn patch(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<PatchRequest>,
 ) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    bounds::count(
+        "labels",
+        req.labels.as_ref().map_or(0, BTreeMap::len),
+        bounds::MAX_LABELS,
+    )?;
     let update = MetadataUpdate {
         labels: req.labels,
         description: req.description.map(Some),
@@ -241,8 +254,7 @@ pub async fn extend(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ExtendRequest>,
 ) -> Result<Json<Ok<ExtendResponse>>, ApiError> {
-    let by = agentkernel_core::duration::parse_duration(&req.by)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let by = bounds::duration("by", &req.by)?;
     let expires_at = blocking(&st, move |engine| engine.extend(&name, by)).await?;
     Ok(ok(ExtendResponse { expires_at }))
 }
