@@ -194,8 +194,11 @@ pub async fn batch(
             host_env: None,
             output_encoding: None,
         };
-        let parts = run_parts(&st, &request)
-            .map_err(|e| ApiError::bad_request(format!("commands[{i}]: {}", e.message)))?;
+        // The status stays the error's own (400 bad input, 403 not permitted).
+        let parts = run_parts(&st, &request).map_err(|e| ApiError {
+            message: format!("commands[{i}]: {}", e.message),
+            ..e
+        })?;
         all_parts.push(parts);
     }
     let jobs = all_parts.into_iter().map(|parts| {
