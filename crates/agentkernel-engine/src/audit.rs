@@ -133,7 +133,8 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
-        let mut out = Vec::new();
+        // Only the newest `last` are ever held, however long the log has grown.
+        let mut out = std::collections::VecDeque::new();
         for line in std::io::BufReader::new(file).lines() {
             let line = line?;
             let Ok(v) = serde_json::from_str::<Value>(&line) else {
@@ -148,14 +149,15 @@ impl AuditLog {
                     continue;
                 }
             }
-            out.push(v);
+            if last == Some(0) {
+                continue;
+            }
+            if last.is_some_and(|n| out.len() >= n) {
+                out.pop_front();
+            }
+            out.push_back(v);
         }
-        if let Some(n) = last
-            && out.len() > n
-        {
-            out.drain(..out.len() - n);
-        }
-        Ok(out)
+        Ok(out.into())
     }
 }
 

@@ -374,6 +374,13 @@ fn check_caller(
             image.display()
         )));
     }
+    if let ImageRef::Registry { reference } = image
+        && let Some(host) = internal_registry(reference, config)
+    {
+        return Err(not_permitted(format!(
+            "image {reference} names the registry {host}, an address on this host or its private network, which a remote or MCP caller may not make the server contact: use a public registry, or have the operator list it in [images] insecure_registries or mirrors"
+        )));
+    }
     let max_memory = config.server.max_memory_mb.unwrap_or_else(host_memory_mb);
     if policy.limits.memory_mb > max_memory {
         return Err(not_permitted(format!(
@@ -398,6 +405,62 @@ fn check_caller(
         }
     }
     Ok(())
+}
+
+/// The registry `host[:port]` of `reference` when it is loopback, private, link-local or a
+/// cloud metadata name and the operator has not configured it: a remote caller naming such a
+/// registry would make the server send requests into the host's own network.
+fn internal_registry(reference: &str, config: &Config) -> Option<String> {
+    let canonical = agentkernel_image::canonical_name(reference).ok()?;
+    let host = canonical.split('/').next()?.to_string();
+    let configured = config
+        .images
+        .insecure_registries
+        .iter()
+        .flatten()
+        .chain(config.images.mirrors.iter().flatten())
+        .any(|r| {
+            r.trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/')
+                == host
+        });
+    if configured {
+        return None;
+    }
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host.as_str(),
+    };
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let internal = match name.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback()
+                || ip.is_private()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                // 100.64.0.0/10: carrier-grade NAT, where some clouds keep their metadata.
+                || (ip.octets()[0] == 100 && ip.octets()[1] & 0xc0 == 64)
+        }
+        Ok(std::net::IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (ip.segments()[0] & 0xfe00) == 0xfc00
+                || (ip.segments()[0] & 0xffc0) == 0xfe80
+                || ip.to_ipv4_mapped().is_some()
+        }
+        Err(_) => {
+            name == "localhost"
+                || name.ends_with(".localhost")
+                || name.ends_with(".internal")
+                || name.ends_with(".local")
+        }
+    };
+    internal.then_some(host)
 }
 
 /// The host's memory in MB: the default ceiling for remote callers.
@@ -721,7 +784,22 @@ mod tests {
             );
             assert!(e.to_string().contains("remote_paths"), "{e}");
         }
-        for image in ["host", "python:3.12-alpine"] {
+        for image in [
+            "127.0.0.1:5000/x:1",
+            "localhost:6379/x",
+            "169.254.169.254/latest/meta-data",
+            "10.0.0.5:5000/x",
+            "[::1]:5000/x",
+            "metadata.google.internal/x",
+        ] {
+            let r = SpecRequest {
+                image: Some(image.into()),
+                ..remote.clone()
+            };
+            let e = spec_of(home.path(), &r).expect_err(image);
+            assert!(e.to_string().contains("private network"), "{image}: {e}");
+        }
+        for image in ["host", "python:3.12-alpine", "ghcr.io/org/img:1"] {
             let r = SpecRequest {
                 image: Some(image.into()),
                 ..remote.clone()

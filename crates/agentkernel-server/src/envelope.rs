@@ -199,7 +199,8 @@ pub fn status_of(e: &EngineError) -> StatusCode {
         | EngineError::DetachedNotFound { .. } => StatusCode::NOT_FOUND,
         EngineError::NameTaken(_)
         | EngineError::NotRunning(_)
-        | EngineError::DetachedStillRunning { .. } => StatusCode::CONFLICT,
+        | EngineError::DetachedStillRunning { .. }
+        | EngineError::Tampered(_) => StatusCode::CONFLICT,
         EngineError::BackendNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
         EngineError::Image(e) => image_status(e),
         // Reached only where no exit code can carry it (a detached command that cannot start).

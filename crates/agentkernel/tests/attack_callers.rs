@@ -667,3 +667,37 @@ fn an_mcp_caller_cannot_use_a_sandbox_looser_than_its_ceiling() {
     ak.ok(&["remove", "userbox"]);
     ak.ok(&["remove", "tight"]);
 }
+
+/// Found in the review after the fixes: a remote caller naming a registry on the host's own
+/// network (`127.0.0.1:PORT/x`, `169.254.169.254/x`) made the server send requests there. The
+/// test listens on loopback and asserts nothing connected.
+#[test]
+fn remote_callers_cannot_make_the_server_contact_internal_registries() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let ak = Ak::new();
+    let srv = ServeProcess::start(&ak, &[]);
+    for image in [
+        format!("127.0.0.1:{port}/internal/app:1"),
+        format!("localhost:{port}/internal/app:1"),
+        "169.254.169.254/latest/meta-data".to_string(),
+    ] {
+        let (status, body) = post(
+            &srv,
+            "/run",
+            &json!({"command": ["true"], "image": image, "no_network": true}),
+        );
+        assert_eq!(status, 403, "{image}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("private network")),
+            "{image}: {body}"
+        );
+    }
+    assert!(
+        listener.accept().is_err(),
+        "the server connected to the internal registry"
+    );
+}

@@ -223,7 +223,10 @@ pub async fn stop(
 #[schema(value_type = Object)]
 pub struct AuditEntry(serde_json::Value);
 
-/// The audit log entries of one sandbox, oldest first.
+/// Most audit entries one answer carries: the newest ones (the log itself is never cut).
+const MAX_LOG_ENTRIES: usize = 10_000;
+
+/// The audit log entries of one sandbox, oldest first (at most the newest 10 000).
 #[utoipa::path(get, path = "/sandboxes/{name}/logs", tag = "sandboxes",
     params(("name" = crate::schema::SandboxName, Path, description = "Sandbox name")),
     responses((status = 200, body = Ok<Vec<AuditEntry>>), ErrorAnswers))]
@@ -235,7 +238,7 @@ pub async fn logs(
         engine.get(&name)?;
         engine
             .audit()
-            .entries(Some(&name), None)
+            .entries(Some(&name), Some(MAX_LOG_ENTRIES))
             .map_err(|e| agentkernel_engine::EngineError::Io {
                 context: format!("read {}", engine.audit().path().display()),
                 source: e,
