@@ -333,6 +333,10 @@ fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
 
 fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
     block_signals();
+    // The root first, then the cgroups: building it opens the host's loop devices (a
+    // persistent sandbox's disk) and makes the nodes of /dev, which the sandbox's device
+    // allow-list refuses. Nothing of the sandbox runs before the init has joined them.
+    enter_rootfs(plan.rootfs).map_err(|e| e.to_string())?;
     for fd in plan.cgroup_procs {
         rustix::io::write(fd, b"0").map_err(|e| format!("join cgroup: {e}"))?;
     }
@@ -343,7 +347,6 @@ fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    enter_rootfs(plan.rootfs).map_err(|e| e.to_string())?;
     rustix::system::sethostname(plan.hostname.as_bytes())
         .map_err(|e| format!("sethostname: {e}"))?;
     crate::net::loopback_up().map_err(|e| format!("bring up loopback: {e}"))?;

@@ -18,6 +18,8 @@
 pub mod attach;
 mod boot;
 pub mod cgroup;
+pub mod devices;
+pub mod disk;
 pub mod exec;
 pub mod files;
 pub mod launch;
@@ -56,6 +58,8 @@ pub enum NativeError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Security(#[from] security::SecurityError),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     #[error("native backend: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -86,7 +90,8 @@ pub fn probe() -> Result<(), String> {
     {
         return Err("the kernel has no overlayfs: load it with `modprobe overlay`".to_string());
     }
-    cgroup::can_limit_memory_and_pids()
+    cgroup::can_limit_memory_and_pids()?;
+    cgroup::can_limit_devices()
 }
 
 /// A sandbox to start.

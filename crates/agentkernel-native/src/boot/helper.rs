@@ -310,8 +310,7 @@ mod tests {
             rootfs: RootfsPlan {
                 lower_dirs: vec!["/a".into(), "/b".into()],
                 upper: UpperDir::Disk {
-                    upper: "/u".into(),
-                    work: "/w".into(),
+                    image: "/d/disk.img".into(),
                 },
                 mountpoint: "/m".into(),
                 host_binds: vec!["/usr".into()],
@@ -320,6 +319,8 @@ mod tests {
                     target: "/workspace".into(),
                     read_only: false,
                 }],
+                masked: vec!["/workspace/.agentkernel".into()],
+                disk_mb: 64,
                 read_only: true,
                 workdir: "/workspace".into(),
             },

@@ -1,0 +1,431 @@
+//! The device allow-list of every sandbox: which device nodes its processes may open, whatever
+//! nodes its root holds.
+//!
+//! Mounts are `nodev` already (`rootfs.rs`) except the sandbox's own `/dev`; the allow-list is
+//! the second wall: the character devices of that `/dev` (null, zero, full, random, urandom,
+//! tty, ptmx and the ptys) may be read and written, nothing else may be opened, and no device
+//! node may be created (mknod). It is enforced by the kernel's device cgroup:
+//! - the v1 `devices` controller where it is mounted (`devices.deny` `a`, then one
+//!   `devices.allow` line per rule);
+//! - on a cgroup v2 host, a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the sandbox's
+//!   cgroup, as runc and crun do (v2 has no devices controller files).
+//!
+//! The sandbox's init joins its cgroups after it has built `/dev` (`boot.rs`), so the rules need
+//! no mknod permission even for the nodes it makes there.
+
+use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+/// What a rule lets a process do with a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Access(u8);
+
+impl Access {
+    const READ_WRITE: Access = Access(BPF_DEVCG_ACC_READ | BPF_DEVCG_ACC_WRITE);
+}
+
+/// One allowed character device; `minor: None` is every minor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    major: u32,
+    minor: Option<u32>,
+    access: Access,
+}
+
+const fn chr(major: u32, minor: u32) -> Rule {
+    Rule {
+        major,
+        minor: Some(minor),
+        access: Access::READ_WRITE,
+    }
+}
+
+/// The devices a sandbox may use: its `/dev` (`rootfs::DEVICES`), devpts's ptmx (5:2) and the
+/// ptys it hands out (136:*).
+pub const ALLOWED: &[Rule] = &[
+    chr(1, 3),
+    chr(1, 5),
+    chr(1, 7),
+    chr(1, 8),
+    chr(1, 9),
+    chr(5, 0),
+    chr(5, 2),
+    Rule {
+        major: 136,
+        minor: None,
+        access: Access::READ_WRITE,
+    },
+];
+
+/// The lines written to a v1 group's `devices.allow`, one per rule (`c 1:3 rw`).
+pub fn v1_rules() -> Vec<String> {
+    ALLOWED
+        .iter()
+        .map(|r| {
+            let minor = r.minor.map_or("*".to_string(), |m| m.to_string());
+            let mut access = String::new();
+            if r.access.0 & BPF_DEVCG_ACC_READ != 0 {
+                access.push('r');
+            }
+            if r.access.0 & BPF_DEVCG_ACC_WRITE != 0 {
+                access.push('w');
+            }
+            if r.access.0 & BPF_DEVCG_ACC_MKNOD != 0 {
+                access.push('m');
+            }
+            format!("c {}:{minor} {access}", r.major)
+        })
+        .collect()
+}
+
+/// Applies the allow-list to the v1 devices group `dir` (new and empty): deny everything, then
+/// allow the rules.
+pub fn limit_v1(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join("devices.deny"), "a")?;
+    let allow = dir.join("devices.allow");
+    for rule in v1_rules() {
+        std::fs::write(&allow, rule)?;
+    }
+    Ok(())
+}
+
+// The device program is assembled here by hand, as runc's `libcontainer/cgroups/devices/ebpf`
+// and crun's `ebpf.c` do: it is a dozen instructions per rule, and no maintained small crate
+// builds or loads cgroup device programs (aya and libbpf-rs bring a whole BPF toolchain or
+// libbpf for a program that needs neither maps nor helpers).
+
+/// `struct bpf_cgroup_dev_ctx`: access_type (access << 16 | type), major, minor; all u32.
+const CTX_ACCESS_TYPE: i16 = 0;
+const CTX_MAJOR: i16 = 4;
+const CTX_MINOR: i16 = 8;
+const BPF_DEVCG_DEV_CHAR: i32 = 2;
+const BPF_DEVCG_ACC_MKNOD: u8 = 1;
+const BPF_DEVCG_ACC_READ: u8 = 2;
+const BPF_DEVCG_ACC_WRITE: u8 = 4;
+
+/// One eBPF instruction (`struct bpf_insn`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Insn {
+    code: u8,
+    /// dst in the low four bits, src in the high four.
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+// Opcodes (linux/bpf.h, linux/bpf_common.h).
+const LDX_MEM_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
+const ALU32_AND_K: u8 = 0x54; // BPF_ALU | BPF_AND | BPF_K
+const ALU32_RSH_K: u8 = 0x74; // BPF_ALU | BPF_RSH | BPF_K
+const ALU32_MOV_K: u8 = 0xb4; // BPF_ALU | BPF_MOV | BPF_K
+const ALU32_MOV_X: u8 = 0xbc; // BPF_ALU | BPF_MOV | BPF_X
+const JNE_K: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+const JNE_X: u8 = 0x5d; // BPF_JMP | BPF_JNE | BPF_X
+const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
+
+// Registers: r1 holds the context on entry, r0 the verdict (1 allow, 0 deny) on exit.
+const R0: u8 = 0;
+const R1: u8 = 1;
+const TYPE: u8 = 2;
+const ACCESS: u8 = 3;
+const MAJOR: u8 = 4;
+const MINOR: u8 = 5;
+
+const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
+    Insn {
+        code,
+        regs: (src << 4) | dst,
+        off,
+        imm,
+    }
+}
+
+/// The program for `rules`: allow (1) the first matching rule, deny (0) the rest. In C:
+///
+/// ```text
+/// type = ctx->access_type & 0xffff; access = ctx->access_type >> 16;
+/// for each rule: if (type == CHAR && (access & rule.access) == access
+///                    && major == rule.major && (rule.minor == * || minor == rule.minor))
+///                    return 1;
+/// return 0;
+/// ```
+pub(crate) fn program(rules: &[Rule]) -> Vec<Insn> {
+    let mut p = vec![
+        insn(LDX_MEM_W, TYPE, R1, CTX_ACCESS_TYPE, 0),
+        insn(ALU32_AND_K, TYPE, 0, 0, 0xffff),
+        insn(LDX_MEM_W, ACCESS, R1, CTX_ACCESS_TYPE, 0),
+        insn(ALU32_RSH_K, ACCESS, 0, 0, 16),
+        insn(LDX_MEM_W, MAJOR, R1, CTX_MAJOR, 0),
+        insn(LDX_MEM_W, MINOR, R1, CTX_MINOR, 0),
+    ];
+    for rule in rules {
+        let mut block = vec![
+            insn(JNE_K, TYPE, 0, 0, BPF_DEVCG_DEV_CHAR),
+            // r1 = access & allowed; a request for more than allowed differs from it.
+            insn(ALU32_MOV_X, R1, ACCESS, 0, 0),
+            insn(ALU32_AND_K, R1, 0, 0, i32::from(rule.access.0)),
+            insn(JNE_X, R1, ACCESS, 0, 0),
+            insn(JNE_K, MAJOR, 0, 0, rule.major as i32),
+        ];
+        if let Some(minor) = rule.minor {
+            block.push(insn(JNE_K, MINOR, 0, 0, minor as i32));
+        }
+        block.push(insn(ALU32_MOV_K, R0, 0, 0, 1));
+        block.push(insn(EXIT, 0, 0, 0, 0));
+        // Each failed comparison skips to the next rule: past the rest of this block.
+        let len = block.len();
+        for (i, ins) in block.iter_mut().enumerate() {
+            if ins.code == JNE_K || ins.code == JNE_X {
+                ins.off = (len - i - 1) as i16;
+            }
+        }
+        p.extend(block);
+    }
+    p.push(insn(ALU32_MOV_K, R0, 0, 0, 0));
+    p.push(insn(EXIT, 0, 0, 0, 0));
+    p
+}
+
+/// bpf(2) commands, program and attach types, flags.
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+/// Programs of the parent groups (systemd's, a container manager's) keep running as well; a
+/// device must pass all of them.
+const BPF_F_ALLOW_MULTI: u32 = 2;
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_LOAD (the kernel takes a prefix).
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// The leading fields of `union bpf_attr` for BPF_PROG_ATTACH.
+#[repr(C)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceFilterError {
+    #[error(
+        "cannot load the sandbox's device filter (a cgroup BPF program): {source}{log} (the kernel needs CONFIG_CGROUP_BPF, and agentkernel CAP_BPF or CAP_SYS_ADMIN)"
+    )]
+    Load { source: std::io::Error, log: String },
+    #[error("cannot attach the sandbox's device filter to its cgroup {path}: {source}")]
+    Attach {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Loads the allow-list program and attaches it to the cgroup v2 directory `dir`: from then on
+/// its member processes open only the allowed devices.
+pub fn attach_v2(dir: &Path) -> Result<(), DeviceFilterError> {
+    let attach_err = |source: std::io::Error| DeviceFilterError::Attach {
+        path: dir.display().to_string(),
+        source,
+    };
+    let group = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| attach_err(e.into()))?;
+    let prog = load(&program(ALLOWED))?;
+    let attr = ProgAttachAttr {
+        target_fd: group.as_fd().as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        attach_flags: BPF_F_ALLOW_MULTI,
+    };
+    // SAFETY: bpf(2) reads `attr`, of the size given, during the call only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            &attr as *const ProgAttachAttr,
+            std::mem::size_of::<ProgAttachAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(attach_err(std::io::Error::last_os_error()));
+    }
+    // The cgroup holds the program now; it is detached and freed with the group.
+    Ok(())
+}
+
+/// Loads `insns` as a cgroup device program; on failure, loads it again with the verifier's
+/// log to say why.
+fn load(insns: &[Insn]) -> Result<OwnedFd, DeviceFilterError> {
+    match load_with_log(insns, &mut []) {
+        Ok(fd) => Ok(fd),
+        Err(source) => {
+            let mut log = vec![0u8; 16 * 1024];
+            let _ = load_with_log(insns, &mut log);
+            let text = String::from_utf8_lossy(&log);
+            let text = text.trim_end_matches('\0').trim();
+            Err(DeviceFilterError::Load {
+                source,
+                log: if text.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (verifier: {text})")
+                },
+            })
+        }
+    }
+}
+
+fn load_with_log(insns: &[Insn], log: &mut [u8]) -> std::io::Result<OwnedFd> {
+    let license = c"Apache-2.0";
+    let mut name = [0u8; 16];
+    name[..15].copy_from_slice(b"agentkernel_dev");
+    let attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: u32::from(!log.is_empty()),
+        log_size: log.len() as u32,
+        log_buf: if log.is_empty() {
+            0
+        } else {
+            log.as_mut_ptr() as u64
+        },
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: name,
+    };
+    // SAFETY: bpf(2) reads `attr` and the instructions and license it points to, and writes
+    // at most `log_size` bytes to `log_buf`; all outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const ProgLoadAttr,
+            std::mem::size_of::<ProgLoadAttr>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: BPF_PROG_LOAD returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as rustix::fd::FromRawFd>::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `program` answers for a device access: an interpreter of the instructions it emits,
+    /// for tests without root.
+    fn evaluate(program: &[Insn], dev_type: i32, access: u8, major: u32, minor: u32) -> u32 {
+        let ctx = [((u32::from(access)) << 16) | dev_type as u32, major, minor];
+        let mut reg = [0u64; 11];
+        let mut pc = 0usize;
+        while let Some(ins) = program.get(pc) {
+            let dst = usize::from(ins.regs & 0xf);
+            let src = usize::from(ins.regs >> 4);
+            pc += 1;
+            match ins.code {
+                LDX_MEM_W => reg[dst] = u64::from(ctx[(ins.off / 4) as usize]),
+                ALU32_AND_K => reg[dst] = (reg[dst] as u32 & ins.imm as u32) as u64,
+                ALU32_RSH_K => reg[dst] = ((reg[dst] as u32) >> ins.imm) as u64,
+                ALU32_MOV_K => reg[dst] = ins.imm as u32 as u64,
+                ALU32_MOV_X => reg[dst] = reg[src] as u32 as u64,
+                JNE_K if reg[dst] != ins.imm as u32 as u64 => pc += ins.off as usize,
+                JNE_X if reg[dst] != reg[src] => pc += ins.off as usize,
+                JNE_K | JNE_X => {}
+                EXIT => return reg[0] as u32,
+                other => panic!("instruction {other:#x} is not one `program` emits"),
+            }
+        }
+        panic!("the program ran off its end")
+    }
+
+    const R: u8 = BPF_DEVCG_ACC_READ;
+    const W: u8 = BPF_DEVCG_ACC_WRITE;
+    const M: u8 = BPF_DEVCG_ACC_MKNOD;
+    const BLOCK: i32 = 1;
+    const CHAR: i32 = BPF_DEVCG_DEV_CHAR;
+
+    #[test]
+    fn the_program_allows_exactly_the_list() {
+        let p = program(ALLOWED);
+        for (major, minor) in [(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)] {
+            for access in [R, W, R | W] {
+                assert_eq!(
+                    evaluate(&p, CHAR, access, major, minor),
+                    1,
+                    "{major}:{minor}"
+                );
+            }
+            assert_eq!(
+                evaluate(&p, CHAR, M, major, minor),
+                0,
+                "mknod {major}:{minor}"
+            );
+            assert_eq!(evaluate(&p, CHAR, R | M, major, minor), 0);
+        }
+        assert_eq!(evaluate(&p, CHAR, R | W, 136, 0), 1);
+        assert_eq!(evaluate(&p, CHAR, R | W, 136, 4242), 1);
+        // kmsg, mem, a loop device, a disk, a tty of the host, the console, tun.
+        for (dev_type, major, minor) in [
+            (CHAR, 1, 11),
+            (CHAR, 1, 1),
+            (BLOCK, 7, 0),
+            (BLOCK, 8, 0),
+            (BLOCK, 1, 3),
+            (CHAR, 4, 1),
+            (CHAR, 5, 1),
+            (CHAR, 10, 200),
+        ] {
+            for access in [R, W, M, R | W | M] {
+                assert_eq!(
+                    evaluate(&p, dev_type, access, major, minor),
+                    0,
+                    "{dev_type} {major}:{minor} {access}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_v1_rules_match_the_list() {
+        assert_eq!(
+            v1_rules(),
+            [
+                "c 1:3 rw",
+                "c 1:5 rw",
+                "c 1:7 rw",
+                "c 1:8 rw",
+                "c 1:9 rw",
+                "c 5:0 rw",
+                "c 5:2 rw",
+                "c 136:* rw"
+            ]
+        );
+    }
+
+    #[test]
+    fn attrs_have_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<Insn>(), 8);
+        assert_eq!(std::mem::size_of::<ProgLoadAttr>(), 64);
+        assert_eq!(std::mem::size_of::<ProgAttachAttr>(), 16);
+    }
+}
