@@ -116,9 +116,11 @@ pub(super) fn boot_through(
     passed.extend(&request.cgroup_fds);
 
     let mut cmd = Command::new(exe);
-    // argv[0] as the CLI's: a detached init keeps the helper's command line for its life.
+    // Nothing of the caller's environment (a server's secrets) goes to the helper; the init
+    // overwrites its copy of the helper's strings anyway (`inherited.rs`).
     cmd.arg0("agentkernel")
         .arg(BOOT_HELPER_ROLE)
+        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
