@@ -6,6 +6,9 @@
 //! | host_loopback | refused (native only) |
 //! | read_only_root | `ReadonlyRootfs` (and a tmpfs `/tmp` always, as native) |
 //! | mounts | `Mounts` of type bind, read-only where the policy says |
+//! | masked_paths | `Mounts` of type tmpfs, read-only, at each path (after the binds: the engine mounts by depth) |
+//! | disk_mb | `/tmp` tmpfs `size=`; `StorageOpt size` on the writable layer where the storage driver can (`disk.rs`) |
+//! | devices | none added: `Devices`, `DeviceCgroupRules` empty and `Privileged` false, so the engine's default device cgroup (its allow-list) applies; gVisor has no host devices |
 //! | capabilities | `CapDrop: ALL` + `CapAdd` of the kept ones |
 //! | seccomp | `SecurityOpt seccomp=` the profile from the native lists |
 //! | no_new_privs | `SecurityOpt no-new-privileges` |
@@ -82,6 +85,18 @@ pub(crate) fn check(flavor: Flavor, policy: &Policy) -> Result<()> {
             field: "host_loopback",
             reason: "a container reaches the host only through the engine's bridge, not the host's loopback".to_string(),
             alternative: "-B native",
+        });
+    }
+    if let Some(p) = policy.masked_paths.iter().find(|p| {
+        !p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+    }) {
+        return Err(DockerError::Refused {
+            backend,
+            field: "masked_paths",
+            reason: format!("{} is not an absolute path inside the sandbox", p.display()),
+            alternative: "absolute paths without '..'",
         });
     }
     if flavor == Flavor::Gvisor && policy.network != NetworkMode::None {
@@ -168,6 +183,21 @@ impl Client {
                 ..Default::default()
             });
         }
+        // Hidden under an empty read-only tmpfs. The engine sorts mounts by depth, so one inside
+        // a bind mount covers what the bind shows there.
+        for path in &policy.masked_paths {
+            mounts.push(Mount {
+                target: Some(path.display().to_string()),
+                typ: Some(MountType::TMPFS),
+                read_only: Some(true),
+                tmpfs_options: Some(bollard::models::MountTmpfsOptions {
+                    size_bytes: Some(4096),
+                    mode: Some(0o555),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
         let mut security_opt = vec![self.seccomp_option(policy.seccomp)?];
         if policy.no_new_privs {
             security_opt.push("no-new-privileges".to_string());
@@ -178,8 +208,14 @@ impl Client {
             readonly_rootfs: Some(policy.read_only_root),
             tmpfs: Some(HashMap::from([(
                 "/tmp".to_string(),
-                "rw,nosuid,nodev,mode=1777".to_string(),
+                format!("rw,nosuid,nodev,mode=1777,size={}m", policy.limits.disk_mb),
             )])),
+            // No host device is ever added and the engine's default device cgroup (its
+            // allow-list of null, zero, full, random, urandom, tty, ptmx and the ptys) stays.
+            privileged: Some(false),
+            devices: None,
+            device_cgroup_rules: None,
+            device_requests: None,
             mounts: Some(mounts),
             cap_drop: Some(vec!["ALL".to_string()]),
             cap_add: Some(policy.capabilities.clone()),
@@ -243,6 +279,79 @@ mod tests {
                 .as_array()
                 .is_some_and(|a| a.contains(&json!("mount")))
         );
+    }
+
+    fn spec(policy: Policy) -> SandboxSpec {
+        SandboxSpec {
+            name: "t".into(),
+            image: agentkernel_core::ImageRef::Host,
+            backend: agentkernel_core::BackendKind::Docker,
+            policy,
+            env: Vec::new(),
+            workdir: "/".into(),
+            labels: Default::default(),
+            description: None,
+        }
+    }
+
+    /// No profile gives a container a host device, a device cgroup rule or privileges; /tmp
+    /// is sized by the disk limit and masked paths are read-only tmpfs mounts.
+    #[test]
+    fn containers_get_no_devices_and_sized_tmp() {
+        let home = tempfile::tempdir().expect("home");
+        for flavor in [Flavor::Docker, Flavor::Podman, Flavor::Gvisor] {
+            let client = Client::new(flavor, home.path(), None);
+            for profile in [
+                agentkernel_core::Profile::Permissive,
+                agentkernel_core::Profile::Moderate,
+                agentkernel_core::Profile::Restrictive,
+            ] {
+                let mut policy = Policy::for_profile(profile);
+                policy.network = NetworkMode::None;
+                policy.masked_paths = vec![PathBuf::from("/workspace/.agentkernel")];
+                let body = client
+                    .container_body(
+                        &spec(policy.clone()),
+                        "img",
+                        &[],
+                        vec![],
+                        HashMap::new(),
+                        false,
+                    )
+                    .expect("body");
+                let hc = body.host_config.expect("host config");
+                assert_eq!(hc.privileged, Some(false), "{profile}");
+                assert!(hc.devices.is_none_or(|d| d.is_empty()), "{profile}");
+                assert!(hc.device_cgroup_rules.is_none_or(|d| d.is_empty()));
+                assert!(hc.device_requests.is_none_or(|d| d.is_empty()));
+                let tmp = hc.tmpfs.as_ref().and_then(|t| t.get("/tmp")).cloned();
+                assert_eq!(
+                    tmp.as_deref(),
+                    Some(
+                        format!("rw,nosuid,nodev,mode=1777,size={}m", policy.limits.disk_mb)
+                            .as_str()
+                    )
+                );
+                let masked = hc
+                    .mounts
+                    .iter()
+                    .flatten()
+                    .find(|m| m.target.as_deref() == Some("/workspace/.agentkernel"))
+                    .expect("masked path mounted");
+                assert_eq!(masked.typ, Some(MountType::TMPFS));
+                assert_eq!(masked.read_only, Some(true));
+            }
+        }
+    }
+
+    #[test]
+    fn relative_masked_paths_are_refused() {
+        let mut p = Policy::for_profile(agentkernel_core::Profile::Moderate);
+        for bad in ["relative/dir", "/a/../b"] {
+            p.masked_paths = vec![PathBuf::from(bad)];
+            let e = check(Flavor::Docker, &p).expect_err("refused");
+            assert!(e.to_string().contains("masked_paths"), "{e}");
+        }
     }
 
     #[test]
