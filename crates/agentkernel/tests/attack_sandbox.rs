@@ -3,59 +3,10 @@
 //! test performs the attack and asserts that it fails (native backend).
 
 mod common;
+use common::loopdev::{BACKING, LoopDevice};
 use common::*;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// A loop device of this host backed by a temporary file of 0xAB bytes; detached on drop.
-struct LoopDevice {
-    path: String,
-    backing: tempfile::NamedTempFile,
-}
-
-const BACKING: [u8; 8192] = [0xAB; 8192];
-
-impl LoopDevice {
-    fn new() -> LoopDevice {
-        let mut backing = tempfile::NamedTempFile::new().expect("temp file");
-        backing.write_all(&BACKING).expect("write");
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(backing.path())
-            .output()
-            .expect("losetup (util-linux) is needed: run scripts/setup.sh");
-        assert!(out.status.success(), "losetup: {out:?}");
-        LoopDevice {
-            path: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            backing,
-        }
-    }
-
-    fn dev(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(&self.path).expect("stat loop").rdev()
-    }
-
-    /// Detaches the device (writing back what it cached) and returns the backing file's bytes.
-    fn detach(&mut self) -> Vec<u8> {
-        let status = Command::new("losetup")
-            .args(["-d", &self.path])
-            .status()
-            .expect("losetup -d");
-        assert!(status.success());
-        self.path.clear();
-        std::fs::read(self.backing.path()).expect("read backing")
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        if !self.path.is_empty() {
-            let _ = Command::new("losetup").args(["-d", &self.path]).status();
-        }
-    }
-}
 
 /// A copy of the busybox root in `parent`, as a directory image a local user could give.
 fn dir_image(parent: &Path) -> PathBuf {

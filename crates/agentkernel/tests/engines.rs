@@ -827,6 +827,69 @@ fn doctor_reports_the_engine(e: &E) {
     );
 }
 
+/// An OCI layout whose layer holds a block device node of a real loop device of this host: the
+/// engine unpacks it (as root), and the container can neither read nor write it (the engine's
+/// default device cgroup; agentkernel adds no device and no rule), and the device's file is
+/// unchanged.
+fn image_device_nodes_are_unusable(e: &E) {
+    use common::loopdev::{BACKING, LoopDevice};
+    let mut loop_dev = LoopDevice::new();
+    let tree = e.ak.cwd.path().join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::copy(busybox_root().join("bin/busybox"), tree.join("bin/busybox")).expect("busybox");
+    for applet in ["sh", "head", "od", "echo"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).expect("symlink");
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &tree.join("blk"),
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        loop_dev.dev(),
+    )
+    .expect("mknod");
+    // GNU tar records the node as a block device entry, as an image's layer would.
+    let tar = Command::new("tar")
+        .args(["--numeric-owner", "-cf", "-", "-C"])
+        .arg(&tree)
+        .args(["bin", "blk"])
+        .output()
+        .expect("tar");
+    assert!(tar.status.success(), "tar: {tar:?}");
+    let layout = e.ak.cwd.path().join("layout");
+    agentkernel_image::testing::write_oci_layout(
+        &layout,
+        "dev",
+        &[tar.stdout],
+        &Default::default(),
+    )
+    .expect("layout");
+    let image = format!("oci:{}:dev", layout.display());
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        &image,
+        "--no-network",
+        "--",
+        "/bin/sh",
+        "-c",
+        "head -c 16 /blk | od -An -tx1; echo overwritten > /blk && echo blk-written; echo probed",
+    ]);
+    assert!(out.stdout.ends_with("probed\n"), "{out:?}");
+    assert!(
+        !out.stdout.contains("ab ab") && !out.stdout.contains("blk-written"),
+        "the container used the image's device node: {out:?}"
+    );
+    assert_eq!(
+        out.stderr.matches("Operation not permitted").count(),
+        2,
+        "{out:?}"
+    );
+    assert_eq!(loop_dev.detach(), BACKING, "the loop device's file changed");
+}
+
 fn gvisor_refuses_network(e: &E) {
     let out = e.run(&[
         "run",
@@ -851,11 +914,13 @@ macro_rules! per_engine {
             $(#[test] fn $body() { super::$body(&super::E::new("docker")); })*
             #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("docker")); }
             #[test] fn network_follows_the_policy() { super::network_follows_the_policy(&super::E::new("docker")); }
+            #[test] fn image_device_nodes_are_unusable() { super::image_device_nodes_are_unusable(&super::E::new("docker")); }
         }
         mod podman {
             $(#[test] fn $body() { super::$body(&super::E::new("podman")); })*
             #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("podman")); }
             #[test] fn network_follows_the_policy() { super::network_follows_the_policy(&super::E::new("podman")); }
+            #[test] fn image_device_nodes_are_unusable() { super::image_device_nodes_are_unusable(&super::E::new("podman")); }
         }
         mod gvisor {
             $(#[test] fn $body() { super::$body(&super::E::new("gvisor")); })*
