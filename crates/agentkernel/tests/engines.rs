@@ -827,6 +827,36 @@ fn doctor_reports_the_engine(e: &E) {
     );
 }
 
+/// The disk limit: /tmp is a tmpfs of its size; an asked-for limit the engine's storage driver
+/// cannot put on the container's writable layer is refused (125, nothing created), and where
+/// it can, a write past it fails.
+fn disk_limit_sizes_tmp_and_is_never_half_applied(e: &E) {
+    let out = e.run_bb(
+        &["-p", "restrictive"],
+        &["sh", "-c", "df -m /tmp | tail -1"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let size: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(size.get(1), Some(&"1024"), "restrictive's /tmp: {out:?}");
+    let out = e.run_bb(
+        &["--disk", "64"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/big bs=1M count=100 2>/dev/null; echo root=$?; dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo tmp=$?",
+        ],
+    );
+    if out.code == 125 {
+        assert!(
+            out.stderr.contains("cannot enforce the disk limit") && out.stderr.contains(e.b()),
+            "{out:?}"
+        );
+        assert!(e.containers().is_empty(), "{:?}", e.containers());
+    } else {
+        assert_eq!(out.stdout, "root=1\ntmp=1\n", "{out:?}");
+    }
+}
+
 /// An OCI layout whose layer holds a block device node of a real loop device of this host: the
 /// engine unpacks it (as root), and the container can neither read nor write it (the engine's
 /// default device cgroup; agentkernel adds no device and no rule), and the device's file is
@@ -950,6 +980,7 @@ per_engine!(
     pids_limit_stops_a_fork_bomb,
     cp_never_follows_a_link_out,
     users_own_containers_are_left_alone,
+    disk_limit_sizes_tmp_and_is_never_half_applied,
     gc_removes_containers_whose_sandbox_is_gone,
     bad_input_is_125_and_leaves_nothing,
 );
