@@ -6,7 +6,7 @@
 //! | host_loopback | refused (native only) |
 //! | read_only_root | `ReadonlyRootfs` (and a tmpfs `/tmp` always, as native) |
 //! | mounts | `Mounts` of type bind, read-only where the policy says |
-//! | masked_paths | `Mounts` of type tmpfs, read-only, at each path (after the binds: the engine mounts by depth) |
+//! | masked_paths | `Tmpfs` read-only at each path (after the binds: the engine mounts by depth; Podman with `notmpcopyup`) |
 //! | disk_mb | `/tmp` tmpfs `size=`; `StorageOpt size` on the writable layer where the storage driver can (`disk.rs`) |
 //! | devices | none added: `Devices`, `DeviceCgroupRules` empty and `Privileged` false, so the engine's default device cgroup (its allow-list) applies; gVisor has no host devices |
 //! | capabilities | `CapDrop: ALL` + `CapAdd` of the kept ones |
@@ -144,6 +144,25 @@ impl Client {
         Ok(format!("seccomp={}", path.display()))
     }
 
+    /// The container's tmpfs mounts: `/tmp` of the disk limit's size, and an empty read-only one
+    /// over each masked path. Engines mount these after the binds (they sort every mount by
+    /// depth), so a masked path inside a bind is covered. Podman fills a tmpfs with what was
+    /// at its path unless told `notmpcopyup` (Docker copies only when told `tmpcopyup`).
+    fn tmpfs_mounts(&self, policy: &Policy) -> HashMap<String, String> {
+        let mut tmpfs = HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,mode=1777,size={}m", policy.limits.disk_mb),
+        )]);
+        let mut hidden = "ro,nosuid,nodev,noexec,mode=0555,size=4k".to_string();
+        if self.flavor == Flavor::Podman {
+            hidden.push_str(",notmpcopyup");
+        }
+        for path in &policy.masked_paths {
+            tmpfs.insert(path.display().to_string(), hidden.clone());
+        }
+        tmpfs
+    }
+
     /// The container for `spec`: `cmd` runs under agentkernel's executable (mounted at
     /// INIT_PATH), with the policy as the host configuration.
     pub(crate) fn container_body(
@@ -183,21 +202,6 @@ impl Client {
                 ..Default::default()
             });
         }
-        // Hidden under an empty read-only tmpfs. The engine sorts mounts by depth, so one inside
-        // a bind mount covers what the bind shows there.
-        for path in &policy.masked_paths {
-            mounts.push(Mount {
-                target: Some(path.display().to_string()),
-                typ: Some(MountType::TMPFS),
-                read_only: Some(true),
-                tmpfs_options: Some(bollard::models::MountTmpfsOptions {
-                    size_bytes: Some(4096),
-                    mode: Some(0o555),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            });
-        }
         let mut security_opt = vec![self.seccomp_option(policy.seccomp)?];
         if policy.no_new_privs {
             security_opt.push("no-new-privileges".to_string());
@@ -206,10 +210,7 @@ impl Client {
         let host_config = HostConfig {
             network_mode: (policy.network == NetworkMode::None).then(|| "none".to_string()),
             readonly_rootfs: Some(policy.read_only_root),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                format!("rw,nosuid,nodev,mode=1777,size={}m", policy.limits.disk_mb),
-            )])),
+            tmpfs: Some(self.tmpfs_mounts(policy)),
             // No host device is ever added and the engine's default device cgroup (its
             // allow-list of null, zero, full, random, urandom, tty, ptmx and the ptys) stays.
             privileged: Some(false),
@@ -333,13 +334,12 @@ mod tests {
                     )
                 );
                 let masked = hc
-                    .mounts
-                    .iter()
-                    .flatten()
-                    .find(|m| m.target.as_deref() == Some("/workspace/.agentkernel"))
+                    .tmpfs
+                    .as_ref()
+                    .and_then(|t| t.get("/workspace/.agentkernel"))
                     .expect("masked path mounted");
-                assert_eq!(masked.typ, Some(MountType::TMPFS));
-                assert_eq!(masked.read_only, Some(true));
+                assert!(masked.starts_with("ro,"), "{masked}");
+                assert_eq!(masked.contains("notmpcopyup"), flavor == Flavor::Podman);
             }
         }
     }

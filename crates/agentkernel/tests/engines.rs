@@ -857,6 +857,55 @@ fn disk_limit_sizes_tmp_and_is_never_half_applied(e: &E) {
     }
 }
 
+/// Masked paths (where a mount would show agentkernel's state directory) are empty and
+/// read-only, even inside the read-write project mount of a permissive sandbox; the host's
+/// files there are untouched. The path is put into the stored spec, as the engine does.
+fn masked_paths_are_empty_and_read_only(e: &E) {
+    let state = e.ak.cwd.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("secret"), "state secret\n").expect("write");
+    let home = tempfile::tempdir().expect("home");
+    let mut create = e.cmd(&[
+        "create",
+        "m",
+        "-B",
+        e.b(),
+        "-p",
+        "permissive",
+        "--no-network",
+        "--image",
+        "busybox:latest",
+    ]);
+    create.env("HOME", home.path());
+    let out: Out = create.output().expect("create").into();
+    assert_eq!(out.code, 0, "{out:?}");
+    {
+        let store = agentkernel_engine::store::Store::open(e.ak.home.path()).expect("store");
+        let mut spec = store.get("m").expect("get").expect("record").spec;
+        spec.policy.masked_paths = vec![std::path::PathBuf::from("/workspace/state")];
+        store.set_spec("m", &spec).expect("set spec");
+    }
+    e.ok(&["start", "m"]);
+    let out = e.run(&[
+        "exec",
+        "m",
+        "--",
+        "sh",
+        "-c",
+        "ls -A /workspace/state; echo listed; cat /workspace/state/secret 2>/dev/null; \
+         touch /workspace/state/x 2>&1; touch /workspace/ok && echo project-writable",
+    ]);
+    assert!(
+        out.stdout.starts_with("listed\n") && out.stdout.ends_with("project-writable\n"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("Read-only file system") && !out.stdout.contains("state secret"),
+        "{out:?}"
+    );
+    assert!(!state.join("x").exists());
+}
+
 /// An OCI layout whose layer holds a block device node of a real loop device of this host: the
 /// engine unpacks it (as root), and the container can neither read nor write it (the engine's
 /// default device cgroup; agentkernel adds no device and no rule), and the device's file is
@@ -981,6 +1030,7 @@ per_engine!(
     cp_never_follows_a_link_out,
     users_own_containers_are_left_alone,
     disk_limit_sizes_tmp_and_is_never_half_applied,
+    masked_paths_are_empty_and_read_only,
     gc_removes_containers_whose_sandbox_is_gone,
     bad_input_is_125_and_leaves_nothing,
 );
