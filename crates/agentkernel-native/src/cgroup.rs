@@ -8,7 +8,8 @@
 //! mounted: its `cgroup.kill` ends a whole tree at once.
 //!
 //! The device allow-list (`devices.rs`) goes to the v1 devices controller where it is mounted,
-//! else to the v2 group as a BPF device program.
+//! else to the v2 tree as a BPF device program on `agentkernel/`, which every sandbox's group
+//! inherits.
 
 use agentkernel_core::policy::Limits;
 use rustix::fd::OwnedFd;
@@ -190,7 +191,8 @@ impl Cgroup {
                 let dir = make_dir(v2, id, &wanted)?;
                 group.limit_v2(&dir, limits)?;
                 if h.v1_devices.is_none() {
-                    crate::devices::attach_v2(&dir)?;
+                    // On the parent of every sandbox's group, once (see `devices::attach_v2`).
+                    crate::devices::attach_v2(&v2.join(PARENT))?;
                 }
             }
             match &h.v1_devices {

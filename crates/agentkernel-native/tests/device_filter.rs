@@ -128,12 +128,21 @@ fn the_v2_device_program_denies_all_but_the_sandbox_devices() {
     );
     let _ = std::fs::remove_file(scratch.path().join("node"));
 
-    let filtered = TestGroup::new("filtered");
-    agentkernel_native::devices::attach_v2(&filtered.0).expect("attach the device program");
+    // As agentkernel uses it: on a parent group, twice (the second time finds it there), and
+    // the process in a group below it.
+    let parent = TestGroup::new("parent");
+    agentkernel_native::devices::attach_v2(&parent.0).expect("attach the device program");
+    agentkernel_native::devices::attach_v2(&parent.0).expect("find the device program");
+    let filtered = TestGroup(parent.0.join("sandbox"));
+    std::fs::create_dir(&filtered.0).expect("create a child group");
     let out = filtered.run(&script);
     assert_eq!(
         out, "loop-read-denied\nloop-write-denied\nmknod-denied\n1\n1\nnull-ok\n",
         "with the filter"
     );
     assert!(!scratch.path().join("node").exists());
+    drop(filtered);
+    let names = agentkernel_native::devices::attached_programs(&parent.0).expect("query");
+    assert_eq!(names.len(), 1, "{names:?}");
+    assert!(names[0].starts_with("akdev_"), "{names:?}");
 }
