@@ -921,7 +921,7 @@ fn image_device_nodes_are_unusable(e: &E) {
     }
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &tree.join("blk"),
+        tree.join("blk"),
         rustix::fs::FileType::BlockDevice,
         rustix::fs::Mode::from_raw_mode(0o666),
         loop_dev.dev(),
