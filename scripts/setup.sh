@@ -8,7 +8,8 @@ packages=(
   hyperfine      # benchmark runner
   wrk            # HTTP load generator (bench: POST /run)
   curl           # bench: waiting for the server
-  util-linux     # unshare/nsenter: benchmark peers and tests
+  util-linux     # unshare/nsenter: benchmark peers and tests; losetup, setpriv: tests
+  e2fsprogs      # mkfs.ext4: a persistent native sandbox's disk image
   python3        # used by tests through the host image
   python3-venv   # the venv scripts/test-clients.sh installs the Python SDK into
   iproute2

@@ -19,6 +19,7 @@
 //! current-thread tokio runtime and blocks on it.
 
 mod discovery;
+mod disk;
 mod files;
 mod host_copy;
 mod images;

@@ -6,6 +6,9 @@
 //! | host_loopback | refused (native only) |
 //! | read_only_root | `ReadonlyRootfs` (and a tmpfs `/tmp` always, as native) |
 //! | mounts | `Mounts` of type bind, read-only where the policy says |
+//! | masked_paths | `Tmpfs` read-only at each path (after the binds: the engine mounts by depth; Podman with `notmpcopyup`) |
+//! | disk_mb | `/tmp` tmpfs `size=`; `StorageOpt size` on the writable layer where the storage driver can (`disk.rs`) |
+//! | devices | none added: `Devices`, `DeviceCgroupRules` empty and `Privileged` false, so the engine's default device cgroup (its allow-list) applies; gVisor has no host devices |
 //! | capabilities | `CapDrop: ALL` + `CapAdd` of the kept ones |
 //! | seccomp | `SecurityOpt seccomp=` the profile from the native lists |
 //! | no_new_privs | `SecurityOpt no-new-privileges` |
@@ -84,6 +87,18 @@ pub(crate) fn check(flavor: Flavor, policy: &Policy) -> Result<()> {
             alternative: "-B native",
         });
     }
+    if let Some(p) = policy.masked_paths.iter().find(|p| {
+        !p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+    }) {
+        return Err(DockerError::Refused {
+            backend,
+            field: "masked_paths",
+            reason: format!("{} is not an absolute path inside the sandbox", p.display()),
+            alternative: "absolute paths without '..'",
+        });
+    }
     if flavor == Flavor::Gvisor && policy.network != NetworkMode::None {
         return Err(DockerError::Refused {
             backend,
@@ -127,6 +142,25 @@ impl Client {
             std::fs::rename(&tmp, &path).map_err(io(format!("write {}", path.display())))?;
         }
         Ok(format!("seccomp={}", path.display()))
+    }
+
+    /// The container's tmpfs mounts: `/tmp` of the disk limit's size, and an empty read-only one
+    /// over each masked path. Engines mount these after the binds (they sort every mount by
+    /// depth), so a masked path inside a bind is covered. Podman fills a tmpfs with what was
+    /// at its path unless told `notmpcopyup` (Docker copies only when told `tmpcopyup`).
+    fn tmpfs_mounts(&self, policy: &Policy) -> HashMap<String, String> {
+        let mut tmpfs = HashMap::from([(
+            "/tmp".to_string(),
+            format!("rw,nosuid,nodev,mode=1777,size={}m", policy.limits.disk_mb),
+        )]);
+        let mut hidden = "ro,nosuid,nodev,noexec,mode=0555,size=4k".to_string();
+        if self.flavor == Flavor::Podman {
+            hidden.push_str(",notmpcopyup");
+        }
+        for path in &policy.masked_paths {
+            tmpfs.insert(path.display().to_string(), hidden.clone());
+        }
+        tmpfs
     }
 
     /// The container for `spec`: `cmd` runs under agentkernel's executable (mounted at
@@ -176,10 +210,13 @@ impl Client {
         let host_config = HostConfig {
             network_mode: (policy.network == NetworkMode::None).then(|| "none".to_string()),
             readonly_rootfs: Some(policy.read_only_root),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                "rw,nosuid,nodev,mode=1777".to_string(),
-            )])),
+            tmpfs: Some(self.tmpfs_mounts(policy)),
+            // No host device is ever added and the engine's default device cgroup (its
+            // allow-list of null, zero, full, random, urandom, tty, ptmx and the ptys) stays.
+            privileged: Some(false),
+            devices: None,
+            device_cgroup_rules: None,
+            device_requests: None,
             mounts: Some(mounts),
             cap_drop: Some(vec!["ALL".to_string()]),
             cap_add: Some(policy.capabilities.clone()),
@@ -243,6 +280,78 @@ mod tests {
                 .as_array()
                 .is_some_and(|a| a.contains(&json!("mount")))
         );
+    }
+
+    fn spec(policy: Policy) -> SandboxSpec {
+        SandboxSpec {
+            name: "t".into(),
+            image: agentkernel_core::ImageRef::Host,
+            backend: agentkernel_core::BackendKind::Docker,
+            policy,
+            env: Vec::new(),
+            workdir: "/".into(),
+            labels: Default::default(),
+            description: None,
+        }
+    }
+
+    /// No profile gives a container a host device, a device cgroup rule or privileges; /tmp
+    /// is sized by the disk limit and masked paths are read-only tmpfs mounts.
+    #[test]
+    fn containers_get_no_devices_and_sized_tmp() {
+        let home = tempfile::tempdir().expect("home");
+        for flavor in [Flavor::Docker, Flavor::Podman, Flavor::Gvisor] {
+            let client = Client::new(flavor, home.path(), None);
+            for profile in [
+                agentkernel_core::Profile::Permissive,
+                agentkernel_core::Profile::Moderate,
+                agentkernel_core::Profile::Restrictive,
+            ] {
+                let mut policy = Policy::for_profile(profile);
+                policy.network = NetworkMode::None;
+                policy.masked_paths = vec![PathBuf::from("/workspace/.agentkernel")];
+                let body = client
+                    .container_body(
+                        &spec(policy.clone()),
+                        "img",
+                        &[],
+                        vec![],
+                        HashMap::new(),
+                        false,
+                    )
+                    .expect("body");
+                let hc = body.host_config.expect("host config");
+                assert_eq!(hc.privileged, Some(false), "{profile}");
+                assert!(hc.devices.is_none_or(|d| d.is_empty()), "{profile}");
+                assert!(hc.device_cgroup_rules.is_none_or(|d| d.is_empty()));
+                assert!(hc.device_requests.is_none_or(|d| d.is_empty()));
+                let tmp = hc.tmpfs.as_ref().and_then(|t| t.get("/tmp")).cloned();
+                assert_eq!(
+                    tmp.as_deref(),
+                    Some(
+                        format!("rw,nosuid,nodev,mode=1777,size={}m", policy.limits.disk_mb)
+                            .as_str()
+                    )
+                );
+                let masked = hc
+                    .tmpfs
+                    .as_ref()
+                    .and_then(|t| t.get("/workspace/.agentkernel"))
+                    .expect("masked path mounted");
+                assert!(masked.starts_with("ro,"), "{masked}");
+                assert_eq!(masked.contains("notmpcopyup"), flavor == Flavor::Podman);
+            }
+        }
+    }
+
+    #[test]
+    fn relative_masked_paths_are_refused() {
+        let mut p = Policy::for_profile(agentkernel_core::Profile::Moderate);
+        for bad in ["relative/dir", "/a/../b"] {
+            p.masked_paths = vec![PathBuf::from(bad)];
+            let e = check(Flavor::Docker, &p).expect_err("refused");
+            assert!(e.to_string().contains("masked_paths"), "{e}");
+        }
     }
 
     #[test]

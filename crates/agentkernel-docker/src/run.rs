@@ -125,14 +125,18 @@ impl Client {
 
     /// Creates a container named after `sandbox`. A container of the same name left by this
     /// state directory (a crash) is replaced; one agentkernel does not manage is never touched.
+    /// Creates the container of `body` with its root layer sized by the disk limit where the
+    /// engine can (`disk.rs`).
     async fn create(
         &self,
         docker: &Docker,
         sandbox: &str,
-        body: bollard::models::ContainerCreateBody,
+        mut body: bollard::models::ContainerCreateBody,
+        limits: &agentkernel_core::policy::Limits,
     ) -> Result<String> {
         let name = self.container_name(sandbox);
         let mut replaced = false;
+        let mut sized = self.size_root_layer(&mut body, limits);
         loop {
             let options = bollard::query_parameters::CreateContainerOptions {
                 name: Some(name.clone()),
@@ -142,6 +146,11 @@ impl Client {
                 Ok(r) => return Ok(r.id),
                 Err(e) => {
                     let mut message = api_message(e);
+                    if sized && crate::disk::refuses_storage_opt(&message) {
+                        self.root_size_refused(&mut body, limits, &message)?;
+                        sized = false;
+                        continue;
+                    }
                     if self.flavor == Flavor::Gvisor && message.contains("runtime") {
                         message.push_str(": register gVisor's runsc with the engine (dockerd's daemon.json: \"runtimes\": {\"runsc\": {\"path\": \"/usr/bin/runsc\"}}) and restart it; `agentkernel doctor` checks it");
                     }
@@ -219,7 +228,9 @@ impl Client {
                 self.labels(&spec.name, !persistent),
                 false,
             )?;
-            let id = self.create(docker, &spec.name, body).await?;
+            let id = self
+                .create(docker, &spec.name, body, &spec.policy.limits)
+                .await?;
             if let Err(e) = docker.start_container(&id, None).await {
                 remove(docker, &id).await;
                 return Err(self.api("start container")(e));
@@ -444,7 +455,9 @@ impl Client {
         body.attach_stdin = Some(req.stdin);
         let result = with_signals(controls.signals, |signals| {
             self.block(async {
-                let id = self.create(docker, &spec.name, body).await?;
+                let id = self
+                    .create(docker, &spec.name, body, &spec.policy.limits)
+                    .await?;
                 let outcome = self.run_created(docker, &id, req, sink, signals).await;
                 // Bounded: an engine that cannot remove it now (runsc stuck booting) leaves it
                 // to `gc`, which finds it by its labels once this process is gone.

@@ -23,29 +23,25 @@ impl NativeBackend {
         self.home.join("netns").join(instance)
     }
 
-    /// The root a sandbox gets: the image's layers under an upper directory (tmpfs for a
-    /// throwaway sandbox, on disk for a persistent one).
+    /// The root a sandbox gets: the image's layers under an upper layer of the policy's disk
+    /// limit (a tmpfs for a throwaway sandbox, an ext4 image in its directory for a persistent
+    /// one), with `/tmp` of that size too.
     fn rootfs_plan(
         &self,
         spec: &SandboxSpec,
         rootfs: &Rootfs,
         persistence: Persistence<'_>,
     ) -> Result<RootfsPlan> {
+        check_masked_paths(&spec.policy.masked_paths)?;
+        let disk_mb = spec.policy.limits.disk_mb;
         let (upper, mountpoint) = match persistence {
-            Persistence::Ephemeral => (
-                UpperDir::Tmpfs {
-                    size_mb: spec.policy.limits.memory_mb.max(64),
-                },
-                self.home.join("mnt"),
-            ),
+            Persistence::Ephemeral => (UpperDir::Tmpfs { size_mb: disk_mb }, self.home.join("mnt")),
             Persistence::Persistent { dir } => {
-                let upper = dir.join("upper");
-                let work = dir.join("work");
-                for d in [&upper, &work] {
-                    std::fs::create_dir_all(d)
-                        .map_err(EngineError::io(format!("create {}", d.display())))?;
-                }
-                (UpperDir::Disk { upper, work }, dir.join("mnt"))
+                std::fs::create_dir_all(dir)
+                    .map_err(EngineError::io(format!("create {}", dir.display())))?;
+                let image =
+                    native::disk::prepare_image(dir, disk_mb).map_err(native::NativeError::from)?;
+                (UpperDir::Disk { image }, dir.join("mnt"))
             }
         };
         std::fs::create_dir_all(&mountpoint)
@@ -56,6 +52,8 @@ impl NativeBackend {
             mountpoint,
             host_binds: rootfs.host_binds.clone(),
             binds: spec.policy.mounts.clone(),
+            masked: spec.policy.masked_paths.clone(),
+            disk_mb,
             read_only: spec.policy.read_only_root,
             workdir: spec.workdir.clone(),
         })
@@ -286,6 +284,23 @@ fn is_leftover(group: &native::cgroup::Cgroup) -> bool {
             Some(used) => used || group.age().is_none_or(|age| age >= GC_GRACE),
             None => group.age().is_some_and(|age| age >= GC_GRACE),
         }
+}
+
+/// Masked paths are places inside the sandbox: absolute, without `..`.
+fn check_masked_paths(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        let relative = !p.is_absolute()
+            || p.components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if relative {
+            return Err(agentkernel_core::CoreError::InvalidPath(format!(
+                "{} to hide in the sandbox: give an absolute path without '..'",
+                p.display()
+            ))
+            .into());
+        }
+    }
+    Ok(())
 }
 
 /// How old an empty cgroup must be before `gc` takes it for a leftover.

@@ -11,8 +11,14 @@
 //! - through the boot helper (`use_boot_helper`, for multithreaded programs): the caller
 //!   spawns this executable again in the `BOOT_HELPER_ROLE` role, a fresh single-threaded
 //!   process that performs the same clone and runs the same child code (`helper.rs`).
+//!
+//! Either way the init starts with nothing of its parent that a sandbox could see: its copy of
+//! the parent's command line and environment is overwritten right after the clone
+//! (`inherited.rs`), it closes every descriptor it does not need, and it leaves the parent's
+//! working directory for the sandbox's root.
 
 mod helper;
+mod inherited;
 
 pub use helper::{BOOT_HELPER_ROLE, boot_helper_main, use_boot_helper};
 
@@ -233,6 +239,8 @@ fn clone_init(
     extra_flags: libc::c_int,
 ) -> Result<u32, rustix::io::Errno> {
     let flags = NAMESPACE_FLAGS | extra_flags | libc::SIGCHLD;
+    // Read before the clone (once per process): the child must not depend on the host's /proc.
+    let strings = inherited::StartStrings::of_this_process().ok_or(rustix::io::Errno::NOENT)?;
     // SAFETY: clone without CLONE_VM and with a null stack behaves like fork: the child gets a
     // copy of the address space and continues here. The calling process is single-threaded
     // (the CLI, or the boot helper), so no lock can be held by another thread at the moment of
@@ -251,6 +259,8 @@ fn clone_init(
         return Err(rustix::io::Errno::from_raw_os_error(errno()));
     }
     if pid == 0 {
+        // SAFETY: this is a fork-like clone of the process whose string ranges were read.
+        unsafe { strings.scrub() };
         for fd in caller_ends {
             // SAFETY: the child's copies of descriptors owned by the caller's stack frame; the
             // child never returns to that frame (see below), so nothing uses or closes them
@@ -333,6 +343,10 @@ fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
 
 fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
     block_signals();
+    // The root first, then the cgroups: building it opens the host's loop devices (a
+    // persistent sandbox's disk) and makes the nodes of /dev, which the sandbox's device
+    // allow-list refuses. Nothing of the sandbox runs before the init has joined them.
+    enter_rootfs(plan.rootfs).map_err(|e| e.to_string())?;
     for fd in plan.cgroup_procs {
         rustix::io::write(fd, b"0").map_err(|e| format!("join cgroup: {e}"))?;
     }
@@ -343,7 +357,6 @@ fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    enter_rootfs(plan.rootfs).map_err(|e| e.to_string())?;
     rustix::system::sethostname(plan.hostname.as_bytes())
         .map_err(|e| format!("sethostname: {e}"))?;
     crate::net::loopback_up().map_err(|e| format!("bring up loopback: {e}"))?;

@@ -6,6 +6,10 @@
 //! controller, else to the v1 hierarchy of that controller, and a limit that neither can
 //! enforce is refused (never silently skipped). The v2 group is always created when v2 is
 //! mounted: its `cgroup.kill` ends a whole tree at once.
+//!
+//! The device allow-list (`devices.rs`) goes to the v1 devices controller where it is mounted,
+//! else to the v2 tree as a BPF device program on `agentkernel/`, which every sandbox's group
+//! inherits.
 
 use agentkernel_core::policy::Limits;
 use rustix::fd::OwnedFd;
@@ -34,6 +38,12 @@ pub enum CgroupError {
     },
     #[error("cgroup {path} still has processes after they were killed")]
     Busy { path: String },
+    #[error(
+        "the device allow-list cannot be enforced: neither the cgroup v1 devices controller nor cgroup2 is mounted; mount one of them"
+    )]
+    NoDeviceCgroup,
+    #[error(transparent)]
+    DeviceFilter(#[from] crate::devices::DeviceFilterError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
@@ -51,6 +61,7 @@ struct Hierarchies {
     v1_memory: Option<PathBuf>,
     v1_pids: Option<PathBuf>,
     v1_cpu: Option<PathBuf>,
+    v1_devices: Option<PathBuf>,
 }
 
 impl Hierarchies {
@@ -87,6 +98,7 @@ impl Hierarchies {
                             "memory" => &mut h.v1_memory,
                             "pids" => &mut h.v1_pids,
                             "cpu" => &mut h.v1_cpu,
+                            "devices" => &mut h.v1_devices,
                             _ => continue,
                         };
                         if slot.is_none() {
@@ -113,11 +125,17 @@ impl Hierarchies {
 
     /// Every hierarchy root a sandbox group may live under.
     fn roots(&self) -> Vec<PathBuf> {
-        let mut roots: Vec<PathBuf> = [&self.v2, &self.v1_memory, &self.v1_pids, &self.v1_cpu]
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
+        let mut roots: Vec<PathBuf> = [
+            &self.v2,
+            &self.v1_memory,
+            &self.v1_pids,
+            &self.v1_cpu,
+            &self.v1_devices,
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
         roots.dedup();
         roots
     }
@@ -172,6 +190,18 @@ impl Cgroup {
                     .collect();
                 let dir = make_dir(v2, id, &wanted)?;
                 group.limit_v2(&dir, limits)?;
+                if h.v1_devices.is_none() {
+                    // On the parent of every sandbox's group, once (see `devices::attach_v2`).
+                    crate::devices::attach_v2(&v2.join(PARENT))?;
+                }
+            }
+            match &h.v1_devices {
+                Some(root) => {
+                    let dir = make_dir(root, id, &[])?;
+                    crate::devices::limit_v1(&dir).map_err(io_err(&dir))?;
+                }
+                None if h.v2.is_none() => return Err(CgroupError::NoDeviceCgroup),
+                None => {}
             }
             if !h.v2_has("memory") {
                 let root = h.v1_memory.as_ref().ok_or(CgroupError::Unsupported {
@@ -403,6 +433,15 @@ pub fn can_limit_memory_and_pids() -> Result<(), String> {
                 "no cgroup {controller} controller is mounted (v1 or v2)"
             ));
         }
+    }
+    Ok(())
+}
+
+/// Whether the device allow-list can be enforced here (the backend's readiness probe).
+pub fn can_limit_devices() -> Result<(), String> {
+    let h = Hierarchies::get();
+    if h.v1_devices.is_none() && h.v2.is_none() {
+        return Err(CgroupError::NoDeviceCgroup.to_string());
     }
     Ok(())
 }

@@ -19,6 +19,8 @@ pub mod attach;
 mod boot;
 pub mod cgroup;
 mod copy;
+pub mod devices;
+pub mod disk;
 pub mod exec;
 pub mod files;
 pub mod host_dest;
@@ -59,6 +61,8 @@ pub enum NativeError {
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
     Security(#[from] security::SecurityError),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
     #[error("native backend: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -89,7 +93,8 @@ pub fn probe() -> Result<(), String> {
     {
         return Err("the kernel has no overlayfs: load it with `modprobe overlay`".to_string());
     }
-    cgroup::can_limit_memory_and_pids()
+    cgroup::can_limit_memory_and_pids()?;
+    cgroup::can_limit_devices()
 }
 
 /// A sandbox to start.

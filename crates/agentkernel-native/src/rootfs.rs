@@ -3,6 +3,11 @@
 //!
 //! Everything here runs in the sandbox's init process right after it was cloned into its new
 //! namespaces, so its mounts are invisible to the host and vanish with the namespace.
+//!
+//! Every mount is `nodev,nosuid` except the sandbox's own minimal `/dev` (a tmpfs holding only
+//! the nodes made here, and a private devpts): a device node or a set-uid file that an image, a
+//! directory image or a bind-mounted host directory brings is inert. Every writable filesystem
+//! is sized by the policy's disk limit (`RootfsPlan::disk_mb`).
 
 use agentkernel_core::policy::BindMount;
 use rustix::fs::{FileType, Mode};
@@ -14,10 +19,14 @@ use std::path::{Path, PathBuf};
 /// Where the sandbox's writable layer lives.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum UpperDir {
-    /// A tmpfs private to the sandbox: everything written is gone when it ends (`run`).
+    /// A tmpfs private to the sandbox, of at most `size_mb`: everything written is gone when it
+    /// ends (`run`).
     Tmpfs { size_mb: u64 },
-    /// Directories on disk that survive stop/start (persistent sandboxes).
-    Disk { upper: PathBuf, work: PathBuf },
+    /// An ext4 filesystem image that survives stop/start (persistent sandboxes; made by
+    /// `disk::prepare_image`): attached to a loop device and mounted inside the sandbox's mount
+    /// namespace only, so its size is the sandbox's disk limit and nothing is mounted on the
+    /// host.
+    Disk { image: PathBuf },
 }
 
 /// Everything needed to build the root; prepared by the parent before the clone. Serializable:
@@ -34,13 +43,19 @@ pub struct RootfsPlan {
     pub host_binds: Vec<PathBuf>,
     /// Policy mounts (permissive profile: project and home).
     pub binds: Vec<BindMount>,
+    /// Absolute paths inside the root hidden under an empty read-only directory after the binds
+    /// (agentkernel's state directory where a bind would show it). A path that does not exist
+    /// needs no hiding.
+    pub masked: Vec<PathBuf>,
+    /// The policy's disk limit in MB: the size of `/tmp` (and the bound of `/dev/shm`).
+    pub disk_mb: u64,
     pub read_only: bool,
     /// Directory created in the root when missing (the default working directory).
     pub workdir: String,
 }
 
 /// A failed step, with the path it concerned.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct SetupError {
     pub step: &'static str,
     pub path: String,
@@ -70,6 +85,15 @@ const DEVICES: &[(&str, u32, u32)] = &[
     ("tty", 5, 0),
 ];
 
+/// The most `/dev/shm` gets, in MB (Docker's default `--shm-size`); less when the disk limit is
+/// smaller.
+pub const SHM_MAX_MB: u64 = 64;
+
+/// The size of the sandbox's `/dev/shm` under a disk limit of `disk_mb`.
+pub fn shm_mb(disk_mb: u64) -> u64 {
+    disk_mb.min(SHM_MAX_MB)
+}
+
 /// Builds the root and pivots into it. Must run in a fresh mount and pid namespace.
 pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
     // Nothing we mount may propagate back to the host.
@@ -95,16 +119,19 @@ pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
         &opts,
     )
     .map_err(fail("mount scratch tmpfs on", base))?;
-    let (upper, work) = match &plan.upper {
-        UpperDir::Tmpfs { .. } => {
-            let upper = base.join("upper");
-            let work = base.join("work");
-            mkdir(&upper, 0o755)?;
-            mkdir(&work, 0o700)?;
-            (upper, work)
+    let layer = match &plan.upper {
+        UpperDir::Tmpfs { .. } => base.clone(),
+        UpperDir::Disk { image } => {
+            let disk = base.join("disk");
+            mkdir(&disk, 0o755)?;
+            crate::disk::mount_image(image, &disk)?;
+            disk
         }
-        UpperDir::Disk { upper, work } => (upper.clone(), work.clone()),
     };
+    let upper = layer.join("upper");
+    let work = layer.join("work");
+    mkdir(&upper, 0o755)?;
+    mkdir(&work, 0o700)?;
     let root = base.join("root");
     mkdir(&root, 0o755)?;
     let lower = plan
@@ -118,8 +145,14 @@ pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
         upper.display(),
         work.display()
     );
-    mount_fs("overlay", &root, "overlay", MountFlags::empty(), &opts)
-        .map_err(fail("mount overlay root on", &root))?;
+    mount_fs(
+        "overlay",
+        &root,
+        "overlay",
+        MountFlags::NODEV | MountFlags::NOSUID,
+        &opts,
+    )
+    .map_err(fail("mount overlay root on", &root))?;
 
     for dir in ["proc", "dev", "tmp", "sys"] {
         dir_in_root(&root, Path::new(dir))?;
@@ -134,9 +167,12 @@ pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
         let target = dir_in_root(&root, &m.target)?;
         bind(&m.source, &target, m.read_only)?;
     }
+    for path in &plan.masked {
+        mask_dir(&root, path)?;
+    }
 
     mount_proc(&root)?;
-    mount_dev(&root)?;
+    mount_dev(&root, shm_mb(plan.disk_mb))?;
     let sys = root.join("sys");
     let ro = MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     mount_fs("sysfs", &sys, "sysfs", ro, "").map_err(fail("mount sysfs on", &sys))?;
@@ -146,17 +182,34 @@ pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
         &tmp,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=1777",
+        &format!("mode=1777,size={}m", plan.disk_mb),
     )
     .map_err(fail("mount /tmp on", &tmp))?;
 
     pivot_into(&root)?;
 
     if plan.read_only {
-        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+        // Only the root's own mount: /tmp, /dev/shm and the writable binds stay writable.
+        set_attrs(Path::new("/"), MountAttrs::ReadOnly, false)
             .map_err(fail("remount read-only", Path::new("/")))?;
     }
     Ok(())
+}
+
+/// Hides the directory `path` of the root (after the binds, so a path inside a bind is hidden
+/// too) under an empty read-only tmpfs. A path that does not exist is left alone: there is
+/// nothing to hide, and creating it would write into a bind-mounted host directory.
+fn mask_dir(root: &Path, path: &Path) -> Result<()> {
+    if !path.is_absolute() {
+        return Err(fail("refusing a masked path that is not absolute", path)(
+            Errno::INVAL,
+        ));
+    }
+    let Some(target) = existing_dir_in_root(root, path)? else {
+        return Ok(());
+    };
+    let flags = MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
+    mount_fs("tmpfs", &target, "tmpfs", flags, "mode=0555").map_err(fail("hide", path))
 }
 
 fn pivot_into(root: &Path) -> Result<()> {
@@ -190,14 +243,15 @@ fn mount_proc(root: &Path) -> Result<()> {
     for sub in ["acpi", "scsi"] {
         let p = proc_dir.join(sub);
         if p.is_dir() {
-            mount_fs("tmpfs", &p, "tmpfs", MountFlags::RDONLY, "size=0")
-                .map_err(fail("mask", &p))?;
+            let flags =
+                MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC;
+            mount_fs("tmpfs", &p, "tmpfs", flags, "size=0").map_err(fail("mask", &p))?;
         }
     }
     Ok(())
 }
 
-fn mount_dev(root: &Path) -> Result<()> {
+fn mount_dev(root: &Path, shm_mb: u64) -> Result<()> {
     let dev = root.join("dev");
     mount_fs(
         "tmpfs",
@@ -237,7 +291,7 @@ fn mount_dev(root: &Path) -> Result<()> {
         &shm,
         "tmpfs",
         MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=1777",
+        &format!("mode=1777,size={shm_mb}m"),
     )
     .map_err(fail("mount /dev/shm on", &shm))?;
     for (name, target) in [
@@ -265,18 +319,85 @@ fn mount_fs(
     rustix::mount::mount(source, target, fstype, flags, Some(data.as_c_str()))
 }
 
-/// Bind-mounts `source` on `target`; a read-only bind needs a second remount to take effect.
+/// Bind-mounts `source` on `target`, then makes the bind and every mount beneath it
+/// `nodev,nosuid` (and read-only when asked): a bind copies the host mount's own flags, and a
+/// host directory may hold device nodes or set-uid files.
 fn bind(source: &Path, target: &Path, read_only: bool) -> Result<()> {
     rustix::mount::mount_bind_recursive(source, target).map_err(fail("bind-mount", source))?;
-    if read_only {
-        rustix::mount::mount_remount(
-            target,
-            MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID,
-            "",
+    let attrs = if read_only {
+        MountAttrs::ReadOnly
+    } else {
+        MountAttrs::Writable
+    };
+    set_attrs(target, attrs, true).map_err(fail("make nodev,nosuid", target))
+}
+
+/// The flags `set_attrs` sets on a mount.
+#[derive(Clone, Copy)]
+enum MountAttrs {
+    /// `nodev,nosuid`.
+    Writable,
+    /// `ro,nodev,nosuid`.
+    ReadOnly,
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Adds `attrs` to the mount at `target` (and, with `recursive`, to every mount beneath it),
+/// keeping its other flags. mount_setattr(2) (Linux 5.12) where the kernel has it; otherwise a
+/// bind remount of `target` alone, which replaces the mount's flags with these.
+fn set_attrs(target: &Path, attrs: MountAttrs, recursive: bool) -> rustix::io::Result<()> {
+    let (set, flags) = match attrs {
+        MountAttrs::Writable => (
+            MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID,
+            MountFlags::NODEV | MountFlags::NOSUID,
+        ),
+        MountAttrs::ReadOnly => (
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID,
+            MountFlags::RDONLY | MountFlags::NODEV | MountFlags::NOSUID,
+        ),
+    };
+    let path =
+        std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Errno::INVAL)?;
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let at_flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+    // SAFETY: mount_setattr with a NUL-terminated path and a `struct mount_attr` of the size
+    // passed; both outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            at_flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
         )
-        .map_err(fail("make read-only", target))?;
+    };
+    if r == 0 {
+        return Ok(());
     }
-    Ok(())
+    let errno =
+        Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    if errno != Errno::NOSYS {
+        return Err(errno);
+    }
+    rustix::mount::mount_remount(target, MountFlags::BIND | flags, "")
 }
 
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
@@ -286,10 +407,20 @@ fn mkdir(path: &Path, mode: u32) -> Result<()> {
     }
 }
 
+/// Returns `root/rel` if it is a directory, None if some component is missing. Like
+/// `dir_in_root`, any component that is not a real directory is refused.
+fn existing_dir_in_root(root: &Path, rel: &Path) -> Result<Option<PathBuf>> {
+    walk_in_root(root, rel, false)
+}
+
 /// Returns `root/rel` as a directory, creating missing components. Mounts happen before
 /// pivot_root, so a symlink in an image (say `/proc -> /`) would otherwise send a mount or a
 /// mkdir to the host's tree: any component that is not a real directory is refused.
 fn dir_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
+    walk_in_root(root, rel, true)?.ok_or_else(|| fail("mkdir", &root.join(rel))(Errno::NOENT))
+}
+
+fn walk_in_root(root: &Path, rel: &Path, create: bool) -> Result<Option<PathBuf>> {
     use rustix::fs::{AtFlags, OFlags};
     // Walked one directory descriptor at a time: each step is relative to the last, so a long
     // path inside the sandbox never meets the host's PATH_MAX with the mountpoint in front.
@@ -311,6 +442,7 @@ fn dir_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
                     &path,
                 )(Errno::NOTDIR));
             }
+            Err(Errno::NOENT) if !create => return Ok(None),
             Err(Errno::NOENT) => {
                 match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
                     Ok(()) | Err(Errno::EXIST) => {}
@@ -321,5 +453,5 @@ fn dir_in_root(root: &Path, rel: &Path) -> Result<PathBuf> {
         }
         dir = rustix::fs::openat(&dir, name, walk, Mode::empty()).map_err(fail("open", &path))?;
     }
-    Ok(path)
+    Ok(Some(path))
 }

@@ -912,6 +912,148 @@ fn doctor_reports_the_engine(e: &E) {
     );
 }
 
+/// The disk limit: /tmp is a tmpfs of its size; an asked-for limit the engine's storage driver
+/// cannot put on the container's writable layer is refused (125, nothing created), and where
+/// it can, a write past it fails.
+fn disk_limit_sizes_tmp_and_is_never_half_applied(e: &E) {
+    let out = e.run_bb(
+        &["-p", "restrictive"],
+        &["sh", "-c", "df -m /tmp | tail -1"],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let size: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(size.get(1), Some(&"1024"), "restrictive's /tmp: {out:?}");
+    let out = e.run_bb(
+        &["--disk", "64"],
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/big bs=1M count=100 2>/dev/null; echo root=$?; dd if=/dev/zero of=/tmp/big bs=1M count=100 2>/dev/null; echo tmp=$?",
+        ],
+    );
+    if out.code == 125 {
+        assert!(
+            out.stderr.contains("cannot enforce the disk limit") && out.stderr.contains(e.b()),
+            "{out:?}"
+        );
+        assert!(e.containers().is_empty(), "{:?}", e.containers());
+    } else {
+        assert_eq!(out.stdout, "root=1\ntmp=1\n", "{out:?}");
+    }
+}
+
+/// Masked paths (where a mount would show agentkernel's state directory) are empty and
+/// read-only, even inside the read-write project mount of a permissive sandbox; the host's
+/// files there are untouched. The path is put into the stored spec, as the engine does.
+fn masked_paths_are_empty_and_read_only(e: &E) {
+    let state = e.ak.cwd.path().join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    std::fs::write(state.join("secret"), "state secret\n").expect("write");
+    let home = tempfile::tempdir().expect("home");
+    let mut create = e.cmd(&[
+        "create",
+        "m",
+        "-B",
+        e.b(),
+        "-p",
+        "permissive",
+        "--no-network",
+        "--image",
+        "busybox:latest",
+    ]);
+    create.env("HOME", home.path());
+    let out: Out = create.output().expect("create").into();
+    assert_eq!(out.code, 0, "{out:?}");
+    {
+        let store = agentkernel_engine::store::Store::open(e.ak.home.path()).expect("store");
+        let mut spec = store.get("m").expect("get").expect("record").spec;
+        spec.policy.masked_paths = vec![std::path::PathBuf::from("/workspace/state")];
+        store.set_spec("m", &spec).expect("set spec");
+    }
+    e.ok(&["start", "m"]);
+    let out = e.run(&[
+        "exec",
+        "m",
+        "--",
+        "sh",
+        "-c",
+        "ls -A /workspace/state; echo listed; cat /workspace/state/secret 2>/dev/null; \
+         touch /workspace/state/x 2>&1; touch /workspace/ok && echo project-writable",
+    ]);
+    assert!(
+        out.stdout.starts_with("listed\n") && out.stdout.ends_with("project-writable\n"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("Read-only file system") && !out.stdout.contains("state secret"),
+        "{out:?}"
+    );
+    assert!(!state.join("x").exists());
+}
+
+/// An OCI layout whose layer holds a block device node of a real loop device of this host: the
+/// engine unpacks it (as root), and the container can neither read nor write it (the engine's
+/// default device cgroup; agentkernel adds no device and no rule), and the device's file is
+/// unchanged.
+fn image_device_nodes_are_unusable(e: &E) {
+    use common::loopdev::{BACKING, LoopDevice};
+    let mut loop_dev = LoopDevice::new();
+    let tree = e.ak.cwd.path().join("tree");
+    std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
+    std::fs::copy(busybox_root().join("bin/busybox"), tree.join("bin/busybox")).expect("busybox");
+    for applet in ["sh", "head", "od", "echo"] {
+        std::os::unix::fs::symlink("busybox", tree.join("bin").join(applet)).expect("symlink");
+    }
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        tree.join("blk"),
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        loop_dev.dev(),
+    )
+    .expect("mknod");
+    // GNU tar records the node as a block device entry, as an image's layer would.
+    let tar = Command::new("tar")
+        .args(["--numeric-owner", "-cf", "-", "-C"])
+        .arg(&tree)
+        .args(["bin", "blk"])
+        .output()
+        .expect("tar");
+    assert!(tar.status.success(), "tar: {tar:?}");
+    let layout = e.ak.cwd.path().join("layout");
+    agentkernel_image::testing::write_oci_layout(
+        &layout,
+        "dev",
+        &[tar.stdout],
+        &Default::default(),
+    )
+    .expect("layout");
+    let image = format!("oci:{}:dev", layout.display());
+    let out = e.run(&[
+        "run",
+        "-B",
+        e.b(),
+        "--image",
+        &image,
+        "--no-network",
+        "--",
+        "/bin/sh",
+        "-c",
+        "head -c 16 /blk | od -An -tx1; echo overwritten > /blk && echo blk-written; echo probed",
+    ]);
+    assert!(out.stdout.ends_with("probed\n"), "{out:?}");
+    assert!(
+        !out.stdout.contains("ab ab") && !out.stdout.contains("blk-written"),
+        "the container used the image's device node: {out:?}"
+    );
+    assert_eq!(
+        out.stderr.matches("Operation not permitted").count(),
+        2,
+        "{out:?}"
+    );
+    assert_eq!(loop_dev.detach(), BACKING, "the loop device's file changed");
+}
+
 fn gvisor_refuses_network(e: &E) {
     let out = e.run(&[
         "run",
@@ -936,11 +1078,13 @@ macro_rules! per_engine {
             $(#[test] fn $body() { super::$body(&super::E::new("docker")); })*
             #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("docker")); }
             #[test] fn network_follows_the_policy() { super::network_follows_the_policy(&super::E::new("docker")); }
+            #[test] fn image_device_nodes_are_unusable() { super::image_device_nodes_are_unusable(&super::E::new("docker")); }
         }
         mod podman {
             $(#[test] fn $body() { super::$body(&super::E::new("podman")); })*
             #[test] fn local_images_mean_the_same() { super::local_images_mean_the_same(&super::E::new("podman")); }
             #[test] fn network_follows_the_policy() { super::network_follows_the_policy(&super::E::new("podman")); }
+            #[test] fn image_device_nodes_are_unusable() { super::image_device_nodes_are_unusable(&super::E::new("podman")); }
         }
         mod gvisor {
             $(#[test] fn $body() { super::$body(&super::E::new("gvisor")); })*
@@ -971,6 +1115,8 @@ per_engine!(
     cp_never_follows_a_link_out,
     cp_out_never_writes_through_what_an_earlier_copy_left,
     users_own_containers_are_left_alone,
+    disk_limit_sizes_tmp_and_is_never_half_applied,
+    masked_paths_are_empty_and_read_only,
     gc_removes_containers_whose_sandbox_is_gone,
     bad_input_is_125_and_leaves_nothing,
 );

@@ -116,9 +116,11 @@ pub(super) fn boot_through(
     passed.extend(&request.cgroup_fds);
 
     let mut cmd = Command::new(exe);
-    // argv[0] as the CLI's: a detached init keeps the helper's command line for its life.
+    // Nothing of the caller's environment (a server's secrets) goes to the helper; the init
+    // overwrites its copy of the helper's strings anyway (`inherited.rs`).
     cmd.arg0("agentkernel")
         .arg(BOOT_HELPER_ROLE)
+        .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -310,8 +312,7 @@ mod tests {
             rootfs: RootfsPlan {
                 lower_dirs: vec!["/a".into(), "/b".into()],
                 upper: UpperDir::Disk {
-                    upper: "/u".into(),
-                    work: "/w".into(),
+                    image: "/d/disk.img".into(),
                 },
                 mountpoint: "/m".into(),
                 host_binds: vec!["/usr".into()],
@@ -320,6 +321,8 @@ mod tests {
                     target: "/workspace".into(),
                     read_only: false,
                 }],
+                masked: vec!["/workspace/.agentkernel".into()],
+                disk_mb: 64,
                 read_only: true,
                 workdir: "/workspace".into(),
             },

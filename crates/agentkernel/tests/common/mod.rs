@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod engines;
+pub mod loopdev;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
