@@ -112,7 +112,13 @@ fn run_daemon(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineError> {
             .map_err(io(format!("listen on {}", socket.display())))?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(io(format!("restrict {}", socket.display())))?;
-        std::fs::write(pid_path(home), format!("{}\n", std::process::id()))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(pid_path(home))
+            .and_then(|mut f| f.write_all(format!("{}\n", std::process::id()).as_bytes()))
             .map_err(io("write the pid file"))?;
         eprintln!(
             "agentkernel: daemon {} serving on {} (warm pools: min {} per pool, max {} in all)",
@@ -238,16 +244,22 @@ fn absolute(p: &Path) -> Result<PathBuf, EngineError> {
 }
 
 fn stop(home: &Path) -> Result<i32, EngineError> {
-    let Some((_, status)) = running(home)? else {
-        let _ = std::fs::remove_file(socket_path(home));
-        let _ = std::fs::remove_file(pid_path(home));
-        println!("agentkernel: the daemon is not running");
-        return Ok(0);
+    let pid = match running(home)? {
+        Some((_, status)) => status["pid"]
+            .as_u64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| input(format!("the daemon reported no pid: {status}")))?,
+        // A daemon too busy to answer is still a daemon: its pid file says so.
+        None => match daemon_from_pid_file(home) {
+            Some(pid) => pid,
+            None => {
+                let _ = std::fs::remove_file(socket_path(home));
+                let _ = std::fs::remove_file(pid_path(home));
+                println!("agentkernel: the daemon is not running");
+                return Ok(0);
+            }
+        },
     };
-    let pid = status["pid"]
-        .as_u64()
-        .and_then(|p| i32::try_from(p).ok())
-        .ok_or_else(|| input(format!("the daemon reported no pid: {status}")))?;
     let pid = rustix::process::Pid::from_raw(pid)
         .ok_or_else(|| input(format!("the daemon reported pid {pid}")))?;
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
@@ -265,6 +277,22 @@ fn stop(home: &Path) -> Result<i32, EngineError> {
     }
     println!("agentkernel: daemon stopped");
     Ok(0)
+}
+
+/// The pid in the daemon's pid file, if that process is alive and is an agentkernel daemon
+/// (not a recycled pid).
+fn daemon_from_pid_file(home: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_path(home))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    let is_daemon = args
+        .windows(2)
+        .any(|w| w == [b"daemon".as_slice(), b"start".as_slice()]);
+    (is_daemon && process_alive(rustix::process::Pid::from_raw(pid)?)).then_some(pid)
 }
 
 /// Whether the process exists and is not a zombie (the daemon is not our child: once it has
