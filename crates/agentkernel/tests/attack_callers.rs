@@ -427,7 +427,7 @@ fn the_state_directory_is_hidden_from_a_permissive_project_mount() {
     );
     assert!(!home.join("x").exists());
     // A directory inside the state directory is never given to a sandbox.
-    let inside = home.join("sandboxes");
+    let inside = home.join("keys");
     let out = ak
         .cmd(&[
             "run",

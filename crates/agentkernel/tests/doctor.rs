@@ -78,9 +78,9 @@ fn doctor_reports_backends_and_the_registry_with_fixes() {
         "{registry}"
     );
 
-    // The project's [images] mirrors are checked too, in the order pulls try them.
+    // The user config's [images] mirrors are checked too, in the order pulls try them.
     std::fs::write(
-        ak.cwd.path().join("agentkernel.toml"),
+        ak.home.path().join("config.toml"),
         "[images]\nmirrors = [\"http://127.0.0.1:1\"]\n",
     )
     .expect("write");

@@ -280,8 +280,9 @@ fn the_image_is_detected_from_the_command_then_the_project() {
 fn the_config_names_the_mirror() {
     let reg = test_registry();
     let ak = Ak::new();
+    // Mirrors come from the user's own config (a project's may not choose them).
     std::fs::write(
-        ak.cwd.path().join("agentkernel.toml"),
+        ak.home.path().join("config.toml"),
         // The first mirror is down: the next one serves the image, as with Docker's mirrors.
         format!(
             "[images]\nmirrors = [\"http://127.0.0.1:1\", \"http://{}\"]\n",
@@ -305,7 +306,7 @@ fn the_config_names_the_mirror() {
         .into();
     assert_eq!(out.stdout, "from the config's mirror\n", "{out:?}");
     std::fs::write(
-        ak.cwd.path().join("agentkernel.toml"),
+        ak.home.path().join("config.toml"),
         "[images]\nmirrors = [\"ftp://x\"]\n",
     )
     .expect("write");
