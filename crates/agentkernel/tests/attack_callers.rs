@@ -5,13 +5,13 @@
 //! dies, resource ceilings, and the state directory's permissions.
 
 mod common;
+use common::mcp::Mcp;
 use common::serve::ServeProcess;
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn client() -> reqwest::blocking::Client {
@@ -134,77 +134,6 @@ fn http_callers_are_held_to_the_servers_ceilings() {
         .map(|s| s["name"].clone())
         .collect();
     assert_eq!(names, vec![json!("one")]);
-}
-
-/// The MCP server over stdio, driven with JSON-RPC lines.
-struct Mcp {
-    child: std::process::Child,
-    stdin: std::process::ChildStdin,
-    stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
-    next_id: u64,
-}
-
-impl Mcp {
-    fn start(ak: &Ak) -> Mcp {
-        let mut child = ak
-            .cmd(&["mcp", "server"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agentkernel mcp server");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        let mut mcp = Mcp {
-            child,
-            stdin,
-            stdout,
-            next_id: 1,
-        };
-        mcp.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {},
-                   "clientInfo": {"name": "attack", "version": "1"}}),
-        );
-        mcp.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        mcp
-    }
-
-    fn send(&mut self, message: &Value) {
-        writeln!(self.stdin, "{message}").expect("write to the MCP server");
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        for line in self.stdout.by_ref() {
-            let line = line.expect("read from the MCP server");
-            let message: Value = serde_json::from_str(&line).expect("JSON-RPC line");
-            if message["id"] == id {
-                return message;
-            }
-        }
-        panic!("the MCP server ended without answering {method}");
-    }
-
-    /// Calls a tool; returns (is_error, text).
-    fn call(&mut self, tool: &str, arguments: Value) -> (bool, String) {
-        let answer = self.request("tools/call", json!({"name": tool, "arguments": arguments}));
-        let result = &answer["result"];
-        let text = result["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        (result["isError"].as_bool().unwrap_or(false), text)
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Finding 10: MCP `profile: permissive` and `network: true` overrode the user's restrictive

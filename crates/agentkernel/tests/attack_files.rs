@@ -6,22 +6,18 @@
 //! are never read or written with the host's privileges, a FIFO never blocks the host, and a
 //! copy out never writes through a link that a sandbox (or an earlier copy) left behind.
 //!
-//! Every request and command that could hang runs under a 30 s deadline and fails the test
+//! Every request and command that could hang runs under a deadline (`common::HANG`) and fails the test
 //! when it passes (a hang guard, not a timing assertion).
 
 mod common;
+use common::loopdev::LoopDevice;
+use common::mcp::Mcp;
 use common::serve::{ServeProcess, serve_cmd};
 use common::*;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
-
-/// How long anything here may take before it counts as hung.
-const HANG: Duration = Duration::from_secs(30);
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -112,191 +108,9 @@ impl Api {
     }
 }
 
-/// Waits for `child` up to `HANG`; kills it and fails the test when it is still running.
-fn wait_or_kill(mut child: Child, what: &str) -> Out {
-    let deadline = Instant::now() + HANG;
-    loop {
-        match child.try_wait().expect("wait for a child") {
-            Some(_) => return child.wait_with_output().expect("collect output").into(),
-            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            None => {
-                let _ = child.kill();
-                let out: Out = child.wait_with_output().expect("collect output").into();
-                panic!("{what} hung for {HANG:?} and was killed:\n{out:?}");
-            }
-        }
-    }
-}
-
-/// Runs the CLI under the hang deadline.
-fn run_bounded(ak: &Ak, args: &[&str]) -> Out {
-    let child = ak
-        .cmd(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agentkernel");
-    wait_or_kill(child, &format!("agentkernel {args:?}"))
-}
-
 /// Runs a shell script in a sandbox and asserts it succeeded.
 fn sh(ak: &Ak, name: &str, script: &str) -> Out {
     ak.ok(&["exec", name, "--", "sh", "-c", script])
-}
-
-/// `agentkernel mcp server` over stdio, spoken to line by line.
-struct Mcp {
-    child: Child,
-    stdin: std::process::ChildStdin,
-    lines: mpsc::Receiver<String>,
-    next_id: u64,
-}
-
-impl Mcp {
-    fn start(ak: &Ak) -> Mcp {
-        let mut child = ak
-            .cmd(&["mcp", "server"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn agentkernel mcp server");
-        let stdin = child.stdin.take().expect("stdin is piped");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut mcp = Mcp {
-            child,
-            stdin,
-            lines,
-            next_id: 1,
-        };
-        mcp.request(
-            "initialize",
-            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "attack-files", "version": "1"}}),
-        );
-        mcp.send(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
-        mcp
-    }
-
-    fn send(&mut self, message: &Value) {
-        writeln!(self.stdin, "{message}").expect("write to the MCP server");
-        self.stdin.flush().expect("flush");
-    }
-
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.send(&json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        let deadline = Instant::now() + HANG;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self
-                .lines
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("MCP {method} {params}: no answer within {HANG:?}"));
-            let Ok(message) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            if message["id"] == id {
-                return message;
-            }
-        }
-    }
-
-    /// Calls a tool; returns (is_error, text of the result).
-    fn call(&mut self, tool: &str, arguments: Value) -> (bool, String) {
-        let answer = self.request("tools/call", json!({"name": tool, "arguments": arguments}));
-        let result = &answer["result"];
-        assert!(result.is_object(), "MCP {tool}: no result: {answer}");
-        let text = result["content"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-        (result["isError"] == true, text)
-    }
-}
-
-impl Drop for Mcp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loop device over a temporary file, detached when dropped.
-struct LoopDevice {
-    device: PathBuf,
-    backing: tempfile::NamedTempFile,
-}
-
-/// The backing file's contents: a pattern that any write through the device would change.
-fn backing_contents() -> Vec<u8> {
-    b"agentkernel-loop-canary\n".repeat(64 * 1024 / 24 + 1)[..64 * 1024].to_vec()
-}
-
-impl LoopDevice {
-    fn attach() -> LoopDevice {
-        let mut backing = tempfile::NamedTempFile::new().expect("backing file");
-        backing
-            .write_all(&backing_contents())
-            .expect("write the backing file");
-        backing.flush().expect("flush");
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(backing.path())
-            .output()
-            .expect("run losetup (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup -f --show failed (this test needs a free loop device): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let device = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        LoopDevice { device, backing }
-    }
-
-    fn rdev(&self) -> u64 {
-        std::fs::metadata(&self.device)
-            .expect("stat the loop device")
-            .rdev()
-    }
-
-    /// Makes a block device node for this loop device at `at`.
-    fn node_at(&self, at: &Path) {
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            at,
-            rustix::fs::FileType::BlockDevice,
-            rustix::fs::Mode::from_raw_mode(0o666),
-            self.rdev(),
-        )
-        .unwrap_or_else(|e| panic!("mknod {}: {e}", at.display()));
-    }
-
-    fn assert_unchanged(&self, what: &str) {
-        let now = std::fs::read(self.backing.path()).expect("read the backing file");
-        assert!(
-            now == backing_contents(),
-            "{what} wrote through the device node into the host's loop device"
-        );
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.device).output();
-    }
 }
 
 /// A directory image: the busybox root plus whatever `extra` adds.
@@ -328,7 +142,7 @@ fn mode_of(path: &Path) -> u32 {
 
 #[test]
 fn device_nodes_in_a_sandbox_are_never_opened_for_a_caller() {
-    let loopdev = LoopDevice::attach();
+    let loopdev = LoopDevice::new();
     let ak = Ak::new();
     // A local user's directory image with a node for a real host device, and the same node in
     // the project directory a permissive sandbox mounts at /workspace.
@@ -404,7 +218,7 @@ fn device_nodes_in_a_sandbox_are_never_opened_for_a_caller() {
     let api = Api::start(&ak, &[]);
     let removed = api.delete("devbox", "/loopdev");
     assert_eq!(removed.status, 200, "{removed:?}");
-    assert!(loopdev.device.exists());
+    assert!(Path::new(&loopdev.path).exists());
     loopdev.assert_unchanged("DELETE /loopdev");
 }
 

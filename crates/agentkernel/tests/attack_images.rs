@@ -11,18 +11,16 @@
 
 mod common;
 use agentkernel_image::testing::{Layer, write_oci_layout};
+use common::loopdev::LoopDevice;
 use common::*;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
-
-/// How long a command may take before the test calls it stuck, kills it and fails.
-const STUCK: Duration = Duration::from_secs(60);
 
 /// busybox with the applets these tests use, as the bottom layer of an image.
 fn busybox_layer() -> Layer {
@@ -99,80 +97,6 @@ fn names_in(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Waits for `child`; a child still running after [`STUCK`] is killed and fails the test.
-fn finish(child: Child, what: &str) -> Out {
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(STUCK) {
-        Ok(output) => output.expect("wait").into(),
-        Err(_) => {
-            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-            }
-            panic!("{what} was still running after {STUCK:?}: killed it");
-        }
-    }
-}
-
-/// Runs the CLI, failing the test if it does not end on its own.
-fn run_bounded(ak: &Ak, args: &[&str]) -> Out {
-    let child = ak
-        .cmd(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn agentkernel");
-    finish(child, &format!("agentkernel {args:?}"))
-}
-
-/// A loop device over a file of known content; detached on drop.
-struct LoopDevice {
-    device: String,
-    backing: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-/// What the loop device's backing file holds, over and over.
-const DISK_SECRET: &[u8] = b"HOST-DISK-SECRET\n";
-
-impl LoopDevice {
-    fn new() -> LoopDevice {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let backing = dir.path().join("disk.img");
-        std::fs::write(&backing, DISK_SECRET.repeat(65536)).expect("backing file");
-        let out = Command::new("losetup")
-            .args(["-f", "--show"])
-            .arg(&backing)
-            .output()
-            .expect("losetup (util-linux) is needed to attach a loop device");
-        assert!(
-            out.status.success(),
-            "losetup -f --show failed (needs root and /dev/loop-control): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        LoopDevice {
-            device: String::from_utf8_lossy(&out.stdout).trim().to_string(),
-            backing,
-            _dir: dir,
-        }
-    }
-
-    /// (major, minor) of the device.
-    fn numbers(&self) -> (u32, u32) {
-        let st = rustix::fs::stat(self.device.as_str()).expect("stat loop device");
-        (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev))
-    }
-}
-
-impl Drop for LoopDevice {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").args(["-d", &self.device]).status();
-    }
-}
-
 #[test]
 fn device_nodes_in_a_layer_never_reach_the_sandbox() {
     let ak = Ak::new();
@@ -220,12 +144,7 @@ fn device_nodes_in_a_layer_never_reach_the_sandbox() {
         "the sandbox read the host disk: {out:?}"
     );
     assert!(out.stdout.contains("OVERWRITTEN\nend"), "{out:?}");
-    let backing = std::fs::read(&disk.backing).expect("backing file");
-    assert!(
-        backing == DISK_SECRET.repeat(65536),
-        "the host disk behind {} was written",
-        disk.device
-    );
+    disk.assert_unchanged("the sandbox");
 }
 
 #[test]
@@ -675,15 +594,15 @@ fn interrupt_download(
         .spawn()
         .expect("spawn agentkernel");
     let pid = rustix::process::Pid::from_child(&child);
-    if started.recv_timeout(STUCK).is_err() {
+    if started.recv_timeout(HANG).is_err() {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
         panic!(
             "the download never started: {:?}",
-            finish(child, "agentkernel")
+            wait_bounded(child, "agentkernel")
         );
     }
     rustix::process::kill_process(pid, signal).expect("signal");
-    finish(child, &format!("agentkernel {args:?} after {signal:?}"))
+    wait_bounded(child, &format!("agentkernel {args:?} after {signal:?}"))
 }
 
 /// Only a resumable download is left: no staging directory, no half-written file elsewhere, no

@@ -3,7 +3,7 @@
 //! test performs the attack and asserts that it fails (native backend).
 
 mod common;
-use common::loopdev::{BACKING, LoopDevice};
+use common::loopdev::LoopDevice;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -90,7 +90,11 @@ fn device_nodes_in_an_image_cannot_be_used() {
         !kernel_log().contains(&marker),
         "a sandbox wrote into the host's kernel log"
     );
-    assert_eq!(loop_dev.detach(), BACKING, "the loop device's file changed");
+    assert_eq!(
+        loop_dev.detach(),
+        LoopDevice::contents(),
+        "the loop device's file changed"
+    );
 }
 
 /// Every mount a sandbox sees is nodev and nosuid but its own /dev and devpts (and the /proc

@@ -996,7 +996,7 @@ fn masked_paths_are_empty_and_read_only(e: &E) {
 /// default device cgroup; agentkernel adds no device and no rule), and the device's file is
 /// unchanged.
 fn image_device_nodes_are_unusable(e: &E) {
-    use common::loopdev::{BACKING, LoopDevice};
+    use common::loopdev::LoopDevice;
     let mut loop_dev = LoopDevice::new();
     let tree = e.ak.cwd.path().join("tree");
     std::fs::create_dir_all(tree.join("bin")).expect("mkdir");
@@ -1051,7 +1051,11 @@ fn image_device_nodes_are_unusable(e: &E) {
         2,
         "{out:?}"
     );
-    assert_eq!(loop_dev.detach(), BACKING, "the loop device's file changed");
+    assert_eq!(
+        loop_dev.detach(),
+        LoopDevice::contents(),
+        "the loop device's file changed"
+    );
 }
 
 fn gvisor_refuses_network(e: &E) {

@@ -4,6 +4,7 @@
 
 pub mod engines;
 pub mod loopdev;
+pub mod mcp;
 pub mod serve;
 
 use std::path::{Path, PathBuf};
@@ -286,4 +287,39 @@ pub fn test_registry() -> TestRegistry {
             .get("AGENTKERNEL_TEST_REGISTRY_STORAGE")
             .map(PathBuf::from),
     }
+}
+
+/// How long a command or request in a test may take before it counts as hung: a guard that
+/// fails the test instead of letting it hang, not a timing assertion.
+pub const HANG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits for `child` (its output piped) up to [`HANG`]; kills it and fails the test when it is
+/// still running then.
+pub fn wait_bounded(child: std::process::Child, what: &str) -> Out {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The output is read while waiting, so a child writing more than a pipe holds never stalls.
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(HANG) {
+        Ok(output) => output.expect("wait for the child").into(),
+        Err(_) => {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            panic!("{what} was still running after {HANG:?}: killed it");
+        }
+    }
+}
+
+/// Runs the CLI to completion under [`HANG`].
+pub fn run_bounded(ak: &Ak, args: &[&str]) -> Out {
+    let child = ak
+        .cmd(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn agentkernel");
+    wait_bounded(child, &format!("agentkernel {args:?}"))
 }
