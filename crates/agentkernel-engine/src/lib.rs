@@ -522,7 +522,10 @@ impl Engine {
     pub fn remove(&self, name: &str) -> Result<()> {
         let _lock = lock::SandboxLock::acquire(&self.home, name)?;
         let rec = match self.get_record(name) {
-            Err(EngineError::Tampered(_)) => return self.remove_untrusted(name),
+            // A record that does not verify: its spec and runtime are not trusted, so nothing
+            // they name is stopped; what still runs is in no verified record, and `gc` removes
+            // it.
+            Err(EngineError::Tampered(_)) => return self.forget(name),
             other => other?,
         };
         let backend = backend::backend_for(rec.spec.backend, &self.home)?;
@@ -530,26 +533,13 @@ impl Engine {
             backend.stop(rt, None)?;
         }
         backend.destroy(name)?;
-        // Supervisors of detached commands write into the directory until they have recorded
-        // the end of their command: let them finish before it goes.
-        detached::settle(&self.home, name);
-        let dir = self.sandbox_dir(name);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(EngineError::io(format!("remove {}", dir.display()))(e)),
-        }
-        self.store()?.delete(name)?;
-        self.audit.record(AuditEvent::SandboxRemoved {
-            name: name.to_string(),
-        });
-        Ok(())
+        self.forget(name)
     }
 
-    /// Removes a sandbox whose stored record does not verify: its spec and runtime are not
-    /// trusted, so nothing they name is stopped; what still runs is no longer in any verified
-    /// record, and `gc` removes it.
-    fn remove_untrusted(&self, name: &str) -> Result<()> {
+    /// Deletes a stopped sandbox's directory and record.
+    fn forget(&self, name: &str) -> Result<()> {
+        // Supervisors of detached commands write into the directory until they have recorded
+        // the end of their command: let them finish before it goes.
         detached::settle(&self.home, name);
         let dir = self.sandbox_dir(name);
         match std::fs::remove_dir_all(&dir) {

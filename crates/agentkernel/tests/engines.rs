@@ -655,21 +655,7 @@ fn cp_out_never_writes_through_what_an_earlier_copy_left(e: &E) {
         "rm /data/out/link /data/out/dirlink && echo pwned > /data/out/link && chmod 777 /data/out/link && mkdir /data/out/dirlink && echo pwned > /data/out/dirlink/cron",
     ]);
     e.ok(&["cp", "links2:/data/out", dst_arg]);
-    assert_eq!(
-        std::fs::read_to_string(&host_file).expect("host file"),
-        "HOST FILE\n",
-        "the copy wrote through a link into a host file"
-    );
-    assert_eq!(mode(&host_file), 0o600, "the copy chmodded a host file");
-    assert_eq!(
-        std::fs::read_dir(&host_dir).expect("host dir").count(),
-        0,
-        "the copy wrote into a host directory through a link"
-    );
-    assert_eq!(
-        std::fs::read_to_string(dst.join("out/link")).expect("copied"),
-        "pwned\n"
-    );
+    assert_copy_did_not_escape(&host_file, &host_dir, &dst);
     assert!(dst.join("out/dirlink/cron").is_file());
 
     // A FIFO named as the source is refused (the engine archives it as a header alone; under

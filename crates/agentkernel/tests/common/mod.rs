@@ -323,3 +323,31 @@ pub fn run_bounded(ak: &Ak, args: &[&str]) -> Out {
         .expect("spawn agentkernel");
     wait_bounded(child, &format!("agentkernel {args:?}"))
 }
+
+/// After the `cp` link attack (a sandbox's `out/link` and `out/dirlink` pointed at a host file
+/// and directory, then replaced by a file and a directory before a second copy into `dst`):
+/// the host file kept its content and mode, nothing went into the host directory, and the
+/// copy holds the sandbox's new file, not a link.
+pub fn assert_copy_did_not_escape(host_file: &Path, host_dir: &Path, dst: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::read_to_string(host_file).expect("host file"),
+        "HOST FILE\n",
+        "the copy wrote through a link into a host file"
+    );
+    let mode = std::fs::symlink_metadata(host_file)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600, "the copy chmodded a host file");
+    assert_eq!(
+        std::fs::read_dir(host_dir).expect("host dir").count(),
+        0,
+        "the copy wrote into a host directory through a link"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dst.join("out/link")).expect("copied"),
+        "pwned\n"
+    );
+    assert!(!dst.join("out/link").is_symlink());
+}
