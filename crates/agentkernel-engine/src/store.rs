@@ -122,7 +122,13 @@ impl Store {
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(err)?;
             conn.execute_batch(SCHEMA).map_err(err)?;
-            if version == 1 {
+            // A table made before `mac` existed gets it (asked of the table itself: an older
+            // agentkernel that opened this database since may have set the version back).
+            let has_mac = conn
+                .prepare("SELECT 1 FROM pragma_table_info('sandboxes') WHERE name = 'mac'")
+                .and_then(|mut q| q.exists([]))
+                .map_err(err)?;
+            if !has_mac {
                 conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN mac TEXT")
                     .map_err(err)?;
             }
@@ -343,4 +349,38 @@ fn row_to_raw(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
         runtime: row.get(5)?,
         mac: row.get(6)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database an older agentkernel made (no `mac`, version 1) is upgraded in place; its rows
+    /// are kept but not trusted; and an older binary setting the version back does not break
+    /// the next open.
+    #[test]
+    fn older_databases_are_upgraded_and_their_rows_not_trusted() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let db = home.path().join("state.db");
+        {
+            let conn = Connection::open(&db).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE sandboxes (name TEXT PRIMARY KEY, uuid TEXT NOT NULL UNIQUE, spec TEXT NOT NULL, created_at TEXT NOT NULL, expires_at TEXT, runtime TEXT);
+                 INSERT INTO sandboxes VALUES ('old', 'u1', '{}', '2026-01-01T00:00:00Z', NULL, NULL);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("an old database");
+        }
+        let store = Store::open(home.path()).expect("upgraded");
+        assert!(store.list().expect("list").is_empty());
+        assert_eq!(store.untrusted().expect("untrusted"), vec!["old".to_string()]);
+        assert!(matches!(store.get("old"), Err(EngineError::Tampered(_))));
+        drop(store);
+        Connection::open(&db)
+            .and_then(|c| c.pragma_update(None, "user_version", 1))
+            .expect("an older binary sets the version back");
+        let store = Store::open(home.path()).expect("opened again");
+        store.delete("old").expect("removable");
+        assert!(store.untrusted().expect("untrusted").is_empty());
+    }
 }
