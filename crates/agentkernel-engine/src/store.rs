@@ -373,7 +373,10 @@ mod tests {
         }
         let store = Store::open(home.path()).expect("upgraded");
         assert!(store.list().expect("list").is_empty());
-        assert_eq!(store.untrusted().expect("untrusted"), vec!["old".to_string()]);
+        assert_eq!(
+            store.untrusted().expect("untrusted"),
+            vec!["old".to_string()]
+        );
         assert!(matches!(store.get("old"), Err(EngineError::Tampered(_))));
         drop(store);
         Connection::open(&db)
