@@ -24,9 +24,13 @@ pub const FILE_MODE: u32 = 0o600;
 /// Creates the state directory (and its parents) if needed and makes it 0700, whoever made it
 /// before and with whatever mode.
 pub fn secure(home: &Path) -> Result<()> {
-    std::fs::create_dir_all(home).map_err(EngineError::io(format!("create {}", home.display())))?;
-    let meta =
-        std::fs::metadata(home).map_err(EngineError::io(format!("read {}", home.display())))?;
+    // One stat on every engine open; the directory is made only the first time.
+    let meta = match std::fs::metadata(home) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(home)
+            .and_then(|()| std::fs::metadata(home))
+            .map_err(EngineError::io(format!("create {}", home.display())))?,
+        other => other.map_err(EngineError::io(format!("read {}", home.display())))?,
+    };
     if meta.permissions().mode() & 0o7777 != DIR_MODE {
         std::fs::set_permissions(home, std::fs::Permissions::from_mode(DIR_MODE)).map_err(
             EngineError::io(format!("make {} private (chmod 0700)", home.display())),

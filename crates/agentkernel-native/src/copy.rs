@@ -318,12 +318,7 @@ fn file_in(dir: &OwnedFd, name: &OsStr, mode: u32, shown: &Path) -> Result<Owned
             None => match rustix::fs::openat(
                 dir,
                 name,
-                OFlags::WRONLY
-                    | OFlags::CREATE
-                    | OFlags::EXCL
-                    | OFlags::NOFOLLOW
-                    | OFlags::NONBLOCK
-                    | OFlags::CLOEXEC,
+                crate::inode::NEW_FILE,
                 Mode::from_raw_mode(0o600),
             ) {
                 Ok(fd) => fd,

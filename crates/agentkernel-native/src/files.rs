@@ -278,12 +278,7 @@ pub fn write_file(pid: u32, path: &Path, data: &[u8], mode: u32) -> Result<(), F
                 match rustix::fs::openat(
                     &parent,
                     name,
-                    OFlags::WRONLY
-                        | OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::NOFOLLOW
-                        | OFlags::NONBLOCK
-                        | OFlags::CLOEXEC,
+                    crate::inode::NEW_FILE,
                     Mode::from_raw_mode(mode & 0o777),
                 ) {
                     Ok(fd) => fd,

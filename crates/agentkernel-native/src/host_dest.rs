@@ -192,12 +192,7 @@ pub fn create_file(dir: impl AsFd, name: &OsStr, mode: u32, shown: &Path) -> Res
         match rustix::fs::openat(
             dir,
             name,
-            OFlags::WRONLY
-                | OFlags::CREATE
-                | OFlags::EXCL
-                | OFlags::NOFOLLOW
-                | OFlags::NONBLOCK
-                | OFlags::CLOEXEC,
+            crate::inode::NEW_FILE,
             Mode::from_raw_mode(0o600),
         ) {
             Ok(fd) => break fd,
