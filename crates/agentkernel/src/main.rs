@@ -267,9 +267,8 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     {
         return Ok(code);
     }
-    let signals = signals::SignalPipe::register(&signals::FORWARDED)
-        .and_then(|pipe| signals::stop_image_preparation_on(&signals::FORWARDED).map(|()| pipe))
-        .map_err(|e| EngineError::Io {
+    let signals =
+        signals::SignalPipe::register(&signals::FORWARDED, true).map_err(|e| EngineError::Io {
             context: "install signal handlers".into(),
             source: e,
         })?;
@@ -324,7 +323,7 @@ fn exec(args: cli::ExecArgs) -> Result<i32, EngineError> {
         return Ok(0);
     }
     let signals =
-        signals::SignalPipe::register(&signals::FORWARDED).map_err(|e| EngineError::Io {
+        signals::SignalPipe::register(&signals::FORWARDED, false).map_err(|e| EngineError::Io {
             context: "install signal handlers".into(),
             source: e,
         })?;
@@ -372,10 +371,11 @@ fn attach(args: cli::AttachArgs) -> Result<i32, EngineError> {
         ..Default::default()
     };
     let engine = engine()?;
-    let resize = signals::SignalPipe::register(&[libc::SIGWINCH]).map_err(|e| EngineError::Io {
-        context: "install signal handlers".into(),
-        source: e,
-    })?;
+    let resize =
+        signals::SignalPipe::register(&[libc::SIGWINCH], false).map_err(|e| EngineError::Io {
+            context: "install signal handlers".into(),
+            source: e,
+        })?;
     let controls = Controls {
         signals: None,
         resized: Some(resize.fd()),

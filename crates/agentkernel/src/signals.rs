@@ -13,17 +13,22 @@ pub struct SignalPipe {
 }
 
 impl SignalPipe {
-    /// A pipe receiving the number of each of `signals` as it arrives.
-    pub fn register(signals: &[i32]) -> std::io::Result<SignalPipe> {
+    /// A pipe receiving the number of each of `signals` as it arrives; with `stop_images`,
+    /// the same handler also stops image preparation (`run`: one handler per signal).
+    pub fn register(signals: &[i32], stop_images: bool) -> std::io::Result<SignalPipe> {
         let (read, write) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )?;
         for &sig in signals {
             let fd = write.try_clone()?;
             // SAFETY: the handler only calls write(2), which is async-signal-safe, on a
-            // descriptor it owns for the rest of the process's life.
+            // descriptor it owns for the rest of the process's life, and makes one atomic
+            // store (`interrupt::request`).
             unsafe {
                 signal_hook::low_level::register(sig, move || {
+                    if stop_images {
+                        agentkernel_image::interrupt::request(sig);
+                    }
                     let _ = rustix::io::write(&fd, &[sig as u8]);
                 })?;
             }
