@@ -42,3 +42,137 @@ pub enum CoreError {
     )]
     UnknownMode { mode: String, known: String },
 }
+
+/// What kind of failure an error is, whichever part of agentkernel raised it. Every error type
+/// (core, image, each backend, the engine) maps its variants to a kind once (`HasKind`), and
+/// every surface takes its answer from the kind alone: the CLI's exit code, the HTTP status
+/// and the MCP error's `kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The request is malformed or names something invalid.
+    InvalidInput,
+    /// The caller may not do what it asked (a host path from a remote caller, a looser policy).
+    NotPermitted,
+    /// What the request names does not exist (sandbox, file, image, detached command).
+    NotFound,
+    /// The request conflicts with the current state (name taken, not running, not empty).
+    Conflict,
+    /// The payload or file is larger than allowed.
+    TooLarge,
+    /// A ceiling the operator set is reached (sandboxes, detached commands).
+    LimitReached,
+    /// The command to run does not exist in the sandbox.
+    CommandNotFound,
+    /// The command exists but cannot be executed.
+    NotExecutable,
+    /// The backend cannot run here, or is not in this build.
+    Unavailable,
+    /// Something agentkernel depends on answered wrongly (a registry, a container engine).
+    Upstream,
+    /// agentkernel itself failed.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The CLI's exit code: 127 command not found, 126 not executable, 125 otherwise (DESIGN:
+    /// the command's own code passes through; these say agentkernel could not run it).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::CommandNotFound => crate::exec::EXIT_NOT_FOUND,
+            ErrorKind::NotExecutable => crate::exec::EXIT_NOT_EXECUTABLE,
+            _ => crate::exec::EXIT_AGENTKERNEL_ERROR,
+        }
+    }
+
+    /// The HTTP status: the client's mistakes are 4xx, the server's 5xx.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidInput => 400,
+            ErrorKind::NotPermitted | ErrorKind::NotExecutable => 403,
+            ErrorKind::NotFound | ErrorKind::CommandNotFound => 404,
+            ErrorKind::Conflict => 409,
+            ErrorKind::TooLarge => 413,
+            ErrorKind::LimitReached => 429,
+            ErrorKind::Internal => 500,
+            ErrorKind::Upstream => 502,
+            ErrorKind::Unavailable => 503,
+        }
+    }
+
+    /// The name MCP results carry (`structuredContent.kind`) and logs show.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidInput => "invalid_input",
+            ErrorKind::NotPermitted => "not_permitted",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Conflict => "conflict",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::LimitReached => "limit_reached",
+            ErrorKind::CommandNotFound => "command_not_found",
+            ErrorKind::NotExecutable => "not_executable",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Upstream => "upstream",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// The kind of an I/O error on something the request named (a file in a sandbox, a local
+    /// image path): what is missing is not found, what may not be touched is not permitted,
+    /// what is the wrong type or a loop of links is bad input; anything else is ours.
+    pub fn of_io(e: &std::io::Error) -> ErrorKind {
+        use std::io::ErrorKind as Io;
+        // ENAMETOOLONG and ELOOP (a loop of links, a magic link refused by openat2) have no
+        // stable `io::ErrorKind`; their numbers are the same on every Linux architecture.
+        const ENAMETOOLONG: i32 = 36;
+        const ELOOP: i32 = 40;
+        match e.kind() {
+            Io::NotFound => ErrorKind::NotFound,
+            Io::PermissionDenied | Io::ReadOnlyFilesystem => ErrorKind::NotPermitted,
+            Io::InvalidInput
+            | Io::NotADirectory
+            | Io::IsADirectory
+            | Io::AlreadyExists
+            | Io::InvalidFilename => ErrorKind::InvalidInput,
+            Io::DirectoryNotEmpty => ErrorKind::Conflict,
+            Io::FileTooLarge | Io::StorageFull | Io::QuotaExceeded => ErrorKind::TooLarge,
+            _ if matches!(e.raw_os_error(), Some(ENAMETOOLONG | ELOOP)) => ErrorKind::InvalidInput,
+            _ => ErrorKind::Internal,
+        }
+    }
+}
+
+/// An error that knows its [`ErrorKind`].
+pub trait HasKind {
+    fn kind(&self) -> ErrorKind;
+}
+
+impl HasKind for CoreError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            CoreError::NotPermitted(_) => ErrorKind::NotPermitted,
+            _ => ErrorKind::InvalidInput,
+        }
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn surfaces_answer_from_the_kind() {
+        assert_eq!(ErrorKind::CommandNotFound.exit_code(), 127);
+        assert_eq!(ErrorKind::NotExecutable.exit_code(), 126);
+        assert_eq!(ErrorKind::TooLarge.exit_code(), 125);
+        assert_eq!(ErrorKind::TooLarge.http_status(), 413);
+        assert_eq!(ErrorKind::NotPermitted.http_status(), 403);
+        let missing = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(ErrorKind::of_io(&missing), ErrorKind::NotFound);
+        let looped = std::io::Error::from_raw_os_error(40);
+        assert_eq!(ErrorKind::of_io(&looped), ErrorKind::InvalidInput);
+        assert_eq!(
+            CoreError::NotPermitted("x".into()).kind(),
+            ErrorKind::NotPermitted
+        );
+    }
+}

@@ -45,3 +45,10 @@ pub const EXIT_AGENTKERNEL_ERROR: i32 = 125;
 pub const EXIT_NOT_EXECUTABLE: i32 = 126;
 /// Exit code when the command is not found.
 pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Receives a command's events as they happen; `Break` means the consumer went away and the
+/// command must be killed. Every backend streams into one, every surface supplies one.
+pub type Sink<'a> = dyn FnMut(ExecEvent) -> std::ops::ControlFlow<()> + 'a;
+
+/// Receives everything an interactive session prints (asciicast recordings of `attach`).
+pub type Recorder<'a> = dyn FnMut(&[u8]) + 'a;

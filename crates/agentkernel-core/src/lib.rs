@@ -2,6 +2,7 @@
 //! may do (`Policy`, built from a `Profile`), how it is configured (`Config`), what an exec
 //! produces (`ExecEvent`), and the validation every surface relies on.
 
+pub mod backend;
 pub mod config;
 pub mod detect;
 pub mod duration;
@@ -13,8 +14,8 @@ pub mod paths;
 pub mod policy;
 pub mod spec;
 
-pub use error::CoreError;
-pub use exec::{ExecEvent, ExecRequest, ExitStatus};
+pub use error::{CoreError, ErrorKind, HasKind};
+pub use exec::{ExecEvent, ExecRequest, ExitStatus, Recorder, Sink};
 pub use image::ImageRef;
 pub use name::validate_name;
 pub use policy::{NetworkMode, Policy, Profile};

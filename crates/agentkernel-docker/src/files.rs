@@ -5,13 +5,13 @@
 //! the container, as the native backend does: its target is resolved by the engine's stat
 //! (`HEAD /archive`, `linkTarget`) and that path is read instead. What comes back for `cp` is
 //! unpacked on the host by `host_copy`, through the same host-side rules as the native backend
-//! (`agentkernel_native::host_dest`): created relative to opened directories, exclusively,
+//! (`agentkernel_sys::host_dest`): created relative to opened directories, exclusively,
 //! never through a link; only regular files' contents are handed to the files API.
 
 use crate::host_copy;
 use crate::images::{api_message, append_bytes, tar_stream};
 use crate::{Client, DockerError, Result};
-use agentkernel_native::host_dest::HostDest;
+use agentkernel_sys::host_dest::HostDest;
 use futures_util::StreamExt;
 use std::path::{Path, PathBuf};
 
@@ -128,7 +128,7 @@ impl Client {
     /// `cp NAME:SRC DST`: a file or tree out of the sandbox (into DST when it is an existing
     /// directory). A link named as SRC is followed inside the container; links inside a tree
     /// are copied as links. The archive is unpacked as it arrives, through the host-side rules
-    /// the native backend uses (`host_copy`, `agentkernel_native::host_dest`).
+    /// the native backend uses (`host_copy`, `agentkernel_sys::host_dest`).
     pub fn copy_out(&self, id: &str, src: &Path, dst: &Path) -> Result<PathBuf> {
         self.archive_reaches(src)?;
         let docker = self.docker()?;

@@ -2,7 +2,7 @@
 //! the engine's archive API.
 //!
 //! Out of a sandbox, the engine's archive is unpacked entry by entry through
-//! `agentkernel_native::host_dest`, the same code the native backend copies out with: every
+//! `agentkernel_sys::host_dest`, the same code the native backend copies out with: every
 //! entry created relative to an opened directory, exclusively, never through a link (one an
 //! earlier copy left included), modes by `fchmod` without set-uid or set-gid bits; links are
 //! copied as links, hard links as copies, and FIFOs and device nodes are skipped (refused when
@@ -11,9 +11,7 @@
 //! Into a sandbox, the user's files are packed without following links and without opening a
 //! FIFO, device or socket: those are skipped inside a tree and refused when named.
 
-use agentkernel_native::host_dest::{
-    self, HostDest, HostDestError, MadeDir, entry_parts, walk_dirs,
-};
+use agentkernel_sys::host_dest::{self, HostDest, HostDestError, MadeDir, entry_parts, walk_dirs};
 use bytes::Bytes;
 use rustix::fd::OwnedFd;
 use rustix::fs::{Mode, OFlags};

@@ -251,8 +251,8 @@ pub fn run_main(args: impl Iterator<Item = OsString>) -> i32 {
     if let Some(mode) = args.seccomp {
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-        let program = agentkernel_native::seccomp::program(mode);
-        if let Err(e) = agentkernel_native::seccomp::install(&program) {
+        let program = agentkernel_seccomp::program(mode);
+        if let Err(e) = agentkernel_seccomp::install(&program) {
             eprintln!("agentkernel: error: cannot install the seccomp filter: {e}");
             return 125;
         }

@@ -30,7 +30,6 @@ mod run;
 
 pub use discovery::Endpoint;
 pub use files::{RM_ROLE, rm_main};
-pub use policy::seccomp_profile;
 pub use run::Controls;
 
 use agentkernel_core::BackendKind;
@@ -120,6 +119,27 @@ pub enum DockerError {
 }
 
 pub type Result<T> = std::result::Result<T, DockerError>;
+
+impl agentkernel_core::HasKind for DockerError {
+    /// The one place container-engine errors become a kind (and so an exit code, an HTTP
+    /// status and an MCP error).
+    fn kind(&self) -> agentkernel_core::ErrorKind {
+        use agentkernel_core::ErrorKind;
+        match self {
+            DockerError::Unreachable { .. } => ErrorKind::Unavailable,
+            DockerError::Api { .. } | DockerError::Pull { .. } => ErrorKind::Upstream,
+            // The request asked for what this engine cannot enforce: another backend can.
+            DockerError::Refused { .. } => ErrorKind::InvalidInput,
+            DockerError::Gone { .. } => ErrorKind::Conflict,
+            DockerError::FileNotFound(_) => ErrorKind::NotFound,
+            DockerError::NotRegular { .. } => ErrorKind::InvalidInput,
+            DockerError::Image(e) => e.kind(),
+            DockerError::Files(_) | DockerError::Load { .. } | DockerError::Io { .. } => {
+                ErrorKind::Internal
+            }
+        }
+    }
+}
 
 /// Which engine a client talks to, and how.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -341,14 +361,14 @@ fn local_init(pid: i64, id: &str) -> Option<(u32, u64)> {
     if !cgroup.contains(&id[..12.min(id.len())]) {
         return None;
     }
-    let start = agentkernel_native::proc::start_time(pid)?;
+    let start = agentkernel_sys::proc::start_time(pid)?;
     Some((pid, start))
 }
 
 /// The owner label of this process: pid and start time.
 fn owner_label() -> String {
     let pid = std::process::id();
-    let start = agentkernel_native::proc::start_time(pid).unwrap_or(0);
+    let start = agentkernel_sys::proc::start_time(pid).unwrap_or(0);
     format!("{pid}:{start}")
 }
 
@@ -358,7 +378,7 @@ fn owner_alive(label: &str) -> bool {
         return false;
     };
     match (pid.parse::<u32>(), start.parse::<u64>()) {
-        (Ok(pid), Ok(start)) => agentkernel_native::proc::is_alive(pid, start),
+        (Ok(pid), Ok(start)) => agentkernel_sys::proc::is_alive(pid, start),
         _ => false,
     }
 }

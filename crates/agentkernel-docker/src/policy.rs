@@ -20,61 +20,9 @@
 use crate::{Client, DockerError, Flavor, INIT_PATH, Result};
 use agentkernel_core::SandboxSpec;
 use agentkernel_core::policy::{NetworkMode, Policy, SeccompMode};
-use agentkernel_native::seccomp::{self, Syscall};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::path::PathBuf;
-
-/// The native backend's seccomp policy as a Docker/OCI seccomp profile: the same lists
-/// (`agentkernel_native::seccomp`), the same special cases (clone with namespace flags and
-/// ptrace attach refused, clone3 answered ENOSYS so libc falls back to clone). Calls a
-/// foreign architecture would make are refused by libseccomp's architecture check, as the
-/// native filter kills them.
-pub fn seccomp_profile(mode: SeccompMode) -> Value {
-    let names = |calls: &[Syscall]| calls.iter().map(|c| c.name()).collect::<Vec<_>>();
-    let arch = if cfg!(target_arch = "aarch64") {
-        "SCMP_ARCH_AARCH64"
-    } else {
-        "SCMP_ARCH_X86_64"
-    };
-    let eperm = libc::EPERM;
-    let clone3 = json!({"names": [seccomp::CLONE3.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS});
-    match mode {
-        SeccompMode::DenyList => {
-            let mut rules = vec![
-                json!({"names": names(seccomp::DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": eperm}),
-                clone3,
-            ];
-            // A filter rule matches one masked value: one rule per namespace flag.
-            let flags = seccomp::NAMESPACE_FLAGS;
-            for bit in (0..32).map(|b| 1u32 << b).filter(|b| flags & b != 0) {
-                rules.push(json!({
-                    "names": [seccomp::CLONE.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": eperm,
-                    "args": [{"index": 0, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ"}]
-                }));
-            }
-            for request in [seccomp::PTRACE_ATTACH, seccomp::PTRACE_SEIZE] {
-                rules.push(json!({
-                    "names": [seccomp::PTRACE.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": eperm,
-                    "args": [{"index": 0, "value": request, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]
-                }));
-            }
-            json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": rules})
-        }
-        SeccompMode::AllowList => json!({
-            "defaultAction": "SCMP_ACT_ERRNO",
-            "defaultErrnoRet": eperm,
-            "architectures": [arch],
-            "syscalls": [
-                {"names": names(seccomp::ALLOWED), "action": "SCMP_ACT_ALLOW"},
-                clone3,
-                {"names": [seccomp::CLONE.name()], "action": "SCMP_ACT_ALLOW",
-                 "args": [{"index": 0, "value": seccomp::NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}
-            ]
-        }),
-    }
-}
 
 /// Refuses what this engine cannot enforce, naming the field and the backend that can.
 pub(crate) fn check(flavor: Flavor, policy: &Policy) -> Result<()> {
@@ -114,7 +62,7 @@ impl Client {
     /// The seccomp option for the engine: Docker takes the profile inline, Podman's
     /// compatibility service takes a path to it (written once under the state directory).
     fn seccomp_option(&self, mode: SeccompMode) -> Result<String> {
-        let profile = seccomp_profile(mode).to_string();
+        let profile = agentkernel_seccomp::docker_profile(mode).to_string();
         if self.flavor != Flavor::Podman {
             return Ok(format!("seccomp={profile}"));
         }
@@ -257,30 +205,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn profiles_carry_the_native_lists() {
-        let deny = seccomp_profile(SeccompMode::DenyList);
-        assert_eq!(deny["defaultAction"], "SCMP_ACT_ALLOW");
-        let first = &deny["syscalls"][0]["names"];
-        assert_eq!(first.as_array().map(Vec::len), Some(seccomp::DENIED.len()));
-        assert!(
-            first
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("mount")))
-        );
-        let text = deny.to_string();
-        assert!(text.contains("\"clone3\"") && text.contains("SCMP_CMP_MASKED_EQ"));
-        let allow = seccomp_profile(SeccompMode::AllowList);
-        assert_eq!(allow["defaultAction"], "SCMP_ACT_ERRNO");
-        let names = &allow["syscalls"][0]["names"];
-        assert_eq!(names.as_array().map(Vec::len), Some(seccomp::ALLOWED.len()));
-        assert!(
-            !names
-                .as_array()
-                .is_some_and(|a| a.contains(&json!("mount")))
-        );
-    }
 
     fn spec(policy: Policy) -> SandboxSpec {
         SandboxSpec {

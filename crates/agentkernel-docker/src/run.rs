@@ -6,10 +6,10 @@ use crate::{
     Client, DockerError, Flavor, INIT_PATH, LABEL_EPHEMERAL, LABEL_MANAGED, LABEL_OWNER,
     LABEL_SANDBOX, Result, Started, local_init, owner_alive, owner_label,
 };
+use agentkernel_core::exec::Sink;
 use agentkernel_core::policy::SeccompMode;
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus, SandboxSpec};
 use agentkernel_image::Rootfs;
-use agentkernel_native::Sink;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as ApiError;
@@ -20,14 +20,7 @@ use std::pin::Pin;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
-/// Signals and terminal events a surface passes through (the engine's `Controls`).
-#[derive(Clone, Copy, Default)]
-pub struct Controls<'a> {
-    /// Bytes are signal numbers to forward to the command.
-    pub signals: Option<BorrowedFd<'a>>,
-    /// Readable when the caller's terminal was resized (attach).
-    pub resized: Option<BorrowedFd<'a>>,
-}
+pub use agentkernel_core::backend::Controls;
 
 fn status_of(e: &ApiError) -> Option<u16> {
     match e {
@@ -284,7 +277,7 @@ impl Client {
     /// else asked of the engine.
     pub fn is_running(&self, id: &str, pid: u32, start_time: u64) -> bool {
         if pid != 0 {
-            return agentkernel_native::proc::is_alive(pid, start_time);
+            return agentkernel_sys::proc::is_alive(pid, start_time);
         }
         let Ok(docker) = self.docker() else {
             return false;
@@ -638,7 +631,7 @@ impl Client {
         started: &Started,
         req: &ExecRequest,
         controls: Controls<'_>,
-        mut record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+        mut record: Option<&mut agentkernel_core::exec::Recorder<'_>>,
     ) -> Result<ExitStatus> {
         let docker = self.docker()?;
         let id = started.id.as_str();
@@ -654,7 +647,7 @@ impl Client {
             tty: Some(true),
             ..Default::default()
         };
-        let _raw = RawTerminal::enter();
+        let _raw = agentkernel_sys::terminal::RawTerminal::enter();
         let resized = controls.resized;
         let code = with_signals(resized, |resizes| {
             self.block(async {
@@ -775,7 +768,7 @@ async fn exec_exit(docker: &Docker, exec_id: &str) -> std::result::Result<i64, A
 }
 
 async fn resize(docker: &Docker, exec_id: &str) {
-    let (rows, cols) = agentkernel_native::attach::terminal_size().unwrap_or((24, 80));
+    let (rows, cols) = agentkernel_sys::terminal::size().unwrap_or((24, 80));
     let options = bollard::exec::ResizeExecOptions {
         height: rows,
         width: cols,
@@ -964,35 +957,4 @@ fn with_signals<T>(
         let _ = rustix::io::write(&stop, &1u64.to_ne_bytes());
         out
     })
-}
-
-/// The caller's terminal in raw mode for the life of the value.
-struct RawTerminal(Option<rustix::termios::Termios>);
-
-impl RawTerminal {
-    fn enter() -> RawTerminal {
-        let stdin = std::io::stdin();
-        match rustix::termios::tcgetattr(&stdin) {
-            Ok(orig) => {
-                let mut raw = orig.clone();
-                raw.make_raw();
-                let _ =
-                    rustix::termios::tcsetattr(&stdin, rustix::termios::OptionalActions::Now, &raw);
-                RawTerminal(Some(orig))
-            }
-            Err(_) => RawTerminal(None),
-        }
-    }
-}
-
-impl Drop for RawTerminal {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            let _ = rustix::termios::tcsetattr(
-                std::io::stdin(),
-                rustix::termios::OptionalActions::Now,
-                t,
-            );
-        }
-    }
 }

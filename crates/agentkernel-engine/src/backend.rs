@@ -2,63 +2,13 @@
 //! backends this build has.
 
 use crate::error::{EngineError, Result};
-use crate::store::RuntimeState;
+pub use agentkernel_core::backend::{
+    Capabilities, Controls, Persistence, Readiness, RuntimeState, Started,
+};
+use agentkernel_core::exec::{Recorder, Sink};
 use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec};
 use agentkernel_image::{ImageStore, Rootfs};
-use agentkernel_native::Sink;
-use rustix::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
-
-/// Whether a backend can be used here, and if not, why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Readiness {
-    pub usable: bool,
-    pub reason: String,
-}
-
-/// What a backend offers beyond the lifecycle, as `GET /backends` reports it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Capabilities {
-    /// The project directory can be mounted (permissive profile, compatibility modes).
-    pub mount_cwd: bool,
-    /// The user's home can be mounted read-only (permissive profile).
-    pub mount_home: bool,
-    /// Interactive sessions on a pty (`attach`).
-    pub attach: bool,
-    pub host_volumes: bool,
-    pub ssh: bool,
-    pub proxy_secret_bindings: bool,
-    pub secret_files: bool,
-    pub snapshots: bool,
-    pub resume: bool,
-    pub full_state_pause_resume: bool,
-    pub full_state_fork: bool,
-    pub endpoints: bool,
-}
-
-/// Where a sandbox's writable layer lives.
-pub enum Persistence<'a> {
-    /// In memory; gone when the sandbox stops. The sandbox dies with the calling process.
-    Ephemeral,
-    /// On disk under this directory; survives stop/start and the calling process.
-    Persistent { dir: &'a Path },
-}
-
-/// A started sandbox as seen by the engine.
-pub struct Started {
-    pub runtime: RuntimeState,
-    /// Ephemeral sandboxes: closing this ends the sandbox.
-    pub lifeline: Option<i32>,
-}
-
-/// Signals and terminal events a surface passes through to a command.
-#[derive(Clone, Copy, Default)]
-pub struct Controls<'a> {
-    /// Bytes are signal numbers to forward to the command.
-    pub signals: Option<BorrowedFd<'a>>,
-    /// Readable when the caller's terminal was resized (attach).
-    pub resized: Option<BorrowedFd<'a>>,
-}
 
 /// The general throwaway sandbox: started, the command exec'd into it, stopped.
 pub(crate) fn start_exec_stop<B: Backend + ?Sized>(
@@ -71,7 +21,7 @@ pub(crate) fn start_exec_stop<B: Backend + ?Sized>(
 ) -> Result<ExitStatus> {
     let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
     let result = backend.exec(spec, &started.runtime, exec, sink, controls);
-    let stopped = backend.stop(&started.runtime, started.lifeline);
+    let stopped = backend.stop(started);
     let status = result?;
     stopped?;
     Ok(status)
@@ -116,7 +66,8 @@ pub trait Backend {
         instance: &str,
         persistence: Persistence<'_>,
     ) -> Result<Started>;
-    fn stop(&self, runtime: &RuntimeState, lifeline: Option<i32>) -> Result<()>;
+    /// Stops the sandbox `sandbox` owns, closing its lifeline if it has one.
+    fn stop(&self, sandbox: Started) -> Result<()>;
     fn is_running(&self, runtime: &RuntimeState) -> bool;
     fn exec(
         &self,
@@ -132,7 +83,7 @@ pub trait Backend {
         runtime: &RuntimeState,
         req: &ExecRequest,
         controls: Controls<'_>,
-        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+        record: Option<&mut Recorder<'_>>,
     ) -> Result<ExitStatus>;
     fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf>;
     fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf>;

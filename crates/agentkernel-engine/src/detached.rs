@@ -37,8 +37,9 @@
 use crate::error::{EngineError, Result};
 use crate::{Engine, validate_exec};
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus};
+use agentkernel_native::NativeError;
 use agentkernel_native::exec::ExecError;
-use agentkernel_native::{NativeError, proc};
+use agentkernel_sys::proc;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
@@ -653,7 +654,9 @@ impl Engine {
         }
         let mut signalled = false;
         if meta.command_alive() {
-            agentkernel_native::relay::kill_group(meta.pid);
+            if let Some(pid) = agentkernel_sys::signal::pid(meta.pid) {
+                agentkernel_sys::signal::kill_group(pid);
+            }
             signalled = true;
         }
         let deadline = Instant::now() + KILL_WAIT;
@@ -903,7 +906,9 @@ fn run_supervised(home: &Path, sandbox: &str, id: &str, dir: &Path) -> i32 {
                     if !recorded || !report(&Report::Started { pid }) {
                         // Nobody will ever know about it: it must not run unsupervised.
                         abandoned = true;
-                        agentkernel_native::relay::kill_group(pid);
+                        if let Some(pid) = agentkernel_sys::signal::pid(pid) {
+                            agentkernel_sys::signal::kill_group(pid);
+                        }
                     }
                     close_report();
                 }

@@ -4,10 +4,10 @@
 use crate::backend::{Backend, Capabilities, Controls, Persistence, Readiness, Started};
 use crate::error::{EngineError, Result};
 use crate::store::RuntimeState;
+use agentkernel_core::Sink;
 use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec};
 use agentkernel_docker::{Client, DockerError, Flavor};
 use agentkernel_image::{ImageStore, Rootfs};
-use agentkernel_native::Sink;
 use std::path::{Path, PathBuf};
 
 pub struct DockerBackend {
@@ -34,14 +34,7 @@ impl DockerBackend {
 
     /// The container's init pid, trusted only under the boot it was recorded in.
     fn same_boot(runtime: &RuntimeState) -> bool {
-        runtime.boot_id == agentkernel_native::proc::boot_id()
-    }
-}
-
-fn controls(c: Controls<'_>) -> agentkernel_docker::Controls<'_> {
-    agentkernel_docker::Controls {
-        signals: c.signals,
-        resized: c.resized,
+        runtime.boot_id == agentkernel_sys::proc::boot_id()
     }
 }
 
@@ -110,9 +103,7 @@ impl Backend for DockerBackend {
         sink: &mut Sink<'_>,
         c: Controls<'_>,
     ) -> Result<ExitStatus> {
-        Ok(self
-            .client
-            .run_once(spec, rootfs, exec, sink, controls(c))?)
+        Ok(self.client.run_once(spec, rootfs, exec, sink, c)?)
     }
 
     fn start(
@@ -137,14 +128,15 @@ impl Backend for DockerBackend {
                 instance: s.id,
                 pid: s.pid,
                 start_time: s.start_time,
-                boot_id: agentkernel_native::proc::boot_id(),
+                boot_id: agentkernel_sys::proc::boot_id(),
                 ephemeral: !persistent,
             },
             lifeline: None,
         })
     }
 
-    fn stop(&self, runtime: &RuntimeState, _lifeline: Option<i32>) -> Result<()> {
+    fn stop(&self, sandbox: Started) -> Result<()> {
+        let runtime = &sandbox.runtime;
         Ok(self.client.stop(&runtime.instance, runtime.ephemeral)?)
     }
 
@@ -172,7 +164,7 @@ impl Backend for DockerBackend {
     ) -> Result<ExitStatus> {
         Ok(self
             .client
-            .exec(spec, &Self::started(runtime), req, sink, controls(c))?)
+            .exec(spec, &Self::started(runtime), req, sink, c)?)
     }
 
     fn attach(
@@ -181,7 +173,7 @@ impl Backend for DockerBackend {
         runtime: &RuntimeState,
         req: &ExecRequest,
         c: Controls<'_>,
-        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+        record: Option<&mut agentkernel_core::Recorder<'_>>,
     ) -> Result<ExitStatus> {
         let mut req = req.clone();
         if !req.env.iter().any(|(k, _)| k == "TERM") {
@@ -192,7 +184,7 @@ impl Backend for DockerBackend {
         }
         Ok(self
             .client
-            .attach(spec, &Self::started(runtime), &req, controls(c), record)?)
+            .attach(spec, &Self::started(runtime), &req, c, record)?)
     }
 
     fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf> {

@@ -1,5 +1,7 @@
-use agentkernel_core::CoreError;
-use agentkernel_core::exec::{EXIT_AGENTKERNEL_ERROR, EXIT_NOT_EXECUTABLE, EXIT_NOT_FOUND};
+//! The engine's errors, and the one mapping of every error (its own, core's, the image
+//! store's and each backend's) to an [`ErrorKind`], from which every surface answers.
+
+use agentkernel_core::{CoreError, ErrorKind, HasKind};
 
 /// Errors of engine operations. Each says what went wrong and what to do next.
 #[derive(Debug, thiserror::Error)]
@@ -84,15 +86,7 @@ pub enum EngineError {
 impl EngineError {
     /// The CLI exit code for this error: 127 not found, 126 not executable, 125 otherwise.
     pub fn exit_code(&self) -> i32 {
-        use agentkernel_native::NativeError;
-        use agentkernel_native::exec::ExecError;
-        match self {
-            EngineError::Native(NativeError::Exec(ExecError::NotFound(_))) => EXIT_NOT_FOUND,
-            EngineError::Native(NativeError::Exec(ExecError::NotExecutable(_))) => {
-                EXIT_NOT_EXECUTABLE
-            }
-            _ => EXIT_AGENTKERNEL_ERROR,
-        }
+        self.kind().exit_code()
     }
 
     pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -102,3 +96,32 @@ impl EngineError {
 }
 
 pub type Result<T> = std::result::Result<T, EngineError>;
+
+impl HasKind for EngineError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::Input(e) => e.kind(),
+            EngineError::Image(e) => e.kind(),
+            EngineError::Native(e) => e.kind(),
+            EngineError::Docker(e) => e.kind(),
+            EngineError::LimitReached(_) => ErrorKind::LimitReached,
+            EngineError::NoCommand
+            | EngineError::BadCopyArg(_)
+            | EngineError::BadLogStream(_)
+            | EngineError::NotRegularFile { .. }
+            | EngineError::BackendUnavailable(_) => ErrorKind::InvalidInput,
+            EngineError::NotFound(_)
+            | EngineError::UuidNotFound(_)
+            | EngineError::FileNotFound(_)
+            | EngineError::DetachedNotFound { .. } => ErrorKind::NotFound,
+            EngineError::NameTaken(_)
+            | EngineError::NotRunning(_)
+            | EngineError::DetachedStillRunning { .. }
+            | EngineError::Tampered(_) => ErrorKind::Conflict,
+            EngineError::BackendNotReady { .. } => ErrorKind::Unavailable,
+            EngineError::DetachedStart { .. }
+            | EngineError::Store { .. }
+            | EngineError::Io { .. } => ErrorKind::Internal,
+        }
+    }
+}

@@ -20,12 +20,12 @@ mod state_dir;
 pub mod status;
 pub mod store;
 
+pub use agentkernel_core::Sink;
 use agentkernel_core::config::Config;
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus, SandboxSpec, validate_name};
 use agentkernel_image::{ImageStore, Rootfs};
-pub use agentkernel_native::Sink;
 use audit::{AuditEvent, AuditLog};
-use backend::{Backend, Controls, Persistence};
+use backend::{Backend, Controls, Persistence, Started};
 pub use error::{EngineError, Result};
 pub use files::refuse_parent_components;
 pub use resolve::SpecRequest;
@@ -461,7 +461,7 @@ impl Engine {
         let backend = self.backend(&rec.spec)?;
         if let Some(rt) = &rec.runtime {
             // Leftovers of an earlier start that died (crash, reboot).
-            let _ = backend.stop(rt, None);
+            let _ = backend.stop(Started::found(rt.clone()));
         }
         let rootfs = backend.resolve_image(&rec.spec.image, &self.images_for(None)?)?;
         let instance = format!("{name}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
@@ -486,7 +486,7 @@ impl Engine {
         if let Err(e) = recorded {
             let _ = running::clear(&dir);
             let _ = self.store().and_then(|store| store.set_runtime(name, None));
-            let _ = backend.stop(&started.runtime, None);
+            let _ = backend.stop(started);
             return Err(e);
         }
         self.audit.record(AuditEvent::SandboxStarted {
@@ -505,7 +505,7 @@ impl Engine {
         running::clear(&dir).map_err(EngineError::io(format!("update {}", dir.display())))?;
         if let Some(rt) = &rec.runtime {
             let backend = backend::backend_for(rec.spec.backend, &self.home)?;
-            backend.stop(rt, None)?;
+            backend.stop(Started::found(rt.clone()))?;
             self.store()?.set_runtime(name, None)?;
         }
         // Detached commands died with the sandbox: their supervisors record how.
@@ -530,7 +530,7 @@ impl Engine {
         };
         let backend = backend::backend_for(rec.spec.backend, &self.home)?;
         if let Some(rt) = &rec.runtime {
-            backend.stop(rt, None)?;
+            backend.stop(Started::found(rt.clone()))?;
         }
         backend.destroy(name)?;
         self.forget(name)
@@ -619,7 +619,7 @@ impl Engine {
         name: &str,
         req: &ExecRequest,
         controls: Controls<'_>,
-        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+        record: Option<&mut agentkernel_core::Recorder<'_>>,
     ) -> Result<ExitStatus> {
         validate_exec(req)?;
         let (spec, backend, rt) = self.running_record(name)?;

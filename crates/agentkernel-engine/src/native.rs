@@ -3,9 +3,10 @@
 use crate::backend::{Backend, Capabilities, Controls, Persistence, Readiness, Started};
 use crate::error::{EngineError, Result};
 use crate::store::RuntimeState;
+use agentkernel_core::Sink;
 use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, SandboxSpec};
 use agentkernel_image::Rootfs;
-use agentkernel_native::{self as native, RootfsPlan, Sink, Target, UpperDir};
+use agentkernel_native::{self as native, RootfsPlan, Target, UpperDir};
 use std::path::{Path, PathBuf};
 
 pub struct NativeBackend {
@@ -147,15 +148,17 @@ impl Backend for NativeBackend {
                 instance: instance.to_string(),
                 pid: running.booted.pid,
                 start_time: running.booted.start_time,
-                boot_id: native::proc::boot_id(),
+                boot_id: agentkernel_sys::proc::boot_id(),
                 ephemeral,
             },
             lifeline: running.booted.lifeline,
         })
     }
 
-    fn stop(&self, runtime: &RuntimeState, lifeline: Option<i32>) -> Result<()> {
-        let target = (runtime.boot_id == native::proc::boot_id()).then(|| Self::target(runtime));
+    fn stop(&self, sandbox: Started) -> Result<()> {
+        let Started { runtime, lifeline } = sandbox;
+        let target =
+            (runtime.boot_id == agentkernel_sys::proc::boot_id()).then(|| Self::target(&runtime));
         native::stop(
             &runtime.instance,
             target,
@@ -166,8 +169,8 @@ impl Backend for NativeBackend {
     }
 
     fn is_running(&self, runtime: &RuntimeState) -> bool {
-        runtime.boot_id == native::proc::boot_id()
-            && native::proc::is_alive(runtime.pid, runtime.start_time)
+        runtime.boot_id == agentkernel_sys::proc::boot_id()
+            && agentkernel_sys::proc::is_alive(runtime.pid, runtime.start_time)
     }
 
     fn exec(
@@ -197,7 +200,7 @@ impl Backend for NativeBackend {
         runtime: &RuntimeState,
         req: &ExecRequest,
         controls: Controls<'_>,
-        record: Option<&mut agentkernel_native::attach::Recorder<'_>>,
+        record: Option<&mut agentkernel_core::Recorder<'_>>,
     ) -> Result<ExitStatus> {
         let env = merged_env(spec, req);
         let workdir = req.workdir.as_deref().unwrap_or(&spec.workdir);

@@ -15,15 +15,14 @@
 //! The pool lives in a long-running multithreaded process (the daemon, `serve`): that process
 //! must boot native sandboxes through the boot helper (`agentkernel_native::use_boot_helper`).
 
-use crate::backend::{Backend, Controls, Persistence};
+use crate::backend::{Backend, Controls, Persistence, Started};
 use crate::error::{EngineError, Result};
 use crate::resolve::{self, SpecRequest};
-use crate::store::RuntimeState;
 use crate::{Engine, RunOutcome, audit::AuditEvent};
+use agentkernel_core::Sink;
 use agentkernel_core::config::Config;
 use agentkernel_core::{ExecRequest, SandboxSpec};
 use agentkernel_image::Rootfs;
-use agentkernel_native::Sink;
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -144,8 +143,8 @@ pub struct PoolsStatus {
 /// A booted sandbox waiting for its one run.
 struct Warm {
     name: String,
-    runtime: RuntimeState,
-    lifeline: Option<i32>,
+    /// Owns the sandbox: dropping a `Warm` ends it (its lifeline closes).
+    sandbox: Started,
     backend: agentkernel_core::BackendKind,
     booted: Instant,
 }
@@ -340,7 +339,7 @@ impl WarmPool {
             ..spec
         };
         resolve::set_env(&mut spec.env, "HOSTNAME".to_string(), warm.name.clone());
-        let result = backend.exec(&spec, &warm.runtime, exec, sink, controls);
+        let result = backend.exec(&spec, &warm.sandbox.runtime, exec, sink, controls);
         self.retire(warm);
         if let Some(pool) = self.lock().by_key.get_mut(&key) {
             pool.in_use = pool.in_use.saturating_sub(1);
@@ -378,7 +377,7 @@ impl WarmPool {
         let mut dead = Vec::new();
         let found = loop {
             match pool.warm.pop_front() {
-                Some(w) if backend.is_running(&w.runtime) => break Some(w),
+                Some(w) if backend.is_running(&w.sandbox.runtime) => break Some(w),
                 Some(w) => dead.push(w),
                 None => break None,
             }
@@ -672,8 +671,7 @@ fn boot(home: &Path, request: &SpecRequest) -> Result<(String, Warm)> {
         pool_key(&spec, &rootfs),
         Warm {
             name,
-            runtime: started.runtime,
-            lifeline: started.lifeline,
+            sandbox: started,
             backend: spec.backend,
             booted: Instant::now(),
         },
@@ -683,6 +681,6 @@ fn boot(home: &Path, request: &SpecRequest) -> Result<(String, Warm)> {
 /// Tears a warm sandbox down (used, dead or no longer wanted).
 fn destroy(home: &Path, warm: Warm) {
     if let Ok(backend) = crate::backend::backend_for(warm.backend, home) {
-        let _ = backend.stop(&warm.runtime, warm.lifeline);
+        let _ = backend.stop(warm.sandbox);
     }
 }

@@ -6,24 +6,9 @@
 use crate::error::{EngineError, Result};
 use crate::seal::Seal;
 use agentkernel_core::SandboxSpec;
+pub use agentkernel_core::backend::RuntimeState;
 use rusqlite::{Connection, OptionalExtension, params};
-use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
-
-/// What a backend needs to find a started sandbox again from another process.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RuntimeState {
-    /// native: names the sandbox's cgroups and network pin, new at every start. docker,
-    /// podman, gvisor: the container id.
-    pub instance: String,
-    /// The sandbox's init on this host (0 when the engine's processes are not visible here).
-    pub pid: u32,
-    pub start_time: u64,
-    pub boot_id: String,
-    /// A throwaway sandbox (`run`, warm pools): stopping it removes it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub ephemeral: bool,
-}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxRecord {

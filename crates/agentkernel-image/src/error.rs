@@ -239,3 +239,31 @@ impl ImageError {
         )
     }
 }
+
+impl agentkernel_core::HasKind for ImageError {
+    /// What does not exist where the request pointed is not found, what the request got wrong
+    /// is bad input, a registry that refused the credentials is not permitted, and one that did
+    /// not answer properly is an upstream failure.
+    fn kind(&self) -> agentkernel_core::ErrorKind {
+        use agentkernel_core::ErrorKind;
+        match self {
+            ImageError::DirectoryMissing { .. }
+            | ImageError::LayoutMissing { .. }
+            | ImageError::NotADirectory { .. }
+            | ImageError::NotALayout { .. }
+            | ImageError::TagNotFound { .. }
+            | ImageError::ImageNotFound { .. } => ErrorKind::NotFound,
+            ImageError::PullUnauthorized { .. } => ErrorKind::NotPermitted,
+            // A local image path that cannot be read: too long, not there, or a loop of links.
+            ImageError::Io { source, .. } if ErrorKind::of_io(source) != ErrorKind::Internal => {
+                match ErrorKind::of_io(source) {
+                    ErrorKind::InvalidInput => ErrorKind::NotFound,
+                    other => other,
+                }
+            }
+            ImageError::PullFailed { .. } => ErrorKind::Upstream,
+            e if e.is_client_error() => ErrorKind::InvalidInput,
+            _ => ErrorKind::Internal,
+        }
+    }
+}

@@ -170,8 +170,14 @@ fn answer(text: String, structured: Value, is_error: bool) -> CallToolResult {
 
 type ToolResult = Result<CallToolResult, ErrorData>;
 
+/// An engine error as a tool result: its message, and its kind (the same `ErrorKind` the CLI
+/// takes its exit code and HTTP its status from) for a client that branches on it.
 fn engine_failure(e: EngineError) -> CallToolResult {
-    failure(e.to_string())
+    use agentkernel_core::HasKind;
+    let message = e.to_string();
+    let mut result = CallToolResult::error(vec![ContentBlock::text(message.clone())]);
+    result.structured_content = Some(json!({ "error": message, "kind": e.kind().name() }));
+    result
 }
 
 fn timeout(timeout_ms: Option<u64>) -> Result<Duration, CallToolResult> {

@@ -6,12 +6,10 @@ use crate::security::SecurityPlan;
 use agentkernel_core::ExitStatus;
 use agentkernel_core::policy::Policy;
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use rustix::termios::{OptionalActions, Termios};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 
-/// Receives everything the session prints (for recordings).
-pub type Recorder<'a> = dyn FnMut(&[u8]) + 'a;
+pub use agentkernel_core::exec::Recorder;
 
 pub struct AttachSpec<'a> {
     pub id: &'a str,
@@ -22,17 +20,6 @@ pub struct AttachSpec<'a> {
     pub workdir: &'a str,
     /// Readable when the caller's terminal was resized (a SIGWINCH pipe).
     pub resized: Option<BorrowedFd<'a>>,
-}
-
-/// Puts the caller's terminal back as it was, even on error.
-struct RawGuard(Option<Termios>);
-
-impl Drop for RawGuard {
-    fn drop(&mut self) {
-        if let Some(t) = &self.0 {
-            let _ = rustix::termios::tcsetattr(std::io::stdin(), OptionalActions::Now, t);
-        }
-    }
 }
 
 /// Runs the session until the command exits; everything the command prints is also passed to
@@ -59,16 +46,7 @@ pub fn attach(
     })?;
     drop(procs);
 
-    let stdin = std::io::stdin();
-    let _guard = match rustix::termios::tcgetattr(&stdin) {
-        Ok(orig) => {
-            let mut raw = orig.clone();
-            raw.make_raw();
-            let _ = rustix::termios::tcsetattr(&stdin, OptionalActions::Now, &raw);
-            RawGuard(Some(orig))
-        }
-        Err(_) => RawGuard(None),
-    };
+    let _raw = agentkernel_sys::terminal::RawTerminal::enter();
     let to_master: OwnedFd = master.try_clone()?;
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
@@ -146,14 +124,6 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> rustix::io::Result<()> {
 
 /// Gives the pty the caller's terminal size (80x24 when the caller has no terminal).
 pub fn copy_size(master: &OwnedFd) {
-    let (rows, cols) = terminal_size().unwrap_or((24, 80));
+    let (rows, cols) = agentkernel_sys::terminal::size().unwrap_or((24, 80));
     crate::pty::set_size(master, rows, cols);
-}
-
-/// The caller's terminal size, if stdout or stdin is a terminal.
-pub fn terminal_size() -> Option<(u16, u16)> {
-    let ws = rustix::termios::tcgetwinsize(std::io::stdout())
-        .or_else(|_| rustix::termios::tcgetwinsize(std::io::stdin()))
-        .ok()?;
-    (ws.ws_row > 0 && ws.ws_col > 0).then_some((ws.ws_row, ws.ws_col))
 }

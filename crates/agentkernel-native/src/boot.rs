@@ -24,7 +24,7 @@ pub use helper::{BOOT_HELPER_ROLE, boot_helper_main, use_boot_helper};
 
 use crate::launch::FirstCommand;
 use crate::rootfs::{RootfsPlan, enter_rootfs};
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use rustix::fd::{AsRawFd, OwnedFd, RawFd};
 use std::io::Write;
 
 /// What the init needs, prepared before the clone.
@@ -43,15 +43,16 @@ pub struct BootPlan<'a> {
     pub first: Option<&'a FirstCommand<'a>>,
 }
 
-/// A started sandbox init.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A started sandbox init. It owns the lifeline of a throwaway sandbox, so it is not `Copy`:
+/// the lifeline is closed once, when it is dropped or `release`d.
+#[derive(Debug)]
 pub struct Booted {
     pub pid: u32,
     /// Start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid it names
     /// the process uniquely, so a recycled pid is never mistaken for the sandbox.
     pub start_time: u64,
     /// Held by an ephemeral sandbox's caller: when it closes, the init exits.
-    pub lifeline: Option<RawFd>,
+    pub lifeline: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +143,7 @@ pub fn boot_reporting(plan: &BootPlan<'_>) -> Result<(Booted, StatusPipe), BootE
             return Err(e.into());
         }
     };
-    let start_time = crate::proc::start_time(init.pid)
+    let start_time = agentkernel_sys::proc::start_time(init.pid)
         .filter(|t| init.start_time.is_none_or(|known| known == *t));
     let Some(start_time) = start_time else {
         init.end();
@@ -152,11 +153,8 @@ pub fn boot_reporting(plan: &BootPlan<'_>) -> Result<(Booted, StatusPipe), BootE
         drop(life_w);
         None
     } else {
-        // The write end stays open for as long as the caller wants the sandbox; `release`
-        // closes it.
-        let fd = life_w.as_raw_fd();
-        std::mem::forget(life_w);
-        Some(fd)
+        // The write end stays open for as long as the caller holds the sandbox's handle.
+        Some(life_w)
     };
     Ok((
         Booted {
@@ -207,7 +205,7 @@ impl Cloned {
             crate::kill(self.pid);
             reap(self.pid);
         } else if let Some(start) = self.start_time
-            && crate::proc::is_alive(self.pid, start)
+            && agentkernel_sys::proc::is_alive(self.pid, start)
         {
             // Not our child: the host's PID 1 (or the nearest subreaper) reaps it.
             crate::kill(self.pid);
@@ -283,9 +281,8 @@ fn clone_init(
 
 /// Closes an ephemeral sandbox's lifeline: its init exits and the kernel kills every process
 /// left in the namespace.
-pub fn release(lifeline: RawFd) {
-    // SAFETY: `lifeline` is the write end created by `boot` and leaked there for this purpose.
-    drop(unsafe { OwnedFd::from_raw_fd(lifeline) });
+pub fn release(lifeline: OwnedFd) {
+    drop(lifeline);
 }
 
 /// Waits for a child init that the caller started (see `is_caller_child`).

@@ -13,8 +13,8 @@ use crate::files::{
     FileError, check_filesystem, host_err, inspect, kind_in, open_dir_in, reopen_in, root_of,
     sandbox_err,
 };
-use crate::host_dest::{self, HostDest};
 use crate::inode;
+use agentkernel_sys::host_dest::{self, HostDest};
 use rustix::fd::OwnedFd;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use std::ffi::OsStr;
@@ -318,7 +318,7 @@ fn file_in(dir: &OwnedFd, name: &OsStr, mode: u32, shown: &Path) -> Result<Owned
             None => match rustix::fs::openat(
                 dir,
                 name,
-                crate::inode::NEW_FILE,
+                agentkernel_sys::fs::NEW_FILE,
                 Mode::from_raw_mode(0o600),
             ) {
                 Ok(fd) => fd,

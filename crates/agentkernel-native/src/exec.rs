@@ -74,7 +74,7 @@ pub fn spawn(plan: ExecPlan<'_>) -> Result<Spawned, ExecError> {
     }
     // Checked after opening: the descriptors now pin the namespaces of the process we verified,
     // even if the pid were recycled a moment later.
-    if !crate::proc::is_alive(pid, plan.target.start_time) {
+    if !agentkernel_sys::proc::is_alive(pid, plan.target.start_time) {
         return Err(ExecError::NotRunning);
     }
     let own_pid_ns = rustix::fs::open(

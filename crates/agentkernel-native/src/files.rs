@@ -16,8 +16,8 @@
 //! - removal is `unlinkat` relative to the opened parent, which must not be on a kernel
 //!   filesystem.
 
-use crate::host_dest::HostDestError;
 use crate::inode;
+use agentkernel_sys::host_dest::HostDestError;
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
 use std::io::{Read, Write};
@@ -278,7 +278,7 @@ pub fn write_file(pid: u32, path: &Path, data: &[u8], mode: u32) -> Result<(), F
                 match rustix::fs::openat(
                     &parent,
                     name,
-                    crate::inode::NEW_FILE,
+                    agentkernel_sys::fs::NEW_FILE,
                     Mode::from_raw_mode(mode & 0o777),
                 ) {
                     Ok(fd) => fd,

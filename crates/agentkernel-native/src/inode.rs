@@ -12,15 +12,6 @@
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use rustix::fs::{FileType, Mode, OFlags};
 
-/// How every new file is made in a sandbox or a host destination: exclusively (never an
-/// existing file, never through a link), without blocking, never passed to children.
-pub(crate) const NEW_FILE: OFlags = OFlags::WRONLY
-    .union(OFlags::CREATE)
-    .union(OFlags::EXCL)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::NONBLOCK)
-    .union(OFlags::CLOEXEC);
-
 /// Filesystems whose files are kernel state rather than content, by `statfs` magic
 /// (linux/magic.h). Device nodes on an ordinary filesystem are refused by their type instead.
 const KERNEL_FILESYSTEMS: &[(u32, &str)] = &[

@@ -131,15 +131,13 @@ pub struct Launched {
     /// Status bytes the init wrote right behind its setup report.
     pub early: Vec<u8>,
     /// The write end of the sandbox's lifeline: signal numbers written here are sent to the
-    /// command's process group by the init.
-    pub lifeline: RawFd,
+    /// command's process group by the init. Dropping it (with the `Launched`) ends the sandbox.
+    pub lifeline: OwnedFd,
 }
 
 impl Launched {
     fn send(&self, sig: u8) {
-        // SAFETY: the lifeline stays open until the sandbox is stopped, after the relay.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.lifeline) };
-        let _ = rustix::io::write(fd, &[sig]);
+        let _ = rustix::io::write(&self.lifeline, &[sig]);
     }
 }
 

@@ -23,15 +23,12 @@ pub mod devices;
 pub mod disk;
 pub mod exec;
 pub mod files;
-pub mod host_dest;
 mod inode;
 pub mod launch;
 pub mod net;
-pub mod proc;
 mod pty;
 pub mod relay;
 mod rootfs;
-pub mod seccomp;
 pub mod security;
 mod vfork;
 
@@ -42,7 +39,7 @@ pub use rootfs::{RootfsPlan, UpperDir};
 
 use agentkernel_core::policy::{NetworkMode, Policy};
 use agentkernel_core::{ExecEvent, ExitStatus};
-use rustix::fd::{AsRawFd, BorrowedFd, RawFd};
+use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -110,8 +107,8 @@ pub struct StartSpec<'a> {
     pub netns_pin: &'a Path,
 }
 
-/// A started sandbox.
-#[derive(Debug, Clone, Copy)]
+/// A started sandbox; it owns a throwaway sandbox's lifeline (see `Booted`).
+#[derive(Debug)]
 pub struct Running {
     pub booted: Booted,
 }
@@ -140,7 +137,7 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
     if spec.policy.network == NetworkMode::User
         && let Err(e) = net::start_pasta(booted.pid, spec.netns_pin, spec.policy.host_loopback)
     {
-        end_started(&booted, spec.detach);
+        end_started(booted, spec.detach);
         return Err(e.into());
     }
     Ok(Running { booted })
@@ -149,11 +146,11 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
 /// Ends an init this process has just started, and reaps it when it is this process's child
 /// (never otherwise: a detached init started through the boot helper belongs to the host's
 /// PID 1).
-fn end_started(booted: &Booted, detach: bool) {
+fn end_started(booted: Booted, detach: bool) {
     match booted.lifeline {
         Some(fd) => boot::release(fd),
         None => {
-            if proc::is_alive(booted.pid, booted.start_time) {
+            if agentkernel_sys::proc::is_alive(booted.pid, booted.start_time) {
                 kill(booted.pid);
             }
         }
@@ -203,7 +200,7 @@ fn kill_and_wait(pid: u32) {
 pub fn stop(
     id: &str,
     target: Option<Target>,
-    lifeline: Option<RawFd>,
+    lifeline: Option<OwnedFd>,
     netns_pin: &Path,
 ) -> Result<(), NativeError> {
     match (lifeline, target) {
@@ -219,7 +216,7 @@ pub fn stop(
             // this one through the boot helper (reparented to PID 1), or directly by a CLI that
             // exits soon after. The pid is checked against its start time: a recycled pid is
             // never killed.
-            if proc::is_alive(t.pid, t.start_time) {
+            if agentkernel_sys::proc::is_alive(t.pid, t.start_time) {
                 kill_and_wait(t.pid);
             }
         }
@@ -303,7 +300,7 @@ fn run_in_group(
         Err(e) => return Err(e.into()),
     };
     let Some(lifeline) = booted.lifeline else {
-        end_started(&booted, false);
+        end_started(booted, false);
         return Err(boot::BootError::Setup("the sandbox has no lifeline".into()).into());
     };
     let mut launched = launch::Launched {
@@ -323,7 +320,7 @@ fn run_in_group(
         command.forward_stdin,
     );
     // The init exits when its lifeline closes and takes every process of the sandbox with it.
-    boot::release(lifeline);
+    drop(launched);
     boot::reap(booted.pid);
     let (mut status, ending) = relayed?;
     status.oom_killed = group.oom_kills() > oom_before;
@@ -369,4 +366,42 @@ pub fn exec(spec: &ExecSpec<'_>, sink: &mut Sink<'_>) -> Result<(ExitStatus, End
     status.oom_killed = group.oom_kills() > oom_before;
     let _ = sink(ExecEvent::Exit(status));
     Ok((status, ending))
+}
+
+impl agentkernel_core::HasKind for NativeError {
+    /// The one place native errors become a kind (and so an exit code, an HTTP status and an
+    /// MCP error).
+    fn kind(&self) -> agentkernel_core::ErrorKind {
+        use agentkernel_core::ErrorKind;
+        use exec::ExecError;
+        use files::FileError;
+        match self {
+            NativeError::Exec(e) => match e {
+                ExecError::NotFound(_) => ErrorKind::CommandNotFound,
+                ExecError::NotExecutable(_) => ErrorKind::NotExecutable,
+                ExecError::NoCommand => ErrorKind::InvalidInput,
+                ExecError::NotRunning => ErrorKind::Conflict,
+                ExecError::Spawn { .. } => ErrorKind::Internal,
+            },
+            NativeError::Files(f) => match f {
+                FileError::TooLarge { .. } => ErrorKind::TooLarge,
+                FileError::DirectoryNotEmpty(_) | FileError::NotRunning => ErrorKind::Conflict,
+                FileError::IsDirectory(_)
+                | FileError::NotRegular { .. }
+                | FileError::HostNotRegular { .. }
+                | FileError::DanglingLink { .. }
+                | FileError::LinkNotFollowed(_) => ErrorKind::InvalidInput,
+                FileError::KernelFilesystem { .. } => ErrorKind::NotPermitted,
+                FileError::NoWorkdir(_) => ErrorKind::NotFound,
+                FileError::Sandbox { source, .. } => ErrorKind::of_io(source),
+                FileError::Host { .. } | FileError::HostDest(_) => ErrorKind::Internal,
+            },
+            NativeError::Boot(_)
+            | NativeError::Net(_)
+            | NativeError::Cgroup(_)
+            | NativeError::Security(_)
+            | NativeError::Disk(_)
+            | NativeError::Io(_) => ErrorKind::Internal,
+        }
+    }
 }

@@ -4,14 +4,11 @@
 use crate::exec::Spawned;
 use agentkernel_core::{ExecEvent, ExitStatus};
 use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::io::Write;
 use std::mem::MaybeUninit;
-use std::ops::ControlFlow;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-/// Receives events; `Break` means the consumer went away and the command must be killed.
-pub type Sink<'a> = dyn FnMut(ExecEvent) -> ControlFlow<()> + 'a;
+pub use agentkernel_core::exec::Sink;
 
 /// How a relay ended besides the command's own exit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,35 +208,16 @@ fn pollfd(fd: Option<BorrowedFd<'_>>) -> libc::pollfd {
 }
 
 /// The command leads its own session and process group (it called setsid), so its whole
-/// group gets the signal.
+/// group gets the signal. Pid 0 (no process) is never signalled.
 fn forward_signal(pid: u32, sig: i32) {
-    // SAFETY: kill(2) on our child's process group; a stale group at worst yields ESRCH.
-    unsafe { libc::kill(-(pid as libc::pid_t), sig) };
+    if let Some(leader) = agentkernel_sys::signal::pid(pid) {
+        agentkernel_sys::signal::signal_group(leader, sig);
+    }
 }
 
 /// Kills the command and everything in its process group.
-pub fn kill_group(pid: u32) {
-    forward_signal(pid, libc::SIGKILL);
-    // SAFETY: as above, for the leader itself in case it left its group.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-}
-
-/// Writes events to the caller's stdout and stderr as they come: the CLI's sink.
-pub fn write_to_stdio(event: ExecEvent) -> ControlFlow<()> {
-    let result = match &event {
-        ExecEvent::Stdout(data) => {
-            let mut o = std::io::stdout().lock();
-            o.write_all(data).and_then(|_| o.flush())
-        }
-        ExecEvent::Stderr(data) => {
-            let mut e = std::io::stderr().lock();
-            e.write_all(data).and_then(|_| e.flush())
-        }
-        _ => Ok(()),
-    };
-    match result {
-        // A closed stdout (`| head`) means nobody wants more output.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
-        _ => ControlFlow::Continue(()),
+fn kill_group(pid: u32) {
+    if let Some(leader) = agentkernel_sys::signal::pid(pid) {
+        agentkernel_sys::signal::kill_group(leader);
     }
 }

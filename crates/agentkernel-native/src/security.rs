@@ -9,7 +9,6 @@
 //! prctl and one capset, credentials, Landlock's restrict_self, no_new_privs and one seccomp
 //! program.
 
-use crate::seccomp;
 use agentkernel_core::policy::Policy;
 use caps::Capability;
 use landlock::{
@@ -47,7 +46,7 @@ pub struct SecurityPlan {
     no_new_privs: bool,
     /// Built in the caller against the sandbox's directories; the child only enforces it.
     landlock: RulesetCreated,
-    filter: seccomp::Program,
+    filter: agentkernel_seccomp::Program,
 }
 
 /// `struct __user_cap_header_struct` and `__user_cap_data_struct` of capset(2), version 3.
@@ -93,7 +92,7 @@ impl SecurityPlan {
             gid: policy.user.gid,
             no_new_privs: policy.no_new_privs,
             landlock: landlock_rules(fs_wall, root)?,
-            filter: seccomp::program(policy.seccomp),
+            filter: agentkernel_seccomp::program(policy.seccomp),
         })
     }
 
@@ -182,7 +181,7 @@ impl SecurityPlan {
             };
             libc::setrlimit(libc::RLIMIT_CORE, &none);
         }
-        seccomp::install(&self.filter)
+        agentkernel_seccomp::install(&self.filter)
     }
 }
 

@@ -151,92 +151,10 @@ impl From<EngineError> for ApiError {
     }
 }
 
-/// The HTTP status for an engine error: the client's mistakes are 4xx, the server's 5xx.
-/// Images: what does not exist is 404, what the request got wrong 400, a registry that did not
-/// answer properly 502.
-fn image_status(e: &agentkernel_image::ImageError) -> StatusCode {
-    use agentkernel_image::ImageError;
-    match e {
-        // Nothing usable where the request pointed.
-        ImageError::DirectoryMissing { .. }
-        | ImageError::LayoutMissing { .. }
-        | ImageError::NotADirectory { .. }
-        | ImageError::NotALayout { .. }
-        | ImageError::TagNotFound { .. }
-        | ImageError::ImageNotFound { .. } => StatusCode::NOT_FOUND,
-        ImageError::PullUnauthorized { .. } => StatusCode::FORBIDDEN,
-        // A local image path that cannot be read: too long, not there, or a loop of links.
-        ImageError::Io { source, .. }
-            if matches!(
-                source.raw_os_error(),
-                Some(libc::ENAMETOOLONG | libc::ENOENT | libc::ENOTDIR | libc::ELOOP)
-            ) =>
-        {
-            StatusCode::NOT_FOUND
-        }
-        ImageError::PullFailed { .. } => StatusCode::BAD_GATEWAY,
-        e if e.is_client_error() => StatusCode::BAD_REQUEST,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
+/// The HTTP status for an engine error, from its kind (`agentkernel_core::ErrorKind`): the
+/// client's mistakes are 4xx, the server's 5xx. The kind is decided once, where the error is
+/// defined; no surface looks inside a backend's errors.
 pub fn status_of(e: &EngineError) -> StatusCode {
-    use agentkernel_native::NativeError;
-    use agentkernel_native::exec::ExecError;
-    use agentkernel_native::files::FileError;
-    match e {
-        EngineError::Input(agentkernel_core::CoreError::NotPermitted(_)) => StatusCode::FORBIDDEN,
-        EngineError::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
-        EngineError::Input(_)
-        | EngineError::NoCommand
-        | EngineError::BadCopyArg(_)
-        | EngineError::BadLogStream(_)
-        | EngineError::NotRegularFile { .. }
-        | EngineError::BackendUnavailable(_) => StatusCode::BAD_REQUEST,
-        EngineError::NotFound(_)
-        | EngineError::UuidNotFound(_)
-        | EngineError::FileNotFound(_)
-        | EngineError::DetachedNotFound { .. } => StatusCode::NOT_FOUND,
-        EngineError::NameTaken(_)
-        | EngineError::NotRunning(_)
-        | EngineError::DetachedStillRunning { .. }
-        | EngineError::Tampered(_) => StatusCode::CONFLICT,
-        EngineError::BackendNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        EngineError::Image(e) => image_status(e),
-        // Reached only where no exit code can carry it (a detached command that cannot start).
-        EngineError::Native(NativeError::Exec(ExecError::NotFound(_))) => StatusCode::NOT_FOUND,
-        EngineError::Native(NativeError::Exec(ExecError::NotExecutable(_))) => {
-            StatusCode::FORBIDDEN
-        }
-        EngineError::Native(NativeError::Exec(ExecError::NoCommand)) => StatusCode::BAD_REQUEST,
-        EngineError::Native(NativeError::Exec(ExecError::NotRunning)) => StatusCode::CONFLICT,
-        EngineError::Native(NativeError::Files(f)) => match f {
-            FileError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            FileError::DirectoryNotEmpty(_) => StatusCode::CONFLICT,
-            FileError::IsDirectory(_)
-            | FileError::NotRegular { .. }
-            | FileError::HostNotRegular { .. }
-            | FileError::DanglingLink { .. }
-            | FileError::LinkNotFollowed(_) => StatusCode::BAD_REQUEST,
-            FileError::KernelFilesystem { .. } => StatusCode::FORBIDDEN,
-            FileError::NoWorkdir(_) => StatusCode::NOT_FOUND,
-            FileError::NotRunning => StatusCode::CONFLICT,
-            FileError::Sandbox { source, .. } => match source.kind() {
-                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                    StatusCode::FORBIDDEN
-                }
-                std::io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
-                std::io::ErrorKind::InvalidInput
-                | std::io::ErrorKind::NotADirectory
-                | std::io::ErrorKind::IsADirectory
-                | std::io::ErrorKind::AlreadyExists
-                | std::io::ErrorKind::InvalidFilename => StatusCode::BAD_REQUEST,
-                // A magic link (/proc/PID/root, /proc/PID/fd/N) or a loop of links in the path.
-                _ if source.raw_os_error() == Some(libc::ELOOP) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            FileError::Host { .. } | FileError::HostDest(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        },
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    }
+    use agentkernel_core::HasKind;
+    StatusCode::from_u16(e.kind().http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }

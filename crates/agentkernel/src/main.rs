@@ -276,7 +276,7 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
         signals: Some(signals.fd()),
         resized: None,
     };
-    let mut sink = agentkernel_native::relay::write_to_stdio;
+    let mut sink = render::write_to_stdio;
     let outcome = engine.run(&req, &opts, &exec, &mut sink, controls)?;
     if outcome.kept && args.keep {
         eprintln!(
@@ -327,7 +327,7 @@ fn exec(args: cli::ExecArgs) -> Result<i32, EngineError> {
             context: "install signal handlers".into(),
             source: e,
         })?;
-    let mut sink = agentkernel_native::relay::write_to_stdio;
+    let mut sink = render::write_to_stdio;
     let status = engine.exec(
         &args.name,
         &req,

@@ -116,7 +116,7 @@ impl Recording {
         let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
         let path = dir.join(format!("{sandbox}-{stamp}.cast"));
         let mut file = std::fs::File::create(&path)?;
-        let (rows, cols) = agentkernel_native::attach::terminal_size().unwrap_or((24, 80));
+        let (rows, cols) = agentkernel_sys::terminal::size().unwrap_or((24, 80));
         let header = serde_json::json!({
             "version": 2,
             "width": cols,
@@ -140,5 +140,27 @@ impl Recording {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Writes events to the caller's stdout and stderr as they come: the CLI's sink.
+pub fn write_to_stdio(event: agentkernel_core::ExecEvent) -> std::ops::ControlFlow<()> {
+    use agentkernel_core::ExecEvent;
+    use std::io::Write;
+    let result = match &event {
+        ExecEvent::Stdout(data) => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(data).and_then(|_| o.flush())
+        }
+        ExecEvent::Stderr(data) => {
+            let mut e = std::io::stderr().lock();
+            e.write_all(data).and_then(|_| e.flush())
+        }
+        _ => Ok(()),
+    };
+    match result {
+        // A closed stdout (`| head`) means nobody wants more output.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::ops::ControlFlow::Break(()),
+        _ => std::ops::ControlFlow::Continue(()),
     }
 }

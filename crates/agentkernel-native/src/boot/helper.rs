@@ -273,7 +273,7 @@ fn serve(reply_to: &OwnedFd) -> Reply {
         // its start time names it.
         Ok(pid) => Reply::Started {
             pid,
-            start_time: crate::proc::start_time(pid),
+            start_time: agentkernel_sys::proc::start_time(pid),
         },
         Err(errno) => Reply::CloneFailed {
             errno: errno.raw_os_error(),

@@ -1,4 +1,8 @@
-//! The seccomp filters, assembled as classic BPF.
+//! agentkernel's seccomp policy, written once: the lists of system calls below become the BPF
+//! filter the native backend installs (`program`, `install`) and the seccomp profile the
+//! container backends hand to Docker, Podman and gVisor (`docker_profile`).
+//!
+//! The filters are assembled as classic BPF.
 //!
 //! Written out rather than generated with seccompiler: one program here needs three actions
 //! (EPERM for refused calls, ENOSYS for clone3, KILL for a foreign architecture) and a range test
@@ -8,6 +12,7 @@
 //! measured in the exec path), this one to about 70 instructions in one.
 
 use agentkernel_core::policy::SeccompMode;
+use serde_json::{Value, json};
 
 /// One system call of the lists below: its name (as libseccomp and Docker/OCI seccomp profiles
 /// spell it) and its number on this architecture. The lists are the one definition of the
@@ -342,6 +347,56 @@ pub fn install(prog: &Program) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The policy as a Docker/OCI seccomp profile, for the container backends: the same lists,, the same special cases (clone with namespace flags and
+/// ptrace attach refused, clone3 answered ENOSYS so libc falls back to clone). Calls a
+/// foreign architecture would make are refused by libseccomp's architecture check, as the
+/// native filter kills them.
+pub fn docker_profile(mode: SeccompMode) -> Value {
+    let names = |calls: &[Syscall]| calls.iter().map(|c| c.name()).collect::<Vec<_>>();
+    let arch = if cfg!(target_arch = "aarch64") {
+        "SCMP_ARCH_AARCH64"
+    } else {
+        "SCMP_ARCH_X86_64"
+    };
+    let eperm = libc::EPERM;
+    let clone3 =
+        json!({"names": [CLONE3.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS});
+    match mode {
+        SeccompMode::DenyList => {
+            let mut rules = vec![
+                json!({"names": names(DENIED), "action": "SCMP_ACT_ERRNO", "errnoRet": eperm}),
+                clone3,
+            ];
+            // A filter rule matches one masked value: one rule per namespace flag.
+            let flags = NAMESPACE_FLAGS;
+            for bit in (0..32).map(|b| 1u32 << b).filter(|b| flags & b != 0) {
+                rules.push(json!({
+                    "names": [CLONE.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": eperm,
+                    "args": [{"index": 0, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ"}]
+                }));
+            }
+            for request in [PTRACE_ATTACH, PTRACE_SEIZE] {
+                rules.push(json!({
+                    "names": [PTRACE.name()], "action": "SCMP_ACT_ERRNO", "errnoRet": eperm,
+                    "args": [{"index": 0, "value": request, "valueTwo": 0, "op": "SCMP_CMP_EQ"}]
+                }));
+            }
+            json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": [arch], "syscalls": rules})
+        }
+        SeccompMode::AllowList => json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": eperm,
+            "architectures": [arch],
+            "syscalls": [
+                {"names": names(ALLOWED), "action": "SCMP_ACT_ALLOW"},
+                clone3,
+                {"names": [CLONE.name()], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]}
+            ]
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,6 +542,29 @@ mod tests {
             ALLOWED
                 .iter()
                 .any(|c| c.name() == "read" && c.nr == libc::SYS_read)
+        );
+    }
+    #[test]
+    fn docker_profiles_carry_the_same_lists() {
+        let deny = docker_profile(SeccompMode::DenyList);
+        assert_eq!(deny["defaultAction"], "SCMP_ACT_ALLOW");
+        let first = &deny["syscalls"][0]["names"];
+        assert_eq!(first.as_array().map(Vec::len), Some(DENIED.len()));
+        assert!(
+            first
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("mount")))
+        );
+        let text = deny.to_string();
+        assert!(text.contains("\"clone3\"") && text.contains("SCMP_CMP_MASKED_EQ"));
+        let allow = docker_profile(SeccompMode::AllowList);
+        assert_eq!(allow["defaultAction"], "SCMP_ACT_ERRNO");
+        let names = &allow["syscalls"][0]["names"];
+        assert_eq!(names.as_array().map(Vec::len), Some(ALLOWED.len()));
+        assert!(
+            !names
+                .as_array()
+                .is_some_and(|a| a.contains(&json!("mount")))
         );
     }
 }

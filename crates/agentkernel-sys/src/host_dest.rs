@@ -189,12 +189,7 @@ pub fn create_file(dir: impl AsFd, name: &OsStr, mode: u32, shown: &Path) -> Res
     let dir = dir.as_fd();
     let mut tries = 0;
     let fd = loop {
-        match rustix::fs::openat(
-            dir,
-            name,
-            crate::inode::NEW_FILE,
-            Mode::from_raw_mode(0o600),
-        ) {
+        match rustix::fs::openat(dir, name, crate::fs::NEW_FILE, Mode::from_raw_mode(0o600)) {
             Ok(fd) => break fd,
             Err(rustix::io::Errno::EXIST) if tries < CREATE_TRIES => {
                 tries += 1;

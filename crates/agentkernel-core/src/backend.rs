@@ -1,0 +1,91 @@
+//! The types every backend implements and every part of the engine passes around: whether a
+//! backend is usable here (`Readiness`), what it offers (`Capabilities`), where a sandbox's
+//! writable layer lives (`Persistence`), how a started sandbox is found again and owned
+//! (`RuntimeState`, `Started`), and what a surface passes through to a running command
+//! (`Controls`). They live in core so that every backend crate, present and future, can
+//! produce them without depending on the engine or on another backend.
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::Path;
+
+/// Whether a backend can be used here, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    pub usable: bool,
+    pub reason: String,
+}
+
+/// What a backend offers beyond the lifecycle, as `GET /backends` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// The project directory can be mounted (permissive profile, compatibility modes).
+    pub mount_cwd: bool,
+    /// The user's home can be mounted read-only (permissive profile).
+    pub mount_home: bool,
+    /// Interactive sessions on a pty (`attach`).
+    pub attach: bool,
+    pub host_volumes: bool,
+    pub ssh: bool,
+    pub proxy_secret_bindings: bool,
+    pub secret_files: bool,
+    pub snapshots: bool,
+    pub resume: bool,
+    pub full_state_pause_resume: bool,
+    pub full_state_fork: bool,
+    pub endpoints: bool,
+}
+
+/// Where a sandbox's writable layer lives.
+pub enum Persistence<'a> {
+    /// In memory; gone when the sandbox stops. The sandbox dies with the calling process.
+    Ephemeral,
+    /// On disk under this directory; survives stop/start and the calling process.
+    Persistent { dir: &'a Path },
+}
+
+/// A started sandbox: how to find it again, and for a throwaway sandbox the lifeline that
+/// keeps it alive. It owns the sandbox, so it is neither `Copy` nor `Clone`: `stop` takes it by
+/// value, and a lifeline is closed exactly once — by `stop`, or by dropping the handle, which
+/// ends the throwaway sandbox instead of leaking it.
+#[derive(Debug)]
+pub struct Started {
+    pub runtime: RuntimeState,
+    /// Throwaway sandboxes: the write end of the pipe whose closing ends the sandbox.
+    pub lifeline: Option<OwnedFd>,
+}
+
+impl Started {
+    /// The handle of a persistent sandbox found in the store: nothing to close but the
+    /// sandbox itself.
+    pub fn found(runtime: RuntimeState) -> Started {
+        Started {
+            runtime,
+            lifeline: None,
+        }
+    }
+}
+
+/// Signals and terminal events a surface passes through to a command.
+#[derive(Clone, Copy, Default)]
+pub struct Controls<'a> {
+    /// Bytes are signal numbers to forward to the command.
+    pub signals: Option<BorrowedFd<'a>>,
+    /// Readable when the caller's terminal was resized (attach).
+    pub resized: Option<BorrowedFd<'a>>,
+}
+
+/// What a backend needs to find a started sandbox again from another process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// native: names the sandbox's cgroups and network pin, new at every start. docker,
+    /// podman, gvisor: the container id.
+    pub instance: String,
+    /// The sandbox's init on this host (0 when the engine's processes are not visible here).
+    pub pid: u32,
+    pub start_time: u64,
+    pub boot_id: String,
+    /// A throwaway sandbox (`run`, warm pools): stopping it removes it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
+}
