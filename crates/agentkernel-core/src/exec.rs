@@ -18,6 +18,14 @@ pub struct ExecRequest {
     pub timeout: Option<Duration>,
 }
 
+/// Sets `key` in an environment list, replacing an earlier value.
+pub fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
+    match env.iter_mut().find(|(k, _)| *k == key) {
+        Some(slot) => slot.1 = value,
+        None => env.push((key, value)),
+    }
+}
+
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ExitStatus {

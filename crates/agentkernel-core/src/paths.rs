@@ -11,3 +11,9 @@ pub fn agentkernel_home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".agentkernel")
 }
+
+/// Where a sandbox keeps what it owns on the host (its disk, mount point, detached commands'
+/// records): `<home>/sandboxes/<name>`.
+pub fn sandbox_dir(home: &std::path::Path, name: &str) -> PathBuf {
+    home.join("sandboxes").join(name)
+}

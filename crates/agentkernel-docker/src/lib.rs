@@ -18,6 +18,7 @@
 //! The engine API is asynchronous and agentkernel's engine is not: each client owns one
 //! current-thread tokio runtime and blocks on it.
 
+mod backend;
 mod discovery;
 mod disk;
 mod files;
@@ -28,6 +29,7 @@ mod oom;
 mod policy;
 mod run;
 
+pub use backend::{DockerBackend, REGISTRY};
 pub use discovery::Endpoint;
 pub use files::{RM_ROLE, rm_main};
 pub use run::Controls;

@@ -1,113 +1,39 @@
-//! The Backend trait: what the engine needs from a sandbox technology, and the registry of the
-//! backends this build has.
+//! Which backends this process has: the registry the binary installs at startup, and the
+//! lookup the engine makes through it. The trait itself is `agentkernel_backend::Backend`.
 
 use crate::error::{EngineError, Result};
-pub use agentkernel_core::backend::{
-    Capabilities, Controls, Persistence, Readiness, RuntimeState, Started,
+pub use agentkernel_backend::{
+    Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Registry, RuntimeState,
+    Started, start_exec_stop,
 };
-use agentkernel_core::exec::{Recorder, Sink};
-use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec};
-use agentkernel_image::{ImageStore, Rootfs};
-use std::path::{Path, PathBuf};
+use agentkernel_core::BackendKind;
+use std::path::Path;
+use std::sync::OnceLock;
 
-/// The general throwaway sandbox: started, the command exec'd into it, stopped.
-pub(crate) fn start_exec_stop<B: Backend + ?Sized>(
-    backend: &B,
-    spec: &SandboxSpec,
-    rootfs: &Rootfs,
-    exec: &ExecRequest,
-    sink: &mut Sink<'_>,
-    controls: Controls<'_>,
-) -> Result<ExitStatus> {
-    let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
-    let result = backend.exec(spec, &started.runtime, exec, sink, controls);
-    let stopped = backend.stop(started);
-    let status = result?;
-    stopped?;
-    Ok(status)
+static REGISTRIES: OnceLock<&'static [Registry]> = OnceLock::new();
+
+/// Gives this process its backends; the binary calls it once, before any engine work. Later
+/// calls change nothing.
+pub fn install(registries: &'static [Registry]) {
+    let _ = REGISTRIES.set(registries);
 }
 
-pub trait Backend {
-    fn kind(&self) -> BackendKind;
-    fn readiness(&self) -> Readiness;
-    /// The check made before each operation: what `readiness` says, unless the backend has a
-    /// cheaper one (what it leaves out then fails on the operation itself, with its reason).
-    fn ready_for_use(&self) -> Readiness {
-        self.readiness()
-    }
-    fn capabilities(&self) -> Capabilities;
-    /// Makes the image ready for this backend: agentkernel's own store prepares root
-    /// directories for the native backend; container engines pull or load it themselves.
-    fn resolve_image(&self, image: &ImageRef, store: &ImageStore) -> Result<Rootfs> {
-        Ok(store.resolve(image)?)
-    }
-    /// A throwaway sandbox for one command (`run`): started, the command run, torn down.
-    /// Backends with a cheaper one-shot path (a container whose command is the user's)
-    /// override it.
-    fn run_ephemeral(
-        &self,
-        spec: &SandboxSpec,
-        rootfs: &Rootfs,
-        exec: &ExecRequest,
-        sink: &mut Sink<'_>,
-        controls: Controls<'_>,
-    ) -> Result<ExitStatus> {
-        start_exec_stop(self, spec, rootfs, exec, sink, controls)
-    }
-    /// Deletes what the backend keeps for sandbox `name` beyond its directory (a container's
-    /// writable layer), when the sandbox is removed.
-    fn destroy(&self, _name: &str) -> Result<()> {
-        Ok(())
-    }
-    fn start(
-        &self,
-        spec: &SandboxSpec,
-        rootfs: &Rootfs,
-        instance: &str,
-        persistence: Persistence<'_>,
-    ) -> Result<Started>;
-    /// Stops the sandbox `sandbox` owns, closing its lifeline if it has one.
-    fn stop(&self, sandbox: Started) -> Result<()>;
-    fn is_running(&self, runtime: &RuntimeState) -> bool;
-    fn exec(
-        &self,
-        spec: &SandboxSpec,
-        runtime: &RuntimeState,
-        req: &ExecRequest,
-        sink: &mut Sink<'_>,
-        controls: Controls<'_>,
-    ) -> Result<ExitStatus>;
-    fn attach(
-        &self,
-        spec: &SandboxSpec,
-        runtime: &RuntimeState,
-        req: &ExecRequest,
-        controls: Controls<'_>,
-        record: Option<&mut Recorder<'_>>,
-    ) -> Result<ExitStatus>;
-    fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf>;
-    fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf>;
-    /// A whole file of the sandbox, refused above `limit` bytes. `path` is absolute and is
-    /// resolved inside the sandbox's root: neither `..` nor a symlink leads out of it.
-    fn read_file(&self, runtime: &RuntimeState, path: &Path, limit: u64) -> Result<Vec<u8>>;
-    /// Creates or replaces a file (and its missing parent directories), resolved like
-    /// `read_file`.
-    fn write_file(&self, runtime: &RuntimeState, path: &Path, data: &[u8]) -> Result<()>;
-    /// Removes a file, a symlink or an empty directory, resolved like `read_file`.
-    fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()>;
-    /// Removes leftovers of instances that are no longer running (after crashes), and of
-    /// sandboxes no longer in the store (`sandboxes` lists those that are); returns what was
-    /// removed.
-    fn collect_garbage(&self, live_instances: &[String], sandboxes: &[String]) -> Vec<String>;
+/// The backend kinds this process has, in the registry's order (none before `install`).
+pub fn available() -> impl Iterator<Item = BackendKind> {
+    REGISTRIES
+        .get()
+        .into_iter()
+        .flat_map(|all| all.iter())
+        .flat_map(|r| r.kinds.iter().copied())
 }
 
-/// The backend for `kind`, if this build has it.
+/// The backend for `kind`, if this process has it.
 pub fn backend_for(kind: BackendKind, home: &Path) -> Result<Box<dyn Backend>> {
-    match kind {
-        BackendKind::Native => Ok(Box::new(crate::native::NativeBackend::new(home))),
-        BackendKind::Docker | BackendKind::Podman | BackendKind::Gvisor => {
-            Ok(Box::new(crate::docker::DockerBackend::new(kind, home)))
-        }
-        other => Err(EngineError::BackendUnavailable(other.to_string())),
-    }
+    REGISTRIES
+        .get()
+        .into_iter()
+        .flat_map(|all| all.iter())
+        .find(|r| r.kinds.contains(&kind))
+        .and_then(|r| (r.make)(kind, home))
+        .ok_or_else(|| EngineError::BackendUnavailable(kind.to_string()))
 }

@@ -34,11 +34,11 @@
 //! Ids are 12 random lowercase hex digits; anything else (`../x`) is refused as unknown
 //! before a path is built from it.
 
+use crate::backend::BackendError;
 use crate::error::{EngineError, Result};
 use crate::{Engine, validate_exec};
+use agentkernel_core::{ErrorKind, HasKind};
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus};
-use agentkernel_native::NativeError;
-use agentkernel_native::exec::ExecError;
 use agentkernel_sys::proc;
 use rustix::fd::{AsFd, AsRawFd, OwnedFd};
 use serde::{Deserialize, Serialize};
@@ -224,18 +224,19 @@ enum FailKind {
 impl FailKind {
     fn of(e: &EngineError) -> FailKind {
         match e {
-            EngineError::Native(NativeError::Exec(ExecError::NotFound(_))) => {
-                FailKind::CommandNotFound
-            }
-            EngineError::Native(NativeError::Exec(ExecError::NotExecutable(_))) => {
-                FailKind::NotExecutable
-            }
-            EngineError::Native(NativeError::Exec(ExecError::NotRunning))
-            | EngineError::NotRunning(_) => FailKind::NotRunning,
+            EngineError::NotRunning(_) => FailKind::NotRunning,
             EngineError::NotFound(_) => FailKind::SandboxNotFound,
-            EngineError::Native(NativeError::Files(
-                agentkernel_native::files::FileError::NoWorkdir(_),
-            )) => FailKind::WorkdirMissing,
+            // A backend's refusal to start the command, by kind: in an exec into a sandbox
+            // that exists, what is missing is the working directory, and a conflict is a
+            // sandbox that stopped.
+            EngineError::Backend(b) => match b.kind() {
+                ErrorKind::CommandNotFound => FailKind::CommandNotFound,
+                ErrorKind::NotExecutable => FailKind::NotExecutable,
+                ErrorKind::Conflict => FailKind::NotRunning,
+                ErrorKind::NotFound => FailKind::WorkdirMissing,
+                _ => FailKind::Other,
+            },
+            _ if e.kind() == ErrorKind::CommandNotFound => FailKind::CommandNotFound,
             _ => FailKind::Other,
         }
     }
@@ -245,30 +246,31 @@ impl FailKind {
     fn into_error(self, sandbox: &str, req: &ExecRequest, message: String) -> EngineError {
         let program = req.argv.first().map(String::as_str).unwrap_or_default();
         match self {
-            FailKind::CommandNotFound => ExecError::NotFound(program.to_string()).into_engine(),
-            FailKind::NotExecutable => ExecError::NotExecutable(program.to_string()).into_engine(),
+            FailKind::CommandNotFound => BackendError::new(
+                ErrorKind::CommandNotFound,
+                format!("command not found: {program}"),
+            )
+            .into(),
+            FailKind::NotExecutable => BackendError::new(
+                ErrorKind::NotExecutable,
+                format!("command not executable: {program}: permission denied"),
+            )
+            .into(),
             FailKind::SandboxNotFound => EngineError::NotFound(sandbox.to_string()),
             FailKind::NotRunning => EngineError::NotRunning(sandbox.to_string()),
-            FailKind::WorkdirMissing => EngineError::Native(NativeError::Files(
-                agentkernel_native::files::FileError::NoWorkdir(
-                    req.workdir.clone().unwrap_or_default(),
+            FailKind::WorkdirMissing => BackendError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "the working directory {} does not exist in the sandbox: create it first or pick another with -w",
+                    req.workdir.as_deref().unwrap_or_default()
                 ),
-            )),
+            )
+            .into(),
             FailKind::Other => EngineError::DetachedStart {
                 sandbox: sandbox.to_string(),
                 reason: message,
             },
         }
-    }
-}
-
-trait IntoEngine {
-    fn into_engine(self) -> EngineError;
-}
-
-impl IntoEngine for ExecError {
-    fn into_engine(self) -> EngineError {
-        EngineError::Native(NativeError::Exec(self))
     }
 }
 
@@ -287,7 +289,7 @@ fn valid_id(id: &str) -> bool {
 
 /// `sandboxes/NAME/detached`
 fn records_dir(home: &Path, sandbox: &str) -> PathBuf {
-    agentkernel_native::sandbox_dir(home, sandbox).join("detached")
+    agentkernel_core::paths::sandbox_dir(home, sandbox).join("detached")
 }
 
 /// Reads a JSON file; `None` if it does not exist.

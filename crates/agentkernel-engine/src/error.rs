@@ -26,10 +26,9 @@ pub enum EngineError {
     BackendNotReady { backend: String, reason: String },
     #[error(transparent)]
     Image(#[from] agentkernel_image::ImageError),
-    #[error("{0}")]
-    Native(#[from] agentkernel_native::NativeError),
-    #[error("{0}")]
-    Docker(agentkernel_docker::DockerError),
+    /// A backend's failure, with the kind its backend gave it.
+    #[error(transparent)]
+    Backend(#[from] agentkernel_backend::BackendError),
     #[error("state database {path}: {source}")]
     Store {
         path: String,
@@ -102,8 +101,7 @@ impl HasKind for EngineError {
         match self {
             EngineError::Input(e) => e.kind(),
             EngineError::Image(e) => e.kind(),
-            EngineError::Native(e) => e.kind(),
-            EngineError::Docker(e) => e.kind(),
+            EngineError::Backend(e) => e.kind(),
             EngineError::LimitReached(_) => ErrorKind::LimitReached,
             EngineError::NoCommand
             | EngineError::BadCopyArg(_)

@@ -5,13 +5,11 @@ pub mod audit;
 pub mod backend;
 pub mod buffered;
 pub mod detached;
-mod docker;
 pub mod doctor;
 pub mod error;
 mod files;
 mod lock;
 pub mod metadata;
-mod native;
 pub mod pool;
 pub mod resolve;
 mod running;
@@ -409,7 +407,7 @@ impl Engine {
     }
 
     fn sandbox_dir(&self, name: &str) -> PathBuf {
-        agentkernel_native::sandbox_dir(&self.home, name)
+        agentkernel_core::paths::sandbox_dir(&self.home, name)
     }
 
     fn is_running(&self, rec: &SandboxRecord) -> bool {
@@ -626,7 +624,7 @@ impl Engine {
         self.audit.record(AuditEvent::SessionAttached {
             sandbox: name.to_string(),
         });
-        backend.attach(&spec, &rt, req, controls, record)
+        Ok(backend.attach(&spec, &rt, req, controls, record)?)
     }
 
     /// `cp SRC DST` where exactly one side is `NAME:/path`.
@@ -768,15 +766,9 @@ impl Engine {
                 .filter(|r| self.is_running(r))
                 .filter_map(|r| r.runtime.map(|rt| rt.instance))
                 .collect();
-            let native = native::NativeBackend::new(&self.home);
-            removed.extend(native.collect_garbage(&live, &names));
-            // Container engines that answer: their containers left by crashes or by
-            // sandboxes no longer in the store.
-            for kind in [
-                agentkernel_core::BackendKind::Docker,
-                agentkernel_core::BackendKind::Podman,
-                agentkernel_core::BackendKind::Gvisor,
-            ] {
+            // Every backend of this process that can run here (container engines that
+            // answer): what crashes left, and what belongs to sandboxes no longer stored.
+            for kind in backend::available() {
                 if let Ok(b) = backend::backend_for(kind, &self.home)
                     && b.readiness().usable
                 {

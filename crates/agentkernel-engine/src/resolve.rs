@@ -569,12 +569,7 @@ pub fn validate_description(text: &str) -> std::result::Result<(), CoreError> {
 }
 
 /// Sets or replaces one variable, keeping the order of first appearance.
-pub fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
-    match env.iter_mut().find(|(k, _)| *k == key) {
-        Some(slot) => slot.1 = value,
-        None => env.push((key, value)),
-    }
-}
+pub use agentkernel_core::exec::set_env;
 
 /// Applies an image's own environment (`Env` of its OCI config) under the explicit one: image
 /// values replace defaults but never what the user passed with `-e`.

@@ -72,6 +72,23 @@ pub enum BootError {
     },
     #[error("the boot helper failed: {0}")]
     Helper(String),
+    /// Cloning an init runs ordinary Rust code in the child, which another thread may have
+    /// left mid-allocation: refused rather than risked.
+    #[error(
+        "this process has {threads} threads, and a sandbox init can only be cloned from a single-threaded one: a multithreaded program must call agentkernel_native::use_boot_helper before it starts its threads (agentkernel's server, daemon and MCP server do)"
+    )]
+    Multithreaded { threads: u64 },
+}
+
+/// The number of threads of this process (field 20 of /proc/self/stat); `None` if unreadable.
+fn thread_count() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields resume after the command name's last ')'; field 20 is the 18th from field 3.
+    stat[stat.rfind(')')? + 2..]
+        .split(' ')
+        .nth(17)?
+        .parse()
+        .ok()
 }
 
 /// Namespaces of every sandbox init.
@@ -114,6 +131,16 @@ pub fn boot_reporting(plan: &BootPlan<'_>) -> Result<(Booted, StatusPipe), BootE
             ));
         }
         None => {
+            match thread_count() {
+                Some(1) => {}
+                Some(threads) => return Err(BootError::Multithreaded { threads }),
+                None => {
+                    return Err(BootError::Setup(
+                        "cannot read /proc/self/stat to check that this process is single-threaded"
+                            .into(),
+                    ));
+                }
+            }
             let caller_ends = [status_r.as_raw_fd(), life_w.as_raw_fd()];
             let pid =
                 clone_init(plan, status_w, life_r, &caller_ends, 0).map_err(BootError::Clone)?;

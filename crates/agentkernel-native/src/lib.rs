@@ -16,6 +16,7 @@
 //! stdin, so only an interactive CLI calls it.
 
 pub mod attach;
+mod backend;
 mod boot;
 pub mod cgroup;
 mod copy;
@@ -32,6 +33,7 @@ mod rootfs;
 pub mod security;
 mod vfork;
 
+pub use backend::{NativeBackend, REGISTRY};
 pub use boot::{BOOT_HELPER_ROLE, Booted, boot_helper_main, use_boot_helper};
 pub use exec::Target;
 pub use relay::{Ending, Sink};
@@ -40,7 +42,7 @@ pub use rootfs::{RootfsPlan, UpperDir};
 use agentkernel_core::policy::{NetworkMode, Policy};
 use agentkernel_core::{ExecEvent, ExitStatus};
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Errors of the native backend; each says what to do next.
@@ -62,11 +64,6 @@ pub enum NativeError {
     Disk(#[from] disk::DiskError),
     #[error("native backend: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Where a persistent sandbox keeps its upper layer and mount point.
-pub fn sandbox_dir(home: &Path, name: &str) -> PathBuf {
-    home.join("sandboxes").join(name)
 }
 
 /// Whether this host can run native sandboxes; the reason when not.

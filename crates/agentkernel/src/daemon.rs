@@ -78,9 +78,8 @@ fn run_daemon(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineError> {
     let socket = socket_path(home);
     // Nothing answers on it (checked above): a previous daemon died without cleaning up.
     let _ = std::fs::remove_file(&socket);
-    // Sandboxes are booted from the pool's and the server's threads: through the boot helper,
-    // this same executable (`/proc/self/exe` survives the file being replaced).
-    agentkernel_native::use_boot_helper(PathBuf::from("/proc/self/exe"));
+    // Before the pool's threads: it declares that sandboxes are booted through the helper.
+    let runtime = crate::serve::runtime()?;
     let settings = PoolSettings::from_config(&config);
     let pool = Arc::new(WarmPool::start(home, settings)?);
     let info = DaemonInfo {
@@ -106,7 +105,6 @@ fn run_daemon(home: &Path, args: &DaemonStartArgs) -> Result<i32, EngineError> {
     state.hosts = None;
     state.pool = Some(pool.clone());
     state.daemon = Some(info);
-    let runtime = crate::serve::runtime()?;
     let served = runtime.block_on(async {
         let listener = tokio::net::UnixListener::bind(&socket)
             .map_err(io(format!("listen on {}", socket.display())))?;

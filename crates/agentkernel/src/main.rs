@@ -18,7 +18,13 @@ use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
 use cli::{AuditCommand, Cli, Command, ImagesCommand, McpCommand, SandboxCommand, SandboxOpts};
 use std::io::IsTerminal;
 
+/// The backends this binary links: the engine (and the server and MCP tools above it) reach
+/// them only through the registry installed here.
+pub const BACKENDS: &[agentkernel_engine::backend::Registry] =
+    &[agentkernel_native::REGISTRY, agentkernel_docker::REGISTRY];
+
 fn main() {
+    agentkernel_engine::backend::install(BACKENDS);
     if let Some(code) = roles::dispatch() {
         std::process::exit(code);
     }
@@ -163,9 +169,8 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
 fn mcp_server() -> Result<i32, EngineError> {
     let options =
         agentkernel_mcp::Options::new(agentkernel_core::paths::agentkernel_home(), current_dir()?);
-    // Tools run on a multithreaded runtime and boot sandboxes from its blocking threads:
-    // through the boot helper, this same executable, set before any thread starts.
-    agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
+    // Tools run on a multithreaded runtime and boot sandboxes from its blocking threads,
+    // through the boot helper (`serve::runtime`).
     let runtime = serve::runtime()?;
     runtime
         .block_on(agentkernel_mcp::serve_stdio(options))

@@ -57,9 +57,7 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
             .cloned(),
     )
     .map_err(|e| input(e.to_string()))?;
-    // The server boots sandboxes from many threads: through the boot helper, this same
-    // executable (`/proc/self/exe` is the running binary even if the file was replaced since).
-    agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
+    let runtime = runtime()?;
     let mut state = AppState::new(home.clone(), keys.clone(), limits, cwd);
     state.hosts = Some(hosts);
     let pool = if args.no_pool {
@@ -72,7 +70,6 @@ pub fn serve(args: ServeArgs) -> Result<i32, EngineError> {
     };
     state.pool = pool.clone();
     let mcp_sessions = state.shutdown.clone();
-    let runtime = runtime()?;
     let served = runtime.block_on(async move {
         let addr = SocketAddr::new(ip, port);
         let listener = tokio::net::TcpListener::bind(addr)
@@ -203,7 +200,14 @@ fn limits(args: &ServeArgs) -> Result<Limits, EngineError> {
     Ok(limits)
 }
 
+/// The multithreaded runtime of `serve`, `daemon` and `mcp server`: the one place this binary
+/// becomes multithreaded, and so the one place it declares that sandbox inits are cloned by
+/// the boot helper (this same executable; `/proc/self/exe` is the running binary even if the
+/// file was replaced since) from now on. Call it before anything that boots a sandbox (warm
+/// pools start booting at once); a boot without the helper in a multithreaded process is
+/// refused (`BootError::Multithreaded`).
 pub fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
+    agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 fn use_helper() {
+    install_backends();
     agentkernel_native::use_boot_helper(bin().into());
 }
 

@@ -20,6 +20,7 @@ fn a_helper_that_dies_fails_the_run_cleanly() {
     )
     .expect("write script");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    install_backends();
     agentkernel_native::use_boot_helper(script.clone());
     let engine = Engine::open(ak.home.path()).expect("open engine");
     let mut sink = |_| ControlFlow::Continue(());

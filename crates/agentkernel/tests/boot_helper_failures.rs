@@ -59,6 +59,7 @@ fn assert_nothing_left(ak: &Ak, prefix: &str) {
 fn run_with_a_missing_helper_fails_cleanly() {
     let _serial = one_at_a_time();
     let ak = Ak::new();
+    install_backends();
     agentkernel_native::use_boot_helper(MISSING.into());
     let engine = Engine::open(ak.home.path()).expect("open engine");
     let mut sink = |_| ControlFlow::Continue(());
@@ -92,6 +93,7 @@ fn run_with_a_missing_helper_fails_cleanly() {
 fn start_with_a_missing_helper_fails_cleanly() {
     let _serial = one_at_a_time();
     let ak = Ak::new();
+    install_backends();
     agentkernel_native::use_boot_helper(MISSING.into());
     let engine = Engine::open(ak.home.path()).expect("open engine");
     engine

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 /// An engine on the test's state directory whose supervisor is the agentkernel binary (this
 /// test binary is not one).
 fn engine(ak: &Ak) -> Engine {
+    install_backends();
     Engine::open(ak.home.path())
         .expect("open engine")
         .with_supervisor_exe(bin())

@@ -352,3 +352,61 @@ fn create_takes_its_name_from_the_project_config() {
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("compatibility_mode"), "{out:?}");
 }
+
+/// A multithreaded program that boots a sandbox in-process without the boot helper is refused
+/// with an error that says what to do, instead of cloning an init that may deadlock on a lock
+/// another thread held (this test process has the harness's threads and one more of its own;
+/// nothing in this file declares the helper).
+#[test]
+fn an_in_process_boot_in_a_multithreaded_process_is_refused() {
+    use agentkernel_core::ExecRequest;
+    use agentkernel_engine::backend::Controls;
+    use agentkernel_engine::{Engine, RunOptions, SpecRequest};
+    let ak = Ak::new();
+    install_backends();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || {
+        let _ = stop_rx.recv();
+    });
+    let engine = Engine::open(ak.home.path()).expect("open engine");
+    let mut sink = |_| std::ops::ControlFlow::Continue(());
+    let err = engine
+        .run(
+            &SpecRequest {
+                image: Some("host".into()),
+                no_network: true,
+                cwd: ak.cwd.path().to_path_buf(),
+                ..Default::default()
+            },
+            &RunOptions {
+                name: Some("threads-run".into()),
+                ..Default::default()
+            },
+            &ExecRequest {
+                argv: vec!["true".into()],
+                ..Default::default()
+            },
+            &mut sink,
+            Controls::default(),
+        )
+        .expect_err("a boot from a multithreaded process without the helper must be refused");
+    let _ = stop_tx.send(());
+    let _ = other.join();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("single-threaded") && msg.contains("use_boot_helper"),
+        "unclear error: {msg}"
+    );
+    assert_eq!(err.exit_code(), 125);
+    // Nothing was left: the CLI (single-threaded, booting directly) still runs.
+    let out = ak.ok(&[
+        "run",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "echo",
+        "fine",
+    ]);
+    assert_eq!(out.stdout, "fine\n");
+}

@@ -351,3 +351,13 @@ pub fn assert_copy_did_not_escape(host_file: &Path, host_dir: &Path, dst: &Path)
     );
     assert!(!dst.join("out/link").is_symlink());
 }
+
+/// Gives this test process the backends the binary has, for tests that drive the engine
+/// in-process (the binary does the same in its `main`).
+#[allow(dead_code)]
+pub fn install_backends() {
+    agentkernel_engine::backend::install(&[
+        agentkernel_native::REGISTRY,
+        agentkernel_docker::REGISTRY,
+    ]);
+}

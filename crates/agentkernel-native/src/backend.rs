@@ -1,12 +1,13 @@
-//! The native backend behind the engine's Backend trait.
+//! The native backend behind the neutral `agentkernel_backend::Backend` trait.
 
-use crate::backend::{Backend, Capabilities, Controls, Persistence, Readiness, Started};
-use crate::error::{EngineError, Result};
-use crate::store::RuntimeState;
-use agentkernel_core::Sink;
-use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, SandboxSpec};
+use crate as native;
+use crate::{RootfsPlan, Target, UpperDir};
+use agentkernel_backend::{
+    Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Result, RuntimeState,
+    Started,
+};
+use agentkernel_core::{BackendKind, ErrorKind, ExecRequest, ExitStatus, SandboxSpec, Sink};
 use agentkernel_image::Rootfs;
-use agentkernel_native::{self as native, RootfsPlan, Target, UpperDir};
 use std::path::{Path, PathBuf};
 
 pub struct NativeBackend {
@@ -39,14 +40,14 @@ impl NativeBackend {
             Persistence::Ephemeral => (UpperDir::Tmpfs { size_mb: disk_mb }, self.home.join("mnt")),
             Persistence::Persistent { dir } => {
                 std::fs::create_dir_all(dir)
-                    .map_err(EngineError::io(format!("create {}", dir.display())))?;
+                    .map_err(BackendError::io(format!("create {}", dir.display())))?;
                 let image =
                     native::disk::prepare_image(dir, disk_mb).map_err(native::NativeError::from)?;
                 (UpperDir::Disk { image }, dir.join("mnt"))
             }
         };
         std::fs::create_dir_all(&mountpoint)
-            .map_err(EngineError::io(format!("create {}", mountpoint.display())))?;
+            .map_err(BackendError::io(format!("create {}", mountpoint.display())))?;
         Ok(RootfsPlan {
             lower_dirs: rootfs.lower_dirs.clone(),
             upper,
@@ -107,7 +108,7 @@ impl Backend for NativeBackend {
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
         if !native::can_run_throwaway(&spec.policy) {
-            return crate::backend::start_exec_stop(self, spec, rootfs, exec, sink, controls);
+            return agentkernel_backend::start_exec_stop(self, spec, rootfs, exec, sink, controls);
         }
         let plan = self.rootfs_plan(spec, rootfs, Persistence::Ephemeral)?;
         let pin = self.pin(&spec.name);
@@ -310,12 +311,15 @@ fn check_masked_paths(paths: &[PathBuf]) -> Result<()> {
 const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A path missing in the sandbox is its own error (HTTP answers 404 for it).
-fn file_error(e: native::files::FileError) -> EngineError {
+fn file_error(e: native::files::FileError) -> BackendError {
     match e {
         native::files::FileError::Sandbox { path, source }
             if source.kind() == std::io::ErrorKind::NotFound =>
         {
-            EngineError::FileNotFound(path)
+            BackendError::new(
+                ErrorKind::NotFound,
+                format!("no such file in the sandbox: {path}"),
+            )
         }
         other => native::NativeError::from(other).into(),
     }
@@ -343,7 +347,16 @@ fn command_spec<'a>(
 fn merged_env(spec: &SandboxSpec, req: &ExecRequest) -> Vec<(String, String)> {
     let mut env = spec.env.clone();
     for (k, v) in &req.env {
-        crate::resolve::set_env(&mut env, k.clone(), v.clone());
+        agentkernel_core::exec::set_env(&mut env, k.clone(), v.clone());
     }
     env
 }
+
+/// The native backend, for the engine's registry of backends.
+pub const REGISTRY: agentkernel_backend::Registry = agentkernel_backend::Registry {
+    kinds: &[BackendKind::Native],
+    make: |kind, home| {
+        (kind == BackendKind::Native)
+            .then(|| Box::new(NativeBackend::new(home)) as Box<dyn Backend>)
+    },
+};

@@ -1,12 +1,12 @@
-//! The container backends (docker, podman, gvisor) behind the engine's Backend trait: one
+//! The container backends (docker, podman, gvisor) behind the neutral Backend trait: one
 //! implementation over the Docker Engine API (`agentkernel-docker`).
 
-use crate::backend::{Backend, Capabilities, Controls, Persistence, Readiness, Started};
-use crate::error::{EngineError, Result};
-use crate::store::RuntimeState;
-use agentkernel_core::Sink;
-use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec};
-use agentkernel_docker::{Client, DockerError, Flavor};
+use crate::{Client, Flavor};
+use agentkernel_backend::{
+    Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Result, RuntimeState,
+    Started,
+};
+use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec, Sink};
 use agentkernel_image::{ImageStore, Rootfs};
 use std::path::{Path, PathBuf};
 
@@ -24,8 +24,8 @@ impl DockerBackend {
         }
     }
 
-    fn started(runtime: &RuntimeState) -> agentkernel_docker::Started {
-        agentkernel_docker::Started {
+    fn started(runtime: &RuntimeState) -> crate::Started {
+        crate::Started {
             id: runtime.instance.clone(),
             pid: runtime.pid,
             start_time: runtime.start_time,
@@ -35,17 +35,6 @@ impl DockerBackend {
     /// The container's init pid, trusted only under the boot it was recorded in.
     fn same_boot(runtime: &RuntimeState) -> bool {
         runtime.boot_id == agentkernel_sys::proc::boot_id()
-    }
-}
-
-impl From<DockerError> for EngineError {
-    fn from(e: DockerError) -> EngineError {
-        match e {
-            DockerError::FileNotFound(path) => EngineError::FileNotFound(path),
-            DockerError::NotRegular { path, kind } => EngineError::NotRegularFile { path, kind },
-            DockerError::Image(e) => EngineError::Image(e),
-            other => EngineError::Docker(other),
-        }
     }
 }
 
@@ -117,7 +106,7 @@ impl Backend for DockerBackend {
             Persistence::Persistent { dir } => {
                 // The engine keeps the sandbox's view beside its (otherwise empty) directory.
                 std::fs::create_dir_all(dir)
-                    .map_err(EngineError::io(format!("create {}", dir.display())))?;
+                    .map_err(BackendError::io(format!("create {}", dir.display())))?;
                 true
             }
             Persistence::Ephemeral => false,
@@ -211,3 +200,19 @@ impl Backend for DockerBackend {
         self.client.collect_garbage(sandboxes)
     }
 }
+
+/// The container backends, for the engine's registry of backends.
+pub const REGISTRY: agentkernel_backend::Registry = agentkernel_backend::Registry {
+    kinds: &[
+        BackendKind::Docker,
+        BackendKind::Podman,
+        BackendKind::Gvisor,
+    ],
+    make: |kind, home| {
+        matches!(
+            kind,
+            BackendKind::Docker | BackendKind::Podman | BackendKind::Gvisor
+        )
+        .then(|| Box::new(DockerBackend::new(kind, home)) as Box<dyn Backend>)
+    },
+};
