@@ -2,6 +2,8 @@
 //! may do (`Policy`, built from a `Profile`), how it is configured (`Config`), what an exec
 //! produces (`ExecEvent`), and the validation every surface relies on.
 
+#![forbid(unsafe_code)]
+
 pub mod backend;
 pub mod config;
 pub mod detect;

@@ -14,7 +14,7 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as ApiError;
 use futures_util::{Stream, StreamExt};
-use rustix::fd::{AsRawFd, BorrowedFd};
+use rustix::fd::BorrowedFd;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::time::Duration;
@@ -611,8 +611,10 @@ impl Client {
                     }
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                // SAFETY: kill(2) on the container's init, whose host pid the engine just gave.
-                unsafe { libc::kill(pid as libc::pid_t, go) };
+                // The container's init, whose host pid the engine just gave (never pid 0).
+                if let Some(init) = agentkernel_sys::signal::pid(pid) {
+                    agentkernel_sys::signal::signal_process(init, go);
+                }
             }
             None => {
                 let options = bollard::query_parameters::KillContainerOptions {
@@ -916,28 +918,20 @@ fn with_signals<T>(
     std::thread::scope(|s| {
         s.spawn(|| {
             loop {
+                use rustix::event::{PollFd, PollFlags};
                 let mut fds = [
-                    libc::pollfd {
-                        fd: fd.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
-                    libc::pollfd {
-                        fd: stop.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    },
+                    PollFd::new(&fd, PollFlags::IN),
+                    PollFd::new(&stop, PollFlags::IN),
                 ];
-                // SAFETY: two valid pollfds; both descriptors outlive this scope.
-                let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-                if n < 0 {
+                if rustix::event::poll(&mut fds, None).is_err() {
                     continue;
                 }
-                if fds[1].revents != 0 {
+                if !fds[1].revents().is_empty() {
                     return;
                 }
-                if fds[0].revents & libc::POLLIN == 0 {
-                    if fds[0].revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                let ready = fds[0].revents();
+                if !ready.contains(PollFlags::IN) {
+                    if ready.intersects(PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL) {
                         return;
                     }
                     continue;

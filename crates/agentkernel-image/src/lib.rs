@@ -12,6 +12,8 @@
 //! - `host/rootfs/` — the skeleton of the `host` image, `host/stamp.v1` its build stamp;
 //! - `.tmp-*` entries anywhere — staging directories, removed once abandoned.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod blob;
 mod directory;

@@ -8,6 +8,8 @@
 //! through the engine's `buffered` exec (the same as the buffered HTTP endpoints), and a
 //! failed command or refused input is a tool result with `isError: true` that says why.
 
+#![forbid(unsafe_code)]
+
 mod tools;
 
 pub use tools::{Options, SandboxTools};

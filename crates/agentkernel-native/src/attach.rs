@@ -5,7 +5,7 @@ use crate::exec::{ExecPlan, StdioMode, Target};
 use crate::security::SecurityPlan;
 use agentkernel_core::ExitStatus;
 use agentkernel_core::policy::Policy;
-use rustix::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 
@@ -64,31 +64,25 @@ pub fn attach(
     let mut buf = vec![0u8; 16 * 1024];
     let mut stdout = std::io::stdout();
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: master.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: spec.resized.map_or(-1, |f| f.as_raw_fd()),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: `fds` is a valid array of two pollfd structs.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
+        use rustix::event::{PollFd, PollFlags};
+        let mut fds = vec![PollFd::new(&master, PollFlags::IN)];
+        if let Some(r) = &spec.resized {
+            fds.push(PollFd::new(r, PollFlags::IN));
+        }
+        if rustix::event::poll(&mut fds, None).is_err() {
             continue;
         }
-        if fds[1].revents & libc::POLLIN != 0
-            && let Some(r) = spec.resized
-        {
+        let master_ready = !fds[0].revents().is_empty();
+        let resized = fds
+            .get(1)
+            .is_some_and(|f| f.revents().contains(PollFlags::IN));
+        drop(fds);
+        if resized && let Some(r) = spec.resized {
             let mut drain = [0u8; 64];
             let _ = rustix::io::read(r, &mut drain);
             copy_size(&master);
         }
-        if fds[0].revents != 0 {
+        if master_ready {
             match rustix::io::read(&master, &mut buf) {
                 Ok(n) if n > 0 => {
                     let _ = stdout.write_all(&buf[..n]);

@@ -313,16 +313,17 @@ impl Spawned {
     /// Waits for the command to exit.
     pub fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         use std::os::unix::process::ExitStatusExt;
-        let mut status = 0;
+        let pid = agentkernel_sys::signal::pid(self.pid).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "no process to wait for")
+        })?;
         loop {
-            // SAFETY: waitpid on our own child; `status` is a valid out-pointer.
-            let r = unsafe { libc::waitpid(self.pid as libc::pid_t, &mut status, 0) };
-            if r >= 0 {
-                return Ok(std::process::ExitStatus::from_raw(status));
-            }
-            let e = std::io::Error::last_os_error();
-            if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e);
+            match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+                Ok(Some((_, status))) => {
+                    return Ok(std::process::ExitStatus::from_raw(status.as_raw()));
+                }
+                Ok(None) => continue,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
     }

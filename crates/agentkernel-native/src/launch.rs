@@ -191,12 +191,13 @@ impl crate::relay::Command for Launched {
 /// leads its own session), and for SIGKILL to the command itself too, in case it left its
 /// group.
 pub(crate) fn forward_in_init(command: libc::pid_t, sig: u8) {
-    // SAFETY: kill(2) with integer arguments on a child of this init.
-    unsafe {
-        libc::kill(-command, sig as libc::c_int);
-        if sig as libc::c_int == libc::SIGKILL {
-            libc::kill(command, libc::SIGKILL);
-        }
+    let Some(command) = rustix::process::Pid::from_raw(command) else {
+        return;
+    };
+    if sig as libc::c_int == libc::SIGKILL {
+        agentkernel_sys::signal::kill_group(command);
+    } else {
+        agentkernel_sys::signal::signal_group(command, sig as libc::c_int);
     }
 }
 

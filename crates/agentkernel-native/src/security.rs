@@ -101,10 +101,13 @@ impl SecurityPlan {
         // The bounding set limits what any later exec can gain, so it goes first, while this
         // process still holds CAP_SETPCAP.
         for cap in 0..=self.last_cap {
+            if self.keep & (1u64 << cap) != 0 {
+                continue;
+            }
             // SAFETY: prctl with integer arguments only.
-            if self.keep & (1u64 << cap) == 0
-                && unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0
-            {
+            let dropped =
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if dropped != 0 {
                 return Err(std::io::Error::last_os_error());
             }
         }

@@ -5,6 +5,8 @@
 //! parse, call the engine and render; the engine owns validation, policy, state and audit (the
 //! same calls as the CLI).
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod bounds;
 mod envelope;

@@ -10,6 +10,8 @@
 //! - [`host_dest`] and [`fs`]: where a copy out of a sandbox lands on the host, created
 //!   relative to opened directories and never through a link.
 
+#![forbid(unsafe_code)]
+
 pub mod fs;
 pub mod host_dest;
 pub mod proc;
