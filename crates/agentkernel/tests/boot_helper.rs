@@ -237,3 +237,63 @@ fn persistent_sandbox_started_through_the_helper_serves_later_cli_processes() {
     ak.ok(&["remove", name]);
     assert_eq!(own_children(), Vec::new(), "children left behind");
 }
+
+/// Dropping a throwaway sandbox's handle ends the sandbox: its lifeline is an `OwnedFd` that
+/// `Started` owns (it was a bare number, leaked when a handle was dropped, and closed by number
+/// by whoever stopped it, twice if asked twice).
+#[test]
+fn a_dropped_handle_ends_its_throwaway_sandbox() {
+    use agentkernel_core::policy::{NetworkMode, Policy};
+    use agentkernel_core::{BackendKind, ImageRef, Profile, SandboxSpec};
+    use agentkernel_engine::backend::{Persistence, Started, backend_for};
+    let _serial = one_at_a_time();
+    let ak = Ak::new();
+    use_helper();
+    let home = ak.home.path();
+    let backend = backend_for(BackendKind::Native, home).expect("the native backend");
+    let images = agentkernel_image::ImageStore::new(home.join("images"));
+    let rootfs = backend
+        .resolve_image(&ImageRef::Host, &images)
+        .expect("the host image");
+    let mut policy = Policy::for_profile(Profile::Moderate);
+    policy.network = NetworkMode::None;
+    let spec = SandboxSpec {
+        name: "bh-drop".into(),
+        image: ImageRef::Host,
+        backend: BackendKind::Native,
+        policy,
+        env: Vec::new(),
+        workdir: "/workspace".into(),
+        labels: Default::default(),
+        description: None,
+    };
+    let started = backend
+        .start(&spec, &rootfs, "bh-drop-1", Persistence::Ephemeral)
+        .expect("start a throwaway sandbox");
+    let runtime = started.runtime.clone();
+    assert!(backend.is_running(&runtime), "the sandbox must run");
+    drop(started);
+    // The init exits when its lifeline closes; it is this process's child (cloned with
+    // CLONE_PARENT by the helper), so it is reaped here.
+    let pid = rustix::process::Pid::from_raw(runtime.pid as i32).expect("a real pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reaped = loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::NOHANG) {
+            Ok(Some(_)) => break true,
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            _ => break false,
+        }
+    };
+    assert!(
+        reaped,
+        "the init of a sandbox whose handle was dropped must exit"
+    );
+    assert!(!backend.is_running(&runtime));
+    // What the kernel does not end with the init (its cgroups) is `stop`'s (or gc's) to remove.
+    backend
+        .stop(Started::found(runtime))
+        .expect("stop what is left");
+    assert!(own_children().is_empty(), "{:?}", own_children());
+}
