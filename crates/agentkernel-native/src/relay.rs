@@ -212,16 +212,32 @@ fn pollfd(fd: Option<BorrowedFd<'_>>) -> libc::pollfd {
 
 /// The command leads its own session and process group (it called setsid), so its whole
 /// group gets the signal.
+///
+/// Pid 0 (what a container engine reports for a command whose host pid it does not give) is
+/// refused, as is a pid that is no positive `pid_t`: `kill(0, sig)` and `kill(-1, sig)` would
+/// signal the caller's own group or every process it may signal.
 fn forward_signal(pid: u32, sig: i32) {
+    let Some(pid) = signallable(pid) else {
+        return;
+    };
     // SAFETY: kill(2) on our child's process group; a stale group at worst yields ESRCH.
-    unsafe { libc::kill(-(pid as libc::pid_t), sig) };
+    unsafe { libc::kill(-pid, sig) };
 }
 
-/// Kills the command and everything in its process group.
+/// `pid` as a `pid_t` that names one process (or, negated, one group): never 0, never -1.
+fn signallable(pid: u32) -> Option<libc::pid_t> {
+    libc::pid_t::try_from(pid).ok().filter(|p| *p > 1)
+}
+
+/// Kills the command and everything in its process group. Pid 0 and 1 are refused (see
+/// `forward_signal`).
 pub fn kill_group(pid: u32) {
+    let Some(leader) = signallable(pid) else {
+        return;
+    };
     forward_signal(pid, libc::SIGKILL);
     // SAFETY: as above, for the leader itself in case it left its group.
-    unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    unsafe { libc::kill(leader, libc::SIGKILL) };
 }
 
 /// Writes events to the caller's stdout and stderr as they come: the CLI's sink.
@@ -241,5 +257,21 @@ pub fn write_to_stdio(event: ExecEvent) -> ControlFlow<()> {
         // A closed stdout (`| head`) means nobody wants more output.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ControlFlow::Break(()),
         _ => ControlFlow::Continue(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_zero_and_one_are_never_signalled() {
+        assert_eq!(signallable(0), None);
+        assert_eq!(signallable(1), None);
+        assert_eq!(signallable(u32::MAX), None, "would be kill(1, …) negated");
+        assert_eq!(signallable(42), Some(42));
+        // Before the guard this was kill(0, SIGKILL): the test's own process group died.
+        kill_group(0);
+        forward_signal(0, libc::SIGKILL);
     }
 }
