@@ -8,6 +8,7 @@ use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSp
 use agentkernel_docker::{Client, DockerError, Flavor};
 use agentkernel_image::{ImageStore, Rootfs};
 use agentkernel_native::Sink;
+use agentkernel_native::files::FileError;
 use std::path::{Path, PathBuf};
 
 pub struct DockerBackend {
@@ -50,10 +51,36 @@ impl From<DockerError> for EngineError {
         match e {
             DockerError::FileNotFound(path) => EngineError::FileNotFound(path),
             DockerError::NotRegular { path, kind } => EngineError::NotRegularFile { path, kind },
+            // File errors become the native backend's, so that every surface treats them alike
+            // (the HTTP files API answers 413, 409, 403 and 400 whichever backend failed).
+            DockerError::FileTooLarge { path, size, limit } => {
+                file_error(FileError::TooLarge { path, size, limit })
+            }
+            DockerError::DirectoryNotEmpty(path) => file_error(FileError::DirectoryNotEmpty(path)),
+            DockerError::KernelFilesystem { path, fs } => {
+                file_error(FileError::KernelFilesystem { path, fs })
+            }
+            DockerError::FileForbidden { path, reason } => file_error(FileError::Sandbox {
+                path,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{reason}: the sandbox does not allow it (a read-only root, or a file its user may not change); write under /tmp or another writable directory"
+                    ),
+                ),
+            }),
+            DockerError::BadFilePath { path, reason } => file_error(FileError::Sandbox {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, reason),
+            }),
             DockerError::Image(e) => EngineError::Image(e),
             other => EngineError::Docker(other),
         }
     }
+}
+
+fn file_error(e: FileError) -> EngineError {
+    EngineError::Native(agentkernel_native::NativeError::Files(e))
 }
 
 impl Backend for DockerBackend {
