@@ -67,31 +67,6 @@ impl E {
         self.run(&args)
     }
 
-    /// `run` on the python image.
-    fn run_py(&self, extra: &[&str], script: &str) -> Out {
-        let mut args = vec![
-            "run",
-            "-B",
-            self.b(),
-            "--image",
-            "python:3.12-alpine",
-            "--no-network",
-        ];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "python3", "-c", script]);
-        self.run(&args)
-    }
-
-    fn spawn_lines(
-        &self,
-        args: &[&str],
-    ) -> (
-        std::process::Child,
-        std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-    ) {
-        self.ak.spawn_lines(args)
-    }
-
     /// A persistent busybox sandbox, created and started.
     fn started(&self, name: &str, extra: &[&str]) {
         let mut args = vec![
