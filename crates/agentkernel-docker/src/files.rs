@@ -29,16 +29,7 @@ impl Client {
     /// elsewhere (measured: a file copied in is missing inside, one written inside is missing
     /// outside). Refused rather than lost.
     fn archive_reaches(&self, path: &Path) -> Result<()> {
-        let mut normal = PathBuf::from("/");
-        for part in path.components() {
-            match part {
-                std::path::Component::ParentDir => {
-                    normal.pop();
-                }
-                std::path::Component::Normal(p) => normal.push(p),
-                _ => {}
-            }
-        }
+        let normal = normalize(path);
         if self.flavor == crate::Flavor::Gvisor && normal.starts_with("/tmp") {
             return Err(DockerError::Files(format!(
                 "{}: gvisor keeps /tmp inside its own kernel, out of the engine's reach: copy to or from another directory (e.g. /workspace), or use -B docker",
@@ -53,6 +44,35 @@ impl Client {
             bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             } => DockerError::FileNotFound(path.display().to_string()),
+            // The archive API's answer for a read-only root or volume.
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 403,
+                message,
+            } => DockerError::FileForbidden {
+                path: path.display().to_string(),
+                reason: message,
+            },
+            // Docker answers 500 for a read-only root ("container rootfs is marked read-only"),
+            // Podman 500 with the EROFS of its copier: the message is all there is to go by.
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message,
+            } if message.to_ascii_lowercase().contains("read-only")
+                || message.to_ascii_lowercase().contains("permission denied") =>
+            {
+                DockerError::FileForbidden {
+                    path: path.display().to_string(),
+                    reason: message,
+                }
+            }
+            // A path the engine cannot use (a parent that is a file, say).
+            bollard::errors::Error::DockerResponseServerError {
+                status_code: 400,
+                message,
+            } => DockerError::BadFilePath {
+                path: path.display().to_string(),
+                reason: message,
+            },
             other => DockerError::Files(format!(
                 "{} in the sandbox: {}",
                 path.display(),
@@ -71,6 +91,7 @@ impl Client {
     ) -> Result<(PathBuf, bool)> {
         let mut current = path.to_path_buf();
         for _ in 0..40 {
+            refuse_kernel_filesystem(path, &current)?;
             let options = bollard::query_parameters::ContainerArchiveInfoOptions {
                 path: current.display().to_string(),
             };
@@ -116,10 +137,11 @@ impl Client {
             let chunk = chunk.map_err(|e| self.files_err(path, e))?;
             data.extend_from_slice(&chunk);
             if data.len() as u64 > limit {
-                return Err(DockerError::Files(format!(
-                    "{} in the sandbox is more than the {limit} bytes that can be read this way: copy it out with `agentkernel cp`",
-                    path.display()
-                )));
+                return Err(DockerError::FileTooLarge {
+                    path: path.display().to_string(),
+                    size: data.len() as u64,
+                    limit,
+                });
             }
         }
         Ok(data)
@@ -233,6 +255,10 @@ impl Client {
 
     /// A whole file, refused above `limit` bytes.
     pub fn read_file(&self, id: &str, path: &Path, limit: u64) -> Result<Vec<u8>> {
+        // `..` resolved here, as inside the root (never above `/`): the engine's archive API
+        // refuses paths with `..` in them.
+        let normal = normalize(path);
+        let path = normal.as_path();
         self.archive_reaches(path)?;
         let docker = self.docker()?;
         let archive = self.block(async {
@@ -244,8 +270,16 @@ impl Client {
                 });
             }
             // The tar framing adds headers and padding around the file.
-            self.download(docker, id, &real, limit.saturating_add(64 * 1024))
+            let framed = limit.saturating_add(64 * 1024);
+            self.download(docker, id, &real, framed)
                 .await
+                .map_err(|e| match e {
+                    // Past the framing too: the file itself is over the limit.
+                    DockerError::FileTooLarge { path, size, .. } => {
+                        DockerError::FileTooLarge { path, size, limit }
+                    }
+                    other => other,
+                })
         })?;
         let mut tar = tar::Archive::new(archive.as_slice());
         let mut entries = tar
@@ -271,11 +305,11 @@ impl Client {
             });
         }
         if entry.size() > limit {
-            return Err(DockerError::Files(format!(
-                "{} in the sandbox is {} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`",
-                path.display(),
-                entry.size()
-            )));
+            return Err(DockerError::FileTooLarge {
+                path: path.display().to_string(),
+                size: entry.size(),
+                limit,
+            });
         }
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut data)
@@ -285,8 +319,25 @@ impl Client {
 
     /// Creates or replaces a file and its missing parent directories.
     pub fn write_file(&self, id: &str, path: &Path, data: &[u8]) -> Result<()> {
+        // `..` resolved here, as inside the root (never above `/`): the engine's archive API
+        // refuses paths with `..` in them.
+        let normal = normalize(path);
+        let path = normal.as_path();
         self.archive_reaches(path)?;
+        refuse_kernel_filesystem(path, path)?;
         let docker = self.docker()?;
+        // A directory is not replaced by a file (the native backend refuses it alike).
+        let existing = self.block(async { self.resolve(docker, id, path).await });
+        match existing {
+            Ok((_, true)) => {
+                return Err(DockerError::NotRegular {
+                    path: path.display().to_string(),
+                    kind: "a directory",
+                });
+            }
+            Ok(_) | Err(DockerError::FileNotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
         let relative = path
             .strip_prefix("/")
             .map_err(|_| DockerError::Files(format!("{}: give an absolute path", path.display())))?
@@ -326,6 +377,11 @@ impl Client {
     /// Removes a file, a symlink or an empty directory (by agentkernel's own executable in
     /// the container: images may have no `rm`).
     pub fn remove_file(&self, id: &str, path: &Path) -> Result<()> {
+        // `..` resolved here, as inside the root (never above `/`): the engine's archive API
+        // refuses paths with `..` in them.
+        let normal = normalize(path);
+        let path = normal.as_path();
+        refuse_kernel_filesystem(path, path)?;
         let docker = self.docker()?;
         let options = bollard::exec::CreateExecOptions::<String> {
             cmd: Some(vec![
@@ -363,14 +419,27 @@ impl Client {
         })?;
         match code {
             0 => Ok(()),
-            2 => Err(DockerError::FileNotFound(path.display().to_string())),
+            RM_MISSING => Err(DockerError::FileNotFound(path.display().to_string())),
+            RM_NOT_EMPTY => Err(DockerError::DirectoryNotEmpty(path.display().to_string())),
+            RM_FORBIDDEN => Err(DockerError::FileForbidden {
+                path: path.display().to_string(),
+                reason: message,
+            }),
             _ => Err(DockerError::Files(message)),
         }
     }
 }
 
+/// `rm_main`'s exit code for a path that does not exist.
+const RM_MISSING: i64 = 2;
+/// `rm_main`'s exit code for a directory that is not empty.
+const RM_NOT_EMPTY: i64 = 3;
+/// `rm_main`'s exit code for a removal the sandbox's permissions or read-only root refuse.
+const RM_FORBIDDEN: i64 = 4;
+
 /// `rm` inside a container: a file, a symlink or an empty directory. Exit 0 done, 2 missing,
-/// 3 a directory that is not empty, 1 anything else (said on stderr).
+/// 3 a directory that is not empty, 4 not permitted (read-only, permission), 1 anything else
+/// (said on stderr).
 pub fn rm_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> i32 {
     let Some(path) = args.next() else {
         eprintln!("usage: {RM_ROLE} PATH");
@@ -392,11 +461,52 @@ pub fn rm_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> i32 {
             );
             3
         }
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EPERM | libc::EROFS)
+            ) =>
+        {
+            eprintln!("{e}");
+            4
+        }
         Err(e) => {
             eprintln!("{} in the sandbox: {e}", path.display());
             1
         }
     }
+}
+
+/// `path` made absolute with `..` and `.` resolved lexically (the engine resolves it the same
+/// way inside the container's root: `..` never leads above `/`).
+fn normalize(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::from("/");
+    for part in path.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            std::path::Component::Normal(p) => normal.push(p),
+            _ => {}
+        }
+    }
+    normal
+}
+
+/// Refuses `current` (reached from `asked`) when it is under /proc or /sys, the kernel
+/// filesystems of every container: the native backend refuses them by filesystem type, the
+/// engine's archive API gives no type, so they are refused by place.
+fn refuse_kernel_filesystem(asked: &Path, current: &Path) -> Result<()> {
+    let normal = normalize(current);
+    for (top, fs) in [("/proc", "procfs"), ("/sys", "sysfs")] {
+        if normal.starts_with(top) {
+            return Err(DockerError::KernelFilesystem {
+                path: asked.display().to_string(),
+                fs,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn split(path: &Path) -> Result<(PathBuf, String)> {

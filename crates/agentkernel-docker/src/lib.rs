@@ -110,6 +110,22 @@ pub enum DockerError {
         "{path} in the sandbox is {kind}: only regular files are read or written from outside the sandbox (and directories and links copied); work with it from inside, with `agentkernel exec`"
     )]
     NotRegular { path: String, kind: &'static str },
+    #[error(
+        "{path} in the sandbox is {size} bytes, more than the {limit} that can be read this way: copy it out with `agentkernel cp`"
+    )]
+    FileTooLarge { path: String, size: u64, limit: u64 },
+    #[error("{0} in the sandbox is a directory that is not empty: remove its contents first")]
+    DirectoryNotEmpty(String),
+    #[error(
+        "{path} in the sandbox is under {fs}, a kernel filesystem: its files are kernel and process state, which the host never reads, writes or removes for a sandbox; look at it from inside, with `agentkernel exec`"
+    )]
+    KernelFilesystem { path: String, fs: &'static str },
+    #[error(
+        "{path} in the sandbox: {reason}: the sandbox's policy does not allow it (a read-only root, or a file the sandbox's user may not change); write under /tmp or another writable directory"
+    )]
+    FileForbidden { path: String, reason: String },
+    #[error("{path} in the sandbox: {reason}")]
+    BadFilePath { path: String, reason: String },
     #[error("{backend}: {context}: {source}")]
     Io {
         backend: &'static str,
@@ -134,7 +150,14 @@ impl agentkernel_core::HasKind for DockerError {
             DockerError::Refused { .. } => ErrorKind::InvalidInput,
             DockerError::Gone { .. } => ErrorKind::Conflict,
             DockerError::FileNotFound(_) => ErrorKind::NotFound,
-            DockerError::NotRegular { .. } => ErrorKind::InvalidInput,
+            DockerError::NotRegular { .. } | DockerError::BadFilePath { .. } => {
+                ErrorKind::InvalidInput
+            }
+            DockerError::FileTooLarge { .. } => ErrorKind::TooLarge,
+            DockerError::DirectoryNotEmpty(_) => ErrorKind::Conflict,
+            DockerError::KernelFilesystem { .. } | DockerError::FileForbidden { .. } => {
+                ErrorKind::NotPermitted
+            }
             DockerError::Image(e) => e.kind(),
             DockerError::Files(_) | DockerError::Load { .. } | DockerError::Io { .. } => {
                 ErrorKind::Internal

@@ -724,7 +724,14 @@ fn exec_token() -> String {
 /// Sends `sig` to the run role of an exec, by a second exec of agentkernel's signal role in
 /// the same container: it works for an engine on another host and under gVisor alike (the
 /// host's view of an exec's pid is the engine's process there, not the command).
+/// SIGKILL becomes the run role's `kill_signal`: SIGKILL itself would end the run role and
+/// leave its command running, orphaned, in the container.
 async fn signal_exec(docker: &Docker, container: &str, token: &str, sig: i32) {
+    let sig = if sig == libc::SIGKILL {
+        crate::init::kill_signal()
+    } else {
+        sig
+    };
     let options = bollard::exec::CreateExecOptions::<String> {
         cmd: Some(vec![
             INIT_PATH.to_string(),

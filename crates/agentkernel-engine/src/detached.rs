@@ -18,6 +18,15 @@
 //!    and `exec_detached` returns that error with nothing left behind.
 //! 4. When the command ends, the supervisor writes its exit status atomically and exits.
 //!
+//! Signals reach the command the way they reach any exec: the supervisor passes the read side
+//! of a FIFO (`signals`, which it holds open for reading and writing, so it never sees EOF) to
+//! `Engine::exec` as `Controls::signals`, and each byte written to it is a signal number the
+//! backend forwards (the native relay to the command's process group, a container engine
+//! through its run role). [`Engine::detached_kill`] writes SIGKILL there once it has checked
+//! that the supervisor is alive (pid, start time and boot id). Only when the supervisor is gone
+//! does it signal the command by its host pid, and only where one is known: container engines
+//! report pid 0, which is never signalled.
+//!
 //! On disk, under the sandbox's directory (removed with the sandbox):
 //!
 //! ```text
@@ -27,6 +36,7 @@
 //!                    the supervisor's pid and start time, the boot id
 //!     stdout         the command's output: the first OUTPUT_CAP bytes, then TRUNCATION_MARKER
 //!     stderr         the same for standard error
+//!     signals        a FIFO, open in the supervisor: bytes written to it are signal numbers
 //!     exit.json      exit_code (absent if the supervisor failed), signal, oom_killed,
 //!                    timed_out, finished_at, error; written once, atomically, at the end
 //! ```
@@ -82,6 +92,7 @@ const COMMAND: &str = "command.json";
 const EXIT: &str = "exit.json";
 const STDOUT: &str = "stdout";
 const STDERR: &str = "stderr";
+const SIGNALS: &str = "signals";
 
 /// Where a detached command is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,8 +178,11 @@ struct Meta {
 }
 
 impl Meta {
+    /// Whether the command's host pid is known (container engines report 0) and still its.
     fn command_alive(&self) -> bool {
-        self.boot_id == proc::boot_id() && proc::is_alive(self.pid, self.pid_start_time)
+        self.pid != 0
+            && self.boot_id == proc::boot_id()
+            && proc::is_alive(self.pid, self.pid_start_time)
     }
 
     fn supervisor_alive(&self) -> bool {
@@ -646,19 +660,24 @@ impl Engine {
 
     /// Kills a detached command and every process of its process group (SIGKILL), then waits
     /// (up to 10 s) until its end is recorded: it is then `failed` with exit code 137. A command
-    /// that already ended is returned as it is. The pid is only signalled while it is still the
-    /// command's (pid, start time and boot id match), never a recycled one.
+    /// that already ended is returned as it is.
+    ///
+    /// The kill goes through the command's supervisor, as an exec's signals do (see the module
+    /// documentation), on every backend. Only if the supervisor is gone is the command killed
+    /// by its host pid, and only while that pid is still the command's (pid, start time and
+    /// boot id match; never a recycled one, never the 0 of a container engine).
     pub fn detached_kill(&self, name: &str, id: &str) -> Result<DetachedCommand> {
         let (dir, meta) = self.detached_record(name, id)?;
         let exit = dir.join(EXIT);
         if exit.exists() {
             return load(&dir, meta);
         }
-        let mut signalled = false;
-        if meta.command_alive() {
-            if let Some(pid) = agentkernel_sys::signal::pid(meta.pid) {
-                agentkernel_sys::signal::kill_group(pid);
-            }
+        let mut signalled = meta.supervisor_alive() && ask_supervisor(&dir, libc::SIGKILL);
+        if !signalled
+            && meta.command_alive()
+            && let Some(pid) = agentkernel_sys::signal::pid(meta.pid)
+        {
+            agentkernel_sys::signal::kill_group(pid);
             signalled = true;
         }
         let deadline = Instant::now() + KILL_WAIT;
@@ -694,6 +713,46 @@ impl Engine {
         }
         load(&dir, meta)
     }
+}
+
+/// Writes `sig` into the supervisor's `signals` FIFO in `dir`; false when nobody reads it (the
+/// supervisor is gone) or it is not a FIFO.
+fn ask_supervisor(dir: &Path, sig: i32) -> bool {
+    use rustix::fs::{Mode, OFlags};
+    let Ok(byte) = u8::try_from(sig) else {
+        return false;
+    };
+    // Non-blocking: opening a FIFO nobody reads fails (ENXIO) instead of waiting for a reader.
+    let Ok(fifo) = rustix::fs::open(
+        dir.join(SIGNALS),
+        OFlags::WRONLY | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let is_fifo = rustix::fs::fstat(&fifo).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Fifo
+    });
+    is_fifo && rustix::io::write(&fifo, &[byte]) == Ok(1)
+}
+
+/// Makes the `signals` FIFO in `dir` and opens it for reading and writing (never EOF, and
+/// never blocking on open), non-blocking and close-on-exec.
+fn open_signals(dir: &Path) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let path = dir.join(SIGNALS);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &path,
+        FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )?;
+    Ok(rustix::fs::open(
+        &path,
+        OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?)
 }
 
 /// Reads one line (the report) from `fd`, waiting at most `wait` in all.
@@ -882,6 +941,15 @@ fn run_supervised(home: &Path, sandbox: &str, id: &str, dir: &Path) -> i32 {
             return fail_other(format!("create the output files in {}: {e}", dir.display()));
         }
     };
+    let signals = match open_signals(dir) {
+        Ok(fd) => fd,
+        Err(e) => {
+            return fail_other(format!(
+                "create the signal FIFO {}: {e}",
+                dir.join(SIGNALS).display()
+            ));
+        }
+    };
     let supervisor_pid = std::process::id();
     let supervisor_start_time = proc::start_time(supervisor_pid).unwrap_or(0);
     let boot_id = proc::boot_id();
@@ -906,11 +974,11 @@ fn run_supervised(home: &Path, sandbox: &str, id: &str, dir: &Path) -> i32 {
                     started = true;
                     let recorded = write_atomic(&dir.join(COMMAND), &meta).is_ok();
                     if !recorded || !report(&Report::Started { pid }) {
-                        // Nobody will ever know about it: it must not run unsupervised.
+                        // Nobody will ever know about it: it must not run unsupervised. Killed
+                        // the way every signal reaches it (a container engine reports pid 0).
                         abandoned = true;
-                        if let Some(pid) = agentkernel_sys::signal::pid(pid) {
-                            agentkernel_sys::signal::kill_group(pid);
-                        }
+                        let sigkill = [libc::SIGKILL as u8];
+                        let _ = rustix::io::write(&signals, &sigkill);
                     }
                     close_report();
                 }
@@ -924,7 +992,10 @@ fn run_supervised(home: &Path, sandbox: &str, id: &str, dir: &Path) -> i32 {
             sandbox,
             &req,
             &mut sink,
-            crate::backend::Controls::default(),
+            crate::backend::Controls {
+                signals: Some(signals.as_fd()),
+                resized: None,
+            },
             Some(id),
         )
     };

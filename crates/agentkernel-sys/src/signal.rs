@@ -1,6 +1,8 @@
 //! Signals to host processes. Every function takes a [`Pid`], which is never 0: a pid the
 //! engine could not see (a container engine's process, reported as 0) cannot become
-//! `kill(0, …)`, which would signal the caller's own process group.
+//! `kill(0, …)`, which would signal the caller's own process group. The group functions also
+//! refuse pid 1: `kill(-1, …)` signals every process the caller may signal, and the host's
+//! init leads no command's group.
 
 use rustix::process::{Pid, Signal};
 
@@ -13,6 +15,9 @@ pub fn pid(raw: u32) -> Option<Pid> {
 /// Sends signal number `sig` to the process group led by `leader`. Unknown signal numbers and
 /// groups that are gone are ignored: the caller is relaying a request, not asserting a state.
 pub fn signal_group(leader: Pid, sig: i32) {
+    if leader == Pid::INIT {
+        return;
+    }
     if let Some(sig) = Signal::from_named_raw(sig) {
         let _ = rustix::process::kill_process_group(leader, sig);
     }
@@ -20,6 +25,9 @@ pub fn signal_group(leader: Pid, sig: i32) {
 
 /// Kills the process group led by `leader`, and `leader` itself in case it left its group.
 pub fn kill_group(leader: Pid) {
+    if leader == Pid::INIT {
+        return;
+    }
     let _ = rustix::process::kill_process_group(leader, Signal::KILL);
     let _ = rustix::process::kill_process(leader, Signal::KILL);
 }
@@ -40,6 +48,13 @@ mod tests {
         assert_eq!(pid(0), None);
         assert_eq!(pid(u32::MAX), None);
         assert_eq!(pid(42).map(Pid::as_raw_nonzero).map(|p| p.get()), Some(42));
+    }
+
+    #[test]
+    fn pid_one_leads_no_group_to_signal() {
+        // kill(-1, SIGKILL) would end every process this test may signal: nothing happens.
+        kill_group(Pid::INIT);
+        signal_group(Pid::INIT, 9);
     }
 
     #[test]
