@@ -7,6 +7,17 @@ bash scripts/setup.sh
 source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
+# The dependency direction (docs/architecture.md): no surface or engine on a backend, no
+# backend on another.
+for crate in agentkernel-engine agentkernel-server agentkernel-mcp agentkernel-docker agentkernel-native; do
+  for backend in agentkernel-native agentkernel-docker; do
+    [ "$crate" = "$backend" ] && continue
+    if cargo tree --locked -e normal -p "$crate" --prefix none | grep -q "^$backend "; then
+      echo "test.sh: $crate depends on $backend; see docs/development.md (how to add a backend)" >&2
+      exit 1
+    fi
+  done
+done
 # The registry tests pull from local registries on loopback (scripts/test-registry.sh builds
 # their images once and caches them); they are stopped when this script ends.
 bash scripts/test-registry.sh start >/dev/null
