@@ -39,14 +39,6 @@ pub enum EngineError {
         context: String,
         source: std::io::Error,
     },
-    #[error("no such file in the sandbox: {0}")]
-    FileNotFound(String),
-    /// A container backend's file that is not a regular file (the native backend's own error
-    /// says the same, `FileError::NotRegular`).
-    #[error(
-        "{path} in the sandbox is {kind}: only regular files are read or written from outside the sandbox (and directories and links copied); work with it from inside, with `agentkernel exec`"
-    )]
-    NotRegularFile { path: String, kind: &'static str },
     #[error("no sandbox with uuid {0:?}: see `agentkernel list --json`")]
     UuidNotFound(String),
     #[error(
@@ -106,11 +98,9 @@ impl HasKind for EngineError {
             EngineError::NoCommand
             | EngineError::BadCopyArg(_)
             | EngineError::BadLogStream(_)
-            | EngineError::NotRegularFile { .. }
             | EngineError::BackendUnavailable(_) => ErrorKind::InvalidInput,
             EngineError::NotFound(_)
             | EngineError::UuidNotFound(_)
-            | EngineError::FileNotFound(_)
             | EngineError::DetachedNotFound { .. } => ErrorKind::NotFound,
             EngineError::NameTaken(_)
             | EngineError::NotRunning(_)
