@@ -73,7 +73,10 @@ pub struct SpecRequest {
 }
 
 /// The image for a request: `--image`, else `[sandbox] base_image`, else auto-detected from the
-/// command, the project's files and its Procfile (`agentkernel_core::detect`).
+/// command, then (for the local user only) the project's files and its Procfile
+/// (`agentkernel_core::detect`). An HTTP or MCP caller has no project on this host: the
+/// directory the server runs in is the operator's, not the caller's, so its files never choose
+/// the caller's image.
 pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
     if let Some(image) = &req.image {
         return Detection {
@@ -87,7 +90,8 @@ pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
             rule: "[sandbox] base_image".to_string(),
         };
     }
-    detect_image(&req.command, &req.cwd)
+    let project = (req.caller == Caller::Local).then_some(req.cwd.as_path());
+    detect_image(&req.command, project)
 }
 
 /// The default working directory inside a sandbox.

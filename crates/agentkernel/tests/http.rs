@@ -2145,3 +2145,46 @@ fn default_host_also_listens_on_ipv6_loopback() {
     let only_v4 = Server::start(&ak, &["--no-pool", "--host", "127.0.0.1"]);
     assert!(!only_v4.log().contains("[::1]"), "{}", only_v4.log());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Image detection belongs to the request
+// ---------------------------------------------------------------------------------------------
+
+/// A request without an image is detected from its command and the operator's config, never
+/// from the project files of the directory the server happens to run in: `serve` started in a
+/// Rust or Node checkout still gives `echo` the default image (alpine:3.20, from the test
+/// registry), not rust:1.85-alpine or node:22-alpine.
+#[test]
+fn image_less_requests_are_not_detected_from_the_servers_directory() {
+    for (file, wrong) in [("Cargo.toml", "rust:"), ("package.json", "node:")] {
+        let ak = Ak::new();
+        std::fs::write(ak.cwd.path().join(file), "{}\n").expect("write a project file");
+        let srv = Server::start(&ak, &["--no-pool"]);
+        let resp = srv.post(
+            "/run",
+            &json!({"command": ["sh", "-c", "echo detected"], "no_network": true}),
+        );
+        assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
+        let data = resp.ok();
+        assert_eq!(data["stdout"], "detected\n", "{file}: {data}");
+        let resp = srv.post(
+            "/batch/run",
+            &json!({"commands": [{"command": ["echo", "batched"], "profile": "restrictive"}]}),
+        );
+        assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
+        let data = resp.ok();
+        assert_eq!(data["results"][0]["exit_code"], 0, "{file}: {data}");
+        assert!(
+            data["results"][0]["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("batched")),
+            "{file}: {data}"
+        );
+        // A command that names its language still decides.
+        let resp = srv.post(
+            "/run",
+            &json!({"command": ["python3", "-c", "print(1)"], "no_network": true}),
+        );
+        assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
+    }
+}

@@ -119,3 +119,21 @@ fn python_mcp_sdk_over_streamable_http() {
     assert_passed(&out, "streamable HTTP", &srv.log());
     assert!(ak.list_json().is_empty(), "sandboxes left behind");
 }
+
+/// An MCP `sandbox_run` without an image is detected from its command, not from the project
+/// files of the directory the MCP server runs in.
+#[test]
+fn sandbox_run_is_not_detected_from_the_servers_directory() {
+    for (file, wrong) in [("Cargo.toml", "rust:"), ("package.json", "node:")] {
+        let ak = Ak::new();
+        std::fs::write(ak.cwd.path().join(file), "{}\n").expect("write a project file");
+        let mut mcp = common::mcp::Mcp::start(&ak);
+        let (is_error, text) = mcp.call(
+            "sandbox_run",
+            serde_json::json!({"command": ["sh", "-c", "echo detected"], "network": false}),
+        );
+        assert!(!text.contains(wrong), "{file}: {text}");
+        assert!(!is_error, "{file}: {text}");
+        assert!(text.contains("detected"), "{file}: {text}");
+    }
+}
