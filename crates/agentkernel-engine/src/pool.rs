@@ -19,7 +19,7 @@ use crate::backend::{Backend, Controls, Persistence};
 use crate::error::{EngineError, Result};
 use crate::resolve::{self, SpecRequest};
 use crate::store::RuntimeState;
-use crate::{Engine, RunOutcome, audit::AuditEvent};
+use crate::{Engine, RunOutcome};
 use agentkernel_core::config::Config;
 use agentkernel_core::{ExecRequest, SandboxSpec};
 use agentkernel_image::Rootfs;
@@ -317,6 +317,17 @@ impl WarmPool {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<RunOutcome> {
+        let result = self.run_unaudited(req, exec, sink, controls);
+        crate::audit::AuditLog::new(&self.shared.home).refusal("", Some(req.caller), result)
+    }
+
+    fn run_unaudited(
+        &self,
+        req: &SpecRequest,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<RunOutcome> {
         let req = crate::run_request(req, exec)?;
         let req = req.as_ref();
         let engine = Engine::open(&self.shared.home)?;
@@ -345,13 +356,8 @@ impl WarmPool {
         if let Some(pool) = self.lock().by_key.get_mut(&key) {
             pool.in_use = pool.in_use.saturating_sub(1);
         }
+        engine.audit.attempt(&spec.name, &exec.argv, &result, None);
         let status = result?;
-        engine.audit.record(AuditEvent::CommandExecuted {
-            sandbox: spec.name.clone(),
-            command: exec.argv.clone(),
-            exit_code: status.code,
-            detached: None,
-        });
         Ok(RunOutcome {
             status,
             sandbox: spec.name,

@@ -37,6 +37,17 @@ pub enum Caller {
     Agent,
 }
 
+impl Caller {
+    /// How the audit log names the caller.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Caller::Local => "local",
+            Caller::Remote => "remote",
+            Caller::Agent => "agent",
+        }
+    }
+}
+
 /// Sandbox options as given on a surface (CLI flags, HTTP fields).
 #[derive(Debug, Clone, Default)]
 pub struct SpecRequest {
@@ -129,7 +140,10 @@ pub fn operator_config(home: &Path, explicit: Option<&Path>) -> Result<Config> {
 /// profile, backend, image reference syntax, who may name what, limits, working directory,
 /// environment, labels): surfaces call it to refuse bad input before they answer.
 pub fn validate_request(home: &Path, req: &SpecRequest) -> Result<()> {
-    resolve(req, "validate", &load_config(home, req)?).map(drop)
+    let result = load_config(home, req).and_then(|config| resolve(req, "validate", &config));
+    crate::audit::AuditLog::new(home)
+        .refusal("", Some(req.caller), result)
+        .map(drop)
 }
 
 /// The config files that apply to a request, kept apart by how far they are trusted.
