@@ -150,6 +150,14 @@ pub trait Backend {
     fn collect_garbage(&self, live_instances: &[String], sandboxes: &[String]) -> Vec<String>;
 }
 
+/// The backends this build has (`backend_for` gives each of them and no other).
+pub const BUILT: &[BackendKind] = &[
+    BackendKind::Native,
+    BackendKind::Docker,
+    BackendKind::Podman,
+    BackendKind::Gvisor,
+];
+
 /// The backend for `kind`, if this build has it.
 pub fn backend_for(kind: BackendKind, home: &Path) -> Result<Box<dyn Backend>> {
     match kind {
@@ -158,5 +166,22 @@ pub fn backend_for(kind: BackendKind, home: &Path) -> Result<Box<dyn Backend>> {
             Ok(Box::new(crate::docker::DockerBackend::new(kind, home)))
         }
         other => Err(EngineError::BackendUnavailable(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_lists_exactly_the_backends_this_build_gives() {
+        let home = std::env::temp_dir();
+        for kind in BackendKind::ALL {
+            assert_eq!(
+                backend_for(kind, &home).is_ok(),
+                BUILT.contains(&kind),
+                "{kind}"
+            );
+        }
     }
 }
