@@ -116,8 +116,8 @@ pub enum PluginCommand {
 
 #[derive(Args, Debug)]
 pub struct PluginInstallArgs {
-    /// claude, codex, gemini, opencode, mcp (any MCP client) or all
-    pub agent: String,
+    /// claude, codex, gemini, opencode, mcp (any MCP client) or all [default: `[agent] preferred`]
+    pub agent: Option<String>,
     /// Install into your home directory (all projects) instead of the current project
     #[arg(long)]
     pub global: bool,
