@@ -27,7 +27,7 @@ pub use agentkernel_native::Sink;
 use audit::{AuditEvent, AuditLog};
 use backend::{Backend, Controls, Persistence};
 pub use error::{EngineError, Result};
-pub use files::refuse_parent_components;
+pub use files::{MAX_PATH_BYTES, check_path};
 pub use resolve::SpecRequest;
 use serde::Serialize;
 use std::cell::OnceCell;

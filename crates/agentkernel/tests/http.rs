@@ -2188,3 +2188,23 @@ fn image_less_requests_are_not_detected_from_the_servers_directory() {
         assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
     }
 }
+
+/// The files endpoints follow the engine's path rule, as the MCP file tools do: `..` stays
+/// inside the sandbox, and an over-long path is a 400 that names the bound.
+#[test]
+fn file_paths_follow_the_engines_rule() {
+    let ak = Ak::new();
+    let srv = Server::start(&ak, &["--no-pool"]);
+    create(&srv, "rule");
+    let marker = unique("http-dotdot");
+    let path = format!("/sandboxes/rule/files/..%2F..%2F..%2Ftmp%2F{marker}");
+    srv.raw("PUT", &path, Some(&json!({"content": "inside"})))
+        .ok();
+    assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    let data = exec(&srv, "rule", &["cat", &format!("/tmp/{marker}")]);
+    assert_eq!(data["stdout"], "inside", "{data}");
+    let long = "a".repeat(4096);
+    let message = srv.get(&format!("/sandboxes/rule/files/{long}")).err(400);
+    assert!(message.contains("give at most 4095"), "{message}");
+    srv.delete("/sandboxes/rule").ok();
+}
