@@ -146,13 +146,19 @@ async def drive(s, transport):
     check("binary read comes back as base64", res.structuredContent["encoding"] == "base64"
           and base64.b64decode(res.structuredContent["content"]) == blob, res)
 
-    for bad in ["../../../etc/shadow", "/workspace/../../../etc/passwd", "/../host/etc/shadow"]:
-        res = await s.call_tool("sandbox_file_read", {"name": box, "path": bad})
-        check(f"read {bad} is refused", res.isError and "leads out of the sandbox" in text(res), res)
-        res = await s.call_tool("sandbox_file_write", {"name": box, "path": bad, "content": "x"})
-        check(f"write {bad} is refused", res.isError and "leads out of the sandbox" in text(res), res)
+    # `..` is resolved inside the sandbox's root, as on the HTTP API: it never leads out.
+    marker = f"mcp-dotdot-{os.getpid()}"
+    for bad in [f"../../../tmp/{marker}", f"/workspace/../../../tmp/{marker}", f"/../../tmp/{marker}"]:
+        res = await s.call_tool("sandbox_file_write", {"name": box, "path": bad, "content": bad})
+        check(f"write {bad} lands inside the sandbox", not res.isError
+              and res.structuredContent["path"].endswith(marker), res)
+        check(f"write {bad} made nothing on the host", not os.path.exists(f"/tmp/{marker}"), res)
+        res = await s.call_tool("sandbox_file_read", {"name": box, "path": f"/tmp/{marker}"})
+        check(f"read back what {bad} wrote", not res.isError and res.structuredContent["content"] == bad, res)
+    res = await s.call_tool("sandbox_file_read", {"name": box, "path": "a\u0000b"})
+    check("a path with a NUL byte is refused", res.isError, res)
     res = await s.call_tool("sandbox_exec", {"name": box, "command": ["ls", "/tmp"]})
-    check("nothing was written by the refused writes", res.structuredContent["stdout"].split() == ["blob.bin"], res)
+    check("the writes stayed in the sandbox's /tmp", sorted(res.structuredContent["stdout"].split()) == sorted(["blob.bin", marker]), res)
     res = await s.call_tool("sandbox_file_read", {"name": "../../x", "path": "a"})
     check("a file tool with name ../../x is refused", res.isError and "../../x" in text(res), res)
 

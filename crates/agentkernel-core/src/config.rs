@@ -92,6 +92,7 @@ pub struct SandboxSection {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSection {
+    /// The agent `plugin install` sets up when none is named: one of [`AGENTS`].
     pub preferred: Option<String>,
     pub compatibility_mode: Option<String>,
 }
@@ -116,6 +117,9 @@ pub struct SecuritySection {
     /// layouts) and that their permissive sandboxes may mount. User config only.
     pub remote_paths: Option<Vec<String>>,
 }
+
+/// The AI coding agents `[agent] preferred` may name (the reference documentation's list).
+pub const AGENTS: &[&str] = &["claude", "codex", "gemini", "opencode"];
 
 /// Why a compatibility mode cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -179,6 +183,14 @@ impl Config {
         }
         if let Some(w) = &self.sandbox.workdir {
             crate::spec::validate_workdir(w).map_err(|e| format!("[sandbox] workdir: {e}"))?;
+        }
+        if let Some(agent) = &self.agent.preferred
+            && !AGENTS.contains(&agent.as_str())
+        {
+            return Err(format!(
+                "[agent] preferred: unknown agent {agent:?}: use one of {}",
+                AGENTS.join(", ")
+            ));
         }
         if let Some(mode) = &self.agent.compatibility_mode {
             check_compatibility_mode(mode).map_err(|e| match e {
@@ -294,6 +306,14 @@ network = false
     fn bad_values_are_named() {
         let e = Config::parse("[security]\nprofile = \"lax\"\n").expect_err("must fail");
         assert!(e.contains("lax"), "{e}");
+        let e = Config::parse("[agent]\npreferred = \"vim\"\n").expect_err("must fail");
+        assert!(
+            e.contains("\"vim\"") && e.contains("claude, codex, gemini, opencode"),
+            "{e}"
+        );
+        for agent in AGENTS {
+            Config::parse(&format!("[agent]\npreferred = \"{agent}\"\n")).expect(agent);
+        }
     }
 
     #[test]

@@ -102,8 +102,11 @@ pub fn runtime_image(runtime: &str) -> String {
     by_program(runtime).map_or_else(|| runtime.to_string(), |l| l.image.to_string())
 }
 
-/// Chooses the image for `command` (empty for `create`) run in `project`.
-pub fn detect_image(command: &[String], project: &Path) -> Detection {
+/// Chooses the image for `command` (empty for `create`) run in `project`: the project's files
+/// decide after the command. `None` when the caller has no project on this host (an HTTP or MCP
+/// caller): then the command alone decides, never the files of whatever directory the server
+/// happens to run in.
+pub fn detect_image(command: &[String], project: Option<&Path>) -> Detection {
     if let Some(first) = command.first() {
         let program = program_of(first);
         if let Some(lang) = by_program(program) {
@@ -113,6 +116,23 @@ pub fn detect_image(command: &[String], project: &Path) -> Detection {
             };
         }
     }
+    if let Some(project) = project
+        && let Some(found) = detect_from_project(project)
+    {
+        return found;
+    }
+    let rule = match command.first().map(|c| program_of(c)) {
+        Some(shell) if SHELLS.contains(&shell) => format!("command `{shell}`"),
+        _ => "default".to_string(),
+    };
+    Detection {
+        image: DEFAULT_IMAGE.to_string(),
+        rule,
+    }
+}
+
+/// The image a project's files or its Procfile mean, if any.
+fn detect_from_project(project: &Path) -> Option<Detection> {
     let names: Vec<String> = std::fs::read_dir(project)
         .map(|entries| {
             entries
@@ -128,10 +148,10 @@ pub fn detect_image(command: &[String], project: &Path) -> Detection {
                 None => names.iter().find(|n| n == pattern),
             };
             if let Some(file) = found {
-                return Detection {
+                return Some(Detection {
                     image: lang.image.to_string(),
                     rule: format!("project file {file}"),
-                };
+                });
             }
         }
     }
@@ -143,21 +163,14 @@ pub fn detect_image(command: &[String], project: &Path) -> Detection {
             let mut words = cmd.split_whitespace();
             // `bundle exec rails …`: the first word that names a language decides.
             if let Some(lang) = words.by_ref().map(program_of).find_map(by_program) {
-                return Detection {
+                return Some(Detection {
                     image: lang.image.to_string(),
                     rule: "Procfile".to_string(),
-                };
+                });
             }
         }
     }
-    let rule = match command.first().map(|c| program_of(c)) {
-        Some(shell) if SHELLS.contains(&shell) => format!("command `{shell}`"),
-        _ => "default".to_string(),
-    };
-    Detection {
-        image: DEFAULT_IMAGE.to_string(),
-        rule,
-    }
+    None
 }
 
 #[cfg(test)]
@@ -186,13 +199,13 @@ mod tests {
             ("sh", "alpine:3.20"),
         ] {
             assert_eq!(
-                detect_image(&cmd(&[program, "x"]), empty.path()).image,
+                detect_image(&cmd(&[program, "x"]), Some(empty.path())).image,
                 image,
                 "{program}"
             );
         }
         std::fs::write(empty.path().join("package.json"), "{}").expect("write");
-        let d = detect_image(&cmd(&["python3", "-c", "1"]), empty.path());
+        let d = detect_image(&cmd(&["python3", "-c", "1"]), Some(empty.path()));
         assert_eq!(
             d.image, "python:3.12-alpine",
             "the command wins over project files"
@@ -203,32 +216,39 @@ mod tests {
     #[test]
     fn then_project_files_then_procfile_then_the_default() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let d = detect_image(&cmd(&["sh", "-c", "make"]), dir.path());
+        let d = detect_image(&cmd(&["sh", "-c", "make"]), Some(dir.path()));
         assert_eq!(
             (d.image.as_str(), d.rule.as_str()),
             ("alpine:3.20", "command `sh`")
         );
-        assert_eq!(detect_image(&[], dir.path()).rule, "default");
+        assert_eq!(detect_image(&[], Some(dir.path())).rule, "default");
         std::fs::write(
             dir.path().join("Procfile"),
             "web: bundle exec rails server\n",
         )
         .expect("write");
-        let d = detect_image(&[], dir.path());
+        let d = detect_image(&[], Some(dir.path()));
         assert_eq!(
             (d.image.as_str(), d.rule.as_str()),
             ("ruby:3.3-alpine", "Procfile")
         );
         std::fs::write(dir.path().join("main.tf"), "").expect("write");
         assert_eq!(
-            detect_image(&[], dir.path()).image,
+            detect_image(&[], Some(dir.path())).image,
             "hashicorp/terraform:1.10"
         );
         std::fs::write(dir.path().join("Cargo.toml"), "").expect("write");
-        let d = detect_image(&cmd(&["sh"]), dir.path());
+        let d = detect_image(&cmd(&["sh"]), Some(dir.path()));
         assert_eq!(
             (d.image.as_str(), d.rule.as_str()),
             ("rust:1.85-alpine", "project file Cargo.toml")
         );
+        // Without a project (a remote caller), the files are not looked at.
+        let d = detect_image(&cmd(&["sh"]), None);
+        assert_eq!(
+            (d.image.as_str(), d.rule.as_str()),
+            ("alpine:3.20", "command `sh`")
+        );
+        assert_eq!(detect_image(&[], None).rule, "default");
     }
 }

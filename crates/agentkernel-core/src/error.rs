@@ -53,6 +53,9 @@ pub enum ErrorKind {
     InvalidInput,
     /// The caller may not do what it asked (a host path from a remote caller, a looser policy).
     NotPermitted,
+    /// The policy asks for what the chosen backend cannot enforce (DESIGN: enforced or
+    /// refused); another backend can.
+    NotEnforceable,
     /// What the request names does not exist (sandbox, file, image, detached command).
     NotFound,
     /// The request conflicts with the current state (name taken, not running, not empty).
@@ -87,7 +90,7 @@ impl ErrorKind {
     /// The HTTP status: the client's mistakes are 4xx, the server's 5xx.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorKind::InvalidInput => 400,
+            ErrorKind::InvalidInput | ErrorKind::NotEnforceable => 400,
             ErrorKind::NotPermitted | ErrorKind::NotExecutable => 403,
             ErrorKind::NotFound | ErrorKind::CommandNotFound => 404,
             ErrorKind::Conflict => 409,
@@ -104,6 +107,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidInput => "invalid_input",
             ErrorKind::NotPermitted => "not_permitted",
+            ErrorKind::NotEnforceable => "not_enforceable",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Conflict => "conflict",
             ErrorKind::TooLarge => "too_large",

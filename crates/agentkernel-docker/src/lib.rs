@@ -147,7 +147,7 @@ impl agentkernel_core::HasKind for DockerError {
             DockerError::Unreachable { .. } => ErrorKind::Unavailable,
             DockerError::Api { .. } | DockerError::Pull { .. } => ErrorKind::Upstream,
             // The request asked for what this engine cannot enforce: another backend can.
-            DockerError::Refused { .. } => ErrorKind::InvalidInput,
+            DockerError::Refused { .. } => ErrorKind::NotEnforceable,
             DockerError::Gone { .. } => ErrorKind::Conflict,
             DockerError::FileNotFound(_) => ErrorKind::NotFound,
             DockerError::NotRegular { .. } | DockerError::BadFilePath { .. } => {

@@ -45,11 +45,38 @@ pub enum AuditEvent {
     SessionAttached {
         sandbox: String,
     },
+    /// A request refused by policy: `policy` names the rule (`access`: the caller named what
+    /// it may not, or a project's config tried to loosen; `enforcement`: the backend cannot
+    /// enforce a field), `details` is the refusal as the caller was told it. `sandbox` is empty
+    /// when the request named none yet.
     PolicyViolation {
         sandbox: String,
         policy: String,
         details: String,
+        /// `local`, `remote` (HTTP) or `agent` (MCP).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller: Option<String>,
     },
+}
+
+/// The `policy_violation` entry `error` calls for, if it is a refusal by policy.
+pub fn violation_of(
+    error: &crate::EngineError,
+    sandbox: &str,
+    caller: Option<crate::resolve::Caller>,
+) -> Option<AuditEvent> {
+    use agentkernel_core::{ErrorKind, HasKind};
+    let policy = match error.kind() {
+        ErrorKind::NotPermitted => "access",
+        ErrorKind::NotEnforceable => "enforcement",
+        _ => return None,
+    };
+    Some(AuditEvent::PolicyViolation {
+        sandbox: sandbox.to_string(),
+        policy: policy.to_string(),
+        details: error.to_string(),
+        caller: caller.map(|c| c.as_str().to_string()),
+    })
 }
 
 impl AuditEvent {
@@ -120,6 +147,43 @@ impl AuditLog {
                 self.path.display()
             );
         }
+    }
+
+    /// Passes `result` on; when it is a refusal by policy, records a `policy_violation` first.
+    pub fn refusal<T>(
+        &self,
+        sandbox: &str,
+        caller: Option<crate::resolve::Caller>,
+        result: crate::Result<T>,
+    ) -> crate::Result<T> {
+        if let Err(e) = &result
+            && let Some(event) = violation_of(e, sandbox, caller)
+        {
+            self.record(event);
+        }
+        result
+    }
+
+    /// Records `command_executed` for an attempt to run `argv`: its exit status, or, when the
+    /// command could not start, the code the caller gets (127 not found, 126 not executable,
+    /// 125 any other failure), so that every attempt leaves an entry.
+    pub fn attempt(
+        &self,
+        sandbox: &str,
+        argv: &[String],
+        result: &crate::Result<agentkernel_core::ExitStatus>,
+        detached: Option<&str>,
+    ) {
+        let exit_code = match result {
+            Ok(status) => status.code,
+            Err(e) => e.exit_code(),
+        };
+        self.record(AuditEvent::CommandExecuted {
+            sandbox: sandbox.to_string(),
+            command: argv.to_vec(),
+            exit_code,
+            detached: detached.map(str::to_string),
+        });
     }
 
     /// Entries, oldest first, optionally only those of one sandbox, at most the `last` newest.

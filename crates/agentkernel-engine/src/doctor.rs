@@ -33,6 +33,25 @@ const PACKAGES: &[(&str, &str, &str)] = &[(
     "outbound network for sandboxes (moderate and permissive)",
 )];
 
+/// What to do when backend `kind` cannot run sandboxes here: each backend's own remedy.
+fn not_usable_fix(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Native => {
+            "see docs/security.md: run agentkernel as root on Linux with overlayfs and cgroups"
+        }
+        BackendKind::Docker => {
+            "start the Docker engine, or point DOCKER_HOST at its socket (docs/container-backends.md)"
+        }
+        BackendKind::Podman => {
+            "start the Podman service (`podman system service`), or point CONTAINER_HOST at its socket (docs/container-backends.md)"
+        }
+        BackendKind::Gvisor => {
+            "start the Docker engine with a `runsc` runtime registered (`dockerd --add-runtime runsc=/usr/bin/runsc`), or point DOCKER_HOST at one (docs/container-backends.md)"
+        }
+        _ => "use one of the backends this build has: -B native, docker, podman or gvisor",
+    }
+}
+
 fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
@@ -65,9 +84,14 @@ impl Engine {
                     if kind == BackendKind::Native {
                         ready = r.usable;
                     }
-                    check(&name, r.usable, r.reason, Some("see docs/security.md: run agentkernel as root on Linux with overlayfs and cgroups"))
+                    check(&name, r.usable, r.reason, Some(not_usable_fix(kind)))
                 }
-                Err(_) => Check { name, ok: false, detail: "not in this build".to_string(), fix: Some("use -B native".to_string()) },
+                Err(_) => Check {
+                    name,
+                    ok: false,
+                    detail: "not in this build".to_string(),
+                    fix: Some("use -B native".to_string()),
+                },
             });
         }
         for (package, program, what) in PACKAGES {

@@ -25,7 +25,7 @@ use agentkernel_image::{ImageStore, Rootfs};
 use audit::{AuditEvent, AuditLog};
 use backend::{Backend, Controls, Persistence, Started};
 pub use error::{EngineError, Result};
-pub use files::refuse_parent_components;
+pub use files::{MAX_PATH_BYTES, check_path};
 pub use resolve::SpecRequest;
 use serde::Serialize;
 use std::cell::OnceCell;
@@ -217,6 +217,11 @@ impl Engine {
     /// `None` when no file applies (flags and defaults only). A project's file took effect
     /// silently before; now the user sees it every time.
     pub fn explain_config(&self, req: &SpecRequest) -> Result<Option<String>> {
+        let result = self.explain_config_unaudited(req);
+        self.audit.refusal("", Some(req.caller), result)
+    }
+
+    fn explain_config_unaudited(&self, req: &SpecRequest) -> Result<Option<String>> {
         let paths = resolve::config_paths(&self.home, req)?;
         if paths.is_empty() {
             return Ok(None);
@@ -244,6 +249,12 @@ impl Engine {
     /// caller resolved in `cwd` (a permissive sandbox the user made, say): otherwise the agent
     /// could step around its ceiling by using a sandbox instead of creating one.
     pub fn check_agent_access(&self, name: &str, cwd: &Path) -> Result<()> {
+        let result = self.check_agent_access_unaudited(name, cwd);
+        self.audit
+            .refusal(name, Some(resolve::Caller::Agent), result)
+    }
+
+    fn check_agent_access_unaudited(&self, name: &str, cwd: &Path) -> Result<()> {
         let rec = self.get_record(name)?;
         let req = SpecRequest {
             cwd: cwd.to_path_buf(),
@@ -264,14 +275,27 @@ impl Engine {
 
     /// Which image a request would use and which rule chose it (`run -v`).
     pub fn explain_image(&self, req: &SpecRequest) -> Result<agentkernel_core::detect::Detection> {
-        Ok(resolve::choose_image(
-            req,
-            &resolve::load_config(&self.home, req)?,
-        ))
+        let config =
+            self.audit
+                .refusal("", Some(req.caller), resolve::load_config(&self.home, req))?;
+        Ok(resolve::choose_image(req, &config))
     }
 
     /// Runs one command in a new sandbox (removed afterwards unless kept).
     pub fn run(
+        &self,
+        req: &SpecRequest,
+        opts: &RunOptions,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<RunOutcome> {
+        let result = self.run_unaudited(req, opts, exec, sink, controls);
+        let sandbox = opts.name.as_deref().unwrap_or_default();
+        self.audit.refusal(sandbox, Some(req.caller), result)
+    }
+
+    fn run_unaudited(
         &self,
         req: &SpecRequest,
         opts: &RunOptions,
@@ -286,8 +310,9 @@ impl Engine {
         }
         let name = opts.name.clone().unwrap_or_else(throwaway_name);
         if opts.keep {
-            let info = self.create(req, Some(&name), Some(opts.ttl.unwrap_or(DEFAULT_KEEP_TTL)))?;
-            self.start(&info.name)?;
+            let ttl = Some(opts.ttl.unwrap_or(DEFAULT_KEEP_TTL));
+            let info = self.create_unaudited(req, Some(&name), ttl)?;
+            self.start_unaudited(&info.name)?;
             let status = self.exec(&info.name, exec, sink, controls)?;
             let memory_limit_mb = self.get_record(&info.name)?.spec.policy.limits.memory_mb;
             return Ok(RunOutcome {
@@ -318,14 +343,11 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
-        let status = backend.run_ephemeral(spec, rootfs, exec, sink, controls)?;
-        self.audit.record(AuditEvent::CommandExecuted {
-            sandbox: spec.name.clone(),
-            command: exec.argv.clone(),
-            exit_code: status.code,
-            detached: None,
-        });
-        Ok(status)
+        let result = backend
+            .run_ephemeral(spec, rootfs, exec, sink, controls)
+            .map_err(EngineError::from);
+        self.audit.attempt(&spec.name, &exec.argv, &result, None);
+        result
     }
 
     fn run_on_branch(
@@ -337,9 +359,9 @@ impl Engine {
     ) -> Result<RunOutcome> {
         let name = resolve::branch_name(&req.cwd)?;
         if self.store()?.get(&name)?.is_none() {
-            self.create(req, Some(&name), None)?;
+            self.create_unaudited(req, Some(&name), None)?;
         }
-        self.start(&name)?;
+        self.start_unaudited(&name)?;
         let status = self.exec(&name, exec, sink, controls)?;
         let memory_limit_mb = self.get_record(&name)?.spec.policy.limits.memory_mb;
         Ok(RunOutcome {
@@ -352,6 +374,17 @@ impl Engine {
 
     /// Creates a persistent sandbox (not started). Nothing is left behind on error.
     pub fn create(
+        &self,
+        req: &SpecRequest,
+        name: Option<&str>,
+        ttl: Option<Duration>,
+    ) -> Result<SandboxInfo> {
+        let result = self.create_unaudited(req, name, ttl);
+        self.audit
+            .refusal(name.unwrap_or_default(), Some(req.caller), result)
+    }
+
+    fn create_unaudited(
         &self,
         req: &SpecRequest,
         name: Option<&str>,
@@ -451,6 +484,11 @@ impl Engine {
 
     /// Starts a sandbox; starting a running one does nothing. Returns whether it was started.
     pub fn start(&self, name: &str) -> Result<bool> {
+        let result = self.start_unaudited(name);
+        self.audit.refusal(name, None, result)
+    }
+
+    fn start_unaudited(&self, name: &str) -> Result<bool> {
         let _lock = lock::SandboxLock::acquire(&self.home, name)?;
         let rec = self.get_record(name)?;
         if self.is_running(&rec) {
@@ -601,14 +639,11 @@ impl Engine {
         }
         validate_exec(req)?;
         let (spec, backend, rt) = self.running_record(name)?;
-        let status = backend.exec(&spec, &rt, req, sink, controls)?;
-        self.audit.record(AuditEvent::CommandExecuted {
-            sandbox: name.to_string(),
-            command: req.argv.clone(),
-            exit_code: status.code,
-            detached: detached.map(str::to_string),
-        });
-        Ok(status)
+        let result = backend
+            .exec(&spec, &rt, req, sink, controls)
+            .map_err(EngineError::from);
+        self.audit.attempt(name, &req.argv, &result, detached);
+        result
     }
 
     /// An interactive session on a pty (`attach`).

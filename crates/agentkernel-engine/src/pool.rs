@@ -18,7 +18,7 @@
 use crate::backend::{Backend, Controls, Persistence, Started};
 use crate::error::{EngineError, Result};
 use crate::resolve::{self, SpecRequest};
-use crate::{Engine, RunOutcome, audit::AuditEvent};
+use crate::{Engine, RunOutcome};
 use agentkernel_core::Sink;
 use agentkernel_core::config::Config;
 use agentkernel_core::{ExecRequest, SandboxSpec};
@@ -316,6 +316,17 @@ impl WarmPool {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<RunOutcome> {
+        let result = self.run_unaudited(req, exec, sink, controls);
+        crate::audit::AuditLog::new(&self.shared.home).refusal("", Some(req.caller), result)
+    }
+
+    fn run_unaudited(
+        &self,
+        req: &SpecRequest,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<RunOutcome> {
         let req = crate::run_request(req, exec)?;
         let req = req.as_ref();
         let engine = Engine::open(&self.shared.home)?;
@@ -339,18 +350,15 @@ impl WarmPool {
             ..spec
         };
         resolve::set_env(&mut spec.env, "HOSTNAME".to_string(), warm.name.clone());
-        let result = backend.exec(&spec, &warm.sandbox.runtime, exec, sink, controls);
+        let result = backend
+            .exec(&spec, &warm.sandbox.runtime, exec, sink, controls)
+            .map_err(EngineError::from);
         self.retire(warm);
         if let Some(pool) = self.lock().by_key.get_mut(&key) {
             pool.in_use = pool.in_use.saturating_sub(1);
         }
+        engine.audit.attempt(&spec.name, &exec.argv, &result, None);
         let status = result?;
-        engine.audit.record(AuditEvent::CommandExecuted {
-            sandbox: spec.name.clone(),
-            command: exec.argv.clone(),
-            exit_code: status.code,
-            detached: None,
-        });
         Ok(RunOutcome {
             status,
             sandbox: spec.name,

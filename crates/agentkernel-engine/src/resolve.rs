@@ -37,6 +37,17 @@ pub enum Caller {
     Agent,
 }
 
+impl Caller {
+    /// How the audit log names the caller.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Caller::Local => "local",
+            Caller::Remote => "remote",
+            Caller::Agent => "agent",
+        }
+    }
+}
+
 /// Sandbox options as given on a surface (CLI flags, HTTP fields).
 #[derive(Debug, Clone, Default)]
 pub struct SpecRequest {
@@ -73,7 +84,10 @@ pub struct SpecRequest {
 }
 
 /// The image for a request: `--image`, else `[sandbox] base_image`, else auto-detected from the
-/// command, the project's files and its Procfile (`agentkernel_core::detect`).
+/// command, then (for the local user only) the project's files and its Procfile
+/// (`agentkernel_core::detect`). An HTTP or MCP caller has no project on this host: the
+/// directory the server runs in is the operator's, not the caller's, so its files never choose
+/// the caller's image.
 pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
     if let Some(image) = &req.image {
         return Detection {
@@ -87,7 +101,8 @@ pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
             rule: "[sandbox] base_image".to_string(),
         };
     }
-    detect_image(&req.command, &req.cwd)
+    let project = (req.caller == Caller::Local).then_some(req.cwd.as_path());
+    detect_image(&req.command, project)
 }
 
 /// The default working directory inside a sandbox.
@@ -125,7 +140,10 @@ pub fn operator_config(home: &Path, explicit: Option<&Path>) -> Result<Config> {
 /// profile, backend, image reference syntax, who may name what, limits, working directory,
 /// environment, labels): surfaces call it to refuse bad input before they answer.
 pub fn validate_request(home: &Path, req: &SpecRequest) -> Result<()> {
-    resolve(req, "validate", &load_config(home, req)?).map(drop)
+    let result = load_config(home, req).and_then(|config| resolve(req, "validate", &config));
+    crate::audit::AuditLog::new(home)
+        .refusal("", Some(req.caller), result)
+        .map(drop)
 }
 
 /// The config files that apply to a request, kept apart by how far they are trusted.
@@ -148,8 +166,11 @@ fn read_config_files(home: &Path, req: &SpecRequest) -> Result<ConfigFiles> {
     } else {
         Config::default()
     };
+    // An HTTP caller's request has no project: `req.cwd` is the server's own directory, and
+    // what lies there is not the caller's (MCP agents work in the project the user started
+    // them in, whose file may only tighten).
     let project_path = req.cwd.join(PROJECT_CONFIG);
-    let project = if project_path.is_file() {
+    let project = if req.caller != Caller::Remote && project_path.is_file() {
         paths.push(project_path.clone());
         Some((project_path.clone(), Config::load(&project_path)?))
     } else {

@@ -83,7 +83,7 @@ pub struct RunParams {
 pub struct CreateParams {
     /// Sandbox name (letters, digits, '-', '_', '.'); generated when absent.
     pub name: Option<String>,
-    /// OCI image reference or "host"; auto-detected from the project when absent.
+    /// OCI image reference or "host"; the default image (alpine:3.20) when absent.
     pub image: Option<String>,
     /// Security profile: restrictive, moderate (default) or permissive.
     pub profile: Option<String>,
@@ -561,9 +561,6 @@ impl SandboxTools {
                 )));
             }
         };
-        if let Err(e) = agentkernel_engine::refuse_parent_components(&p.path) {
-            return Ok(engine_failure(e));
-        }
         let size = data.len();
         let (name, path) = (p.name.clone(), p.path);
         let cwd = self.options.cwd.clone();
@@ -597,9 +594,6 @@ impl SandboxTools {
         )
     )]
     async fn sandbox_file_read(&self, Parameters(p): Parameters<FileReadParams>) -> ToolResult {
-        if let Err(e) = agentkernel_engine::refuse_parent_components(&p.path) {
-            return Ok(engine_failure(e));
-        }
         let (name, path) = (p.name, p.path.clone());
         let cwd = self.options.cwd.clone();
         let data = match self

@@ -1,6 +1,6 @@
 //! Bounds on what one request may ask for, beyond the engine's own checks: how long (TTLs,
-//! extensions), how many (environment entries, labels, files, batch commands) and how long a
-//! path. Each is far above what a client needs and far below what could hurt the server;
+//! extensions) and how many (environment entries, labels, files, batch commands); a path's rule
+//! (and its length) is the engine's (`agentkernel_engine::check_path`), for MCP alike. Each is far above what a client needs and far below what could hurt the server;
 //! going over one is a 400 that names the bound.
 
 use crate::envelope::ApiError;
@@ -17,8 +17,6 @@ pub const MAX_LABELS: usize = 64;
 pub const MAX_FILES: usize = 1024;
 /// Commands of one `POST /batch/run`.
 pub const MAX_BATCH: usize = 64;
-/// A path inside a sandbox, in bytes (Linux's `PATH_MAX` less its NUL).
-pub const MAX_PATH_BYTES: usize = 4095;
 
 /// A duration field (`ttl`, `by`), at most [`MAX_TTL`].
 pub fn duration(field: &str, text: &str) -> Result<Duration, ApiError> {
@@ -31,17 +29,6 @@ pub fn count(field: &str, n: usize, max: usize) -> Result<(), ApiError> {
     if n > max {
         return Err(ApiError::bad_request(format!(
             "{field} has {n} entries: give at most {max}"
-        )));
-    }
-    Ok(())
-}
-
-/// A path inside a sandbox of at most [`MAX_PATH_BYTES`].
-pub fn path(path: &str) -> Result<(), ApiError> {
-    if path.len() > MAX_PATH_BYTES {
-        return Err(ApiError::bad_request(format!(
-            "the path is {} bytes long: give at most {MAX_PATH_BYTES}",
-            path.len()
         )));
     }
     Ok(())

@@ -116,8 +116,8 @@ pub enum PluginCommand {
 
 #[derive(Args, Debug)]
 pub struct PluginInstallArgs {
-    /// claude, codex, gemini, opencode, mcp (any MCP client) or all
-    pub agent: String,
+    /// claude, codex, gemini, opencode, mcp (any MCP client) or all [default: `[agent] preferred`]
+    pub agent: Option<String>,
     /// Install into your home directory (all projects) instead of the current project
     #[arg(long)]
     pub global: bool,
@@ -218,8 +218,7 @@ pub struct SandboxOpts {
     /// Path to an agentkernel.toml config file
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Backend (this build: native)
-    #[arg(short = 'B', long)]
+    #[arg(short = 'B', long, help = backend_help())]
     pub backend: Option<String>,
     /// Disable network access
     #[arg(long)]
@@ -239,6 +238,106 @@ pub struct SandboxOpts {
     /// Disk limit in MB for each writable filesystem of the sandbox (overrides the profile and config)
     #[arg(long, value_name = "MB")]
     pub disk: Option<u64>,
+    /// Agent compatibility mode: native (the others need the egress allowlist, not in this build)
+    #[arg(long, value_name = "MODE")]
+    pub compatibility_mode: Option<String>,
+    #[command(flatten)]
+    pub not_yet: NotYetOpts,
+}
+
+/// The `-B` help: the backends this build has, from the engine's registry.
+fn backend_help() -> String {
+    let names: Vec<&str> = agentkernel_engine::backend::available()
+        .map(|b| b.as_str())
+        .collect();
+    format!("Backend (this build: {})", names.join(", "))
+}
+
+/// Options the reference documentation gives `run` and `create` that this build does not have
+/// yet. They are parsed (so they are not mistaken for the command) and refused with what to do
+/// instead; hidden from `--help`, which lists what works.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NotYetOpts {
+    #[arg(long, value_name = "NAME", hide = true)]
+    pub template: Option<String>,
+    #[arg(short = 'S', long, value_name = "BINDING", hide = true)]
+    pub secret: Vec<String>,
+    #[arg(long, value_name = "KEY", hide = true)]
+    pub secret_file: Vec<String>,
+    #[arg(long, hide = true)]
+    pub placeholder_secrets: bool,
+    #[arg(long, hide = true)]
+    pub ssh: bool,
+    #[arg(short = 'P', long, value_name = "PORT", hide = true)]
+    pub publish: Vec<String>,
+}
+
+impl NotYetOpts {
+    /// The first option given that this build does not have, as an error saying what to do.
+    pub fn refuse(&self) -> Result<(), agentkernel_core::CoreError> {
+        let refusal = if self.template.is_some() {
+            Some((
+                "--template",
+                "give the image with --image and run the setup steps in the command (or keep a sandbox with `create` and set it up with `exec`)",
+            ))
+        } else if !self.secret.is_empty() {
+            Some((
+                "--secret",
+                "the secret-injecting proxy is not built; pass a value with -e KEY=VALUE only if the command may see it",
+            ))
+        } else if !self.secret_file.is_empty() {
+            Some((
+                "--secret-file",
+                "the secret vault is not built; copy a file in with `agentkernel cp` only if the command may see it",
+            ))
+        } else if self.placeholder_secrets {
+            Some((
+                "--placeholder-secrets",
+                "the secret-injecting proxy is not built",
+            ))
+        } else if self.ssh {
+            Some((
+                "--ssh",
+                "open a shell with `agentkernel attach NAME`, or run commands with `agentkernel exec NAME -- ...`",
+            ))
+        } else if !self.publish.is_empty() {
+            Some((
+                "--publish",
+                "ports are not published to the host; run the server and its client in the same sandbox (`agentkernel exec`)",
+            ))
+        } else {
+            None
+        };
+        match refusal {
+            Some((flag, instead)) => Err(not_yet(flag, instead)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The error for a documented option this build does not have.
+pub fn not_yet(flag: &str, instead: &str) -> agentkernel_core::CoreError {
+    agentkernel_core::CoreError::Unsupported(format!("`{flag}` is not supported yet: {instead}"))
+}
+
+impl SandboxOpts {
+    /// Refuses options this build does not have or cannot honour, before anything runs.
+    pub fn refuse_unsupported(&self) -> Result<(), agentkernel_core::CoreError> {
+        self.not_yet.refuse()?;
+        if let Some(mode) = &self.compatibility_mode {
+            use agentkernel_core::config::{CompatModeError, check_compatibility_mode};
+            check_compatibility_mode(mode).map_err(|e| match e {
+                CompatModeError::NotEnforced(_) => not_yet(
+                    &format!("--compatibility-mode {mode}"),
+                    "it needs the egress domain allowlist, which this build does not enforce; use --compatibility-mode native (the default) or --no-network",
+                ),
+                CompatModeError::Unknown(_) => agentkernel_core::CoreError::InvalidArgument(format!(
+                    "--compatibility-mode {mode:?}: use native, claude, codex or gemini"
+                )),
+            })?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args, Debug)]
@@ -260,12 +359,22 @@ pub struct RunArgs {
     /// Say which image was chosen and why
     #[arg(short = 'v', long)]
     pub verbose: bool,
-    /// The command and its arguments
+    /// Use a warm sandbox of the daemon's pool when one matches (the default); --fast=false
+    /// always boots a new one
     #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
+        short = 'F',
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
     )]
+    pub fast: Option<bool>,
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub receipt: Option<PathBuf>,
+    /// The command and its arguments: everything after the first word (or after `--`) is the
+    /// command's, hyphens included
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -281,6 +390,8 @@ pub struct CreateArgs {
     /// Name the sandbox after the git project and branch
     #[arg(long)]
     pub branch: bool,
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -312,12 +423,9 @@ pub struct ExecArgs {
     pub detach: bool,
     /// Sandbox name
     pub name: String,
-    /// The command and its arguments
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    /// The command and its arguments: everything after its first word (or after `--`) is the
+    /// command's, hyphens included
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -331,12 +439,9 @@ pub struct AttachArgs {
     pub record: bool,
     /// Sandbox name
     pub name: String,
-    /// Program to run instead of the default shell
-    #[arg(
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        value_name = "COMMAND"
-    )]
+    /// Program to run instead of the default shell (everything after its first word, or after
+    /// `--`, is its own)
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 
@@ -522,6 +627,9 @@ mod hot_path_tests {
             ],
             &["exec", "-d", "box", "sleep", "9"],
             &["exec", "box"],
+            &["exec", "box", "ls", "-la", "--color"],
+            &["run", "--fast=false", "ls", "-la"],
+            &["run", "-F", "--", "--weird-prog", "-x"],
         ] {
             let hot = hot_tree(line[0])
                 .expect("a hot subcommand")
@@ -536,6 +644,40 @@ mod hot_path_tests {
         }
     }
 
+    /// Options before the command are options: an unknown one is refused, never taken for the
+    /// command; after the command's first word (or `--`) everything is the command's.
+    #[test]
+    fn unknown_options_are_refused_and_the_command_keeps_its_hyphens() {
+        let e = Cli::parse_from_args(args(&["run", "--receipt-x", "r.json", "--", "true"]))
+            .expect_err("an unknown option");
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        assert!(e.to_string().contains("'--receipt-x'"), "{e}");
+        let Command::Run(run) = Cli::parse_from_args(args(&["run", "python3", "-c", "1", "-v"]))
+            .expect("a run")
+            .command
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(run.command, ["python3", "-c", "1", "-v"]);
+        assert!(!run.verbose);
+        let Command::Run(run) = Cli::parse_from_args(args(&["run", "--", "--weird-prog"]))
+            .expect("a run")
+            .command
+        else {
+            panic!("not a run");
+        };
+        assert_eq!(run.command, ["--weird-prog"]);
+        let Command::Attach(attach) =
+            Cli::parse_from_args(args(&["attach", "box", "vim", "-u", "NONE"]))
+                .expect("an attach")
+                .command
+        else {
+            panic!("not an attach");
+        };
+        assert_eq!(attach.command, ["vim", "-u", "NONE"]);
+        Cli::parse_from_args(args(&["attach", "--bogus", "box"])).expect_err("unknown option");
+    }
+
     /// What the hot trees refuse is left to the full tree, which says it in its own words.
     #[test]
     fn errors_and_help_come_from_the_full_tree() {
@@ -545,6 +687,8 @@ mod hot_path_tests {
             &["run", "--ttl"],
             &["exec"],
             &["exec", "--timeout"],
+            &["run", "--bogus", "--", "true"],
+            &["exec", "--bogus", "box", "true"],
         ] {
             let quick = Cli::parse_from_args(args(line)).expect_err("not a run");
             let full = Cli::try_parse_from(args(line)).expect_err("not a run");

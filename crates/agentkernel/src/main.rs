@@ -236,6 +236,14 @@ fn forward_stdin() -> bool {
 }
 
 fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
+    args.sandbox.refuse_unsupported()?;
+    if args.receipt.is_some() {
+        return Err(cli::not_yet(
+            "--receipt",
+            "receipts are not built; the audit log (`agentkernel audit list --json`) records each command and its exit code",
+        )
+        .into());
+    }
     if args.command.is_empty() {
         return Err(EngineError::NoCommand);
     }
@@ -264,10 +272,12 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
             chosen.image, chosen.rule
         );
     }
-    // A throwaway sandbox without stdin can come from the daemon's warm pool.
+    // A throwaway sandbox without stdin can come from the daemon's warm pool, unless
+    // --fast=false asks for a new one.
     if !opts.keep
         && !opts.branch
         && !exec.stdin
+        && args.fast != Some(false)
         && let Some(code) = daemon::try_run(&req, &exec.argv, exec.timeout)?
     {
         return Ok(code);
@@ -293,6 +303,14 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
 }
 
 fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
+    args.sandbox.refuse_unsupported()?;
+    if args.dir.is_some() {
+        return Err(cli::not_yet(
+            "--dir",
+            "a sandbox mounts the current directory at /workspace with -p permissive; run `create` from that directory",
+        )
+        .into());
+    }
     let ttl = duration(args.ttl.as_deref())?;
     let req = spec_request(args.sandbox)?;
     let name = match (args.name, args.branch) {

@@ -152,3 +152,49 @@ fn terminal_session(ak: Ak, create: &[&str]) {
     assert!(audit.contains("session_attached"));
     ak.ok(&["remove", "tty-box"]);
 }
+
+/// An option `attach` does not know is refused before the terminal is touched: the terminal
+/// stays in its cooked mode and no session is recorded.
+#[test]
+fn attach_refuses_unknown_options_before_touching_the_terminal() {
+    let ak = Ak::new();
+    ak.ok(&["create", "att", "--image", "host", "--no-network"]);
+    ak.ok(&["start", "att"]);
+    let master =
+        rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
+            .expect("openpt");
+    rustix::pty::grantpt(&master).expect("grantpt");
+    rustix::pty::unlockpt(&master).expect("unlockpt");
+    let slave = rustix::pty::ioctl_tiocgptpeer(
+        &master,
+        rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY,
+    )
+    .expect("peer");
+    let before = rustix::termios::tcgetattr(&slave).expect("tcgetattr");
+    for args in [
+        &["attach", "--bogus", "att"][..],
+        &["attach", "--ssh", "att"],
+        &["attach", "-x", "att", "sh"],
+    ] {
+        let out: Out = ak
+            .cmd(args)
+            .stdin(std::process::Stdio::from(slave.try_clone().expect("dup")))
+            .output()
+            .expect("spawn attach")
+            .into();
+        assert_eq!(out.code, 125, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("unexpected argument"),
+            "{args:?}: {out:?}"
+        );
+        let after = rustix::termios::tcgetattr(&slave).expect("tcgetattr");
+        assert_eq!(
+            (after.local_modes, after.input_modes, after.output_modes),
+            (before.local_modes, before.input_modes, before.output_modes),
+            "{args:?} changed the terminal's modes"
+        );
+    }
+    let audit = ak.ok(&["audit", "list", "--json"]).stdout;
+    assert!(!audit.contains("session_attached"), "{audit}");
+    ak.ok(&["remove", "att"]);
+}

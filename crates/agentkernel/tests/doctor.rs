@@ -28,6 +28,12 @@ fn doctor_reports_backends_and_the_registry_with_fixes() {
         detail.contains("/nonexistent/docker.sock") && detail.contains("DOCKER_HOST"),
         "{docker:?}"
     );
+    // Each backend's advice is its own: a missing Docker socket is not fixed with overlayfs.
+    let fix = docker["fix"].as_str().unwrap_or_default();
+    assert!(
+        fix.contains("DOCKER_HOST") && !fix.contains("overlayfs") && !fix.contains("as root"),
+        "{docker:?}"
+    );
     // The cgroup attach latency says how the host's cgroup2 root is mounted, and the fix.
     let mounted_favoring = std::fs::read_to_string("/proc/self/mounts")
         .expect("mounts")
@@ -122,4 +128,53 @@ fn setup_prepares_the_host_image() {
         "print('after setup')",
     ]);
     assert_eq!(out.stdout, "after setup\n");
+}
+
+/// Every `[section] key` the docs name is one the config parser knows (a key it rejects would
+/// stop the user's config at the first run).
+#[test]
+fn every_config_key_the_docs_name_is_known() {
+    let ak = Ak::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs"))
+        .expect("docs")
+        .flatten()
+    {
+        if entry.path().extension().is_some_and(|e| e == "md") {
+            pages.push(entry.path());
+        }
+    }
+    let mut keys = std::collections::BTreeSet::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).expect("read a doc page");
+        // `[section] key`
+        for (i, _) in text.match_indices("`[") {
+            let rest = &text[i + 2..];
+            let Some((section, after)) = rest.split_once("] ") else {
+                continue;
+            };
+            let key: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            if !key.is_empty()
+                && !section.is_empty()
+                && section.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            {
+                keys.insert((section.to_string(), key));
+            }
+        }
+    }
+    assert!(keys.len() > 10, "too few keys found: {keys:?}");
+    let config = ak.home.path().join("config.toml");
+    for (section, key) in &keys {
+        // A value of the wrong type is fine here: only an unknown key is a finding.
+        std::fs::write(&config, format!("[{section}]\n{key} = 0\n")).expect("write");
+        let out = ak.run(&["doctor", "--json"]);
+        assert!(
+            !out.stdout.contains("unknown field") && !out.stderr.contains("unknown field"),
+            "the docs name [{section}] {key}, which the config parser does not know: {out:?}"
+        );
+    }
 }

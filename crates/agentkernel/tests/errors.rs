@@ -24,9 +24,16 @@ fn bad_inputs_exit_125_with_a_clear_message() {
     assert_refused(&ak, &["start", "ghost"], "agentkernel list");
     assert_refused(&ak, &["create", "../../x"], "invalid sandbox name");
     assert_refused(&ak, &["create", "-bad"], "");
+    // An option-looking image is never taken as the image (nor as the command): the option is
+    // refused as unknown; spelled as the value, the engine refuses the reference.
     assert_refused(
         &ak,
         &["run", "--image", "--volume=/:/host", "--", "true"],
+        "unexpected argument '--volume'",
+    );
+    assert_refused(
+        &ak,
+        &["run", "--image=--volume=/:/host", "--", "true"],
         "invalid image reference",
     );
     assert_refused(

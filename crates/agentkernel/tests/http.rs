@@ -2145,3 +2145,89 @@ fn default_host_also_listens_on_ipv6_loopback() {
     let only_v4 = Server::start(&ak, &["--no-pool", "--host", "127.0.0.1"]);
     assert!(!only_v4.log().contains("[::1]"), "{}", only_v4.log());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Image detection belongs to the request
+// ---------------------------------------------------------------------------------------------
+
+/// A request without an image is detected from its command and the operator's config, never
+/// from the project files of the directory the server happens to run in: `serve` started in a
+/// Rust or Node checkout still gives `echo` the default image (alpine:3.20, from the test
+/// registry), not rust:1.85-alpine or node:22-alpine.
+#[test]
+fn image_less_requests_are_not_detected_from_the_servers_directory() {
+    for (file, wrong) in [("Cargo.toml", "rust:"), ("package.json", "node:")] {
+        let ak = Ak::new();
+        std::fs::write(ak.cwd.path().join(file), "{}\n").expect("write a project file");
+        let srv = Server::start(&ak, &["--no-pool"]);
+        let resp = srv.post(
+            "/run",
+            &json!({"command": ["sh", "-c", "echo detected"], "no_network": true}),
+        );
+        assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
+        let data = resp.ok();
+        assert_eq!(data["stdout"], "detected\n", "{file}: {data}");
+        let resp = srv.post(
+            "/batch/run",
+            &json!({"commands": [{"command": ["echo", "batched"], "profile": "restrictive"}]}),
+        );
+        assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
+        let data = resp.ok();
+        assert_eq!(data["results"][0]["exit_code"], 0, "{file}: {data}");
+        assert!(
+            data["results"][0]["output"]
+                .as_str()
+                .is_some_and(|o| o.contains("batched")),
+            "{file}: {data}"
+        );
+        // A command that names its language still decides.
+        let resp = srv.post(
+            "/run",
+            &json!({"command": ["python3", "-c", "print(1)"], "no_network": true}),
+        );
+        assert!(!resp.text.contains(wrong), "{file}: {resp:?}");
+    }
+}
+
+/// An `agentkernel.toml` in the server's own directory is not an HTTP caller's project: it is
+/// neither applied to nor refused for their requests (a project file there that sets what a
+/// project may not used to fail every request, and one that set a profile changed them all).
+#[test]
+fn the_servers_directory_is_no_callers_project() {
+    let ak = Ak::new();
+    std::fs::write(
+        ak.cwd.path().join("agentkernel.toml"),
+        "[images]\nmax_layer_mb = 1\n[security]\nprofile = \"restrictive\"\n",
+    )
+    .expect("write a project config");
+    let srv = Server::start(&ak, &["--no-pool"]);
+    let data = srv
+        .post(
+            "/run",
+            &json!({"command": ["sh", "-c", "touch /root-is-writable && echo written"],
+                    "image": "host", "no_network": true, "profile": "moderate"}),
+        )
+        .ok();
+    assert_eq!(data["exit_code"], 0, "{data}");
+    assert_eq!(data["stdout"], "written\n", "{data}");
+}
+
+/// The files endpoints follow the engine's path rule, as the MCP file tools do: `..` stays
+/// inside the sandbox, and an over-long path is a 400 that names the bound.
+#[test]
+fn file_paths_follow_the_engines_rule() {
+    let ak = Ak::new();
+    let srv = Server::start(&ak, &["--no-pool"]);
+    create(&srv, "rule");
+    let marker = unique("http-dotdot");
+    let path = format!("/sandboxes/rule/files/..%2F..%2F..%2Ftmp%2F{marker}");
+    srv.raw("PUT", &path, Some(&json!({"content": "inside"})))
+        .ok();
+    assert!(!std::path::Path::new("/tmp").join(&marker).exists());
+    let data = exec(&srv, "rule", &["cat", &format!("/tmp/{marker}")]);
+    assert_eq!(data["stdout"], "inside", "{data}");
+    let long = "a".repeat(4096);
+    let message = srv.get(&format!("/sandboxes/rule/files/{long}")).err(400);
+    assert!(message.contains("give at most 4095"), "{message}");
+    srv.delete("/sandboxes/rule").ok();
+}

@@ -410,3 +410,38 @@ fn an_in_process_boot_in_a_multithreaded_process_is_refused() {
     ]);
     assert_eq!(out.stdout, "fine\n");
 }
+
+/// An option `exec` does not know is refused before anything runs; after the sandbox name, the
+/// command's first word starts the command and its hyphens are its own.
+#[test]
+fn exec_refuses_unknown_options_and_keeps_the_commands_hyphens() {
+    let ak = Ak::new();
+    ak.ok(&["create", "hyph", "--image", "host", "--no-network"]);
+    ak.ok(&["start", "hyph"]);
+    for (args, needle) in [
+        (
+            &["exec", "--bogus", "hyph", "true"][..],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            &["exec", "--receipt", "r.json", "hyph", "true"],
+            "unexpected argument '--receipt'",
+        ),
+    ] {
+        let out = ak.run(args);
+        assert_eq!(out.code, 125, "{args:?}: {out:?}");
+        assert!(out.stderr.contains(needle), "{args:?}: {out:?}");
+    }
+    let out = ak.ok(&["exec", "hyph", "ls", "-la", "/"]);
+    assert!(out.stdout.contains(".."), "{out:?}");
+    let out = ak.ok(&["exec", "hyph", "sh", "-c", "echo \"$0\" -e", "-w"]);
+    assert_eq!(out.stdout, "-w -e\n");
+    let out = ak.run(&["exec", "hyph", "--", "--weird-prog"]);
+    assert_eq!(out.code, 127, "{out:?}");
+    let audit = ak.ok(&["audit", "list", "--json"]).stdout;
+    assert!(
+        !audit.contains("--bogus") && !audit.contains("r.json"),
+        "a refused exec ran: {audit}"
+    );
+    ak.ok(&["remove", "hyph"]);
+}

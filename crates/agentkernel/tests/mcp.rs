@@ -119,3 +119,64 @@ fn python_mcp_sdk_over_streamable_http() {
     assert_passed(&out, "streamable HTTP", &srv.log());
     assert!(ak.list_json().is_empty(), "sandboxes left behind");
 }
+
+/// An MCP `sandbox_run` without an image is detected from its command, not from the project
+/// files of the directory the MCP server runs in.
+#[test]
+fn sandbox_run_is_not_detected_from_the_servers_directory() {
+    for (file, wrong) in [("Cargo.toml", "rust:"), ("package.json", "node:")] {
+        let ak = Ak::new();
+        std::fs::write(ak.cwd.path().join(file), "{}\n").expect("write a project file");
+        let mut mcp = common::mcp::Mcp::start(&ak);
+        let (is_error, text) = mcp.call(
+            "sandbox_run",
+            serde_json::json!({"command": ["sh", "-c", "echo detected"], "network": false}),
+        );
+        assert!(!text.contains(wrong), "{file}: {text}");
+        assert!(!is_error, "{file}: {text}");
+        assert!(text.contains("detected"), "{file}: {text}");
+    }
+}
+
+/// The MCP file tools follow the HTTP API's path rule, checked once in the engine: `..` is
+/// resolved inside the sandbox's root and never leads out of it; an over-long path is refused.
+#[test]
+fn file_tool_paths_with_dot_dot_stay_inside_the_sandbox() {
+    let ak = Ak::new();
+    let mut mcp = common::mcp::Mcp::start(&ak);
+    let (is_error, text) = mcp.call(
+        "sandbox_create",
+        serde_json::json!({"name": "dotdot", "network": false}),
+    );
+    assert!(!is_error, "{text}");
+    let marker = format!("mcp-dotdot-{}", std::process::id());
+    let host = std::path::Path::new("/tmp").join(&marker);
+    for path in [
+        format!("../../../tmp/{marker}"),
+        format!("/workspace/../../../tmp/{marker}"),
+        format!("/../../tmp/{marker}"),
+    ] {
+        let (is_error, text) = mcp.call(
+            "sandbox_file_write",
+            serde_json::json!({"name": "dotdot", "path": path, "content": path}),
+        );
+        assert!(!is_error, "{path}: {text}");
+        assert!(
+            !host.exists(),
+            "{path} wrote {} on the host",
+            host.display()
+        );
+        let (is_error, text) = mcp.call(
+            "sandbox_file_read",
+            serde_json::json!({"name": "dotdot", "path": format!("/tmp/{marker}")}),
+        );
+        assert!(!is_error && text.contains(&path), "{path}: {text}");
+    }
+    let (is_error, text) = mcp.call(
+        "sandbox_file_read",
+        serde_json::json!({"name": "dotdot", "path": "a".repeat(4096)}),
+    );
+    assert!(is_error && text.contains("give at most 4095"), "{text}");
+    let (is_error, text) = mcp.call("sandbox_remove", serde_json::json!({"name": "dotdot"}));
+    assert!(!is_error, "{text}");
+}

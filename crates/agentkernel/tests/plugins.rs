@@ -131,6 +131,55 @@ fn claude_install_writes_exactly_its_files() {
     assert!(files(env.home.path()).is_empty(), "nothing global");
 }
 
+/// The installed skill says what this build isolates with, and promises no micro-VM.
+#[test]
+fn the_installed_skill_promises_only_what_this_build_isolates_with() {
+    let env = Env::new();
+    env.ok(&["plugin", "install", "claude"]);
+    let skill = read(&env.p(".claude/skills/agentkernel/SKILL.md")).to_lowercase();
+    for promise in [
+        "micro-vm",
+        "microvm",
+        "firecracker",
+        "hardware isolation",
+        "virtual machine",
+    ] {
+        assert!(
+            !skill.contains(promise),
+            "SKILL.md promises {promise:?}:\n{skill}"
+        );
+    }
+    assert!(skill.contains("linux namespaces"), "{skill}");
+    assert!(skill.contains("-b docker"), "{skill}");
+}
+
+/// `plugin install` without an agent sets up `[agent] preferred`; an unknown preferred agent
+/// is refused, naming the allowed ones.
+#[test]
+fn plugin_install_without_an_agent_uses_the_preferred_one() {
+    let env = Env::new();
+    let out = env.run(&["plugin", "install"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("[agent] preferred"), "{out:?}");
+    std::fs::write(
+        env.p("agentkernel.toml"),
+        "[agent]\npreferred = \"opencode\"\n",
+    )
+    .expect("write");
+    env.ok(&["plugin", "install"]);
+    assert_eq!(
+        files(env.project.path()),
+        set(&[".opencode/plugins/agentkernel.ts", "agentkernel.toml"])
+    );
+    std::fs::write(env.p("agentkernel.toml"), "[agent]\npreferred = \"vim\"\n").expect("write");
+    let out = env.run(&["plugin", "install"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("\"vim\"") && out.stderr.contains("claude, codex, gemini, opencode"),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn all_installs_every_agent() {
     let env = Env::new();

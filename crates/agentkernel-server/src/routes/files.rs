@@ -24,7 +24,6 @@ pub async fn read(
     State(st): State<AppState>,
     ApiPath((name, path)): ApiPath<(String, String)>,
 ) -> Result<Json<Ok<FileContent>>, ApiError> {
-    bounds::path(&path)?;
     let data = blocking(&st, move |engine| engine.read_file(&name, &path)).await?;
     let size = data.len() as u64;
     let (content, encoding) = match String::from_utf8(data) {
@@ -51,7 +50,6 @@ pub async fn write(
     ApiPath((name, path)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<WriteFileRequest>,
 ) -> Result<Json<Ok<FileWritten>>, ApiError> {
-    bounds::path(&path)?;
     let data = decode(&req.content, req.encoding.as_deref())?;
     let size = data.len() as u64;
     let path = blocking(&st, move |engine| engine.write_file(&name, &path, &data)).await?;
@@ -67,7 +65,6 @@ pub async fn remove(
     State(st): State<AppState>,
     ApiPath((name, path)): ApiPath<(String, String)>,
 ) -> Result<Json<Ok<FileRemoved>>, ApiError> {
-    bounds::path(&path)?;
     let shown = path.clone();
     blocking(&st, move |engine| engine.remove_file(&name, &path)).await?;
     Ok(ok(FileRemoved {
@@ -86,9 +83,6 @@ pub async fn write_many(
     ApiJson(req): ApiJson<WriteFilesRequest>,
 ) -> Result<Json<Ok<FilesWritten>>, ApiError> {
     bounds::count("files", req.files.len(), bounds::MAX_FILES)?;
-    for path in req.files.keys() {
-        bounds::path(path)?;
-    }
     let paths = blocking(&st, move |engine| {
         let files: Vec<(&str, &[u8])> = req
             .files

@@ -62,6 +62,26 @@ impl Agent {
     }
 }
 
+/// `[agent] preferred` of the configs (`./agentkernel.toml` over `~/.agentkernel/config.toml`),
+/// for `plugin install` without an agent.
+fn preferred_agent() -> anyhow::Result<String> {
+    use agentkernel_core::config::{Config, PROJECT_CONFIG};
+    let user = agentkernel_core::paths::agentkernel_home().join("config.toml");
+    let project = std::env::current_dir()
+        .context("cannot read the current directory")?
+        .join(PROJECT_CONFIG);
+    for path in [project, user] {
+        if path.is_file()
+            && let Some(agent) = Config::load(&path)?.agent.preferred
+        {
+            return Ok(agent);
+        }
+    }
+    bail!(
+        "no agent named: give one (claude, codex, gemini, opencode, mcp or all), or set `[agent] preferred` in ~/.agentkernel/config.toml or ./agentkernel.toml"
+    )
+}
+
 /// Where the files go: a project directory, or the user's home (`--global`).
 struct Scope {
     global: bool,
@@ -353,7 +373,10 @@ fn plan_one(art: &Artifact, scope: &Scope, command: &str, force: bool) -> anyhow
 }
 
 pub fn install(args: &PluginInstallArgs) -> anyhow::Result<i32> {
-    let agents = Agent::parse(&args.agent)?;
+    let agents = match &args.agent {
+        Some(agent) => Agent::parse(agent)?,
+        None => Agent::parse(&preferred_agent()?)?,
+    };
     let scope = if args.global {
         Scope::global()?
     } else {
