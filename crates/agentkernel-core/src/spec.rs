@@ -89,12 +89,20 @@ pub struct SandboxSpec {
 
 /// Parses `KEY=VALUE` as given to `-e/--env`.
 pub fn parse_env(text: &str) -> Result<(String, String), CoreError> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
-            Ok((k.to_string(), v.to_string()))
-        }
-        _ => Err(CoreError::InvalidEnv(text.to_string())),
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| CoreError::InvalidEnv(text.to_string()))?;
+    validate_env_var(k, v)?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Checks one environment variable given as a name and a value (every surface's rule): a
+/// non-empty name without `=` or NUL, a value without NUL.
+pub fn validate_env_var(key: &str, value: &str) -> Result<(), CoreError> {
+    if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+        return Err(CoreError::InvalidEnv(format!("{key}={value}")));
     }
+    Ok(())
 }
 
 /// Whether a path is one the kernel can take: no NUL, at most 4095 bytes, and no component

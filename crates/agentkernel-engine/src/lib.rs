@@ -883,11 +883,28 @@ pub fn validate_exec(req: &ExecRequest) -> Result<()> {
         agentkernel_core::spec::validate_workdir(w)?;
     }
     for (k, v) in &req.env {
-        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
-            return Err(agentkernel_core::CoreError::InvalidEnv(format!("{k}={v}")).into());
-        }
+        agentkernel_core::spec::validate_env_var(k, v)?;
     }
     Ok(())
+}
+
+/// Longest timeout a request may ask for (HTTP `timeout_ms`, the MCP tools).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A request's `timeout_ms` as a duration, `default` when it gives none: at least 1 ms and at
+/// most [`MAX_TIMEOUT`]. One rule for every surface that takes milliseconds.
+pub fn timeout_from_ms(timeout_ms: Option<u64>, default: Duration) -> Result<Duration> {
+    use agentkernel_core::CoreError::InvalidArgument;
+    match timeout_ms {
+        None => Ok(default),
+        Some(0) => Err(InvalidArgument("timeout_ms must be at least 1".into()).into()),
+        Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => Err(InvalidArgument(format!(
+            "timeout_ms {ms} is more than the maximum of {} (24 hours): use a detached command for longer work",
+            MAX_TIMEOUT.as_millis()
+        ))
+        .into()),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+    }
 }
 
 /// Longest single argument, in characters.

@@ -21,8 +21,6 @@ use std::time::Duration;
 
 /// Default `timeout_ms` of `sandbox_run` and `sandbox_exec`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
-/// Longest timeout a call may ask for.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How one server is set up.
 #[derive(Debug, Clone)]
@@ -181,14 +179,8 @@ fn engine_failure(e: EngineError) -> CallToolResult {
 }
 
 fn timeout(timeout_ms: Option<u64>) -> Result<Duration, CallToolResult> {
-    match timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS) {
-        0 => Err(failure("timeout_ms must be at least 1")),
-        ms if Duration::from_millis(ms) > MAX_TIMEOUT => Err(failure(format!(
-            "timeout_ms {ms} is more than the maximum of {} (24 hours): split the work into shorter commands",
-            MAX_TIMEOUT.as_millis()
-        ))),
-        ms => Ok(Duration::from_millis(ms)),
-    }
+    agentkernel_engine::timeout_from_ms(timeout_ms, Duration::from_millis(DEFAULT_TIMEOUT_MS))
+        .map_err(engine_failure)
 }
 
 fn compatibility_mode(mode: Option<&str>) -> Result<(), CallToolResult> {
@@ -209,11 +201,7 @@ fn compatibility_mode(mode: Option<&str>) -> Result<(), CallToolResult> {
 fn env_list(env: Option<&BTreeMap<String, String>>) -> Result<Vec<String>, CallToolResult> {
     let mut list = Vec::new();
     for (k, v) in env.into_iter().flatten() {
-        if k.is_empty() || k.contains('=') || k.contains('\0') {
-            return Err(failure(format!(
-                "env: invalid variable name {k:?}: names are non-empty and contain no '=' or NUL"
-            )));
-        }
+        agentkernel_core::spec::validate_env_var(k, v).map_err(|e| failure(e.to_string()))?;
         list.push(format!("{k}={v}"));
     }
     Ok(list)

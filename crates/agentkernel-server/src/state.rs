@@ -38,8 +38,7 @@ impl Default for Limits {
     }
 }
 
-/// Longest timeout a request may ask for.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub use agentkernel_engine::MAX_TIMEOUT;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -99,18 +98,9 @@ impl AppState {
 
     /// The timeout for a command: the request's, else the server's.
     pub fn timeout(&self, timeout_ms: Option<u64>) -> Result<Duration, crate::envelope::ApiError> {
-        match timeout_ms {
-            None => Ok(self.limits.request_timeout),
-            Some(0) => Err(crate::envelope::ApiError::bad_request(
-                "timeout_ms must be at least 1",
-            )),
-            Some(ms) if Duration::from_millis(ms) > MAX_TIMEOUT => {
-                Err(crate::envelope::ApiError::bad_request(format!(
-                    "timeout_ms {ms} is more than the maximum of {} (24 hours): use a detached command for longer work",
-                    MAX_TIMEOUT.as_millis()
-                )))
-            }
-            Some(ms) => Ok(Duration::from_millis(ms)),
-        }
+        Ok(agentkernel_engine::timeout_from_ms(
+            timeout_ms,
+            self.limits.request_timeout,
+        )?)
     }
 }

@@ -180,3 +180,47 @@ fn file_tool_paths_with_dot_dot_stay_inside_the_sandbox() {
     let (is_error, text) = mcp.call("sandbox_remove", serde_json::json!({"name": "dotdot"}));
     assert!(!is_error, "{text}");
 }
+
+/// Timeouts and environment variables follow one rule, the engine's, over HTTP and MCP alike:
+/// the same refusal in the same words, and nothing run.
+#[test]
+fn timeouts_and_env_follow_the_engines_rule_on_both_surfaces() {
+    let ak = Ak::new();
+    let srv = ServeProcess::start(&ak, &["--no-pool"]);
+    let mut mcp = common::mcp::Mcp::start(&ak);
+    let http = |body: serde_json::Value| -> (u16, String) {
+        let resp = reqwest::blocking::Client::new()
+            .post(format!("{}/run", srv.base))
+            .json(&body)
+            .send()
+            .expect("POST /run");
+        (resp.status().as_u16(), resp.text().expect("body"))
+    };
+    for (timeout_ms, words) in [
+        (0u64, "timeout_ms must be at least 1"),
+        (86_400_001, "more than the maximum"),
+    ] {
+        let (status, text) = http(serde_json::json!({"command": ["true"], "image": "host",
+            "no_network": true, "timeout_ms": timeout_ms}));
+        assert_eq!(status, 400, "{timeout_ms}: {text}");
+        assert!(text.contains(words), "{timeout_ms}: {text}");
+        let (is_error, text) = mcp.call(
+            "sandbox_run",
+            serde_json::json!({"command": ["true"], "image": "host", "timeout_ms": timeout_ms}),
+        );
+        assert!(is_error && text.contains(words), "{timeout_ms}: {text}");
+    }
+    let (status, text) = http(serde_json::json!({"command": ["true"], "image": "host",
+        "no_network": true, "env": ["=value"]}));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("invalid environment variable"), "{text}");
+    let (is_error, text) = mcp.call(
+        "sandbox_run",
+        serde_json::json!({"command": ["true"], "image": "host", "env": {"A=B": "c"}}),
+    );
+    assert!(
+        is_error && text.contains("invalid environment variable"),
+        "{text}"
+    );
+    assert!(ak.list_json().is_empty());
+}
