@@ -50,7 +50,7 @@ use crate::{Engine, validate_exec};
 use agentkernel_core::{ErrorKind, HasKind};
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus};
 use agentkernel_sys::proc;
-use rustix::fd::{AsFd, AsRawFd, OwnedFd};
+use rustix::fd::{AsFd, OwnedFd};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::io::{Read, Write};
@@ -768,23 +768,15 @@ fn read_report(fd: &OwnedFd, wait: Duration) -> std::io::Result<Vec<u8>> {
                 format!("no answer within {} s", wait.as_secs()),
             ));
         }
-        let mut pfd = libc::pollfd {
-            fd: fd.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd for a descriptor we own.
-        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            continue;
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        let wait = rustix::event::Timespec::try_from(left).unwrap_or(rustix::event::Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        match rustix::event::poll(&mut fds, Some(&wait)) {
+            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(e.into()),
         }
         match rustix::io::read(fd, &mut buf) {
             Ok(0) => return Ok(line),

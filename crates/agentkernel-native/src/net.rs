@@ -2,7 +2,7 @@
 //! unreachable, and outbound network through pasta (user-mode networking) when the policy
 //! allows it.
 
-use rustix::fd::{AsRawFd, FromRawFd, OwnedFd};
+use rustix::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -23,13 +23,13 @@ pub enum NetError {
 
 /// Sets `lo` up in the current network namespace.
 pub fn loopback_up() -> std::io::Result<()> {
-    // SAFETY: a plain datagram socket used only for interface ioctls; owned right away.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // A plain datagram socket, used only for interface ioctls.
+    let sock = rustix::net::socket_with(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::DGRAM,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )?;
     // SAFETY: ifreq is plain data; zeroed is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
@@ -55,19 +55,13 @@ const METADATA_V4: [[u8; 4]; 2] = [[169, 254, 169, 254], [100, 100, 100, 200]];
 /// sandbox has no CAP_NET_ADMIN, so it cannot remove them. Hand-written netlink: one fixed
 /// message, where a netlink crate would pull in an async runtime for it.
 pub fn block_metadata() -> std::io::Result<()> {
-    // SAFETY: a netlink route socket, owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor owned by nothing else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = rustix::net::socket_with(
+        rustix::net::AddressFamily::NETLINK,
+        rustix::net::SocketType::RAW,
+        rustix::net::SocketFlags::CLOEXEC,
+        // Protocol 0 of AF_NETLINK is NETLINK_ROUTE.
+        None,
+    )?;
     for (seq, addr) in METADATA_V4.iter().enumerate() {
         let mut msg = Vec::with_capacity(40);
         let total: u32 = 16 + 12 + 8;

@@ -104,26 +104,10 @@ impl SecurityPlan {
             if self.keep & (1u64 << cap) != 0 {
                 continue;
             }
-            // SAFETY: prctl with integer arguments only.
-            let dropped =
-                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
-            if dropped != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            let one = rustix::thread::CapabilitySet::from_bits_retain(1u64 << cap);
+            rustix::thread::remove_capability_from_bounding_set(one)?;
         }
-        // SAFETY: prctl clearing the ambient set takes no pointers.
-        if unsafe {
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-        } != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
+        rustix::thread::clear_ambient_capability_set()?;
         if self.uid != 0 || self.gid != 0 {
             // Raw system calls, not libc's wrappers: in a multithreaded caller (the server),
             // glibc's setgroups/setresgid/setresuid see the caller's other threads (this child
@@ -175,15 +159,15 @@ impl SecurityPlan {
         if self.no_new_privs {
             rustix::thread::set_no_new_privs(true)?;
         }
-        // SAFETY: setrlimit lowering the core size: a crashing sandbox process writes no core
-        // file. Lowering is always allowed.
-        unsafe {
-            let none = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-        }
+        // No core size: a crashing sandbox process writes no core file. Lowering is always
+        // allowed.
+        let _ = rustix::process::setrlimit(
+            rustix::process::Resource::Core,
+            rustix::process::Rlimit {
+                current: Some(0),
+                maximum: Some(0),
+            },
+        );
         agentkernel_seccomp::install(&self.filter)
     }
 }
