@@ -222,5 +222,25 @@ fn timeouts_and_env_follow_the_engines_rule_on_both_surfaces() {
         is_error && text.contains("invalid environment variable"),
         "{text}"
     );
+    // The refusal carries the engine's error kind, as HTTP's status and the CLI's exit code
+    // come from it; a missing sandbox is `not_found` (HTTP 404).
+    let answer = mcp.request(
+        "tools/call",
+        serde_json::json!({"name": "sandbox_run",
+            "arguments": {"command": ["true"], "image": "host", "timeout_ms": 0}}),
+    );
+    assert_eq!(
+        answer["result"]["structuredContent"]["kind"], "invalid_input",
+        "{answer}"
+    );
+    let answer = mcp.request(
+        "tools/call",
+        serde_json::json!({"name": "sandbox_exec",
+            "arguments": {"name": "no-such-box", "command": ["true"]}}),
+    );
+    assert_eq!(
+        answer["result"]["structuredContent"]["kind"], "not_found",
+        "{answer}"
+    );
     assert!(ak.list_json().is_empty());
 }
