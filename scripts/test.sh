@@ -7,6 +7,9 @@ bash scripts/setup.sh
 source scripts/env.sh
 cargo fmt --all -- --check
 cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
+# No dependency a crate does not use (cargo-machete, installed once into ~/.cargo/bin).
+cargo machete --version >/dev/null 2>&1 || cargo install --locked --quiet cargo-machete@0.9.2
+cargo machete
 # The dependency direction (docs/architecture.md): no surface or engine on a backend, no
 # backend on another.
 for crate in agentkernel-engine agentkernel-server agentkernel-mcp agentkernel-docker agentkernel-native; do
