@@ -17,7 +17,7 @@ pub enum EngineError {
     #[error("sandbox {0:?} is not running: start it with `agentkernel start {0}`")]
     NotRunning(String),
     #[error(
-        "no command given: put the command after the options, e.g. `agentkernel run -- echo hi`"
+        "no command given: give the command and its arguments (on the command line after the options, e.g. `agentkernel run -- echo hi`; over HTTP and MCP as a list, e.g. [\"echo\", \"hi\"])"
     )]
     NoCommand,
     #[error("backend {0} is not available in this build: use -B native")]

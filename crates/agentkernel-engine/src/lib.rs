@@ -888,6 +888,14 @@ pub fn validate_exec(req: &ExecRequest) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an empty command: one rule and one message for the CLI, HTTP and MCP.
+pub fn require_command(argv: &[String]) -> Result<()> {
+    if argv.is_empty() {
+        return Err(EngineError::NoCommand);
+    }
+    Ok(())
+}
+
 /// Longest timeout a request may ask for (HTTP `timeout_ms`, the MCP tools).
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 

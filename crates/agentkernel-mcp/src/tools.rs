@@ -208,12 +208,7 @@ fn env_list(env: Option<&BTreeMap<String, String>>) -> Result<Vec<String>, CallT
 }
 
 fn command(argv: &[String]) -> Result<(), CallToolResult> {
-    if argv.is_empty() {
-        return Err(failure(
-            "command is empty: give the command and its arguments, e.g. [\"echo\", \"hi\"]",
-        ));
-    }
-    Ok(())
+    agentkernel_engine::require_command(argv).map_err(engine_failure)
 }
 
 /// The text of what a command wrote, for the readable part of a result.

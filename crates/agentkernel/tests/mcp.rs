@@ -181,10 +181,10 @@ fn file_tool_paths_with_dot_dot_stay_inside_the_sandbox() {
     assert!(!is_error, "{text}");
 }
 
-/// Timeouts and environment variables follow one rule, the engine's, over HTTP and MCP alike:
-/// the same refusal in the same words, and nothing run.
+/// Empty commands, timeouts and environment variables follow one rule, the engine's, over HTTP
+/// and MCP alike: the same refusal in the same words, and nothing run.
 #[test]
-fn timeouts_and_env_follow_the_engines_rule_on_both_surfaces() {
+fn commands_timeouts_and_env_follow_the_engines_rule_on_both_surfaces() {
     let ak = Ak::new();
     let srv = ServeProcess::start(&ak, &["--no-pool"]);
     let mut mcp = common::mcp::Mcp::start(&ak);
@@ -210,6 +210,14 @@ fn timeouts_and_env_follow_the_engines_rule_on_both_surfaces() {
         );
         assert!(is_error && text.contains(words), "{timeout_ms}: {text}");
     }
+    let (status, text) = http(serde_json::json!({"command": [], "image": "host"}));
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("no command given"), "{text}");
+    let (is_error, text) = mcp.call(
+        "sandbox_run",
+        serde_json::json!({"command": [], "image": "host"}),
+    );
+    assert!(is_error && text.contains("no command given"), "{text}");
     let (status, text) = http(serde_json::json!({"command": ["true"], "image": "host",
         "no_network": true, "env": ["=value"]}));
     assert_eq!(status, 400, "{text}");

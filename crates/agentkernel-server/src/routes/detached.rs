@@ -19,11 +19,7 @@ pub async fn start(
     ApiPath(name): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Json<Ok<DetachedCommand>>, ApiError> {
-    if req.command.is_empty() {
-        return Err(ApiError::bad_request(
-            "command is empty: send the command and its arguments, e.g. [\"sleep\", \"60\"]",
-        ));
-    }
+    agentkernel_engine::require_command(&req.command)?;
     let timeout = match req.timeout_ms {
         Some(ms) => Some(st.timeout(Some(ms))?),
         None => None,

@@ -16,11 +16,7 @@ pub fn exec_request(
     st: &AppState,
     req: &ExecRequest,
 ) -> Result<(agentkernel_core::ExecRequest, Duration), ApiError> {
-    if req.command.is_empty() {
-        return Err(ApiError::bad_request(
-            "command is empty: send the command and its arguments, e.g. [\"ls\", \"-l\"]",
-        ));
-    }
+    agentkernel_engine::require_command(&req.command)?;
     let timeout = st.timeout(req.timeout_ms)?;
     let exec = agentkernel_core::ExecRequest {
         argv: req.command.clone(),

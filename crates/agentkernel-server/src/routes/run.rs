@@ -26,11 +26,7 @@ pub struct RunParts {
 }
 
 pub fn run_parts(st: &AppState, req: &RunRequest) -> Result<RunParts, ApiError> {
-    if req.command.is_empty() {
-        return Err(ApiError::bad_request(
-            "command is empty: send the command and its arguments, e.g. [\"echo\", \"hi\"]",
-        ));
-    }
+    agentkernel_engine::require_command(&req.command)?;
     let (cwd, config) = client_paths(st, req.cwd.as_deref(), req.config.as_deref())?;
     if req.host_env.is_some() && !st.trust_client_paths {
         return Err(ApiError::bad_request(
