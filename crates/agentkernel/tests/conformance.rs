@@ -17,7 +17,6 @@ use common::engines::{Engine, engine};
 use common::serve::ServeProcess;
 use common::*;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A state directory and the backend under test.
@@ -98,28 +97,9 @@ impl B {
     /// Containers of this state directory (any state), by name; always empty on native, which
     /// has none.
     fn containers(&self) -> Vec<String> {
-        let Some(eng) = &self.eng else {
-            return Vec::new();
-        };
-        let out: Out = Command::new("docker")
-            .arg("-H")
-            .arg(&eng.host)
-            .args(["ps", "-a", "--format", "{{.Names}} {{.Labels}}"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the docker client (apt-get install docker.io)")
-            .into();
-        assert_eq!(out.code, 0, "{out:?}");
-        let home = std::fs::canonicalize(self.ak.home.path()).expect("home");
-        let hash = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..16].to_string()
-        };
-        out.stdout
-            .lines()
-            .filter(|l| l.contains(&format!("agentkernel.home={hash}")))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
+        self.eng
+            .as_ref()
+            .map_or_else(Vec::new, |eng| eng.containers_of(self.ak.home.path()))
     }
 }
 

@@ -16,7 +16,7 @@
 mod common;
 use common::engines::{Engine, engine};
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// A state directory and one engine.
@@ -83,33 +83,14 @@ impl E {
         self.ok(&["start", name]);
     }
 
-    /// The `docker` client against the engine under test (tests only: the product speaks the
-    /// API through bollard).
+    /// The `docker` client against the engine under test.
     fn docker(&self, args: &[&str]) -> Out {
-        Command::new("docker")
-            .arg("-H")
-            .arg(&self.eng.host)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the docker client (apt-get install docker.io)")
-            .into()
+        self.eng.docker(args)
     }
 
     /// Containers of this state directory (any state), by name.
     fn containers(&self) -> Vec<String> {
-        let out = self.docker(&["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]);
-        assert_eq!(out.code, 0, "{out:?}");
-        let home = std::fs::canonicalize(self.ak.home.path()).expect("home");
-        let hash = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..16].to_string()
-        };
-        out.stdout
-            .lines()
-            .filter(|l| l.contains(&format!("agentkernel.home={hash}")))
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect()
+        self.eng.containers_of(self.ak.home.path())
     }
 }
 

@@ -61,3 +61,34 @@ pub fn engine(backend: &'static str) -> Engine {
         other => panic!("no engine {other}"),
     }
 }
+
+impl Engine {
+    /// The `docker` client against this engine (tests only: the product speaks the API through
+    /// bollard).
+    pub fn docker(&self, args: &[&str]) -> super::Out {
+        std::process::Command::new("docker")
+            .arg("-H")
+            .arg(&self.host)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the docker client (apt-get install docker.io)")
+            .into()
+    }
+
+    /// Containers agentkernel made for the state directory `home` (any state), by name.
+    pub fn containers_of(&self, home: &std::path::Path) -> Vec<String> {
+        let out = self.docker(&["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let home = std::fs::canonicalize(home).expect("home");
+        let hash = {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(home.as_os_str().as_encoded_bytes()))[..16].to_string()
+        };
+        out.stdout
+            .lines()
+            .filter(|l| l.contains(&format!("agentkernel.home={hash}")))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+            .collect()
+    }
+}
