@@ -35,5 +35,11 @@ pub fn backend_for(kind: BackendKind, home: &Path) -> Result<Box<dyn Backend>> {
         .flat_map(|all| all.iter())
         .find(|r| r.kinds.contains(&kind))
         .and_then(|r| (r.make)(kind, home))
-        .ok_or_else(|| EngineError::BackendUnavailable(kind.to_string()))
+        .ok_or_else(|| EngineError::BackendUnavailable {
+            backend: kind.to_string(),
+            available: available()
+                .map(|b| b.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }

@@ -20,8 +20,8 @@ pub enum EngineError {
         "no command given: give the command and its arguments (on the command line after the options, e.g. `agentkernel run -- echo hi`; over HTTP and MCP as a list, e.g. [\"echo\", \"hi\"])"
     )]
     NoCommand,
-    #[error("backend {0} is not available in this build: use -B native")]
-    BackendUnavailable(String),
+    #[error("backend {backend} is not available in this build: use -B with one of {available}")]
+    BackendUnavailable { backend: String, available: String },
     #[error("backend {backend} cannot run here: {reason}")]
     BackendNotReady { backend: String, reason: String },
     #[error(transparent)]
@@ -98,7 +98,7 @@ impl HasKind for EngineError {
             EngineError::NoCommand
             | EngineError::BadCopyArg(_)
             | EngineError::BadLogStream(_)
-            | EngineError::BackendUnavailable(_) => ErrorKind::InvalidInput,
+            | EngineError::BackendUnavailable { .. } => ErrorKind::InvalidInput,
             EngineError::NotFound(_)
             | EngineError::UuidNotFound(_)
             | EngineError::DetachedNotFound { .. } => ErrorKind::NotFound,

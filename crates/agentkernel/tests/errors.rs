@@ -153,3 +153,16 @@ fn help_and_version_exit_zero() {
     assert_eq!(out.code, 0);
     assert!(out.stdout.starts_with("agentkernel "));
 }
+
+/// A backend this build does not have is refused (125) with the backends it does have.
+#[test]
+fn a_backend_not_in_this_build_names_the_ones_that_are() {
+    let ak = Ak::new();
+    let out = ak.run(&["run", "-B", "microvm", "--image", "host", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("not available in this build")
+            && out.stderr.contains("native, docker, podman, gvisor"),
+        "{out:?}"
+    );
+}
