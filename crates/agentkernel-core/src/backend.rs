@@ -18,6 +18,7 @@ pub struct Readiness {
 
 /// What a backend offers beyond the lifecycle, as `GET /backends` reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// The project directory can be mounted (permissive profile, compatibility modes).
     pub mount_cwd: bool,

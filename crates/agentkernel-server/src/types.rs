@@ -417,21 +417,8 @@ pub struct StatusResponse {
     pub sandbox_count: usize,
 }
 
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Capabilities {
-    pub mount_cwd: bool,
-    pub mount_home: bool,
-    pub attach: bool,
-    pub host_volumes: bool,
-    pub ssh: bool,
-    pub proxy_secret_bindings: bool,
-    pub secret_files: bool,
-    pub snapshots: bool,
-    pub resume: bool,
-    pub full_state_pause_resume: bool,
-    pub full_state_fork: bool,
-    pub endpoints: bool,
-}
+/// What a backend offers, as the engine reports it (`agentkernel_core::backend`).
+pub use agentkernel_core::backend::Capabilities;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct BackendDescriptor {
@@ -460,20 +447,7 @@ impl From<agentkernel_engine::status::Backends> for BackendsResponse {
                     configured: d.configured,
                     usable: d.usable,
                     readiness_reason: d.readiness_reason,
-                    capabilities: Capabilities {
-                        mount_cwd: d.capabilities.mount_cwd,
-                        mount_home: d.capabilities.mount_home,
-                        attach: d.capabilities.attach,
-                        host_volumes: d.capabilities.host_volumes,
-                        ssh: d.capabilities.ssh,
-                        proxy_secret_bindings: d.capabilities.proxy_secret_bindings,
-                        secret_files: d.capabilities.secret_files,
-                        snapshots: d.capabilities.snapshots,
-                        resume: d.capabilities.resume,
-                        full_state_pause_resume: d.capabilities.full_state_pause_resume,
-                        full_state_fork: d.capabilities.full_state_fork,
-                        endpoints: d.capabilities.endpoints,
-                    },
+                    capabilities: d.capabilities,
                 })
                 .collect(),
         }

@@ -289,6 +289,23 @@ fn run_through_the_daemon_honours_profile_network_backend_and_config() {
         before + 3,
         "the three runs went through the daemon"
     );
+    // --fast=false boots its own sandbox: the daemon serves nothing more.
+    let out = ak.ok(&[
+        "run",
+        "--fast=false",
+        "--image",
+        "host",
+        "--no-network",
+        "--",
+        "echo",
+        "own",
+    ]);
+    assert_eq!(out.stdout, "own\n");
+    assert_eq!(
+        daemon.served(),
+        before + 3,
+        "--fast=false went to the daemon"
+    );
 
     let out = ak.run(&["run", "--image", "host", "-B", "docker", "--", "true"]);
     assert_eq!(out.code, 125, "{out:?}");
