@@ -47,7 +47,8 @@ pub enum CoreError {
 /// (core, image, each backend, the engine) maps its variants to a kind once (`HasKind`), and
 /// every surface takes its answer from the kind alone: the CLI's exit code, the HTTP status
 /// and the MCP error's `kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The request is malformed or names something invalid.
     InvalidInput,

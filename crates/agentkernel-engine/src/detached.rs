@@ -47,7 +47,7 @@
 use crate::backend::BackendError;
 use crate::error::{EngineError, Result};
 use crate::{Engine, validate_exec};
-use agentkernel_core::{ErrorKind, HasKind};
+use agentkernel_core::ErrorKind;
 use agentkernel_core::{ExecEvent, ExecRequest, ExitStatus};
 use agentkernel_sys::proc;
 use rustix::fd::{AsFd, OwnedFd};
@@ -227,11 +227,11 @@ enum Report {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum FailKind {
-    CommandNotFound,
-    NotExecutable,
     SandboxNotFound,
     NotRunning,
-    WorkdirMissing,
+    /// The backend refused to start the command (not found, not executable, no working
+    /// directory, …): its kind and message travel as they are.
+    Backend(ErrorKind),
     Other,
 }
 
@@ -240,46 +240,18 @@ impl FailKind {
         match e {
             EngineError::NotRunning(_) => FailKind::NotRunning,
             EngineError::NotFound(_) => FailKind::SandboxNotFound,
-            // A backend's refusal to start the command, by kind: in an exec into a sandbox
-            // that exists, what is missing is the working directory, and a conflict is a
-            // sandbox that stopped.
-            EngineError::Backend(b) => match b.kind() {
-                ErrorKind::CommandNotFound => FailKind::CommandNotFound,
-                ErrorKind::NotExecutable => FailKind::NotExecutable,
-                ErrorKind::Conflict => FailKind::NotRunning,
-                ErrorKind::NotFound => FailKind::WorkdirMissing,
-                _ => FailKind::Other,
-            },
-            _ if e.kind() == ErrorKind::CommandNotFound => FailKind::CommandNotFound,
+            EngineError::Backend(b) => FailKind::Backend(b.kind()),
             _ => FailKind::Other,
         }
     }
 
-    /// The error `exec_detached` returns: the same type a foreground exec would have given,
-    /// so the CLI exits 127 / 126 / 125 alike.
-    fn into_error(self, sandbox: &str, req: &ExecRequest, message: String) -> EngineError {
-        let program = req.argv.first().map(String::as_str).unwrap_or_default();
+    /// The error `exec_detached` returns: the one a foreground exec would have given (its
+    /// kind, so the CLI exits 127 / 126 / 125 alike, and its message).
+    fn into_error(self, sandbox: &str, message: String) -> EngineError {
         match self {
-            FailKind::CommandNotFound => BackendError::new(
-                ErrorKind::CommandNotFound,
-                format!("command not found: {program}"),
-            )
-            .into(),
-            FailKind::NotExecutable => BackendError::new(
-                ErrorKind::NotExecutable,
-                format!("command not executable: {program}: permission denied"),
-            )
-            .into(),
+            FailKind::Backend(kind) => BackendError::new(kind, message).into(),
             FailKind::SandboxNotFound => EngineError::NotFound(sandbox.to_string()),
             FailKind::NotRunning => EngineError::NotRunning(sandbox.to_string()),
-            FailKind::WorkdirMissing => BackendError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "the working directory {} does not exist in the sandbox: create it first or pick another with -w",
-                    req.workdir.as_deref().unwrap_or_default()
-                ),
-            )
-            .into(),
             FailKind::Other => EngineError::DetachedStart {
                 sandbox: sandbox.to_string(),
                 reason: message,
@@ -599,7 +571,7 @@ impl Engine {
         })?;
         match report {
             Report::Started { .. } => Ok(()),
-            Report::Failed { kind, message } => Err(kind.into_error(name, req, message)),
+            Report::Failed { kind, message } => Err(kind.into_error(name, message)),
         }
     }
 
