@@ -41,6 +41,10 @@ pub enum CoreError {
         "unknown agent mode {mode:?}: use one of {known}, or add a [daemon.agents.{mode}] section to the config"
     )]
     UnknownMode { mode: String, known: String },
+    #[error("invalid secret binding {0}")]
+    InvalidSecret(String),
+    #[error("invalid host pattern: {0}")]
+    InvalidHostPattern(String),
 }
 
 /// What kind of failure an error is, whichever part of agentkernel raised it. Every error type

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod config;
 pub mod detect;
 pub mod duration;
+pub mod egress;
 pub mod error;
 pub mod exec;
 pub mod image;
