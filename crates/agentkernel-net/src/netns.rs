@@ -542,6 +542,7 @@ mod tests {
     /// SO_ORIGINAL_DST of an accepted IPv4 connection.
     fn original_dst(stream: &std::net::TcpStream) -> SocketAddr {
         use std::os::fd::AsRawFd;
+        // SAFETY: sockaddr_in is plain data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
         // SAFETY: the fd is open for the call; addr and len describe a writable buffer of
