@@ -151,6 +151,18 @@ pub trait Backend {
         controls: Controls<'_>,
         record: Option<&mut Recorder<'_>>,
     ) -> Result<ExitStatus>;
+    /// The running sandbox's network namespace, for the engine to route to the host's egress
+    /// proxy (`agentkernel_net::netns::attach`). A backend whose sandboxes have no kernel
+    /// network namespace of their own that the proxy can serve refuses, saying which can.
+    fn network_namespace(&self, _runtime: &RuntimeState) -> Result<std::fs::File> {
+        Err(BackendError::new(
+            ErrorKind::NotEnforceable,
+            format!(
+                "the {} backend cannot route a sandbox through the egress proxy (network allowlists, full network and --secret need it): use -B native, -B docker or -B podman, or --no-network",
+                self.kind().as_str()
+            ),
+        ))
+    }
     fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf>;
     fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf>;
     /// A whole file of the sandbox, refused above `limit` bytes. `path` is absolute and is

@@ -116,30 +116,22 @@ pub struct SecuritySection {
     /// Host directories that HTTP and MCP callers may name (as image directories and OCI
     /// layouts) and that their permissive sandboxes may mount. User config only.
     pub remote_paths: Option<Vec<String>>,
+    /// Private addresses unreachable even in full network mode.
+    pub block_private: Option<bool>,
+    /// `[security.domains] allow = [...]`, `deny = [...]`: host patterns that narrow a
+    /// networked sandbox to an allowlist, and hosts it never reaches.
+    pub domains: Option<DomainsSection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainsSection {
+    pub allow: Option<Vec<String>>,
+    pub deny: Option<Vec<String>>,
 }
 
 /// The AI coding agents `[agent] preferred` may name (the reference documentation's list).
 pub const AGENTS: &[&str] = &["claude", "codex", "gemini", "opencode"];
-
-/// Why a compatibility mode cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CompatModeError {
-    /// `claude`, `codex` or `gemini`: their domain allowlist is not enforced by this build.
-    NotEnforced(String),
-    /// Not a mode at all.
-    Unknown(String),
-}
-
-/// Checks a compatibility mode (`[agent] compatibility_mode`, the MCP `compatibility_mode`
-/// parameter): only `native` can be honoured until the egress allowlist exists; the others are
-/// refused rather than run without the allowlist they promise.
-pub fn check_compatibility_mode(mode: &str) -> Result<(), CompatModeError> {
-    match mode {
-        "native" => Ok(()),
-        "claude" | "codex" | "gemini" => Err(CompatModeError::NotEnforced(mode.to_string())),
-        other => Err(CompatModeError::Unknown(other.to_string())),
-    }
-}
 
 impl Config {
     /// Reads and validates a config file.
@@ -193,14 +185,16 @@ impl Config {
             ));
         }
         if let Some(mode) = &self.agent.compatibility_mode {
-            check_compatibility_mode(mode).map_err(|e| match e {
-                CompatModeError::NotEnforced(_) => format!(
-                    "[agent] compatibility_mode = {mode:?} needs the egress domain allowlist, which this build does not enforce yet: use \"native\" or remove the key"
-                ),
-                CompatModeError::Unknown(_) => format!(
-                    "[agent] compatibility_mode: unknown mode {mode:?}: use native, claude, codex or gemini"
-                ),
-            })?;
+            mode.parse::<crate::compat::CompatMode>()
+                .map_err(|e| format!("[agent] compatibility_mode: {e}"))?;
+        }
+        if let Some(domains) = &self.security.domains {
+            for (key, list) in [("allow", &domains.allow), ("deny", &domains.deny)] {
+                for p in list.iter().flatten() {
+                    crate::egress::validate_host_pattern(p)
+                        .map_err(|e| format!("[security.domains] {key}: {e}"))?;
+                }
+            }
         }
         if let (Some(min), Some(max)) = (self.daemon.min_warm, self.daemon.max_warm)
             && min > max
@@ -239,6 +233,8 @@ impl Config {
                 network: self.security.network.or(lower.security.network),
                 read_only: self.security.read_only.or(lower.security.read_only),
                 remote_paths: self.security.remote_paths.or(lower.security.remote_paths),
+                block_private: self.security.block_private.or(lower.security.block_private),
+                domains: self.security.domains.or(lower.security.domains),
             },
             images: ImagesSection {
                 mirrors: self.images.mirrors.or(lower.images.mirrors),

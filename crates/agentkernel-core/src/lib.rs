@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
+pub mod compat;
 pub mod config;
 pub mod detect;
 pub mod duration;

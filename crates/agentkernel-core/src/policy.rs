@@ -43,15 +43,35 @@ impl std::fmt::Display for Profile {
     }
 }
 
-/// How the sandbox reaches the network.
+/// How the sandbox reaches the network. In both networked modes every outbound connection
+/// ends at the host-side egress proxy, which never connects to cloud metadata addresses or
+/// the host's own loopback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     /// A fresh network namespace with only loopback.
     None,
-    /// Outbound network through user-mode networking (pasta). Host loopback services are
-    /// reachable only when `Policy::host_loopback` is set.
-    User,
+    /// Only the hosts of `Policy::allow_hosts` (minus `deny_hosts`), through the proxy.
+    Allowlist,
+    /// Any host but those of `deny_hosts`, through the proxy. (`user` was its name when
+    /// pasta carried it; records written then still read.)
+    #[serde(alias = "user")]
+    Full,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Full => "full",
+        }
+    }
+
+    /// Whether the sandbox has a way out at all (through the proxy).
+    pub fn is_networked(self) -> bool {
+        self != NetworkMode::None
+    }
 }
 
 /// Which seccomp filter the sandbox gets.
@@ -127,8 +147,6 @@ pub const PASSTHROUGH_ENV: &[&str] = &["TERM", "COLORTERM", "LANG", "LANGUAGE", 
 pub struct Policy {
     pub profile: Profile,
     pub network: NetworkMode,
-    /// Whether services listening on the host's loopback are reachable from the sandbox.
-    pub host_loopback: bool,
     pub read_only_root: bool,
     pub mounts: Vec<BindMount>,
     /// Capabilities kept (names as `CAP_*`); all others are dropped from every set.
@@ -137,9 +155,16 @@ pub struct Policy {
     pub no_new_privs: bool,
     pub user: UserSpec,
     pub limits: Limits,
-    /// Domains reachable when egress filtering is on; empty means no filtering. Enforced by the
-    /// egress proxy, which no backend has yet: a non-empty list is refused.
-    pub egress_allowlist: Vec<String>,
+    /// Host patterns reachable in `NetworkMode::Allowlist` (`api.example.com`,
+    /// `*.example.com`).
+    #[serde(default, alias = "egress_allowlist")]
+    pub allow_hosts: Vec<String>,
+    /// Host patterns never reachable, in either networked mode.
+    #[serde(default)]
+    pub deny_hosts: Vec<String>,
+    /// Private addresses (10/8, 172.16/12, 192.168/16, 100.64/10, fc00::/7) unreachable too.
+    #[serde(default)]
+    pub block_private: bool,
     /// Host environment variables passed into the sandbox.
     pub env_passthrough: Vec<String>,
     /// Paths inside the sandbox hidden under an empty read-only directory: where a mount
@@ -161,6 +186,13 @@ pub struct PolicyOverrides {
     pub project_dir: Option<PathBuf>,
     /// The host home directory permissive sandboxes mount read-only.
     pub home_dir: Option<PathBuf>,
+    /// Host patterns that narrow a networked sandbox to an allowlist (flags, config,
+    /// compatibility mode).
+    pub allow_hosts: Vec<String>,
+    pub deny_hosts: Vec<String>,
+    pub block_private: Option<bool>,
+    /// Mount `project_dir` at /workspace whatever the profile (compatibility modes).
+    pub mount_project: bool,
 }
 
 /// The largest memory limit a sandbox may ask for, in MB (1 TiB).
@@ -180,8 +212,7 @@ impl Policy {
         match profile {
             Profile::Permissive => Policy {
                 profile,
-                network: NetworkMode::User,
-                host_loopback: false,
+                network: NetworkMode::Full,
                 read_only_root: false,
                 mounts: Vec::new(),
                 capabilities: default_caps,
@@ -195,14 +226,15 @@ impl Policy {
                     disk_mb: 20480,
                     disk_explicit: false,
                 },
-                egress_allowlist: Vec::new(),
+                allow_hosts: Vec::new(),
+                deny_hosts: Vec::new(),
+                block_private: false,
                 env_passthrough: PASSTHROUGH_ENV.iter().map(|v| v.to_string()).collect(),
                 masked_paths: Vec::new(),
             },
             Profile::Moderate => Policy {
                 profile,
-                network: NetworkMode::User,
-                host_loopback: false,
+                network: NetworkMode::Full,
                 read_only_root: false,
                 mounts: Vec::new(),
                 capabilities: default_caps,
@@ -216,14 +248,15 @@ impl Policy {
                     disk_mb: 10240,
                     disk_explicit: false,
                 },
-                egress_allowlist: Vec::new(),
+                allow_hosts: Vec::new(),
+                deny_hosts: Vec::new(),
+                block_private: false,
                 env_passthrough: Vec::new(),
                 masked_paths: Vec::new(),
             },
             Profile::Restrictive => Policy {
                 profile,
                 network: NetworkMode::None,
-                host_loopback: false,
                 read_only_root: true,
                 mounts: Vec::new(),
                 capabilities: Vec::new(),
@@ -240,7 +273,9 @@ impl Policy {
                     disk_mb: 1024,
                     disk_explicit: false,
                 },
-                egress_allowlist: Vec::new(),
+                allow_hosts: Vec::new(),
+                deny_hosts: Vec::new(),
+                block_private: false,
                 env_passthrough: Vec::new(),
                 masked_paths: Vec::new(),
             },
@@ -252,10 +287,20 @@ impl Policy {
         let mut policy = Policy::for_profile(profile);
         if let Some(network) = overrides.network {
             policy.network = if network {
-                NetworkMode::User
+                NetworkMode::Full
             } else {
                 NetworkMode::None
             };
+        }
+        if policy.network.is_networked() {
+            if !overrides.allow_hosts.is_empty() {
+                policy.network = NetworkMode::Allowlist;
+                policy.allow_hosts = dedup(&overrides.allow_hosts);
+            }
+            policy.deny_hosts = dedup(&overrides.deny_hosts);
+        }
+        if let Some(b) = overrides.block_private {
+            policy.block_private = b;
         }
         if let Some(m) = overrides.memory_mb {
             policy.limits.memory_mb = m;
@@ -273,7 +318,7 @@ impl Policy {
         if let Some(ro) = overrides.read_only_root {
             policy.read_only_root = ro;
         }
-        if profile == Profile::Permissive {
+        if profile == Profile::Permissive || overrides.mount_project {
             if let Some(dir) = &overrides.project_dir {
                 policy.mounts.push(BindMount {
                     source: dir.clone(),
@@ -282,6 +327,7 @@ impl Policy {
                 });
             }
             if let Some(home) = &overrides.home_dir
+                && profile == Profile::Permissive
                 && overrides.project_dir.as_deref() != Some(home.as_path())
             {
                 policy.mounts.push(BindMount {
@@ -298,11 +344,8 @@ impl Policy {
     /// `self` is at least as strict in every field. A project's config and an MCP caller may
     /// only tighten: their policy is checked against the one the user's own settings give.
     pub fn loosening_of(&self, bound: &Policy) -> Option<String> {
-        if self.network == NetworkMode::User && bound.network == NetworkMode::None {
-            return Some("network access".to_string());
-        }
-        if self.host_loopback && !bound.host_loopback {
-            return Some("access to the host's loopback services".to_string());
+        if let Some(more) = self.network_loosening_of(bound) {
+            return Some(more);
         }
         if !self.read_only_root && bound.read_only_root {
             return Some("a writable root filesystem".to_string());
@@ -397,13 +440,59 @@ impl Policy {
                 self.limits.disk_mb
             )));
         }
-        if !self.egress_allowlist.is_empty() {
-            return Err(CoreError::Unsupported(
-                "a domain allowlist needs the egress proxy, which this build does not have: use --no-network or full network".to_string(),
-            ));
+        for pattern in self.allow_hosts.iter().chain(&self.deny_hosts) {
+            crate::egress::validate_host_pattern(pattern).map_err(CoreError::InvalidHostPattern)?;
         }
         Ok(())
     }
+
+    /// How `self` reaches more of the network than `bound`, if it does.
+    fn network_loosening_of(&self, bound: &Policy) -> Option<String> {
+        use crate::egress::host_matches;
+        match (bound.network, self.network) {
+            (NetworkMode::None, NetworkMode::None) => {}
+            (NetworkMode::None, _) => return Some("network access".to_string()),
+            (NetworkMode::Allowlist, NetworkMode::Full) => {
+                return Some("network access beyond the allowlist".to_string());
+            }
+            (NetworkMode::Allowlist, NetworkMode::Allowlist) => {
+                // A pattern is covered when a bound pattern matches every name it matches.
+                let covered = |p: &String| {
+                    bound.allow_hosts.iter().any(|b| {
+                        b == p
+                            || (b.starts_with("*.")
+                                && host_matches(b, p.strip_prefix("*.").unwrap_or(p)))
+                    })
+                };
+                if let Some(p) = self.allow_hosts.iter().find(|p| !covered(p)) {
+                    return Some(format!("the host {p} (not in the allowlist)"));
+                }
+            }
+            _ => {}
+        }
+        if let Some(d) = bound
+            .deny_hosts
+            .iter()
+            .find(|d| !self.deny_hosts.contains(d))
+        {
+            return Some(format!("the denied host {d}"));
+        }
+        if bound.block_private && !self.block_private && self.network.is_networked() {
+            return Some("private network addresses".to_string());
+        }
+        None
+    }
+}
+
+fn dedup(items: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for i in items {
+        let i = i.to_ascii_lowercase();
+        if !out.contains(&i) {
+            out.push(i);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -85,6 +85,16 @@ pub struct SandboxSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub description: Option<String>,
+    /// `--secret` bindings: the proxy adds each value to requests for its host only; the
+    /// sandbox's variable holds the placeholder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::egress::SecretBinding>,
+    /// `--secret-file` keys: files at /run/agentkernel/secrets/KEY.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<String>,
+    /// `--placeholder-secrets`: those files hold a placeholder the proxy swaps on the way out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placeholder_secrets: bool,
 }
 
 /// Parses `KEY=VALUE` as given to `-e/--env`.

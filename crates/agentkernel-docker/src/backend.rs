@@ -6,7 +6,9 @@ use agentkernel_backend::{
     Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Result, RuntimeState,
     Started,
 };
-use agentkernel_core::{BackendKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec, Sink};
+use agentkernel_core::{
+    BackendKind, ErrorKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec, Sink,
+};
 use agentkernel_image::{ImageStore, Rootfs};
 use std::path::{Path, PathBuf};
 
@@ -76,6 +78,9 @@ impl Backend for DockerBackend {
             mount_cwd: local,
             mount_home: local,
             attach: true,
+            // The egress proxy enters the container's network namespace on this host.
+            proxy_secret_bindings: local && self.kind != BackendKind::Gvisor,
+            secret_files: true,
             ..Capabilities::default()
         }
     }
@@ -141,6 +146,23 @@ impl Backend for DockerBackend {
         };
         self.client
             .is_running(&runtime.instance, pid, runtime.start_time)
+    }
+
+    /// The container's network namespace, entered through its init's pid on this host (the
+    /// engines here run as root, so the pid is the host's). gVisor's sandboxes speak through
+    /// its own network stack, which the proxy's redirect rule cannot reach: refused.
+    fn network_namespace(&self, runtime: &RuntimeState) -> Result<std::fs::File> {
+        if !self.capabilities().proxy_secret_bindings || !Self::same_boot(runtime) {
+            return Err(BackendError::new(
+                ErrorKind::NotEnforceable,
+                format!(
+                    "the {} backend cannot route a sandbox through the egress proxy here (gVisor has its own network stack; a remote engine's containers are not on this host): use -B native, or a local -B docker / -B podman, or --no-network",
+                    self.kind.as_str()
+                ),
+            ));
+        }
+        agentkernel_sys::proc::open_netns(runtime.pid, runtime.start_time)
+            .map_err(BackendError::io("open the container's network namespace"))
     }
 
     fn exec(

@@ -2,8 +2,7 @@
 //!
 //! | Policy field | Engine setting |
 //! |---|---|
-//! | network none / user | `NetworkMode: none` / the engine's default network |
-//! | host_loopback | refused (native only) |
+//! | network none / allowlist / full | `NetworkMode: none` always; a networked container's namespace is then routed to the host's egress proxy by the engine (`Backend::network_namespace`), as native's is; gVisor (its own network stack) refuses it |
 //! | read_only_root | `ReadonlyRootfs` (and a tmpfs `/tmp` always, as native) |
 //! | mounts | `Mounts` of type bind, read-only where the policy says |
 //! | masked_paths | `Tmpfs` read-only at each path (after the binds: the engine mounts by depth; Podman with `notmpcopyup`) |
@@ -15,7 +14,7 @@
 //! | user | `User: uid:gid` |
 //! | memory / pids / vcpus | `Memory` (= `MemorySwap`, no swap) / `PidsLimit` / `NanoCpus` |
 //! | pids on gVisor | `Ulimits nproc` (counted by gVisor's own kernel) + `PidsLimit` as a backstop |
-//! | egress_allowlist | refused by `Policy::validate` for every backend |
+//! | allow_hosts / deny_hosts / block_private | the egress proxy's rules, as on native |
 
 use crate::{Client, DockerError, Flavor, INIT_PATH, Result};
 use agentkernel_core::SandboxSpec;
@@ -27,14 +26,6 @@ use std::path::PathBuf;
 /// Refuses what this engine cannot enforce, naming the field and the backend that can.
 pub(crate) fn check(flavor: Flavor, policy: &Policy) -> Result<()> {
     let backend = flavor.name();
-    if policy.host_loopback {
-        return Err(DockerError::Refused {
-            backend,
-            field: "host_loopback",
-            reason: "a container reaches the host only through the engine's bridge, not the host's loopback".to_string(),
-            alternative: "-B native",
-        });
-    }
     if let Some(p) = policy.masked_paths.iter().find(|p| {
         !p.is_absolute()
             || p.components()
@@ -156,7 +147,9 @@ impl Client {
         }
         let memory = (policy.limits.memory_mb * 1024 * 1024) as i64;
         let host_config = HostConfig {
-            network_mode: (policy.network == NetworkMode::None).then(|| "none".to_string()),
+            // Networked or not, the container gets no network of the engine's: the egress
+            // proxy is its only way out.
+            network_mode: Some("none".to_string()),
             readonly_rootfs: Some(policy.read_only_root),
             tmpfs: Some(self.tmpfs_mounts(policy)),
             // No host device is ever added and the engine's default device cgroup (its

@@ -45,6 +45,29 @@ pub enum AuditEvent {
     SessionAttached {
         sandbox: String,
     },
+    /// The egress proxy let a connection or DNS query through.
+    NetworkAllowed {
+        sandbox: String,
+        host: String,
+        port: u16,
+        protocol: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
+    },
+    /// The egress proxy refused a connection or DNS query.
+    NetworkBlocked {
+        sandbox: String,
+        host: String,
+        port: u16,
+        protocol: String,
+        reason: String,
+    },
+    /// A running sandbox's network policy changed (`sandbox policy`, `PATCH`).
+    NetworkPolicyChanged {
+        sandbox: String,
+        allow: Vec<String>,
+        deny: Vec<String>,
+    },
     /// A request refused by policy: `policy` names the rule (`access`: the caller named what
     /// it may not, or a project's config tried to loosen; `enforcement`: the backend cannot
     /// enforce a field), `details` is the refusal as the caller was told it. `sandbox` is empty
@@ -91,6 +114,9 @@ impl AuditEvent {
             | AuditEvent::FileWritten { sandbox, .. }
             | AuditEvent::FileRead { sandbox, .. }
             | AuditEvent::SessionAttached { sandbox }
+            | AuditEvent::NetworkAllowed { sandbox, .. }
+            | AuditEvent::NetworkBlocked { sandbox, .. }
+            | AuditEvent::NetworkPolicyChanged { sandbox, .. }
             | AuditEvent::PolicyViolation { sandbox, .. } => sandbox,
         }
     }

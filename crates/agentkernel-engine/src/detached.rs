@@ -436,7 +436,7 @@ pub(crate) fn settle(home: &Path, sandbox: &str) {
 }
 
 impl Engine {
-    fn supervisor_exe(&self) -> Result<PathBuf> {
+    pub(crate) fn supervisor_exe(&self) -> Result<PathBuf> {
         match &self.supervisor_exe {
             Some(exe) => Ok(exe.clone()),
             // The running binary even after it was replaced on disk (an upgrade, a rebuild).

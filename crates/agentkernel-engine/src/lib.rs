@@ -6,6 +6,7 @@ pub mod backend;
 pub mod buffered;
 pub mod detached;
 pub mod doctor;
+pub mod egress;
 pub mod error;
 mod files;
 mod lock;
@@ -343,11 +344,126 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
-        let result = backend
-            .run_ephemeral(spec, rootfs, exec, sink, controls)
-            .map_err(EngineError::from);
+        let result = if needs_connecting(spec) {
+            self.run_connected(spec, rootfs, backend, exec, sink, controls)
+        } else {
+            backend
+                .run_ephemeral(spec, rootfs, exec, sink, controls)
+                .map_err(EngineError::from)
+        };
         self.audit.attempt(&spec.name, &exec.argv, &result, None);
         result
+    }
+
+    /// A throwaway sandbox with a network or secret files: started, connected to a proxy
+    /// thread of this process and given its files, the command run, stopped.
+    fn run_connected(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        backend: &dyn Backend,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
+        let result = self
+            .connect(spec, backend, &started.runtime, None)
+            .and_then(|proxy| {
+                let status = backend.exec(spec, &started.runtime, exec, sink, controls);
+                drop(proxy);
+                Ok(status?)
+            });
+        let stopped = backend.stop(started);
+        let status = result?;
+        stopped?;
+        Ok(status)
+    }
+
+    /// What a started sandbox needs before its first command: its network routed to an egress
+    /// proxy (a thread of this process for a throwaway sandbox, returned; a proxy process for
+    /// a persistent one, whose directory is `dir`), the proxy's CA when secrets are bound, and
+    /// its secret files.
+    pub(crate) fn connect(
+        &self,
+        spec: &SandboxSpec,
+        backend: &dyn Backend,
+        runtime: &agentkernel_core::backend::RuntimeState,
+        dir: Option<&Path>,
+    ) -> Result<Option<egress::ProxyThread>> {
+        if !needs_connecting(spec) {
+            return Ok(None);
+        }
+        let mut vault: Option<vault::Vault> = None;
+        let home = self.home.clone();
+        let mut lookup = |key: &str| -> Result<String> {
+            if vault.is_none() {
+                let config = resolve::user_config(&home)?;
+                vault = Some(vault::Vault::open(&home, &config)?);
+            }
+            match &vault {
+                Some(v) => Ok(v.get(key)?),
+                None => Err(EngineError::Io {
+                    context: "open the secrets vault".into(),
+                    source: std::io::Error::other("no vault"),
+                }),
+            }
+        };
+        let bindings = egress::resolve_bindings(spec, &mut lookup)?;
+        let ca = if bindings.is_empty() {
+            None
+        } else {
+            Some(egress::load_ca(&self.home).map_err(EngineError::io("load the egress CA"))?)
+        };
+        let image_bundle = ca.as_ref().and_then(|_| {
+            backend
+                .read_file(
+                    runtime,
+                    Path::new("/etc/ssl/certs/ca-certificates.crt"),
+                    8 << 20,
+                )
+                .ok()
+        });
+        let files = egress::sandbox_files(
+            spec,
+            &bindings,
+            ca.as_ref().map(|c| c.cert_pem()),
+            image_bundle,
+            &mut lookup,
+        )?;
+        for (path, data) in &files {
+            let written = backend.write_file(runtime, path, data);
+            // The image's own bundle is replaced where the root is writable; the copy under
+            // /run/agentkernel, which the environment points at, is what must succeed.
+            if path != Path::new("/etc/ssl/certs/ca-certificates.crt") {
+                written?;
+            }
+        }
+        if !spec.policy.network.is_networked() {
+            return Ok(None);
+        }
+        let config = egress::EgressConfig::new(spec, bindings);
+        let netns = backend.network_namespace(runtime)?;
+        match dir {
+            None => Ok(Some(egress::serve_in_thread(
+                &self.home, &spec.name, &netns, &config,
+            )?)),
+            Some(dir) => {
+                let path = dir.join(egress::EGRESS_FILE);
+                config.write(&path)?;
+                let home = std::path::absolute(&self.home)
+                    .map_err(EngineError::io(format!("resolve {}", self.home.display())))?;
+                egress::spawn_proxy(
+                    &self.supervisor_exe()?,
+                    &home,
+                    &spec.name,
+                    dir,
+                    netns,
+                    (runtime.pid, runtime.start_time),
+                )?;
+                Ok(None)
+            }
+        }
     }
 
     fn run_on_branch(
@@ -508,6 +624,11 @@ impl Engine {
             &instance,
             Persistence::Persistent { dir: &dir },
         )?;
+        if let Err(e) = self.connect(&rec.spec, backend.as_ref(), &started.runtime, Some(&dir)) {
+            egress::stop_proxy(&dir);
+            let _ = backend.stop(started);
+            return Err(e);
+        }
         let recorded = self
             .store()
             .and_then(|store| store.set_runtime(name, Some(&started.runtime)))
@@ -520,6 +641,7 @@ impl Engine {
                     .map_err(EngineError::io(format!("write {}", dir.display())))
             });
         if let Err(e) = recorded {
+            egress::stop_proxy(&dir);
             let _ = running::clear(&dir);
             let _ = self.store().and_then(|store| store.set_runtime(name, None));
             let _ = backend.stop(started);
@@ -544,6 +666,7 @@ impl Engine {
             backend.stop(Started::found(rt.clone()))?;
             self.store()?.set_runtime(name, None)?;
         }
+        egress::stop_proxy(&dir);
         // Detached commands died with the sandbox: their supervisors record how.
         detached::settle(&self.home, name);
         if was_running {
@@ -568,6 +691,7 @@ impl Engine {
         if let Some(rt) = &rec.runtime {
             backend.stop(Started::found(rt.clone()))?;
         }
+        egress::stop_proxy(&self.sandbox_dir(name));
         backend.destroy(name)?;
         self.forget(name)
     }
@@ -835,6 +959,12 @@ pub(crate) fn run_request<'a>(
 }
 
 /// A fresh name for a throwaway sandbox: `run-` and eight hex digits.
+/// Whether a started sandbox needs [`Engine::connect`] before its first command: a network
+/// (through the egress proxy) or secret files.
+pub(crate) fn needs_connecting(spec: &SandboxSpec) -> bool {
+    spec.policy.network.is_networked() || !spec.secret_files.is_empty()
+}
+
 pub fn throwaway_name() -> String {
     format!("run-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }

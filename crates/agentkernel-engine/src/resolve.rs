@@ -10,8 +10,10 @@
 //! may only tighten the policy the configs give.
 
 use crate::error::{EngineError, Result};
+use agentkernel_core::compat::CompatMode;
 use agentkernel_core::config::{Config, PROJECT_CONFIG};
 use agentkernel_core::detect::{Detection, detect_image};
+use agentkernel_core::egress::SecretBinding;
 use agentkernel_core::policy::PolicyOverrides;
 use agentkernel_core::spec::{parse_env, validate_workdir};
 use agentkernel_core::{
@@ -63,6 +65,17 @@ pub struct SpecRequest {
     pub network: Option<bool>,
     /// `-e KEY=VALUE`.
     pub env: Vec<String>,
+    /// `--compatibility-mode` (or the HTTP/MCP field).
+    pub compat: Option<String>,
+    /// `--allow-host`, `--deny-host`: host patterns added to the config's.
+    pub allow_hosts: Vec<String>,
+    pub deny_hosts: Vec<String>,
+    /// `--secret` bindings (`KEY:host`, `KEY=value:host`, `KEY:host:header`).
+    pub secrets: Vec<String>,
+    /// `--secret-file` keys.
+    pub secret_files: Vec<String>,
+    /// `--placeholder-secrets`.
+    pub placeholder_secrets: bool,
     /// `-w DIR`.
     pub workdir: Option<String>,
     pub memory_mb: Option<u64>,
@@ -308,19 +321,38 @@ fn real_path(path: &Path) -> PathBuf {
 /// are not the local user, only the mounts under `[security] remote_paths`, no variables of
 /// this process, and the operator's resource ceilings.
 fn resolve_policy(req: &SpecRequest, config: &Config) -> Result<Policy> {
+    let compat: Option<CompatMode> = req
+        .compat
+        .as_deref()
+        .or(config.agent.compatibility_mode.as_deref())
+        .map(str::parse)
+        .transpose()?;
     let profile: Profile = match req
         .profile
         .as_deref()
         .or(config.security.profile.as_deref())
     {
         Some(p) => p.parse()?,
-        None => Profile::default(),
+        None => compat.map(CompatMode::profile).unwrap_or_default(),
     };
     let network = if req.no_network {
         Some(false)
     } else {
-        req.network.or(config.security.network)
+        // An agent mode's allowlist is its network, whatever isolation it starts from.
+        req.network
+            .or(config.security.network)
+            .or(compat.filter(|c| *c != CompatMode::Native).map(|_| true))
     };
+    let domains = config.security.domains.clone().unwrap_or_default();
+    let mut allow_hosts: Vec<String> = compat.map(CompatMode::allow_hosts).unwrap_or_default();
+    allow_hosts.extend(domains.allow.unwrap_or_default());
+    allow_hosts.extend(req.allow_hosts.iter().cloned());
+    let mut deny_hosts = domains.deny.unwrap_or_default();
+    deny_hosts.extend(req.deny_hosts.iter().cloned());
+    for p in allow_hosts.iter().chain(&deny_hosts) {
+        agentkernel_core::egress::validate_host_pattern(p)
+            .map_err(agentkernel_core::CoreError::InvalidHostPattern)?;
+    }
     let home_dir = std::env::var_os("HOME")
         .map(PathBuf::from)
         .filter(|h| h.is_dir());
@@ -333,6 +365,10 @@ fn resolve_policy(req: &SpecRequest, config: &Config) -> Result<Policy> {
         read_only_root: config.security.read_only,
         project_dir: Some(req.cwd.clone()),
         home_dir,
+        allow_hosts,
+        deny_hosts,
+        block_private: config.security.block_private,
+        mount_project: compat.is_some_and(CompatMode::mounts_project),
     };
     let mut policy = Policy::resolve(profile, &overrides);
     if req.caller != Caller::Local {
@@ -355,6 +391,12 @@ fn asking_nothing(req: &SpecRequest) -> SpecRequest {
         profile: None,
         network: None,
         no_network: false,
+        compat: None,
+        allow_hosts: Vec::new(),
+        deny_hosts: Vec::new(),
+        secrets: Vec::new(),
+        secret_files: Vec::new(),
+        placeholder_secrets: false,
         memory_mb: None,
         vcpus: None,
         disk_mb: None,
@@ -548,6 +590,10 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
     if let Some(d) = &req.description {
         validate_description(d)?;
     }
+    let (secrets, secret_files) = resolve_secrets(req, &policy)?;
+    for (k, v) in crate::egress::secret_env(&secrets) {
+        set_env(&mut env, k, v);
+    }
     Ok(SandboxSpec {
         name: name.to_string(),
         image,
@@ -557,7 +603,81 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         workdir,
         labels: req.labels.clone(),
         description: req.description.clone(),
+        secrets,
+        secret_files,
+        placeholder_secrets: req.placeholder_secrets,
     })
+}
+
+/// The request's secret bindings and secret files, checked: well formed, a network to use
+/// them on, and — for an MCP caller, the agent being sandboxed — only values it gave itself:
+/// naming a vault key would let it send the user's secret to a host of its choosing.
+fn resolve_secrets(
+    req: &SpecRequest,
+    policy: &agentkernel_core::Policy,
+) -> Result<(Vec<SecretBinding>, Vec<String>)> {
+    const MAX_SECRETS: usize = 64;
+    if req.secrets.len() > MAX_SECRETS || req.secret_files.len() > MAX_SECRETS {
+        return Err(CoreError::InvalidArgument(format!(
+            "at most {MAX_SECRETS} secret bindings and {MAX_SECRETS} secret files per sandbox"
+        ))
+        .into());
+    }
+    let mut secrets = Vec::with_capacity(req.secrets.len());
+    for text in &req.secrets {
+        let binding: SecretBinding = text.parse()?;
+        if req.caller == Caller::Agent && binding.value.is_none() {
+            return Err(not_permitted(format!(
+                "secret {}: an MCP caller may bind only values it gives (KEY=value:host), not the user's vault: have the user pass --secret on the command line",
+                binding.key
+            )));
+        }
+        if secrets
+            .iter()
+            .any(|b: &SecretBinding| b.key == binding.key && b.host == binding.host)
+        {
+            return Err(CoreError::InvalidSecret(format!(
+                "{text:?}: {} is bound to {} twice",
+                binding.key, binding.host
+            ))
+            .into());
+        }
+        secrets.push(binding);
+    }
+    let mut files = Vec::with_capacity(req.secret_files.len());
+    for key in &req.secret_files {
+        agentkernel_core::egress::validate_secret_key(key).map_err(CoreError::InvalidSecret)?;
+        if req.caller == Caller::Agent
+            && !secrets.iter().any(|b| &b.key == key && b.value.is_some())
+        {
+            return Err(not_permitted(format!(
+                "secret file {key}: an MCP caller may not read the user's vault"
+            )));
+        }
+        if req.placeholder_secrets && !secrets.iter().any(|b| &b.key == key) {
+            return Err(CoreError::InvalidSecret(format!(
+                "--secret-file {key} with --placeholder-secrets: the proxy swaps the placeholder only in requests to the hosts {key} is bound to; bind it with --secret {key}:HOST"
+            ))
+            .into());
+        }
+        if !files.contains(key) {
+            files.push(key.clone());
+        }
+    }
+    if req.placeholder_secrets && files.is_empty() {
+        return Err(CoreError::InvalidArgument(
+            "--placeholder-secrets applies to --secret-file files: name one with --secret-file KEY"
+                .to_string(),
+        )
+        .into());
+    }
+    if !secrets.is_empty() && !policy.network.is_networked() {
+        return Err(CoreError::InvalidArgument(
+            "--secret needs the sandbox's network (the proxy adds the secret to its requests): drop --no-network, or use a profile with network".to_string(),
+        )
+        .into());
+    }
+    Ok((secrets, files))
 }
 
 /// Label keys are 1-128 characters without ':' (which separates key and value in the

@@ -61,8 +61,8 @@ pub struct RunParams {
     pub command: Vec<String>,
     /// Security profile: restrictive, moderate (default) or permissive.
     pub profile: Option<String>,
-    /// Agent compatibility mode: native, claude, codex or gemini. Only native can be honoured
-    /// by this build (the others need the egress domain allowlist) and the others are refused.
+    /// Agent compatibility mode: native (allow all), claude, codex or gemini (the agent's API
+    /// and the package registries only).
     pub compatibility_mode: Option<String>,
     /// Network access on or off, whatever the profile says.
     pub network: Option<bool>,
@@ -85,7 +85,8 @@ pub struct CreateParams {
     pub image: Option<String>,
     /// Security profile: restrictive, moderate (default) or permissive.
     pub profile: Option<String>,
-    /// Agent compatibility mode: only native can be honoured by this build.
+    /// Agent compatibility mode: native (allow all), claude, codex or gemini (the agent's API
+    /// and the package registries only).
     pub compatibility_mode: Option<String>,
     /// Network access on or off, whatever the profile says.
     pub network: Option<bool>,
@@ -181,19 +182,6 @@ fn engine_failure(e: EngineError) -> CallToolResult {
 fn timeout(timeout_ms: Option<u64>) -> Result<Duration, CallToolResult> {
     agentkernel_engine::timeout_from_ms(timeout_ms, Duration::from_millis(DEFAULT_TIMEOUT_MS))
         .map_err(engine_failure)
-}
-
-fn compatibility_mode(mode: Option<&str>) -> Result<(), CallToolResult> {
-    use agentkernel_core::config::{CompatModeError, check_compatibility_mode};
-    let Some(mode) = mode else { return Ok(()) };
-    check_compatibility_mode(mode).map_err(|e| match e {
-        CompatModeError::NotEnforced(_) => failure(format!(
-            "compatibility_mode {mode:?} needs the egress domain allowlist, which this build does not enforce yet: use \"native\" or leave compatibility_mode out"
-        )),
-        CompatModeError::Unknown(_) => failure(format!(
-            "compatibility_mode: unknown mode {mode:?}: use native, claude, codex or gemini"
-        )),
-    })
 }
 
 /// `KEY=VALUE` strings as the engine takes them; keys the engine could misread are refused
@@ -306,10 +294,10 @@ impl SandboxTools {
         p: SpecParams<'_>,
         command: Vec<String>,
     ) -> Result<SpecRequest, CallToolResult> {
-        compatibility_mode(p.mode)?;
         let spec = SpecRequest {
             image: p.image,
             profile: p.profile,
+            compat: p.mode.map(str::to_string),
             network: p.network,
             env: env_list(p.env)?,
             workdir: p.cwd.map(str::to_string),

@@ -21,10 +21,6 @@ impl NativeBackend {
         }
     }
 
-    fn pin(&self, instance: &str) -> PathBuf {
-        self.home.join("netns").join(instance)
-    }
-
     /// The root a sandbox gets: the image's layers under an upper layer of the policy's disk
     /// limit (a tmpfs for a throwaway sandbox, an ext4 image in its directory for a persistent
     /// one), with `/tmp` of that size too.
@@ -92,6 +88,8 @@ impl Backend for NativeBackend {
             mount_cwd: true,
             mount_home: true,
             attach: true,
+            proxy_secret_bindings: true,
+            secret_files: true,
             ..Capabilities::default()
         }
     }
@@ -111,14 +109,12 @@ impl Backend for NativeBackend {
             return agentkernel_backend::start_exec_stop(self, spec, rootfs, exec, sink, controls);
         }
         let plan = self.rootfs_plan(spec, rootfs, Persistence::Ephemeral)?;
-        let pin = self.pin(&spec.name);
         let start = native::StartSpec {
             id: &spec.name,
             hostname: &spec.name,
             rootfs: &plan,
             policy: &spec.policy,
             detach: false,
-            netns_pin: &pin,
         };
         let env = merged_env(spec, exec);
         let (status, _ending) =
@@ -135,14 +131,12 @@ impl Backend for NativeBackend {
     ) -> Result<Started> {
         let ephemeral = matches!(persistence, Persistence::Ephemeral);
         let plan = self.rootfs_plan(spec, rootfs, persistence)?;
-        let pin = self.pin(instance);
         let running = native::start(&native::StartSpec {
             id: instance,
             hostname: &spec.name,
             rootfs: &plan,
             policy: &spec.policy,
             detach: !ephemeral,
-            netns_pin: &pin,
         })?;
         Ok(Started {
             runtime: RuntimeState {
@@ -160,18 +154,18 @@ impl Backend for NativeBackend {
         let Started { runtime, lifeline } = sandbox;
         let target =
             (runtime.boot_id == agentkernel_sys::proc::boot_id()).then(|| Self::target(&runtime));
-        native::stop(
-            &runtime.instance,
-            target,
-            lifeline,
-            &self.pin(&runtime.instance),
-        )?;
+        native::stop(&runtime.instance, target, lifeline)?;
         Ok(())
     }
 
     fn is_running(&self, runtime: &RuntimeState) -> bool {
         runtime.boot_id == agentkernel_sys::proc::boot_id()
             && agentkernel_sys::proc::is_alive(runtime.pid, runtime.start_time)
+    }
+
+    fn network_namespace(&self, runtime: &RuntimeState) -> Result<std::fs::File> {
+        agentkernel_sys::proc::open_netns(runtime.pid, runtime.start_time)
+            .map_err(BackendError::io("open the sandbox's network namespace"))
     }
 
     fn exec(

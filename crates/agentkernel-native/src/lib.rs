@@ -39,10 +39,9 @@ pub use exec::Target;
 pub use relay::{Ending, Sink};
 pub use rootfs::{RootfsPlan, UpperDir};
 
-use agentkernel_core::policy::{NetworkMode, Policy};
+use agentkernel_core::policy::Policy;
 use agentkernel_core::{ExecEvent, ExitStatus};
 use rustix::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 use std::time::Duration;
 
 /// Errors of the native backend; each says what to do next.
@@ -54,8 +53,6 @@ pub enum NativeError {
     Exec(#[from] exec::ExecError),
     #[error(transparent)]
     Files(#[from] files::FileError),
-    #[error(transparent)]
-    Net(#[from] net::NetError),
     #[error(transparent)]
     Cgroup(#[from] cgroup::CgroupError),
     #[error(transparent)]
@@ -100,8 +97,6 @@ pub struct StartSpec<'a> {
     pub policy: &'a Policy,
     /// Outlive the caller (persistent sandboxes); otherwise the sandbox ends with the caller.
     pub detach: bool,
-    /// Where the network namespace is pinned for pasta (network mode `user`).
-    pub netns_pin: &'a Path,
 }
 
 /// A started sandbox; it owns a throwaway sandbox's lifeline (see `Booted`).
@@ -128,15 +123,9 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
         rootfs: spec.rootfs,
         cgroup_procs: &procs,
         detach: spec.detach,
-        uplink: spec.policy.network == NetworkMode::User,
+        uplink: spec.policy.network.is_networked(),
         first: None,
     })?;
-    if spec.policy.network == NetworkMode::User
-        && let Err(e) = net::start_pasta(booted.pid, spec.netns_pin, spec.policy.host_loopback)
-    {
-        end_started(booted, spec.detach);
-        return Err(e.into());
-    }
     Ok(Running { booted })
 }
 
@@ -198,7 +187,6 @@ pub fn stop(
     id: &str,
     target: Option<Target>,
     lifeline: Option<OwnedFd>,
-    netns_pin: &Path,
 ) -> Result<(), NativeError> {
     match (lifeline, target) {
         // An ephemeral sandbox started by this process: its init is this process's child,
@@ -219,7 +207,6 @@ pub fn stop(
         }
         (None, None) => {}
     }
-    net::unpin_netns(netns_pin);
     cgroup::Cgroup::open(id).destroy()?;
     Ok(())
 }
@@ -239,7 +226,7 @@ pub struct CommandSpec<'a> {
 /// Whether `run_throwaway` can run a sandbox with `policy`: the init is cloned by this process
 /// (no boot helper) and the sandbox has no uplink to connect before its command starts.
 pub fn can_run_throwaway(policy: &Policy) -> bool {
-    !boot::uses_helper() && policy.network != NetworkMode::User
+    !boot::uses_helper() && !policy.network.is_networked()
 }
 
 /// Runs one command in a new sandbox whose init starts it (`launch.rs`), streaming its events
@@ -394,7 +381,6 @@ impl agentkernel_core::HasKind for NativeError {
                 FileError::Host { .. } | FileError::HostDest(_) => ErrorKind::Internal,
             },
             NativeError::Boot(_)
-            | NativeError::Net(_)
             | NativeError::Cgroup(_)
             | NativeError::Security(_)
             | NativeError::Disk(_)

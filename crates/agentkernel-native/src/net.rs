@@ -1,25 +1,10 @@
-//! Network of a sandbox: loopback in its fresh namespace, cloud metadata addresses made
-//! unreachable, and outbound network through pasta (user-mode networking) when the policy
-//! allows it.
+//! Network of a sandbox seen from inside its fresh namespace: loopback up, and cloud metadata
+//! addresses made unreachable in the main routing table. A networked sandbox's way out is the
+//! host's egress proxy (`agentkernel_net::netns::attach`, done by the engine once the sandbox
+//! has started), which refuses metadata addresses itself; the routes are a second wall.
 
 use rustix::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
-
-#[derive(Debug, thiserror::Error)]
-pub enum NetError {
-    #[error(
-        "cannot find pasta (Debian package `passt`): install it with `apt-get install -y passt`, or use --no-network"
-    )]
-    PastaMissing,
-    #[error("pasta could not set up the sandbox's network: {0}")]
-    Pasta(String),
-    #[error("cannot pin the sandbox's network namespace at {path}: {errno}")]
-    Pin {
-        path: String,
-        errno: rustix::io::Errno,
-    },
-}
 
 /// Sets `lo` up in the current network namespace.
 pub fn loopback_up() -> std::io::Result<()> {
@@ -102,114 +87,8 @@ pub fn block_metadata() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Pins the network namespace of `pid` at `pin` (a bind mount of /proc/PID/ns/net) and starts
-/// pasta on it. pasta configures the interface from the host's, forwards nothing inbound, maps
-/// nothing to the host's loopback, and exits by itself when the pin is removed.
-pub fn start_pasta(pid: u32, pin: &Path, host_loopback: bool) -> Result<(), NetError> {
-    pin_netns(pid, pin)?;
-    let mut cmd = Command::new("pasta");
-    cmd.args([
-        "--runas",
-        "0",
-        "--config-net",
-        "--quiet",
-        "-t",
-        "none",
-        "-u",
-        "none",
-        "-T",
-        "none",
-        "-U",
-        "none",
-    ]);
-    if !host_loopback {
-        cmd.arg("--no-map-gw");
-    }
-    let pid_file = pasta_pid_file(pin);
-    if let Some(dir) = pid_file.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    cmd.arg("--pid").arg(&pid_file);
-    cmd.arg("--netns").arg(pin);
-    let out = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    let out = match out {
-        Ok(o) => o,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            unpin_netns(pin);
-            return Err(NetError::PastaMissing);
-        }
-        Err(e) => {
-            unpin_netns(pin);
-            return Err(NetError::Pasta(e.to_string()));
-        }
-    };
-    if !out.status.success() {
-        unpin_netns(pin);
-        let text = String::from_utf8_lossy(&out.stderr);
-        let msg: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.starts_with("Failed to send"))
-            .collect();
-        return Err(NetError::Pasta(msg.join("; ")));
-    }
-    give_process_priority(&pid_file);
-    Ok(())
-}
-
-/// pasta carries the sandbox's network for its whole life, so it runs at the priority of the
-/// process (its main thread), not at that of the thread that started it: a warm pool boots
-/// sandboxes from a thread of lowered priority, which pasta would otherwise inherit.
-fn give_process_priority(pid_file: &Path) {
-    let main = rustix::process::getpid();
-    let (Ok(own), Ok(process)) = (
-        rustix::process::getpriority_process(None),
-        rustix::process::getpriority_process(Some(main)),
-    ) else {
-        return;
-    };
-    if own == process {
-        return;
-    }
-    if let Ok(text) = std::fs::read_to_string(pid_file)
-        && let Ok(pid) = text.trim().parse::<i32>()
-        && is_pasta(pid)
-        && let Some(pid) = rustix::process::Pid::from_raw(pid)
-    {
-        let _ = rustix::process::setpriority_process(Some(pid), process);
-    }
-}
-
-fn pin_netns(pid: u32, pin: &Path) -> Result<(), NetError> {
-    let err = |errno| NetError::Pin {
-        path: pin.display().to_string(),
-        errno,
-    };
-    if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            err(rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO))
-        })?;
-    }
-    rustix::fs::open(
-        pin,
-        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::from_raw_mode(0o600),
-    )
-    .map_err(err)?;
-    let source = format!("/proc/{pid}/ns/net");
-    rustix::mount::mount_bind(source.as_str(), pin).map_err(|e| {
-        let _ = std::fs::remove_file(pin);
-        err(e)
-    })
-}
-
-/// Removes a namespace pin and ends the sandbox's pasta. pasta quits by itself when it sees
-/// the pin go, but only once it watches for that: a sandbox that ends within moments of its
-/// start removes the pin first, and that pasta would live on (~30 MB each). So it is ended
-/// through the pid it wrote.
+/// Removes a network namespace pin left by versions that connected sandboxes through pasta
+/// (`gc` finds them under `HOME/netns`), and ends that pasta if it still runs.
 pub fn unpin_netns(pin: &Path) {
     let _ = rustix::mount::unmount(pin, rustix::mount::UnmountFlags::DETACH);
     let _ = std::fs::remove_file(pin);

@@ -24,6 +24,26 @@ pub fn is_alive(pid: u32, start: u64) -> bool {
     state != "Z" && state != "X" && started == Some(start)
 }
 
+/// The network namespace of `pid`, opened only while `pid` is still the process that started
+/// at `start`: checked after opening, so a pid reused in between is refused rather than
+/// another process's namespace returned.
+pub fn open_netns(pid: u32, start: u64) -> std::io::Result<std::fs::File> {
+    let gone = || {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the sandbox's init (pid {pid}) is not running"),
+        )
+    };
+    if pid == 0 {
+        return Err(gone());
+    }
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|_| gone())?;
+    if !is_alive(pid, start) {
+        return Err(gone());
+    }
+    Ok(ns)
+}
+
 /// The id of the current boot: a sandbox recorded under another boot id is certainly stopped.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")

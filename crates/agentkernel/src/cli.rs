@@ -238,9 +238,27 @@ pub struct SandboxOpts {
     /// Disk limit in MB for each writable filesystem of the sandbox (overrides the profile and config)
     #[arg(long, value_name = "MB")]
     pub disk: Option<u64>,
-    /// Agent compatibility mode: native (the others need the egress allowlist, not in this build)
+    /// Agent compatibility mode: native (allow all), claude, codex or gemini (the agent's API
+    /// and the package registries only, the project mounted at /workspace)
     #[arg(long, value_name = "MODE")]
     pub compatibility_mode: Option<String>,
+    /// Let the sandbox reach only these hosts (repeatable; `*.example.com` for every name below)
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    /// Never let the sandbox reach these hosts (repeatable; wildcards as --allow-host)
+    #[arg(long = "deny-host", value_name = "HOST")]
+    pub deny_host: Vec<String>,
+    /// Bind a secret to a host via proxy (KEY:host, KEY=value:host, KEY:host:header; repeatable):
+    /// the sandbox sees a placeholder, the proxy adds the value to requests for that host only
+    #[arg(short = 'S', long = "secret", value_name = "BINDING")]
+    pub secret: Vec<String>,
+    /// Inject a vault secret as a file at /run/agentkernel/secrets/KEY (repeatable)
+    #[arg(long = "secret-file", value_name = "KEY")]
+    pub secret_file: Vec<String>,
+    /// Put placeholder tokens in the --secret-file files; the proxy swaps in the real values on
+    /// the way out
+    #[arg(long)]
+    pub placeholder_secrets: bool,
     #[command(flatten)]
     pub not_yet: NotYetOpts,
 }
@@ -260,12 +278,6 @@ fn backend_help() -> String {
 pub struct NotYetOpts {
     #[arg(long, value_name = "NAME", hide = true)]
     pub template: Option<String>,
-    #[arg(short = 'S', long, value_name = "BINDING", hide = true)]
-    pub secret: Vec<String>,
-    #[arg(long, value_name = "KEY", hide = true)]
-    pub secret_file: Vec<String>,
-    #[arg(long, hide = true)]
-    pub placeholder_secrets: bool,
     #[arg(long, hide = true)]
     pub ssh: bool,
     #[arg(short = 'P', long, value_name = "PORT", hide = true)]
@@ -279,21 +291,6 @@ impl NotYetOpts {
             Some((
                 "--template",
                 "give the image with --image and run the setup steps in the command (or keep a sandbox with `create` and set it up with `exec`)",
-            ))
-        } else if !self.secret.is_empty() {
-            Some((
-                "--secret",
-                "the secret-injecting proxy is not built; pass a value with -e KEY=VALUE only if the command may see it",
-            ))
-        } else if !self.secret_file.is_empty() {
-            Some((
-                "--secret-file",
-                "the secret vault is not built; copy a file in with `agentkernel cp` only if the command may see it",
-            ))
-        } else if self.placeholder_secrets {
-            Some((
-                "--placeholder-secrets",
-                "the secret-injecting proxy is not built",
             ))
         } else if self.ssh {
             Some((
@@ -325,16 +322,7 @@ impl SandboxOpts {
     pub fn refuse_unsupported(&self) -> Result<(), agentkernel_core::CoreError> {
         self.not_yet.refuse()?;
         if let Some(mode) = &self.compatibility_mode {
-            use agentkernel_core::config::{CompatModeError, check_compatibility_mode};
-            check_compatibility_mode(mode).map_err(|e| match e {
-                CompatModeError::NotEnforced(_) => not_yet(
-                    &format!("--compatibility-mode {mode}"),
-                    "it needs the egress domain allowlist, which this build does not enforce; use --compatibility-mode native (the default) or --no-network",
-                ),
-                CompatModeError::Unknown(_) => agentkernel_core::CoreError::InvalidArgument(format!(
-                    "--compatibility-mode {mode:?}: use native, claude, codex or gemini"
-                )),
-            })?;
+            mode.parse::<agentkernel_core::compat::CompatMode>()?;
         }
         Ok(())
     }

@@ -10,6 +10,9 @@ pub fn dispatch() -> Option<i32> {
         agentkernel_engine::detached::SUPERVISOR_ROLE => Some(
             agentkernel_engine::detached::supervisor_main(std::env::args_os().skip(2)),
         ),
+        agentkernel_engine::egress::PROXY_ROLE => Some(agentkernel_engine::egress::proxy_main(
+            std::env::args_os().skip(2),
+        )),
         agentkernel_native::BOOT_HELPER_ROLE => Some(agentkernel_native::boot_helper_main()),
         // Inside the containers of the docker, podman and gvisor backends.
         agentkernel_docker::init::INIT_ROLE => Some(agentkernel_docker::init::init_main()),
