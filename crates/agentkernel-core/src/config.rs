@@ -25,7 +25,24 @@ pub struct Config {
     pub server: ServerSection,
     #[serde(default)]
     pub daemon: DaemonSection,
+    #[serde(default)]
+    pub secrets: SecretsSection,
 }
+
+/// The secrets vault (`agentkernel secret`). User config or `--config` only.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsSection {
+    /// Where secrets are kept: one of [`SECRETS_BACKENDS`] (`AGENTKERNEL_SECRETS_BACKEND`
+    /// overrides it); `file` when absent.
+    pub backend: Option<String>,
+    /// The file backend's encryption key (an absolute path; `AGENTKERNEL_SECRETS_KEY_FILE`
+    /// overrides it); `<home>/keys/secrets.key` when absent.
+    pub key_file: Option<String>,
+}
+
+/// The vault backends `[secrets] backend` may name.
+pub const SECRETS_BACKENDS: &[&str] = &["file", "env", "keychain"];
 
 /// `agentkernel serve`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -203,6 +220,21 @@ impl Config {
                 "[daemon] min_warm = {min} is more than max_warm = {max}: lower min_warm or raise max_warm"
             ));
         }
+        if let Some(backend) = &self.secrets.backend
+            && !SECRETS_BACKENDS.contains(&backend.as_str())
+        {
+            return Err(format!(
+                "[secrets] backend: unknown secrets backend {backend:?}: use one of {}",
+                SECRETS_BACKENDS.join(", ")
+            ));
+        }
+        if let Some(path) = &self.secrets.key_file
+            && !Path::new(path).is_absolute()
+        {
+            return Err(format!(
+                "[secrets] key_file = {path:?} is not an absolute path: give the key file's full path (e.g. \"/media/usb/agentkernel-secrets.key\")"
+            ));
+        }
         Ok(())
     }
 
@@ -258,6 +290,10 @@ impl Config {
                 min_warm: self.daemon.min_warm.or(lower.daemon.min_warm),
                 max_warm: self.daemon.max_warm.or(lower.daemon.max_warm),
                 agents: self.daemon.agents.or(lower.daemon.agents),
+            },
+            secrets: SecretsSection {
+                backend: self.secrets.backend.or(lower.secrets.backend),
+                key_file: self.secrets.key_file.or(lower.secrets.key_file),
             },
         }
     }
@@ -332,6 +368,22 @@ api_keys = ["k1", "k2"]
         assert_eq!(c.server.api_keys.as_deref().map(<[String]>::len), Some(2));
         let e = Config::parse("[daemon]\nmin_warm = 6\nmax_warm = 5\n").expect_err("must fail");
         assert!(e.contains("min_warm"), "{e}");
+    }
+
+    #[test]
+    fn secrets_section_is_checked() {
+        let c = Config::parse("[secrets]\nbackend = \"env\"\nkey_file = \"/k/secrets.key\"\n")
+            .expect("valid config");
+        assert_eq!(c.secrets.backend.as_deref(), Some("env"));
+        let e = Config::parse("[secrets]\nbackend = \"vault\"\n").expect_err("must fail");
+        assert!(
+            e.contains("\"vault\"") && e.contains("file, env, keychain"),
+            "{e}"
+        );
+        let e = Config::parse("[secrets]\nkey_file = \"rel/key\"\n").expect_err("must fail");
+        assert!(e.contains("absolute"), "{e}");
+        let e = Config::parse("[secrets]\nbakend = \"file\"\n").expect_err("must fail");
+        assert!(e.contains("bakend"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub enum EngineError {
     BackendNotReady { backend: String, reason: String },
     #[error(transparent)]
     Image(#[from] agentkernel_image::ImageError),
+    /// The secrets vault's failure (`agentkernel secret`).
+    #[error(transparent)]
+    Vault(#[from] crate::vault::VaultError),
     /// A backend's failure, with the kind its backend gave it.
     #[error(transparent)]
     Backend(#[from] agentkernel_backend::BackendError),
@@ -93,6 +96,7 @@ impl HasKind for EngineError {
         match self {
             EngineError::Input(e) => e.kind(),
             EngineError::Image(e) => e.kind(),
+            EngineError::Vault(e) => e.kind(),
             EngineError::Backend(e) => e.kind(),
             EngineError::LimitReached(_) => ErrorKind::LimitReached,
             EngineError::NoCommand

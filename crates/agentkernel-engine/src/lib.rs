@@ -18,6 +18,7 @@ mod seal;
 mod state_dir;
 pub mod status;
 pub mod store;
+pub mod vault;
 
 pub use agentkernel_core::Sink;
 use agentkernel_core::config::Config;

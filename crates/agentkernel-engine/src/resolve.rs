@@ -262,6 +262,10 @@ fn check_project_config(
     if project.images != Default::default() {
         return Err(refuse("[images]", user_file));
     }
+    // Which vault and key file hold your secrets is yours to choose, never a project's.
+    if project.secrets != Default::default() {
+        return Err(refuse("[secrets]", user_file));
+    }
     if project.security.remote_paths.is_some() {
         return Err(refuse("[security] remote_paths", user_file));
     }

@@ -103,6 +103,40 @@ pub enum Command {
     Plugin(PluginCommand),
     /// List supported AI coding agents: installed or not, version, API key set or not
     Agents(ListArgs),
+    /// Store credentials (API keys) on the host: set, get, list, delete
+    #[command(subcommand, visible_alias = "secrets")]
+    Secret(SecretCommand),
+}
+
+#[derive(Subcommand, Debug)]
+#[command(
+    after_help = "Backends: file (default, encrypted in ~/.agentkernel/secrets), env (read-only, for CI) or keychain; choose with [secrets] backend or AGENTKERNEL_SECRETS_BACKEND."
+)]
+pub enum SecretCommand {
+    /// Store a secret (the value is read from stdin when not given, keeping it out of shell history)
+    Set(SecretSetArgs),
+    /// Print a secret's value
+    Get(SecretKeyArg),
+    /// List the stored secrets' names (never their values)
+    #[command(visible_alias = "ls")]
+    List,
+    /// Remove a secret
+    #[command(visible_alias = "rm")]
+    Delete(SecretKeyArg),
+}
+
+#[derive(Args, Debug)]
+pub struct SecretSetArgs {
+    /// The secret's name: letters, digits and '_', not starting with a digit (e.g. ANTHROPIC_API_KEY)
+    pub key: String,
+    /// The value; read from stdin when absent (one trailing newline is dropped)
+    pub value: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct SecretKeyArg {
+    /// The secret's name (e.g. ANTHROPIC_API_KEY)
+    pub key: String,
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@ mod daemon_client;
 mod plugin;
 mod render;
 mod roles;
+mod secret;
 mod serve;
 mod signals;
 
@@ -91,6 +92,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         Command::Serve(args) => serve::serve(args),
         Command::Plugin(cmd) => Ok(plugin::command(cmd)),
         Command::Agents(a) => Ok(plugin::agents_command(a.json)),
+        Command::Secret(cmd) => secret::command(cmd),
         Command::Daemon(cmd) => daemon::command(cmd),
         Command::Mcp(McpCommand::Server) | Command::McpServer => mcp_server(),
         Command::Exec(args) => exec(args),
