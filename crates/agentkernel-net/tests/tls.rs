@@ -626,3 +626,28 @@ fn rand_suffix() -> u64 {
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+#[test]
+fn oversized_request_heads_are_refused_without_reaching_the_upstream() {
+    in_netns(|| async {
+        let (up, seen) = upstream(None).await;
+        let proxy =
+            Proxy::start(TestCa::new("unused").roots(), false, up, vec![bearer(None)]).await;
+
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let mut client = http_client(tcp).await;
+        let huge = "x".repeat(200 * 1024);
+        client.ready().await.expect("ready");
+        let req = Request::get("/")
+            .header("host", HOST)
+            .header("x-huge", huge.as_str())
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        // hyper answers 431, or the connection is reset before the client reads it.
+        if let Ok(response) = client.send_request(req).await {
+            assert_eq!(response.status().as_u16(), 431);
+        }
+        assert!(proxy.first_result().await.is_err());
+        assert!(seen.lock().expect("seen").requests.is_empty());
+    });
+}
