@@ -646,3 +646,88 @@ fn serve_sandbox(home: &Path, name: &str, dir: &Path, init: (u32, u64)) -> i32 {
     let _ = std::fs::remove_file(&pid_path);
     0
 }
+
+/// A change of a sandbox's network policy (`sandbox policy NAME --allow H --deny H`, the
+/// `network` field of `PATCH /sandboxes/NAME`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NetworkChange {
+    /// Hosts to let through: taken off the deny list and, in allowlist mode, added to the
+    /// allowlist (full mode lets them through already).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Hosts to refuse: added to the deny list and taken off the allowlist.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl NetworkChange {
+    pub fn is_empty(&self) -> bool {
+        self.allow.is_empty() && self.deny.is_empty()
+    }
+
+    /// Applies the change to `policy`; refused for a sandbox without network (one cannot be
+    /// added to a running namespace) and for malformed patterns.
+    pub fn apply(&self, policy: &mut agentkernel_core::Policy) -> Result<()> {
+        use agentkernel_core::CoreError;
+        if !policy.network.is_networked() {
+            return Err(CoreError::InvalidArgument(
+                "the sandbox has no network, so there is no policy to change: recreate it without --no-network (or with a profile that has network) and --allow-host".to_string(),
+            )
+            .into());
+        }
+        const MAX_PATTERNS: usize = 1024;
+        for p in self.allow.iter().chain(&self.deny) {
+            agentkernel_core::egress::validate_host_pattern(p)
+                .map_err(CoreError::InvalidHostPattern)?;
+        }
+        for host in &self.allow {
+            let host = host.to_ascii_lowercase();
+            policy.deny_hosts.retain(|d| d != &host);
+            if policy.network == NetworkMode::Allowlist && !policy.allow_hosts.contains(&host) {
+                policy.allow_hosts.push(host);
+            }
+        }
+        for host in &self.deny {
+            let host = host.to_ascii_lowercase();
+            policy.allow_hosts.retain(|a| a != &host);
+            if !policy.deny_hosts.contains(&host) {
+                policy.deny_hosts.push(host);
+            }
+        }
+        if policy.allow_hosts.len() + policy.deny_hosts.len() > MAX_PATTERNS {
+            return Err(CoreError::InvalidArgument(format!(
+                "a sandbox's policy holds at most {MAX_PATTERNS} host patterns: use wildcards (*.example.com)"
+            ))
+            .into());
+        }
+        Ok(())
+    }
+}
+
+impl crate::Engine {
+    /// Changes a sandbox's network policy: recorded in its spec, and, while it runs, in its
+    /// proxy's policy file, which the proxy reads before the next connection.
+    pub fn set_network_policy(
+        &self,
+        name: &str,
+        change: &NetworkChange,
+    ) -> Result<crate::SandboxInfo> {
+        let _lock = crate::lock::SandboxLock::acquire(&self.home, name)?;
+        let mut rec = self.get_record(name)?;
+        change.apply(&mut rec.spec.policy)?;
+        self.store()?.set_spec(name, &rec.spec)?;
+        let dir = self.sandbox_dir(name);
+        let path = dir.join(EGRESS_FILE);
+        if self.is_running(&rec)
+            && let Ok(current) = EgressConfig::read(&path)
+        {
+            EgressConfig::new(&rec.spec, current.bindings).write(&path)?;
+        }
+        self.audit.record(AuditEvent::NetworkPolicyChanged {
+            sandbox: name.to_string(),
+            allow: rec.spec.policy.allow_hosts.clone(),
+            deny: rec.spec.policy.deny_hosts.clone(),
+        });
+        Ok(self.info(&rec))
+    }
+}

@@ -79,6 +79,10 @@ pub struct SandboxInfo {
     pub vcpus: f64,
     pub labels: std::collections::BTreeMap<String, String>,
     pub description: Option<String>,
+    /// `none`, `allowlist` or `full`, with the host patterns the egress proxy applies.
+    pub network: String,
+    pub allow_hosts: Vec<String>,
+    pub deny_hosts: Vec<String>,
 }
 
 /// `run` options beyond the sandbox spec.
@@ -586,6 +590,9 @@ impl Engine {
             vcpus: rec.spec.policy.limits.vcpus,
             labels: rec.spec.labels.clone(),
             description: rec.spec.description.clone(),
+            network: rec.spec.policy.network.as_str().to_string(),
+            allow_hosts: rec.spec.policy.allow_hosts.clone(),
+            deny_hosts: rec.spec.policy.deny_hosts.clone(),
         }
     }
 

@@ -12,6 +12,8 @@ pub struct MetadataUpdate {
     pub labels: Option<BTreeMap<String, String>>,
     /// Replaces the description; `Some(None)` clears it.
     pub description: Option<Option<String>>,
+    /// Changes the network policy (applied to the next connection of a running sandbox).
+    pub network: Option<crate::egress::NetworkChange>,
 }
 
 impl Engine {
@@ -50,7 +52,15 @@ impl Engine {
             }
             rec.spec.description = description.clone();
         }
+        if let Some(change) = update.network.as_ref().filter(|c| !c.is_empty()) {
+            // Checked before anything is written: a bad pattern changes nothing.
+            change.apply(&mut rec.spec.policy.clone())?;
+        }
         self.store()?.set_spec(name, &rec.spec)?;
+        drop(_lock);
+        if let Some(change) = update.network.as_ref().filter(|c| !c.is_empty()) {
+            return self.set_network_policy(name, change);
+        }
         Ok(self.info(&rec))
     }
 

@@ -48,6 +48,21 @@ pub struct RunRequest {
     /// Turn networking off whatever the profile says.
     #[serde(default)]
     pub no_network: Option<bool>,
+    /// `native`, `claude`, `codex` or `gemini` (see `POST /sandboxes`).
+    #[serde(default)]
+    pub compatibility_mode: Option<String>,
+    /// Host patterns the sandbox may reach (an allowlist).
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// Host patterns the sandbox never reaches.
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub deny_hosts: Option<Vec<String>>,
+    /// Secrets bound to hosts (see `POST /sandboxes`).
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub secrets: Option<Vec<String>>,
     /// Extra environment, `KEY=VALUE`.
     #[serde(default)]
     #[schema(value_type = Option<Vec<EnvVar>>)]
@@ -198,17 +213,35 @@ pub struct CreateRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<EnvVar>>)]
     pub env: Option<Vec<String>>,
-    // The SDKs' volumes, secrets, secret_files, source_url and source_ref are not supported
-    // yet: they are refused with a message that says so, and absent from the schema.
+    /// Secrets bound to hosts (`KEY:host`, `KEY=value:host`, `KEY:host:header`): the egress
+    /// proxy adds each to requests for its host only; the sandbox sees a placeholder.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub secrets: Option<Vec<String>>,
+    /// Vault keys put in files at /run/agentkernel/secrets/KEY.
+    #[serde(default)]
+    #[schema(max_items = 64)]
+    pub secret_files: Option<Vec<String>>,
+    /// The secret files hold placeholders the proxy swaps for the values on the way out.
+    #[serde(default)]
+    pub placeholder_secrets: Option<bool>,
+    /// `native`, `claude`, `codex` or `gemini`: the agent's API hosts and the package
+    /// registries as the allowlist, and its isolation level.
+    #[serde(default)]
+    pub compatibility_mode: Option<String>,
+    /// Host patterns the sandbox may reach (an allowlist).
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// Host patterns the sandbox never reaches.
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub deny_hosts: Option<Vec<String>>,
+    // The SDKs' volumes, source_url and source_ref are not supported yet: they are refused
+    // with a message that says so, and absent from the schema.
     #[serde(default)]
     #[schema(ignore)]
     pub volumes: Option<Vec<String>>,
-    #[serde(default)]
-    #[schema(ignore)]
-    pub secrets: Option<Vec<String>>,
-    #[serde(default)]
-    #[schema(ignore)]
-    pub secret_files: Option<Vec<String>>,
     #[serde(default)]
     #[schema(ignore)]
     pub source_url: Option<String>,
@@ -228,6 +261,22 @@ pub struct PatchRequest {
     #[serde(default)]
     #[schema(max_length = 4096)]
     pub description: Option<String>,
+    /// Changes the network policy; a running sandbox's next connection sees it.
+    #[serde(default)]
+    pub network: Option<NetworkPatch>,
+}
+
+/// `{"allow": [hosts], "deny": [hosts]}`: hosts let through (taken off the deny list, added to
+/// an allowlist) and hosts refused.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPatch {
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub deny: Vec<String>,
 }
 
 /// A sandbox.
@@ -253,6 +302,12 @@ pub struct SandboxInfo {
     /// The sandbox's init process on the host, while running.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
+    /// `none`, `allowlist` or `full`.
+    pub network: String,
+    /// Host patterns reachable in `allowlist` mode.
+    pub allow_hosts: Vec<String>,
+    /// Host patterns never reachable.
+    pub deny_hosts: Vec<String>,
 }
 
 impl From<agentkernel_engine::SandboxInfo> for SandboxInfo {
@@ -272,6 +327,9 @@ impl From<agentkernel_engine::SandboxInfo> for SandboxInfo {
             description: s.description,
             expires_at: s.expires_at,
             pid: s.pid,
+            network: s.network,
+            allow_hosts: s.allow_hosts,
+            deny_hosts: s.deny_hosts,
         }
     }
 }

@@ -230,6 +230,8 @@ pub enum SandboxCommand {
     List(ListArgs),
     /// Remove expired sandboxes and leftovers
     Gc(GcArgs),
+    /// Show or change a sandbox's network policy; a running sandbox's next connection sees it
+    Policy(PolicyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -722,4 +724,21 @@ mod hot_path_tests {
             );
         }
     }
+}
+
+/// `sandbox policy NAME --allow HOST --deny HOST`.
+#[derive(Args, Debug)]
+pub struct PolicyArgs {
+    /// Sandbox name
+    pub name: String,
+    /// Let the sandbox reach this host (repeatable): taken off the deny list, and added to the
+    /// allowlist of an allowlist sandbox
+    #[arg(long = "allow", value_name = "HOST")]
+    pub allow: Vec<String>,
+    /// Refuse this host from now on (repeatable; `*.example.com` for every name below)
+    #[arg(long = "deny", value_name = "HOST")]
+    pub deny: Vec<String>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
 }

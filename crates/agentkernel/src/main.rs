@@ -89,6 +89,20 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             }
             Ok(0)
         }
+        Command::Sandbox(SandboxCommand::Policy(a)) => {
+            let engine = engine()?;
+            let change = agentkernel_engine::egress::NetworkChange {
+                allow: a.allow,
+                deny: a.deny,
+            };
+            let info = if change.is_empty() {
+                engine.get(&a.name)?
+            } else {
+                engine.set_network_policy(&a.name, &change)?
+            };
+            render::network_policy(&info, a.json);
+            Ok(0)
+        }
         Command::Serve(args) => serve::serve(args),
         Command::Plugin(cmd) => Ok(plugin::command(cmd)),
         Command::Agents(a) => Ok(plugin::agents_command(a.json)),

@@ -82,6 +82,12 @@ pub async fn create(
         memory_mb: req.memory_mb,
         vcpus: req.vcpus,
         disk_mb: req.disk_mb,
+        compat: req.compatibility_mode.clone(),
+        allow_hosts: req.allow_hosts.clone().unwrap_or_default(),
+        deny_hosts: req.deny_hosts.clone().unwrap_or_default(),
+        secrets: req.secrets.clone().unwrap_or_default(),
+        secret_files: req.secret_files.clone().unwrap_or_default(),
+        placeholder_secrets: req.placeholder_secrets.unwrap_or(false),
         cwd: st.cwd.clone(),
         labels: req.labels.clone().unwrap_or_default(),
         description: req.description.clone(),
@@ -107,10 +113,6 @@ fn refuse_unsupported(req: &CreateRequest) -> Result<(), ApiError> {
     let given = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
     let field = if given(&req.volumes) {
         "volumes"
-    } else if given(&req.secrets) {
-        "secrets"
-    } else if given(&req.secret_files) {
-        "secret_files"
     } else if req.source_url.is_some() {
         "source_url"
     } else if req.source_ref.is_some() {
@@ -161,9 +163,17 @@ pub async fn patch(
         req.labels.as_ref().map_or(0, BTreeMap::len),
         bounds::MAX_LABELS,
     )?;
+    if let Some(n) = &req.network {
+        bounds::count("network.allow", n.allow.len(), 256)?;
+        bounds::count("network.deny", n.deny.len(), 256)?;
+    }
     let update = MetadataUpdate {
         labels: req.labels,
         description: req.description.map(Some),
+        network: req.network.map(|n| agentkernel_engine::egress::NetworkChange {
+            allow: n.allow,
+            deny: n.deny,
+        }),
     };
     let info = blocking(&st, move |engine| engine.update_metadata(&name, &update)).await?;
     Ok(ok(info.into()))
