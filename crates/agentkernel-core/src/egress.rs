@@ -157,7 +157,9 @@ mod tests {
 
     #[test]
     fn bindings_parse_in_the_three_forms() {
-        let b: SecretBinding = "OPENAI_API_KEY:api.openai.com".parse().expect("valid binding");
+        let b: SecretBinding = "OPENAI_API_KEY:api.openai.com"
+            .parse()
+            .expect("valid binding");
         assert_eq!(
             (b.key.as_str(), b.value, b.host.as_str(), b.header),
             ("OPENAI_API_KEY", None, "api.openai.com", None)
@@ -165,7 +167,9 @@ mod tests {
         let b: SecretBinding = "K=a:b=c:API.example.com".parse().expect("valid binding");
         assert_eq!(b.value.as_deref(), Some("a:b=c"));
         assert_eq!(b.host, "api.example.com");
-        let b: SecretBinding = "K:api.example.com:X-Api-Key".parse().expect("valid binding");
+        let b: SecretBinding = "K:api.example.com:X-Api-Key"
+            .parse()
+            .expect("valid binding");
         assert_eq!(b.header.as_deref(), Some("x-api-key"));
         for bad in [
             "",
