@@ -164,3 +164,29 @@ pub fn write_to_stdio(event: agentkernel_core::ExecEvent) -> std::ops::ControlFl
         _ => std::ops::ControlFlow::Continue(()),
     }
 }
+
+/// `sandbox policy`: the sandbox's network mode and host patterns.
+pub fn network_policy(info: &SandboxInfo, json: bool) {
+    if json {
+        let value = serde_json::json!({
+            "name": info.name,
+            "network": info.network,
+            "allow_hosts": info.allow_hosts,
+            "deny_hosts": info.deny_hosts,
+        });
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        return;
+    }
+    println!("network: {}", info.network);
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(" ")
+        }
+    };
+    if info.network == "allowlist" {
+        println!("allow:   {}", list(&info.allow_hosts));
+    }
+    println!("deny:    {}", list(&info.deny_hosts));
+}
