@@ -142,10 +142,11 @@ pub struct Context {
 /// runtime.
 pub async fn serve(listeners: Listeners, ctx: Arc<Context>) -> io::Result<()> {
     let mut tasks = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     for listener in listeners.tcp {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
-        tasks.spawn(accept_loop(listener, ctx.clone()));
+        tasks.spawn(accept_loop(listener, ctx.clone(), slots.clone()));
     }
     for socket in listeners.dns {
         socket.set_nonblocking(true)?;
@@ -160,8 +161,11 @@ pub async fn serve(listeners: Listeners, ctx: Arc<Context>) -> io::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Context>) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<Context>,
+    slots: Arc<Semaphore>,
+) -> io::Result<()> {
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}

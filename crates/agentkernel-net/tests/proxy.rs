@@ -9,6 +9,7 @@ use agentkernel_net::proxy::{
 };
 use agentkernel_net::resolve::Resolver;
 use agentkernel_net::rules::{Mode, Rules};
+use agentkernel_net::tls::Binding;
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
@@ -118,6 +119,10 @@ where
 struct TestSource(Mutex<Arc<Egress>>);
 
 impl TestSource {
+    fn set_egress(&self, egress: Egress) {
+        *self.0.lock().expect("source lock") = Arc::new(egress);
+    }
+
     fn set(&self, rules: Rules) {
         *self.0.lock().expect("source lock") = Arc::new(Egress {
             rules,
@@ -718,5 +723,41 @@ fn transparent_connections_are_decided_by_sni_and_host() {
             && d.protocol == Protocol::Tcp
             && d.host.is_none()
             && d.ip == Some(IpAddr::from([10, 77, 1, 9]))));
+    });
+}
+
+#[test]
+fn secret_bound_hosts_are_refused_without_an_interceptor() {
+    in_netns(|| async {
+        let port = echo_server().await;
+        let http = http_server().await;
+        let p = start_proxy(allowlist(&["allowed.test", "other.test"]), 0);
+        p.source.set_egress(Egress {
+            rules: allowlist(&["allowed.test", "other.test"]),
+            bindings: vec![Binding {
+                host: "allowed.test".into(),
+                header: "authorization".into(),
+                value: "Bearer secret".into(),
+                placeholder: None,
+            }],
+        });
+        let refused = connect(p.tcp, &format!("allowed.test:{port}"))
+            .await
+            .expect_err("a bound host without an interceptor");
+        assert!(
+            refused.contains("403 Forbidden") && refused.contains("(secret injection unavailable)"),
+            "{refused}"
+        );
+        let req = format!("GET http://allowed.test:{http}/ HTTP/1.1\r\n\r\n");
+        let reply = exchange(p.tcp, req.as_bytes()).await;
+        assert!(
+            reply.contains("403 Forbidden") && reply.contains("(secret injection unavailable)"),
+            "{reply}"
+        );
+        // Hosts without bindings are unaffected.
+        let mut t = connect(p.tcp, &format!("other.test:{port}"))
+            .await
+            .expect("unbound host");
+        assert_eq!(round_trip(&mut t, b"z").await, b"z");
     });
 }
