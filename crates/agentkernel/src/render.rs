@@ -174,7 +174,10 @@ pub fn network_policy(info: &SandboxInfo, json: bool) {
             "allow_hosts": info.allow_hosts,
             "deny_hosts": info.deny_hosts,
         });
-        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
         return;
     }
     println!("network: {}", info.network);

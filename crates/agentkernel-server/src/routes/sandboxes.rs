@@ -170,10 +170,12 @@ pub async fn patch(
     let update = MetadataUpdate {
         labels: req.labels,
         description: req.description.map(Some),
-        network: req.network.map(|n| agentkernel_engine::egress::NetworkChange {
-            allow: n.allow,
-            deny: n.deny,
-        }),
+        network: req
+            .network
+            .map(|n| agentkernel_engine::egress::NetworkChange {
+                allow: n.allow,
+                deny: n.deny,
+            }),
     };
     let info = blocking(&st, move |engine| engine.update_metadata(&name, &update)).await?;
     Ok(ok(info.into()))
