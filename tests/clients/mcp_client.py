@@ -99,8 +99,8 @@ async def drive(s, transport):
     res = await s.call_tool("sandbox_run", {**base, "command": ["no-such-command-xyz"]})
     check("a missing command is exit 127", res.isError and res.structuredContent["exit_code"] == 127, res)
 
-    await refused(s, "compatibility_mode claude", "sandbox_run",
-                  {**base, "command": ["true"], "compatibility_mode": "claude"}, "egress domain allowlist")
+    await refused(s, "compatibility_mode claud", "sandbox_run",
+                  {**base, "command": ["true"], "compatibility_mode": "claud"}, "unknown compatibility mode")
     await refused(s, "image --volume=/:/host", "sandbox_run",
                   {"command": ["true"], "image": "--volume=/:/host", "network": False}, "--volume=/:/host")
     await refused(s, "unknown profile", "sandbox_run",

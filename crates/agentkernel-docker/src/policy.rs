@@ -209,6 +209,9 @@ mod tests {
             workdir: "/".into(),
             labels: Default::default(),
             description: None,
+            secrets: Vec::new(),
+            secret_files: Vec::new(),
+            placeholder_secrets: false,
         }
     }
 

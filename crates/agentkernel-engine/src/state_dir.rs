@@ -104,6 +104,9 @@ mod tests {
             workdir: "/workspace".into(),
             labels: Default::default(),
             description: None,
+            secrets: Vec::new(),
+            secret_files: Vec::new(),
+            placeholder_secrets: false,
         }
     }
 

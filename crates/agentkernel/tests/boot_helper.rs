@@ -266,6 +266,9 @@ fn a_dropped_handle_ends_its_throwaway_sandbox() {
         workdir: "/workspace".into(),
         labels: Default::default(),
         description: None,
+        secrets: Vec::new(),
+        secret_files: Vec::new(),
+        placeholder_secrets: false,
     };
     let started = backend
         .start(&spec, &rootfs, "bh-drop-1", Persistence::Ephemeral)

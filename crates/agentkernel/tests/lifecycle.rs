@@ -135,7 +135,7 @@ fn nothing_left_after_remove() {
 }
 
 /// Both ways of running a throwaway sandbox: with network (its command joins the sandbox from
-/// outside, once pasta has connected it) and without (the sandbox's init starts the command).
+/// outside, once the egress proxy serves it) and without (the sandbox's init starts the command).
 #[test]
 fn nothing_left_after_run() {
     for network in [&[][..], &["--no-network"][..]] {
@@ -348,9 +348,16 @@ fn create_takes_its_name_from_the_project_config() {
         "[agent]\ncompatibility_mode = \"claude\"\n",
     )
     .expect("write");
+    // An agent mode from the project's own file narrows the network, but mounting the project
+    // read-write is more than the user's settings give: refused, saying how to ask for it.
     let out = ak.run(&["run", "--", "true"]);
     assert_eq!(out.code, 125, "{out:?}");
-    assert!(out.stderr.contains("compatibility_mode"), "{out:?}");
+    assert!(
+        out.stderr.contains("mounted at /workspace") && out.stderr.contains("only tighten"),
+        "{out:?}"
+    );
+    let out = ak.ok(&["run", "--compatibility-mode", "claude", "--", "true"]);
+    assert_eq!(out.code, 0, "{out:?}");
 }
 
 /// A multithreaded program that boots a sandbox in-process without the boot helper is refused
