@@ -46,7 +46,7 @@ done
 
 echo "bench: run with network" >&2
 hf "$work/net.json" \
-  -n "agentkernel run (moderate, pasta network)" "$AK run --image $root -- true" \
+  -n "agentkernel run (moderate, network through the egress proxy)" "$AK run --image $root -- true" \
   -n "bwrap --unshare-all --share-net" "bwrap --unshare-all --share-net --ro-bind $root / true"
 
 echo "bench: exec" >&2

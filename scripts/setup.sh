@@ -2,7 +2,6 @@
 # Installs what agentkernel and its tests need from Debian's packages. Idempotent.
 set -euo pipefail
 packages=(
-  passt          # pasta: user-mode networking for sandboxes with network
   busybox-static # test and benchmark images
   bubblewrap     # benchmark peer
   hyperfine      # benchmark runner
@@ -13,6 +12,7 @@ packages=(
   python3        # used by tests through the host image
   python3-venv   # the venv scripts/test-clients.sh installs the Python SDK into
   iproute2
+  nftables       # nft: a proxy test's own redirect rule inside its namespace
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -26,12 +26,6 @@ fn check(name: &str, ok: bool, detail: impl Into<String>, fix: Option<&str>) -> 
     }
 }
 
-/// Debian packages the native backend uses, with the program that shows each is there.
-const PACKAGES: &[(&str, &str, &str)] = &[(
-    "passt",
-    "pasta",
-    "outbound network for sandboxes (moderate and permissive)",
-)];
 
 /// What to do when backend `kind` cannot run sandboxes here: each backend's own remedy.
 fn not_usable_fix(kind: BackendKind) -> &'static str {
@@ -50,12 +44,6 @@ fn not_usable_fix(kind: BackendKind) -> &'static str {
         }
         _ => "use one of the backends this build has: -B native, docker, podman or gvisor",
     }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
 }
 
 /// What `doctor` found.
@@ -94,15 +82,17 @@ impl Engine {
                 },
             });
         }
-        for (package, program, what) in PACKAGES {
-            let there = on_path(program);
-            checks.push(check(
-                program,
-                there,
-                if there { format!("found: {what}") } else { format!("missing: {what}") },
-                Some(&format!("apt-get install -y {package} (or `agentkernel setup`), or run sandboxes with --no-network")),
-            ));
-        }
+        // Tried, not guessed: a throwaway namespace is routed to listeners as a sandbox's is.
+        let egress = agentkernel_net::netns::probe();
+        checks.push(check(
+            "egress",
+            egress.is_ok(),
+            match &egress {
+                Ok(()) => "networked sandboxes reach out through the egress proxy (nftables nat redirect in their namespace)".to_string(),
+                Err(e) => format!("cannot route a network namespace to the egress proxy: {e}"),
+            },
+            Some("load the kernel's nf_tables nat support (`modprobe nft_redir nft_chain_nat`), run agentkernel as root, or run sandboxes with --no-network"),
+        ));
         checks.extend(cgroup_attach_check());
         let home = self.home();
         let writable = std::fs::create_dir_all(home).is_ok() && tempfile_in(home).is_ok();
@@ -146,39 +136,11 @@ impl Engine {
         Report { checks, ready }
     }
 
-    /// Prepares what the default backend needs: missing Debian packages (when `install` and
-    /// apt-get is there), the state directory, and the `host` image. Returns what it did.
-    pub fn setup(&self, install: bool) -> crate::Result<Vec<String>> {
+    /// Prepares what the default backend needs: the state directory and the `host` image
+    /// (the native backend needs no package of the system's since the egress proxy replaced
+    /// pasta). Returns what it did.
+    pub fn setup(&self) -> crate::Result<Vec<String>> {
         let mut done = Vec::new();
-        let missing: Vec<&str> = PACKAGES
-            .iter()
-            .filter(|(_, program, _)| !on_path(program))
-            .map(|(p, _, _)| *p)
-            .collect();
-        if !missing.is_empty() {
-            if install && on_path("apt-get") {
-                let status = std::process::Command::new("apt-get")
-                    .args(["install", "-y", "-qq"])
-                    .args(&missing)
-                    .env("DEBIAN_FRONTEND", "noninteractive")
-                    .status()
-                    .map_err(crate::EngineError::io("run apt-get"))?;
-                if !status.success() {
-                    return Err(agentkernel_core::CoreError::Unsupported(format!(
-                        "apt-get could not install {}: run `apt-get update` and try again, or install them by hand",
-                        missing.join(" ")
-                    ))
-                    .into());
-                }
-                done.push(format!("installed {}", missing.join(" ")));
-            } else {
-                done.push(format!(
-                    "not installed (run `apt-get install -y {}`): {}",
-                    missing.join(" "),
-                    "sandboxes need --no-network until then"
-                ));
-            }
-        }
         std::fs::create_dir_all(self.home()).map_err(crate::EngineError::io(format!(
             "create {}",
             self.home().display()

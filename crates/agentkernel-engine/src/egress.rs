@@ -121,6 +121,7 @@ impl EgressConfig {
                 allow: self.allow.clone(),
                 deny: self.deny.clone(),
                 block_private: self.block_private,
+                refuse_host_addresses: true,
             },
             bindings: self
                 .bindings
@@ -729,5 +730,81 @@ impl crate::Engine {
             deny: rec.spec.policy.deny_hosts.clone(),
         });
         Ok(self.info(&rec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentkernel_core::{BackendKind, ImageRef, Policy, Profile};
+
+    fn spec(policy: Policy, secrets: &[&str]) -> SandboxSpec {
+        SandboxSpec {
+            name: "t".into(),
+            image: ImageRef::Host,
+            backend: BackendKind::Native,
+            policy,
+            env: Vec::new(),
+            workdir: "/".into(),
+            labels: Default::default(),
+            description: None,
+            secrets: secrets.iter().map(|s| s.parse().expect("binding")).collect(),
+            secret_files: Vec::new(),
+            placeholder_secrets: false,
+        }
+    }
+
+    #[test]
+    fn bound_secrets_narrow_full_network_to_their_hosts() {
+        let s = spec(Policy::for_profile(Profile::Moderate), &["K=v:api.example.com"]);
+        let bindings = resolve_bindings(&s, &mut |_| panic!("no vault lookup for inline values"))
+            .expect("bindings");
+        assert_eq!(bindings[0].header, "authorization");
+        assert_eq!(bindings[0].value, "Bearer v");
+        let config = EgressConfig::new(&s, bindings);
+        assert_eq!(config.mode, NetworkMode::Allowlist);
+        assert_eq!(config.allow, vec!["api.example.com".to_string()]);
+        // Without secrets, full stays full.
+        let config = EgressConfig::new(&spec(Policy::for_profile(Profile::Moderate), &[]), vec![]);
+        assert_eq!(config.mode, NetworkMode::Full);
+    }
+
+    #[test]
+    fn vault_keys_are_looked_up_and_their_errors_returned() {
+        let s = spec(Policy::for_profile(Profile::Moderate), &["K:api.example.com:x-key"]);
+        let b = resolve_bindings(&s, &mut |k| Ok(format!("{k}-value"))).expect("bindings");
+        assert_eq!((b[0].header.as_str(), b[0].value.as_str()), ("x-key", "K-value"));
+        let e = resolve_bindings(&s, &mut |_| {
+            Err(agentkernel_core::CoreError::InvalidArgument("nope".into()).into())
+        });
+        assert!(e.is_err());
+    }
+
+    #[test]
+    fn policy_changes_move_hosts_between_the_lists() {
+        let mut p = Policy::for_profile(Profile::Moderate);
+        p.network = NetworkMode::Allowlist;
+        p.allow_hosts = vec!["a.example".into()];
+        let change = NetworkChange {
+            allow: vec!["B.example".into()],
+            deny: vec!["a.example".into()],
+        };
+        change.apply(&mut p).expect("apply");
+        assert_eq!(p.allow_hosts, vec!["b.example".to_string()]);
+        assert_eq!(p.deny_hosts, vec!["a.example".to_string()]);
+        NetworkChange {
+            allow: vec!["a.example".into()],
+            deny: vec![],
+        }
+        .apply(&mut p)
+        .expect("apply");
+        assert!(p.deny_hosts.is_empty());
+        let bad = NetworkChange {
+            allow: vec!["a b".into()],
+            deny: vec![],
+        };
+        assert!(bad.apply(&mut p.clone()).is_err());
+        let mut none = Policy::for_profile(Profile::Restrictive);
+        assert!(change.apply(&mut none).is_err(), "no network, no policy to change");
     }
 }

@@ -70,6 +70,10 @@ pub struct RunParams {
     pub cwd: Option<String>,
     /// Environment variables for the command.
     pub env: Option<BTreeMap<String, String>>,
+    /// Secrets for the egress proxy to add to requests for one host each, as `KEY=value:host`:
+    /// the command sees the placeholder `ak-proxy-managed` in KEY, and the sandbox may then
+    /// reach only its bound hosts. Values from the user's vault cannot be named here.
+    pub secrets: Option<Vec<String>>,
     /// Kill the command after this many milliseconds (default 30000).
     pub timeout_ms: Option<u64>,
     /// OCI image reference (e.g. python:3.12-alpine) or "host"; auto-detected from the command
@@ -94,6 +98,10 @@ pub struct CreateParams {
     pub cwd: Option<String>,
     /// Environment variables of the sandbox.
     pub env: Option<BTreeMap<String, String>>,
+    /// Secrets for the egress proxy to add to requests for one host each, as `KEY=value:host`:
+    /// the command sees the placeholder `ak-proxy-managed` in KEY, and the sandbox may then
+    /// reach only its bound hosts. Values from the user's vault cannot be named here.
+    pub secrets: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -146,6 +154,7 @@ struct SpecParams<'a> {
     network: Option<bool>,
     cwd: Option<&'a str>,
     env: Option<&'a BTreeMap<String, String>>,
+    secrets: Vec<String>,
 }
 
 /// A refusal or failure, as a tool result the model can read (`isError: true`).
@@ -298,6 +307,7 @@ impl SandboxTools {
             image: p.image,
             profile: p.profile,
             compat: p.mode.map(str::to_string),
+            secrets: p.secrets,
             network: p.network,
             env: env_list(p.env)?,
             workdir: p.cwd.map(str::to_string),
@@ -338,6 +348,7 @@ impl SandboxTools {
                 network: p.network,
                 cwd: p.cwd.as_deref(),
                 env: p.env.as_ref(),
+                secrets: p.secrets.clone().unwrap_or_default(),
             },
             p.command.clone(),
         )?;
@@ -391,6 +402,7 @@ impl SandboxTools {
                 network: p.network,
                 cwd: p.cwd.as_deref(),
                 env: p.env.as_ref(),
+                secrets: p.secrets.clone().unwrap_or_default(),
             },
             Vec::new(),
         )?;

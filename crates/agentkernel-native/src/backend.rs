@@ -96,7 +96,7 @@ impl Backend for NativeBackend {
 
     /// A throwaway sandbox whose init starts the command itself (`native::run_throwaway`):
     /// no namespaces to join from outside and no second round trip. Sandboxes it cannot serve
-    /// (an uplink to connect first, or inits cloned by the boot helper) take the general path.
+    /// (a network to route to the egress proxy first, or inits cloned by the boot helper) take the general path.
     fn run_ephemeral(
         &self,
         spec: &SandboxSpec,

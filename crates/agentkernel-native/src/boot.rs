@@ -35,9 +35,6 @@ pub struct BootPlan<'a> {
     pub cgroup_procs: &'a [OwnedFd],
     /// When false (an ephemeral `run`), the init exits as soon as the caller goes away.
     pub detach: bool,
-    /// The namespace will get an uplink (pasta): cloud metadata addresses are blocked first.
-    /// Without one it has only loopback, and no route to block.
-    pub uplink: bool,
     /// A command the init starts as soon as its setup is done (booting directly only; see
     /// `launch.rs`).
     pub first: Option<&'a FirstCommand<'a>>,
@@ -384,9 +381,6 @@ fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
     rustix::system::sethostname(plan.hostname.as_bytes())
         .map_err(|e| format!("sethostname: {e}"))?;
     crate::net::loopback_up().map_err(|e| format!("bring up loopback: {e}"))?;
-    if plan.uplink {
-        crate::net::block_metadata().map_err(|e| format!("block cloud metadata addresses: {e}"))?;
-    }
     let _ = rustix::process::setsid();
     let devnull = std::fs::OpenOptions::new()
         .read(true)

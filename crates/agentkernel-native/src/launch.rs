@@ -8,8 +8,8 @@
 //! command's pipes, learns the exit status from the init, and sends signals through the init.
 //!
 //! Only an init cloned directly by the caller (`boot::direct`) starts a command this way: the
-//! boot helper's protocol carries no command, and a sandbox with an uplink must have its network
-//! connected (by the caller, after the boot) before anything runs in it.
+//! boot helper's protocol carries no command, and a networked sandbox must have its namespace
+//! routed to the egress proxy (by the engine, after the boot) before anything runs in it.
 
 use crate::NativeError;
 use crate::exec::{CommandLine, ExecError, Joining};

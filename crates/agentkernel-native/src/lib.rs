@@ -3,7 +3,7 @@
 //!
 //! A sandbox is an init process (PID 1 of new mount, pid, net, ipc, uts and cgroup namespaces)
 //! that holds the namespaces; commands are started by joining them (`exec.rs`), except the
-//! command of a throwaway sandbox without an uplink, which its init starts itself
+//! command of a throwaway sandbox without network, which its init starts itself
 //! (`launch.rs`, `run_throwaway`). A persistent sandbox's init outlives the process that
 //! started it, so a sandbox created by one CLI process is used and stopped by later ones: a
 //! sandbox is found again by its init's pid and start time, and its cgroups by its instance id.
@@ -123,7 +123,6 @@ fn boot_and_connect(spec: &StartSpec<'_>, group: &cgroup::Cgroup) -> Result<Runn
         rootfs: spec.rootfs,
         cgroup_procs: &procs,
         detach: spec.detach,
-        uplink: spec.policy.network.is_networked(),
         first: None,
     })?;
     Ok(Running { booted })
@@ -224,7 +223,8 @@ pub struct CommandSpec<'a> {
 }
 
 /// Whether `run_throwaway` can run a sandbox with `policy`: the init is cloned by this process
-/// (no boot helper) and the sandbox has no uplink to connect before its command starts.
+/// (no boot helper) and the sandbox has no network to route to the egress proxy before its
+/// command starts.
 pub fn can_run_throwaway(policy: &Policy) -> bool {
     !boot::uses_helper() && !policy.network.is_networked()
 }
@@ -270,7 +270,6 @@ fn run_in_group(
         rootfs: spec.rootfs,
         cgroup_procs: &procs,
         detach: false,
-        uplink: false,
         first: Some(&first),
     });
     drop(procs);

@@ -1,7 +1,7 @@
-//! Network of a sandbox seen from inside its fresh namespace: loopback up, and cloud metadata
-//! addresses made unreachable in the main routing table. A networked sandbox's way out is the
-//! host's egress proxy (`agentkernel_net::netns::attach`, done by the engine once the sandbox
-//! has started), which refuses metadata addresses itself; the routes are a second wall.
+//! Network of a sandbox seen from inside its fresh namespace: loopback up. A networked
+//! sandbox's only way out is the host's egress proxy (`agentkernel_net::netns::attach`, done
+//! by the engine once the sandbox has started), which refuses cloud metadata addresses and
+//! audits every attempt; so no route here answers for it first.
 
 use rustix::fd::AsRawFd;
 use std::path::Path;
@@ -28,60 +28,6 @@ pub fn loopback_up() -> std::io::Result<()> {
         req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Cloud metadata services: never reachable from a sandbox, whatever the policy.
-const METADATA_V4: [[u8; 4]; 2] = [[169, 254, 169, 254], [100, 100, 100, 200]];
-
-/// Adds `prohibit` routes for the metadata addresses in the current network namespace. The
-/// sandbox has no CAP_NET_ADMIN, so it cannot remove them. Hand-written netlink: one fixed
-/// message, where a netlink crate would pull in an async runtime for it.
-pub fn block_metadata() -> std::io::Result<()> {
-    let sock = rustix::net::socket_with(
-        rustix::net::AddressFamily::NETLINK,
-        rustix::net::SocketType::RAW,
-        rustix::net::SocketFlags::CLOEXEC,
-        // Protocol 0 of AF_NETLINK is NETLINK_ROUTE.
-        None,
-    )?;
-    for (seq, addr) in METADATA_V4.iter().enumerate() {
-        let mut msg = Vec::with_capacity(40);
-        let total: u32 = 16 + 12 + 8;
-        msg.extend_from_slice(&total.to_ne_bytes());
-        msg.extend_from_slice(&libc::RTM_NEWROUTE.to_ne_bytes());
-        let flags =
-            (libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16;
-        msg.extend_from_slice(&flags.to_ne_bytes());
-        msg.extend_from_slice(&(seq as u32 + 1).to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        // struct rtmsg
-        msg.extend_from_slice(&[
-            libc::AF_INET as u8,
-            32, // dst_len
-            0,  // src_len
-            0,  // tos
-            libc::RT_TABLE_MAIN,
-            libc::RTPROT_STATIC,
-            libc::RT_SCOPE_UNIVERSE,
-            libc::RTN_PROHIBIT,
-        ]);
-        msg.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
-        // RTA_DST attribute
-        msg.extend_from_slice(&8u16.to_ne_bytes());
-        msg.extend_from_slice(&libc::RTA_DST.to_ne_bytes());
-        msg.extend_from_slice(addr);
-        rustix::io::write(&sock, &msg)?;
-        let mut reply = [0u8; 256];
-        let n = rustix::io::read(&sock, &mut reply)?;
-        // An NLMSG_ERROR reply carries a negative errno at offset 16 (0 = acknowledged).
-        if n >= 20 {
-            let code = i32::from_ne_bytes([reply[16], reply[17], reply[18], reply[19]]);
-            if code != 0 && code != -libc::EEXIST {
-                return Err(std::io::Error::from_raw_os_error(-code));
-            }
         }
     }
     Ok(())

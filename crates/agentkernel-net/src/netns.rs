@@ -57,6 +57,22 @@ pub fn attach(netns: BorrowedFd<'_>) -> io::Result<Attached> {
     })
 }
 
+/// Whether this host can route a sandbox's namespace to the proxy: [`attach`] tried on a
+/// fresh network namespace of a short-lived thread (`doctor`).
+pub fn probe() -> io::Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: only the network namespace of this one short-lived thread changes;
+                // it shares nothing that depends on the old one, and ends right after.
+                unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNET) }?;
+                attach_here().map(drop)
+            })
+            .join()
+            .map_err(|_| io::Error::other("the egress probe panicked"))?
+    })
+}
+
 /// [`attach`] in the calling thread's own namespace.
 fn attach_here() -> io::Result<Attached> {
     let ipv6 = ipv6_available();

@@ -35,6 +35,10 @@ pub struct Rules {
     pub deny: Vec<String>,
     /// Refuse private addresses (RFC 1918, shared address space, unique-local IPv6) too.
     pub block_private: bool,
+    /// Refuse addresses of the proxy's own host (its interfaces' addresses reach the host's
+    /// services as its loopback does). Always on for sandboxes; off only in tests whose
+    /// upstream servers live in the proxy's own namespace.
+    pub refuse_host_addresses: bool,
 }
 
 /// What kind of address an IP is, as far as egress is concerned.
@@ -77,6 +81,8 @@ pub enum Reason {
     Reserved,
     /// A private address while `block_private` is set.
     Private,
+    /// An address of the proxy's own host.
+    HostAddress,
     /// Allowlist mode and no allow pattern matches.
     NotAllowlisted,
     /// A deny pattern matches (the pattern).
@@ -95,6 +101,7 @@ impl fmt::Display for Reason {
             Reason::Multicast => f.write_str("multicast or broadcast address"),
             Reason::Reserved => f.write_str("reserved address"),
             Reason::Private => f.write_str("private address (block_private)"),
+            Reason::HostAddress => f.write_str("an address of the host itself"),
             Reason::NotAllowlisted => f.write_str("not in the sandbox's allowlist"),
             Reason::DeniedByPattern(p) => write!(f, "denied by pattern {p}"),
             Reason::BadName => f.write_str("not a host name"),
@@ -325,6 +332,14 @@ impl Rules {
 
     /// May the sandbox connect to `ip` (whatever name led there)?
     pub fn addr_verdict(&self, ip: IpAddr) -> Verdict {
+        let verdict = self.class_verdict(ip);
+        if verdict.is_allow() && self.refuse_host_addresses && is_host_address(ip) {
+            return Verdict::Deny(Reason::HostAddress);
+        }
+        verdict
+    }
+
+    fn class_verdict(&self, ip: IpAddr) -> Verdict {
         match classify(ip) {
             AddrClass::Public => Verdict::Allow,
             AddrClass::Private if !self.block_private => Verdict::Allow,
@@ -339,6 +354,19 @@ impl Rules {
     }
 }
 
+/// Whether `ip` is one of this host's own addresses: the kernel picks it as the source of a
+/// route to itself. A UDP `connect` sends nothing; it only asks the routing table.
+pub fn is_host_address(ip: IpAddr) -> bool {
+    let unspecified: IpAddr = match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let Ok(sock) = std::net::UdpSocket::bind((unspecified, 0)) else {
+        return false;
+    };
+    sock.connect((ip, 9)).is_ok() && sock.local_addr().is_ok_and(|a| a.ip() == ip)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +377,7 @@ mod tests {
 
     fn rules(mode: Mode, allow: &[&str], deny: &[&str], block_private: bool) -> Rules {
         Rules {
+            refuse_host_addresses: false,
             mode,
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),

@@ -1,8 +1,9 @@
 //! The egress proxy and DNS responder end to end, each test in a network namespace of its own
 //! (root required): `lo` up with 10.77.0.1/32 on it, upstream test servers on that address,
 //! the proxy on 127.0.0.1, names mapped to 10.77.0.1 by resolver overrides. Nothing leaves the
-//! namespace. The transparent-mode tests add an nftables redirect inside that namespace (and
-//! are skipped, saying so, where `nft` is missing).
+//! namespace. The transparent-mode tests add an nftables redirect inside that namespace with
+//! `nft` (scripts/setup.sh installs it): one aimed at a test range only, so that the proxy's
+//! own upstream connections in the same namespace are not redirected back to it.
 
 use agentkernel_net::proxy::{
     self, Context, Decision, Egress, Listeners, Observer, Protocol, Source,
@@ -154,6 +155,7 @@ impl Recorder {
 
 fn allowlist(allow: &[&str]) -> Rules {
     Rules {
+        refuse_host_addresses: false,
         mode: Mode::Allowlist,
         allow: allow.iter().map(|s| s.to_string()).collect(),
         deny: Vec::new(),
@@ -415,6 +417,7 @@ fn metadata_by_any_spelling_is_refused_even_in_full_mode() {
     in_netns(|| async {
         let p = start_proxy(
             Rules {
+        refuse_host_addresses: false,
                 mode: Mode::Full,
                 allow: Vec::new(),
                 deny: Vec::new(),
@@ -520,6 +523,7 @@ fn a_policy_change_applies_to_the_next_connection() {
             .expect("newly allowed");
         assert_eq!(round_trip(&mut other, b"y").await, b"y");
         p.source.set(Rules {
+        refuse_host_addresses: false,
             deny: vec!["*.test".into()],
             ..allowlist(&["other.test"])
         });
@@ -637,8 +641,8 @@ fn dns_answers_allowed_names_and_nxdomains_the_rest() {
 // ---------------------------------------------------------------- transparent mode
 
 /// Redirects TCP to 10.77.1.0/24 (addresses nothing listens on) to the proxy's port, as the
-/// sandbox's nat rule does; `false` if nft is not there.
-fn redirect_to(port: u16) -> bool {
+/// sandbox's nat rule does.
+fn redirect_to(port: u16) {
     let script = format!(
         "table ip ak {{\n chain out {{\n  type nat hook output priority -100;\n  ip daddr 10.77.1.0/24 meta l4proto tcp redirect to :{port}\n }}\n}}\n"
     );
@@ -660,12 +664,8 @@ fn redirect_to(port: u16) -> bool {
                 status.success(),
                 "nft could not add the redirect in the test namespace"
             );
-            true
         }
-        Err(e) => {
-            eprintln!("skipping: nft is not available ({e}); install nftables to run this test");
-            false
-        }
+        Err(e) => panic!("nft is not available ({e}): run scripts/setup.sh (it installs nftables)"),
     }
 }
 
@@ -675,9 +675,7 @@ fn transparent_connections_are_decided_by_sni_and_host() {
         let echo = echo_server().await;
         let http = http_server().await;
         let p = start_proxy(allowlist(&["allowed.test"]), 0);
-        if !redirect_to(p.tcp.port()) {
-            return;
-        }
+        redirect_to(p.tcp.port());
         // The program dials an address nobody listens on; the proxy goes where the allowed
         // name resolves, on the dialled port, and the peeked bytes all arrive.
         let hello = client_hello("allowed.test");

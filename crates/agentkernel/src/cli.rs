@@ -194,8 +194,8 @@ pub struct ImagesListArgs {
 
 #[derive(Args, Debug)]
 pub struct SetupArgs {
-    /// Do not install missing Debian packages (only say which)
-    #[arg(long)]
+    /// Accepted for scripts written when setup installed pasta; there is nothing to install now
+    #[arg(long, hide = true)]
     pub no_install: bool,
 }
 

@@ -138,7 +138,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         }
         Command::Setup(a) => {
             let engine = engine()?;
-            for line in engine.setup(!a.no_install)? {
+            for line in engine.setup()? {
                 println!("{line}");
             }
             let report = engine.doctor(&current_dir()?);

@@ -12,7 +12,7 @@
 //!   `pre_exec` step is fcntl(2) clearing close-on-exec on the descriptors it passes). Those
 //!   are the status pipe's write end, the lifeline's read end and the `cgroup.procs` files,
 //!   inherited at numbers named in the request (copies made above the standard streams).
-//! - The request (hostname, root file system plan, detach, uplink, descriptor numbers) is one
+//! - The request (hostname, root file system plan, detach, descriptor numbers) is one
 //!   JSON document on the helper's stdin.
 //! - The helper clones the init, with CLONE_PARENT for an ephemeral sandbox so that the init is
 //!   the caller's child (the caller reaps it, as when it boots directly), without it for a
@@ -56,7 +56,6 @@ struct Request {
     hostname: String,
     rootfs: RootfsPlan,
     detach: bool,
-    uplink: bool,
     /// Inherited descriptors: the status pipe's write end, the lifeline's read end and the
     /// `cgroup.procs` files.
     status_fd: RawFd,
@@ -105,7 +104,6 @@ pub(super) fn boot_through(
         hostname: plan.hostname.to_string(),
         rootfs: plan.rootfs.clone(),
         detach: plan.detach,
-        uplink: plan.uplink,
         status_fd: status.as_raw_fd(),
         life_fd: life.as_raw_fd(),
         cgroup_fds: cgroups.iter().map(AsRawFd::as_raw_fd).collect(),
@@ -262,7 +260,6 @@ fn serve(reply_to: &OwnedFd) -> Reply {
         rootfs: &req.rootfs,
         cgroup_procs: &cgroup_procs,
         detach: req.detach,
-        uplink: req.uplink,
         first: None,
     };
     // An ephemeral init becomes the caller's child, which holds its lifeline and reaps it; a
@@ -327,7 +324,6 @@ mod tests {
                 workdir: "/workspace".into(),
             },
             detach: true,
-            uplink: false,
             status_fd: 7,
             life_fd: 8,
             cgroup_fds: vec![9, 10],
