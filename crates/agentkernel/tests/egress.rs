@@ -18,6 +18,7 @@
 
 mod common;
 use common::engines::{Engine, engine};
+use common::serve::ServeProcess;
 use common::*;
 use serde_json::Value;
 use std::io::{BufRead, Write};
@@ -451,6 +452,20 @@ impl T {
             .collect()
     }
 
+    /// A program (not agentkernel) in the client namespace, bounded.
+    fn in_client(&self, argv: &[&str]) -> Out {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.w.client))
+            .arg("--")
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nsenter");
+        wait_bounded(child, &format!("{argv:?} in the client namespace"))
+    }
+
     fn audit(&self) -> Vec<Value> {
         std::fs::read_to_string(self.ak.home.path().join("audit.jsonl"))
             .unwrap_or_default()
@@ -824,6 +839,43 @@ fn policy_changes_apply_to_a_running_sandbox(t: &T) {
     t.ok(&["sandbox", "policy", "pol", "--allow", "api.example.test"]);
     let r = t.exec_probe("pol", &ops);
     assert_eq!(echoed(&r[0])["path"], "/p", "--allow did not restore it");
+
+    // The same over HTTP: `serve` in the client namespace, curl from there too.
+    let mut cmd = t.cmd(&["serve", "--port", "0"]);
+    cmd.env_remove("AGENTKERNEL_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let srv = ServeProcess::spawn(cmd);
+    let patch = |body: &str| {
+        let out = t.in_client(&[
+            "curl",
+            "-sS",
+            "-m",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PATCH",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            &format!("{}/sandboxes/pol", srv.base),
+        ]);
+        assert_eq!(out.stdout, "200", "PATCH {body}: {out:?}\n{}", srv.log());
+    };
+    patch(r#"{"network":{"deny":["api.example.test"]}}"#);
+    let r = t.exec_probe("pol", &ops);
+    refused(&r[0], "api.example.test after PATCH deny", None);
+    patch(r#"{"network":{"allow":["api.example.test"]}}"#);
+    let r = t.exec_probe("pol", &ops);
+    assert_eq!(
+        echoed(&r[0])["path"],
+        "/p",
+        "PATCH allow did not restore it"
+    );
 }
 
 // ---- 7. audit ----------------------------------------------------------------------------------
@@ -907,6 +959,133 @@ fn bad_network_options_are_refused(t: &T) {
             "{args:?}: expected {needle:?}: {out:?}"
         );
     }
+}
+
+// ---- 8. tools, unmodified ---------------------------------------------------------------------
+
+/// curl, Python's urllib, pip and npm through the proxy with no proxy settings of their own:
+/// hosts with a secret bound are intercepted (the tools trust the proxy's CA through the
+/// variables agentkernel sets), others passed through (curl checks the world's CA itself).
+#[test]
+fn native_tools_work_unmodified_through_the_proxy() {
+    let t = T::new("native");
+    t.ok(&["secret", "set", "TOKEN", SECRET]);
+    let script = r#"set -e
+cat > /tmp/testca.pem
+echo "== curl-bound"; curl -sS -m 30 https://api.example.test/curl-bound; echo
+echo "== curl-passthrough"; curl -sS -m 30 --cacert /tmp/testca.pem https://other.test/curl-pass; echo
+echo "== urllib"; python3 -c 'import urllib.request; print(urllib.request.urlopen("https://api.example.test/urllib", timeout=30).read().decode())'
+echo "== pip"; pip download -q --no-deps -d /tmp/dl --index-url https://pypi.test/simple/ akdemo; ls /tmp/dl
+echo "== npm"; npm view akdemo --registry https://registry.npm.test/
+"#;
+    let ca = std::fs::read(t.w.path("ca.pem")).expect("test CA");
+    let out = t.run_stdin(
+        &[
+            "run",
+            "--image",
+            "host",
+            "-S",
+            "TOKEN:api.example.test",
+            "-S",
+            "TOKEN:pypi.test",
+            "-S",
+            "TOKEN:registry.npm.test",
+            "--allow-host",
+            "other.test",
+            "-e",
+            "PIP_DISABLE_PIP_VERSION_CHECK=1",
+            "-e",
+            "npm_config_cache=/tmp/npm-cache",
+            "-e",
+            "npm_config_update_notifier=false",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        &ca,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let section = |name: &str| -> String {
+        out.stdout
+            .split(&format!("== {name}\n"))
+            .nth(1)
+            .and_then(|s| s.split("\n== ").next())
+            .unwrap_or_else(|| panic!("no {name} section: {out:?}"))
+            .to_string()
+    };
+    let bound: Value = serde_json::from_str(section("curl-bound").trim()).expect("json");
+    assert_eq!(
+        bound["headers"]["authorization"],
+        format!("Bearer {SECRET}")
+    );
+    assert_eq!(
+        bound["headers"]["user-agent"]
+            .as_str()
+            .map(|s| s.starts_with("curl/")),
+        Some(true)
+    );
+    let pass: Value = serde_json::from_str(section("curl-passthrough").trim()).expect("json");
+    assert_eq!(pass["path"], "/curl-pass");
+    assert!(pass["headers"].get("authorization").is_none(), "{pass}");
+    let py: Value = serde_json::from_str(section("urllib").trim()).expect("json");
+    assert_eq!(py["headers"]["authorization"], format!("Bearer {SECRET}"));
+    assert!(
+        section("pip").contains("akdemo-0.1-py3-none-any.whl"),
+        "{out:?}"
+    );
+    assert!(section("npm").contains("akdemo@1.0.0"), "{out:?}");
+    let paths: Vec<String> =
+        t.w.log("trusted")
+            .iter()
+            .map(|e| {
+                format!(
+                    "{}{}",
+                    e["headers"]["host"].as_str().unwrap_or(""),
+                    e["path"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+    for want in [
+        "pypi.test/simple/akdemo/",
+        "pypi.test/files/akdemo-0.1-py3-none-any.whl",
+        "registry.npm.test/akdemo",
+    ] {
+        assert!(
+            paths.iter().any(|p| p == want),
+            "{want} not requested: {paths:?}"
+        );
+    }
+}
+
+// ---- 9b. gVisor --------------------------------------------------------------------------------
+
+/// gVisor has no egress proxy wiring: a networked sandbox is refused (125, saying what to do),
+/// one without network runs.
+#[test]
+fn gvisor_refuses_networked_sandboxes() {
+    let t = T::new("gvisor");
+    for extra in [&[][..], &["--allow-host", "api.example.test"]] {
+        let mut args = vec!["run", "-B", "gvisor", "--image", "busybox:latest"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "true"]);
+        let out = t.run(&args);
+        assert_eq!(out.code, 125, "{args:?}: {out:?}");
+        assert!(out.stderr.contains("network"), "{args:?}: {out:?}");
+    }
+    let out = t.run(&[
+        "run",
+        "-B",
+        "gvisor",
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "--",
+        "echo",
+        "ok",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout, "ok\n");
 }
 
 macro_rules! per_backend {
