@@ -505,21 +505,38 @@ mod tests {
         let mut allow = full.clone();
         allow.network = NetworkMode::Allowlist;
         allow.allow_hosts = vec!["*.example.com".into()];
-        assert_eq!(full.loosening_of(&allow).as_deref(), Some("network access beyond the allowlist"));
+        assert_eq!(
+            full.loosening_of(&allow).as_deref(),
+            Some("network access beyond the allowlist")
+        );
         assert!(allow.loosening_of(&full).is_none());
         let mut narrower = allow.clone();
         narrower.allow_hosts = vec!["api.example.com".into()];
-        assert!(narrower.loosening_of(&allow).is_none(), "covered by the wildcard");
+        assert!(
+            narrower.loosening_of(&allow).is_none(),
+            "covered by the wildcard"
+        );
         let mut wider = allow.clone();
         wider.allow_hosts.push("evil.test".into());
-        assert!(wider.loosening_of(&allow).is_some_and(|w| w.contains("evil.test")));
+        assert!(
+            wider
+                .loosening_of(&allow)
+                .is_some_and(|w| w.contains("evil.test"))
+        );
         let mut denying = full.clone();
         denying.deny_hosts = vec!["evil.test".into()];
-        assert!(full.loosening_of(&denying).is_some_and(|w| w.contains("evil.test")));
+        assert!(
+            full.loosening_of(&denying)
+                .is_some_and(|w| w.contains("evil.test"))
+        );
         let mut private = full.clone();
         private.block_private = true;
         assert!(full.loosening_of(&private).is_some());
-        assert!(allow.loosening_of(&Policy::for_profile(Profile::Restrictive)).is_some());
+        assert!(
+            allow
+                .loosening_of(&Policy::for_profile(Profile::Restrictive))
+                .is_some()
+        );
     }
 
     #[test]

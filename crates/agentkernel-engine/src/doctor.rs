@@ -26,7 +26,6 @@ fn check(name: &str, ok: bool, detail: impl Into<String>, fix: Option<&str>) -> 
     }
 }
 
-
 /// What to do when backend `kind` cannot run sandboxes here: each backend's own remedy.
 fn not_usable_fix(kind: BackendKind) -> &'static str {
     match kind {

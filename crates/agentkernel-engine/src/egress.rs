@@ -748,7 +748,10 @@ mod tests {
             workdir: "/".into(),
             labels: Default::default(),
             description: None,
-            secrets: secrets.iter().map(|s| s.parse().expect("binding")).collect(),
+            secrets: secrets
+                .iter()
+                .map(|s| s.parse().expect("binding"))
+                .collect(),
             secret_files: Vec::new(),
             placeholder_secrets: false,
         }
@@ -756,7 +759,10 @@ mod tests {
 
     #[test]
     fn bound_secrets_narrow_full_network_to_their_hosts() {
-        let s = spec(Policy::for_profile(Profile::Moderate), &["K=v:api.example.com"]);
+        let s = spec(
+            Policy::for_profile(Profile::Moderate),
+            &["K=v:api.example.com"],
+        );
         let bindings = resolve_bindings(&s, &mut |_| panic!("no vault lookup for inline values"))
             .expect("bindings");
         assert_eq!(bindings[0].header, "authorization");
@@ -771,9 +777,15 @@ mod tests {
 
     #[test]
     fn vault_keys_are_looked_up_and_their_errors_returned() {
-        let s = spec(Policy::for_profile(Profile::Moderate), &["K:api.example.com:x-key"]);
+        let s = spec(
+            Policy::for_profile(Profile::Moderate),
+            &["K:api.example.com:x-key"],
+        );
         let b = resolve_bindings(&s, &mut |k| Ok(format!("{k}-value"))).expect("bindings");
-        assert_eq!((b[0].header.as_str(), b[0].value.as_str()), ("x-key", "K-value"));
+        assert_eq!(
+            (b[0].header.as_str(), b[0].value.as_str()),
+            ("x-key", "K-value")
+        );
         let e = resolve_bindings(&s, &mut |_| {
             Err(agentkernel_core::CoreError::InvalidArgument("nope".into()).into())
         });
@@ -805,6 +817,9 @@ mod tests {
         };
         assert!(bad.apply(&mut p.clone()).is_err());
         let mut none = Policy::for_profile(Profile::Restrictive);
-        assert!(change.apply(&mut none).is_err(), "no network, no policy to change");
+        assert!(
+            change.apply(&mut none).is_err(),
+            "no network, no policy to change"
+        );
     }
 }

@@ -417,7 +417,7 @@ fn metadata_by_any_spelling_is_refused_even_in_full_mode() {
     in_netns(|| async {
         let p = start_proxy(
             Rules {
-        refuse_host_addresses: false,
+                refuse_host_addresses: false,
                 mode: Mode::Full,
                 allow: Vec::new(),
                 deny: Vec::new(),
@@ -523,7 +523,7 @@ fn a_policy_change_applies_to_the_next_connection() {
             .expect("newly allowed");
         assert_eq!(round_trip(&mut other, b"y").await, b"y");
         p.source.set(Rules {
-        refuse_host_addresses: false,
+            refuse_host_addresses: false,
             deny: vec!["*.test".into()],
             ..allowlist(&["other.test"])
         });

@@ -136,7 +136,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             // Non-zero when the default backend cannot run sandboxes.
             Ok(if report.ready { 0 } else { 1 })
         }
-        Command::Setup(a) => {
+        Command::Setup(_) => {
             let engine = engine()?;
             for line in engine.setup()? {
                 println!("{line}");

@@ -447,12 +447,24 @@ fn network_follows_the_policy(e: &E) {
             .docker(&["inspect", "--format", "{{.State.Pid}}", id.trim()])
             .stdout;
         let out = std::process::Command::new("nsenter")
-            .args(["-t", pid.trim(), "-n", "nft", "list", "table", "inet", "agentkernel"])
+            .args([
+                "-t",
+                pid.trim(),
+                "-n",
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "agentkernel",
+            ])
             .output()
             .expect("nsenter");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    assert!(redirect_of("net-on").contains("redirect"), "net-on has no redirect to the proxy");
+    assert!(
+        redirect_of("net-on").contains("redirect"),
+        "net-on has no redirect to the proxy"
+    );
     assert!(redirect_of("net-off").is_empty(), "net-off has a redirect");
 }
 

@@ -110,26 +110,84 @@ fn no_network_in_restrictive_or_with_no_network() {
     }
 }
 
+/// With network on, neither the sandbox's loopback nor any of the host's own addresses reach a
+/// service on the host: the egress proxy refuses the host's addresses (and says so in the
+/// audit log), so a service listening on all of the host's interfaces sees no connection.
 #[test]
 fn moderate_network_does_not_reach_host_loopback_services() {
     let ak = Ak::new();
-    let (_l, port) = host_listener();
-    let gw_probe = format!(
-        "import socket,sys\ngw=[l.split()[2] for l in open('/proc/net/route').read().splitlines()[1:] if l.split()[1]=='00000000']\nhosts=['127.0.0.1']+['.'.join(str(int(g[i:i+2],16)) for i in (6,4,2,0)) for g in gw]\nfor h in hosts:\n    s=socket.socket(); s.settimeout(2)\n    try:\n        s.connect((h,{port})); print('CONNECTED', h); sys.exit(0)\n    except Exception as e:\n        print('refused', h, type(e).__name__)\nsys.exit(3)\n"
-    );
-    let out = ak.run(&["run", "--image", "host", "--", "python3", "-c", &gw_probe]);
-    assert_eq!(out.code, 3, "{out:?}");
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let out = std::process::Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .expect("ip addr");
+    let host_ips: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .nth(3)?
+                .split('/')
+                .next()
+                .map(str::to_string)
+        })
+        .collect();
     assert!(
-        out.stdout.lines().count() >= 2,
-        "expected a gateway to probe: {out:?}"
+        host_ips.len() >= 2,
+        "expected loopback and another address: {host_ips:?}"
     );
+    let probe = format!(
+        "import socket\nfor h in {host_ips:?}:\n    s=socket.socket(); s.settimeout(3)\n    try:\n        s.connect((h,{port})); s.sendall(b'x'); print(h, 'answered', s.recv(64))\n    except Exception as e:\n        print(h, 'refused', type(e).__name__)\n"
+    );
+    let out = ak.run(&["run", "--image", "host", "--", "python3", "-c", &probe]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a host service was reached from the sandbox: {out:?}"
+    );
+    let audit = std::fs::read_to_string(ak.home.path().join("audit.jsonl")).expect("audit");
+    for ip in host_ips.iter().filter(|ip| !ip.starts_with("127.")) {
+        assert!(
+            audit.lines().any(|l| l.contains("network_blocked")
+                && l.contains(&format!("\"host\":\"{ip}\""))
+                && l.contains("an address of the host itself")),
+            "no refusal of {ip} audited: {audit}"
+        );
+    }
 }
 
+/// Cloud metadata, however it is written, gets the proxy's refusal. The CLI (whose thread is the
+/// sandbox's proxy) runs in a network namespace of its own with no uplink, so that a proxy
+/// that wrongly let it through could still send nothing off this machine.
 #[test]
 fn cloud_metadata_is_unreachable() {
     let ak = Ak::new();
-    let out = ak.run(&["run", "--image", "host", "--", "python3", "-c", "import socket\ns=socket.socket(); s.settimeout(3)\ntry:\n    s.connect(('169.254.169.254',80)); print('CONNECTED')\nexcept OSError as e:\n    print('blocked', e.errno)"]);
-    assert!(out.stdout.starts_with("blocked"), "{out:?}");
+    let probe = "import socket\nfor h in ['169.254.169.254', '2852039166', '0xa9fea9fe', '100.100.100.200']:\n    s=socket.create_connection((h,80), timeout=3)\n    s.sendall(b'GET / HTTP/1.1\\r\\nHost: ' + h.encode() + b'\\r\\n\\r\\n')\n    print(h, s.recv(200).split(b'\\r\\n')[0].decode())\n";
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.arg("--net")
+        .arg(bin())
+        .args(["run", "--image", "host", "--", "python3", "-c", probe])
+        .env("AGENTKERNEL_HOME", ak.home.path())
+        .stdin(std::process::Stdio::null());
+    let out: Out = cmd.output().expect("unshare").into();
+    assert_eq!(out.code, 0, "{out:?}");
+    for h in [
+        "169.254.169.254",
+        "2852039166",
+        "0xa9fea9fe",
+        "100.100.100.200",
+    ] {
+        assert!(
+            out.stdout.contains(&format!("{h} HTTP/1.1 403 Forbidden")),
+            "{h} was not refused by the proxy: {out:?}"
+        );
+    }
+    let audit = std::fs::read_to_string(ak.home.path().join("audit.jsonl")).expect("audit");
+    assert!(
+        audit.contains("cloud metadata address"),
+        "no metadata refusal audited: {audit}"
+    );
 }
 
 #[test]
