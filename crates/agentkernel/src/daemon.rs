@@ -409,6 +409,11 @@ pub fn try_run(
     if std::env::var_os("AGENTKERNEL_NO_DAEMON").is_some_and(|v| v != "0") {
         return Ok(None);
     }
+    // Secret files are written from this user's vault by the process that starts the
+    // sandbox: such a run is done here.
+    if !req.secret_files.is_empty() || req.placeholder_secrets {
+        return Ok(None);
+    }
     let home = agentkernel_core::paths::agentkernel_home();
     if !socket_path(&home).exists() {
         return Ok(None);
@@ -426,6 +431,10 @@ pub fn try_run(
         "profile": req.profile,
         "backend": req.backend,
         "no_network": req.no_network,
+        "compatibility_mode": req.compat,
+        "allow_hosts": req.allow_hosts,
+        "deny_hosts": req.deny_hosts,
+        "secrets": req.secrets,
         "env": req.env,
         "workdir": req.workdir,
         "memory_mb": req.memory_mb,

@@ -1096,6 +1096,9 @@ macro_rules! per_backend {
         mod docker {
             $(#[test] fn $body() { super::$body(&super::T::new("docker")); })*
         }
+        mod podman {
+            $(#[test] fn $body() { super::$body(&super::T::new("podman")); })*
+        }
     };
 }
 
