@@ -13,6 +13,8 @@ packages=(
   python3-venv   # the venv scripts/test-clients.sh installs the Python SDK into
   iproute2
   nftables       # nft: a proxy test's own redirect rule inside its namespace
+  openssl        # egress tests: the test CAs and server certificates of their "world"
+  python3-pip    # egress tests: `pip download` through the proxy (npm comes with nodejs)
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -21,6 +21,7 @@
 //! [`dns`]: crate::dns
 
 mod sniff;
+mod zerocopy;
 
 use crate::resolve::Resolver;
 use crate::rules::{Mode, Rules, Verdict};
@@ -443,7 +444,7 @@ async fn transparent(stream: TcpStream, dst: SocketAddr, ctx: &Context) {
         }
         return;
     };
-    splice(stream, upstream).await;
+    relay(stream, upstream).await;
 }
 
 /// Reports a refusal and tells the client (HTTP) or just closes.
@@ -466,6 +467,11 @@ async fn refuse(
 
 async fn splice<S: AsyncRead + AsyncWrite + Unpin>(mut client: S, mut upstream: TcpStream) {
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// Two plain sockets: relayed in the kernel (`zerocopy`).
+async fn relay(client: TcpStream, upstream: TcpStream) {
+    let _ = zerocopy::relay(&client, &upstream).await;
 }
 
 /// A connection made to the listener itself: an HTTP proxy client.
@@ -578,7 +584,7 @@ async fn connect_tunnel(mut stream: TcpStream, host: String, port: u16, ctx: &Co
     decision.ip = ips.first().copied();
     ctx.observer.decision(&decision);
     match (upstream, ctx.interceptor.as_ref()) {
-        (Some(upstream), _) => splice(stream, upstream).await,
+        (Some(upstream), _) => relay(stream, upstream).await,
         (None, Some(interceptor)) => {
             let to = SocketAddr::new(ips[0], port);
             let _ = match protocol {
