@@ -45,6 +45,10 @@ pub enum CoreError {
     InvalidSecret(String),
     #[error("invalid host pattern: {0}")]
     InvalidHostPattern(String),
+    /// Options each valid alone that cannot go together (`--secret` with `--no-network`), or
+    /// a change the sandbox's state does not allow: HTTP 409.
+    #[error("{0}")]
+    Conflicting(String),
 }
 
 /// What kind of failure an error is, whichever part of agentkernel raised it. Every error type
@@ -159,6 +163,7 @@ impl HasKind for CoreError {
     fn kind(&self) -> ErrorKind {
         match self {
             CoreError::NotPermitted(_) => ErrorKind::NotPermitted,
+            CoreError::Conflicting(_) => ErrorKind::Conflict,
             _ => ErrorKind::InvalidInput,
         }
     }

@@ -671,7 +671,7 @@ impl NetworkChange {
     pub fn apply(&self, policy: &mut agentkernel_core::Policy) -> Result<()> {
         use agentkernel_core::CoreError;
         if !policy.network.is_networked() {
-            return Err(CoreError::InvalidArgument(
+            return Err(CoreError::Conflicting(
                 "the sandbox has no network, so there is no policy to change: recreate it without --no-network (or with a profile that has network) and --allow-host".to_string(),
             )
             .into());
@@ -696,7 +696,7 @@ impl NetworkChange {
             }
         }
         if policy.allow_hosts.len() + policy.deny_hosts.len() > MAX_PATTERNS {
-            return Err(CoreError::InvalidArgument(format!(
+            return Err(CoreError::Conflicting(format!(
                 "a sandbox's policy holds at most {MAX_PATTERNS} host patterns: use wildcards (*.example.com)"
             ))
             .into());

@@ -640,8 +640,8 @@ fn resolve_secrets(
             .iter()
             .any(|b: &SecretBinding| b.key == binding.key && b.host == binding.host)
         {
-            return Err(CoreError::InvalidSecret(format!(
-                "{text:?}: {} is bound to {} twice",
+            return Err(CoreError::Conflicting(format!(
+                "secret binding {text:?}: {} is bound to {} twice: give each binding once",
                 binding.key, binding.host
             ))
             .into());
@@ -659,7 +659,7 @@ fn resolve_secrets(
             )));
         }
         if req.placeholder_secrets && !secrets.iter().any(|b| &b.key == key) {
-            return Err(CoreError::InvalidSecret(format!(
+            return Err(CoreError::Conflicting(format!(
                 "--secret-file {key} with --placeholder-secrets: the proxy swaps the placeholder only in requests to the hosts {key} is bound to; bind it with --secret {key}:HOST"
             ))
             .into());
@@ -669,14 +669,14 @@ fn resolve_secrets(
         }
     }
     if req.placeholder_secrets && files.is_empty() {
-        return Err(CoreError::InvalidArgument(
+        return Err(CoreError::Conflicting(
             "--placeholder-secrets applies to --secret-file files: name one with --secret-file KEY"
                 .to_string(),
         )
         .into());
     }
     if !secrets.is_empty() && !policy.network.is_networked() {
-        return Err(CoreError::InvalidArgument(
+        return Err(CoreError::Conflicting(
             "--secret needs the sandbox's network (the proxy adds the secret to its requests): drop --no-network, or use a profile with network".to_string(),
         )
         .into());

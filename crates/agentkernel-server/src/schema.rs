@@ -75,6 +75,36 @@ pub const BASE64_PATTERN: &str = r"^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za
 /// the engine accepts.
 pub const IMAGE_PATTERN: &str = r"^(host|oci:(/[^/\u0000-\u001f\u007f-\u009f]{0,255})+|\.|\.{0,2}(/[^/\u0000-\u001f\u007f-\u009f]{0,255})+|([a-z0-9]{1,19}(\.[a-z0-9]{1,19}){0,2}(:[0-9]{1,5})?/)?[a-z0-9]{1,19}([._-][a-z0-9]{1,19}){0,2}(/[a-z0-9]{1,19}([._-][a-z0-9]{1,19}){0,2}){0,2}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?)$";
 
+string_schema!(
+    /// A host pattern: `api.example.com`, or `*.example.com` for every name below it.
+    HostPattern, concat!(r"^(\*\.)?", "([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.){0,2}[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", "$"), 253
+);
+string_schema!(
+    /// A secret bound to a host: `KEY:host`, `KEY=value:host` or `KEY:host:header`.
+    SecretBindingText, concat!(
+        r"^[A-Za-z_][A-Za-z0-9_]{0,127}(=[^\u0000]{1,4096}:", "([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.){0,2}[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?",
+        r"|:", "([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.){0,2}[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", r"(:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128})?)$"
+    ), 4600
+);
+string_schema!(
+    /// A secret's key: an environment variable name.
+    SecretKey, r"^[A-Za-z_][A-Za-z0-9_]{0,127}$", 128
+);
+
+/// An agent compatibility mode.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum CompatModeName {
+    #[schema(rename = "native")]
+    Native,
+    #[schema(rename = "claude")]
+    Claude,
+    #[schema(rename = "codex")]
+    Codex,
+    #[schema(rename = "gemini")]
+    Gemini,
+}
+
 /// `permissive`, `moderate` (the default) or `restrictive`.
 #[derive(ToSchema)]
 #[allow(dead_code)]

@@ -2,7 +2,8 @@
 //! schemas. Field names follow the contract in spec/http-api.md; fields beyond it are ours.
 
 use crate::schema::{
-    Arg, BackendName, DurationText, EnvVar, ImageText, ProfileName, SandboxDir, SandboxName,
+    Arg, BackendName, CompatModeName, DurationText, EnvVar, HostPattern, ImageText, ProfileName,
+    SandboxDir, SandboxName, SecretBindingText, SecretKey,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -50,18 +51,19 @@ pub struct RunRequest {
     pub no_network: Option<bool>,
     /// `native`, `claude`, `codex` or `gemini` (see `POST /sandboxes`).
     #[serde(default)]
+    #[schema(value_type = Option<CompatModeName>)]
     pub compatibility_mode: Option<String>,
     /// Host patterns the sandbox may reach (an allowlist).
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(value_type = Option<Vec<HostPattern>>, max_items = 256)]
     pub allow_hosts: Option<Vec<String>>,
     /// Host patterns the sandbox never reaches.
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(value_type = Option<Vec<HostPattern>>, max_items = 256)]
     pub deny_hosts: Option<Vec<String>>,
     /// Secrets bound to hosts (see `POST /sandboxes`).
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(value_type = Option<Vec<SecretBindingText>>, max_items = 64)]
     pub secrets: Option<Vec<String>>,
     /// Extra environment, `KEY=VALUE`.
     #[serde(default)]
@@ -216,11 +218,11 @@ pub struct CreateRequest {
     /// Secrets bound to hosts (`KEY:host`, `KEY=value:host`, `KEY:host:header`): the egress
     /// proxy adds each to requests for its host only; the sandbox sees a placeholder.
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(value_type = Option<Vec<SecretBindingText>>, max_items = 64)]
     pub secrets: Option<Vec<String>>,
     /// Vault keys put in files at /run/agentkernel/secrets/KEY.
     #[serde(default)]
-    #[schema(max_items = 64)]
+    #[schema(value_type = Option<Vec<SecretKey>>, max_items = 64)]
     pub secret_files: Option<Vec<String>>,
     /// The secret files hold placeholders the proxy swaps for the values on the way out.
     #[serde(default)]
@@ -228,14 +230,15 @@ pub struct CreateRequest {
     /// `native`, `claude`, `codex` or `gemini`: the agent's API hosts and the package
     /// registries as the allowlist, and its isolation level.
     #[serde(default)]
+    #[schema(value_type = Option<CompatModeName>)]
     pub compatibility_mode: Option<String>,
     /// Host patterns the sandbox may reach (an allowlist).
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(value_type = Option<Vec<HostPattern>>, max_items = 256)]
     pub allow_hosts: Option<Vec<String>>,
     /// Host patterns the sandbox never reaches.
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(value_type = Option<Vec<HostPattern>>, max_items = 256)]
     pub deny_hosts: Option<Vec<String>>,
     // The SDKs' volumes, source_url and source_ref are not supported yet: they are refused
     // with a message that says so, and absent from the schema.
@@ -269,13 +272,12 @@ pub struct PatchRequest {
 /// `{"allow": [hosts], "deny": [hosts]}`: hosts let through (taken off the deny list, added to
 /// an allowlist) and hosts refused.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkPatch {
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(value_type = Vec<HostPattern>, max_items = 256)]
     pub allow: Vec<String>,
     #[serde(default)]
-    #[schema(max_items = 256)]
+    #[schema(value_type = Vec<HostPattern>, max_items = 256)]
     pub deny: Vec<String>,
 }
 
