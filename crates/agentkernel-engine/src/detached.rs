@@ -523,46 +523,18 @@ impl Engine {
             sandbox: name.to_string(),
             reason,
         };
-        // Close-on-exec: a command another thread of the caller spawns meanwhile does not
-        // inherit it; the supervisor gets the write end as its stdout.
-        let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| EngineError::io("create a pipe")(e.into()))?;
-        let mut cmd = std::process::Command::new(exe);
-        cmd.arg(SUPERVISOR_ROLE)
-            .arg(home)
-            .arg(name)
-            .arg(id)
-            .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(report_w))
-            .stderr(Stdio::null());
-        // SAFETY: the hook runs in the forked child of a possibly multithreaded caller, where
-        // only async-signal-safe calls are allowed: setsid(2) is one, and building the error
-        // from errno allocates nothing.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|e| {
-            start_error(format!(
-                "cannot run the supervisor {}: {e}: it must be the agentkernel executable",
-                exe.display()
-            ))
-        })?;
-        // Our copy of the write end goes with `cmd`: EOF then means the supervisor is gone.
-        drop(cmd);
-        // The supervisor forks and exits at once (its child does the work): reap it now.
-        let _ = child.wait();
-        let line = read_report(&report_r, REPORT_WAIT).map_err(|e| {
-            start_error(format!(
-                "no word from the supervisor {}: {e}",
-                exe.display()
-            ))
-        })?;
+        let line = spawn_role(
+            exe,
+            &[
+                SUPERVISOR_ROLE.as_ref(),
+                home.as_os_str(),
+                name.as_ref(),
+                id.as_ref(),
+            ],
+            Stdio::null(),
+            REPORT_WAIT,
+        )
+        .map_err(|e| start_error(format!("the supervisor {}: {e}", exe.display())))?;
         let report: Report = serde_json::from_slice(&line).map_err(|_| {
             start_error(format!(
                 "the supervisor {} exited before starting the command: check that it is the agentkernel executable",
@@ -728,6 +700,53 @@ fn open_signals(dir: &Path) -> std::io::Result<OwnedFd> {
 }
 
 /// Reads one line (the report) from `fd`, waiting at most `wait` in all.
+/// Runs `exe ARGS` (a hidden role that forks once and exits at once, its child going on) in a
+/// session of its own with cwd `/`, `stdin` as its stdin and a pipe as its stdout; reaps it and
+/// returns the first line the child reports on that pipe within `wait`. Shared by the detached
+/// supervisor and the egress proxy of persistent sandboxes.
+pub(crate) fn spawn_role(
+    exe: &Path,
+    args: &[&std::ffi::OsStr],
+    stdin: Stdio,
+    wait: Duration,
+) -> std::result::Result<Vec<u8>, String> {
+    // Close-on-exec: a command another thread of the caller spawns meanwhile does not inherit
+    // it; the role gets the write end as its stdout.
+    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| format!("create a pipe: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(args)
+        .current_dir("/")
+        .stdin(stdin)
+        .stdout(Stdio::from(report_w))
+        .stderr(Stdio::null());
+    // SAFETY: the hook runs in the forked child of a possibly multithreaded caller, where
+    // only async-signal-safe calls are allowed: setsid(2) is one, and building the error
+    // from errno allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run it: {e}: it must be the agentkernel executable"))?;
+    // Our copy of the write end goes with `cmd`: EOF then means the role is gone.
+    drop(cmd);
+    // The role forks and exits at once (its child does the work): reap it now.
+    let _ = child.wait();
+    let line = read_report(&report_r, wait).map_err(|e| format!("no word from it: {e}"))?;
+    if line.is_empty() {
+        return Err(
+            "it exited before reporting: check that it is the agentkernel executable".to_string(),
+        );
+    }
+    Ok(line)
+}
+
 fn read_report(fd: &OwnedFd, wait: Duration) -> std::io::Result<Vec<u8>> {
     let deadline = Instant::now() + wait;
     let mut line = Vec::new();

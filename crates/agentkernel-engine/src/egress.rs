@@ -25,9 +25,8 @@ use agentkernel_net::rules::{Mode, Rules};
 use agentkernel_net::tls::{Binding, Ca, Interceptor};
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -465,76 +464,25 @@ pub fn spawn_proxy(
         context: format!("start the egress proxy of {name}"),
         source: std::io::Error::other(reason),
     };
-    let (report_r, report_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| EngineError::io("create a pipe")(e.into()))?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(PROXY_ROLE)
-        .arg(home)
-        .arg(name)
-        .arg(dir)
-        .arg(init.0.to_string())
-        .arg(init.1.to_string())
-        .current_dir("/")
-        .stdin(Stdio::from(netns))
-        .stdout(Stdio::from(report_w))
-        .stderr(Stdio::null());
-    // SAFETY: the hook runs in the forked child of a possibly multithreaded caller, where only
-    // async-signal-safe calls are allowed: setsid(2) is one, and building the error from
-    // errno allocates nothing.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    let (pid, start) = (init.0.to_string(), init.1.to_string());
+    let line = crate::detached::spawn_role(
+        exe,
+        &[
+            PROXY_ROLE.as_ref(),
+            home.as_os_str(),
+            name.as_ref(),
+            dir.as_os_str(),
+            pid.as_ref(),
+            start.as_ref(),
+        ],
+        Stdio::from(netns),
+        READY_WAIT,
+    )
+    .map_err(|e| fail(format!("{}: {e}", exe.display())))?;
+    match line.as_slice() {
+        b"ready" => Ok(()),
+        other => Err(fail(String::from_utf8_lossy(other).into_owned())),
     }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| fail(format!("cannot run {}: {e}", exe.display())))?;
-    drop(cmd);
-    // The role forks and exits at once: reap it now.
-    let _ = child.wait();
-    let mut file = std::fs::File::from(report_r);
-    let line = read_line(&mut file, READY_WAIT).map_err(fail)?;
-    match line.strip_prefix("ready") {
-        Some(_) => Ok(()),
-        None => Err(fail(line.trim().to_string())),
-    }
-}
-
-/// One line from `file`, waiting at most `wait`.
-fn read_line(file: &mut std::fs::File, wait: Duration) -> std::result::Result<String, String> {
-    let mut fds = [rustix::event::PollFd::new(
-        &*file,
-        rustix::event::PollFlags::IN,
-    )];
-    let timeout = rustix::event::Timespec {
-        tv_sec: wait.as_secs() as i64,
-        tv_nsec: 0,
-    };
-    match rustix::event::poll(&mut fds, Some(&timeout)) {
-        Ok(0) => return Err("the proxy did not answer in time".to_string()),
-        Err(e) => return Err(e.to_string()),
-        Ok(_) => {}
-    }
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while buf.len() < 4096 {
-        match file.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) if byte[0] == b'\n' => break,
-            Ok(_) => buf.push(byte[0]),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    if buf.is_empty() {
-        return Err(
-            "the proxy exited before serving: check that it is the agentkernel executable"
-                .to_string(),
-        );
-    }
-    Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// Ends the proxy process of the sandbox whose directory is `dir`, if one runs.
