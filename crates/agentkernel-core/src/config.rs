@@ -39,6 +39,10 @@ pub struct SecretsSection {
     /// The file backend's encryption key (an absolute path; `AGENTKERNEL_SECRETS_KEY_FILE`
     /// overrides it); `<home>/keys/secrets.key` when absent.
     pub key_file: Option<String>,
+    /// The vault bindings (`KEY:host` or `KEY:host:header`) an HTTP caller of `serve` may ask
+    /// for. Without them a remote caller could send any vault secret to a host of its choosing;
+    /// it may always bind values it gives itself (`KEY=value:host`).
+    pub remote_bindings: Option<Vec<String>>,
 }
 
 /// The vault backends `[secrets] backend` may name.
@@ -228,6 +232,16 @@ impl Config {
                 SECRETS_BACKENDS.join(", ")
             ));
         }
+        for b in self.secrets.remote_bindings.iter().flatten() {
+            let parsed: crate::egress::SecretBinding = b
+                .parse()
+                .map_err(|e| format!("[secrets] remote_bindings: {e}"))?;
+            if parsed.value.is_some() {
+                return Err(format!(
+                    "[secrets] remote_bindings: {b:?} holds a value: list vault keys as KEY:host, and keep the value in the vault (`agentkernel secret set`)"
+                ));
+            }
+        }
         if let Some(path) = &self.secrets.key_file
             && !Path::new(path).is_absolute()
         {
@@ -294,6 +308,10 @@ impl Config {
             secrets: SecretsSection {
                 backend: self.secrets.backend.or(lower.secrets.backend),
                 key_file: self.secrets.key_file.or(lower.secrets.key_file),
+                remote_bindings: self
+                    .secrets
+                    .remote_bindings
+                    .or(lower.secrets.remote_bindings),
             },
         }
     }

@@ -594,7 +594,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
     if let Some(d) = &req.description {
         validate_description(d)?;
     }
-    let (secrets, secret_files) = resolve_secrets(req, &policy)?;
+    let (secrets, secret_files) = resolve_secrets(req, config, &policy)?;
     for (k, v) in crate::egress::secret_env(&secrets) {
         set_env(&mut env, k, v);
     }
@@ -618,6 +618,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
 /// naming a vault key would let it send the user's secret to a host of its choosing.
 fn resolve_secrets(
     req: &SpecRequest,
+    config: &Config,
     policy: &agentkernel_core::Policy,
 ) -> Result<(Vec<SecretBinding>, Vec<String>)> {
     const MAX_SECRETS: usize = 64;
@@ -636,6 +637,14 @@ fn resolve_secrets(
                 binding.key
             )));
         }
+        if req.caller == Caller::Remote
+            && binding.value.is_none()
+            && !remote_may_bind(config, &binding)
+        {
+            return Err(not_permitted(format!(
+                "secret binding {text:?}: an HTTP caller may bind a vault key only as the operator lists it in [secrets] remote_bindings (user config); send the value itself (KEY=value:host) instead"
+            )));
+        }
         if secrets
             .iter()
             .any(|b: &SecretBinding| b.key == binding.key && b.host == binding.host)
@@ -651,11 +660,11 @@ fn resolve_secrets(
     let mut files = Vec::with_capacity(req.secret_files.len());
     for key in &req.secret_files {
         agentkernel_core::egress::validate_secret_key(key).map_err(CoreError::InvalidSecret)?;
-        if req.caller == Caller::Agent
+        if req.caller != Caller::Local
             && !secrets.iter().any(|b| &b.key == key && b.value.is_some())
         {
             return Err(not_permitted(format!(
-                "secret file {key}: an MCP caller may not read the user's vault"
+                "secret file {key}: an HTTP or MCP caller may put only values it gives in secret files (bind KEY=value:host), not the vault's"
             )));
         }
         if req.placeholder_secrets && !secrets.iter().any(|b| &b.key == key) {
@@ -682,6 +691,17 @@ fn resolve_secrets(
         .into());
     }
     Ok((secrets, files))
+}
+
+/// Whether `[secrets] remote_bindings` lists `binding` (same key, host and header).
+fn remote_may_bind(config: &Config, binding: &SecretBinding) -> bool {
+    config
+        .secrets
+        .remote_bindings
+        .iter()
+        .flatten()
+        .filter_map(|b| b.parse::<SecretBinding>().ok())
+        .any(|b| b.key == binding.key && b.host == binding.host && b.header == binding.header)
 }
 
 /// Label keys are 1-128 characters without ':' (which separates key and value in the
@@ -762,6 +782,7 @@ pub fn branch_name(cwd: &std::path::Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use agentkernel_core::HasKind;
 
     /// A request of the local user in `dir`, and a state directory with no user config.
     fn req(dir: &Path) -> SpecRequest {
@@ -1026,6 +1047,60 @@ mod tests {
             };
             spec_of(home.path(), &r).expect("tighter or equal");
         }
+    }
+
+    #[test]
+    fn only_the_local_user_binds_vault_keys_freely() {
+        let home = no_home();
+        let dir = tempfile::tempdir().expect("dir");
+        let ask = |caller: Caller, secrets: &[&str], files: &[&str]| SpecRequest {
+            caller,
+            secrets: secrets.iter().map(|s| s.to_string()).collect(),
+            secret_files: files.iter().map(|s| s.to_string()).collect(),
+            ..req(dir.path())
+        };
+        // The local user names any vault key; the placeholder is what the sandbox sees.
+        let spec = spec_of(
+            home.path(),
+            &ask(Caller::Local, &["K:api.example.com"], &["K"]),
+        )
+        .expect("local");
+        assert!(
+            spec.env
+                .contains(&("K".to_string(), "ak-proxy-managed".to_string()))
+        );
+        // MCP and HTTP callers bind values they give; vault keys are refused...
+        for caller in [Caller::Agent, Caller::Remote] {
+            spec_of(home.path(), &ask(caller, &["K=v:api.example.com"], &["K"])).expect("inline");
+            let e = spec_of(home.path(), &ask(caller, &["K:api.example.com"], &[]))
+                .expect_err("a vault key");
+            assert_eq!(e.kind(), agentkernel_core::ErrorKind::NotPermitted, "{e}");
+            let e = spec_of(home.path(), &ask(caller, &[], &["K"])).expect_err("a vault file");
+            assert_eq!(e.kind(), agentkernel_core::ErrorKind::NotPermitted, "{e}");
+        }
+        // ...unless the operator lists the binding for HTTP callers.
+        std::fs::write(
+            user_config_path(home.path()),
+            "[secrets]\nremote_bindings = [\"K:api.example.com\"]\n",
+        )
+        .expect("config");
+        spec_of(
+            home.path(),
+            &ask(Caller::Remote, &["K:api.example.com"], &[]),
+        )
+        .expect("listed");
+        spec_of(home.path(), &ask(Caller::Remote, &["K:evil.example"], &[]))
+            .expect_err("another host");
+        spec_of(
+            home.path(),
+            &ask(Caller::Agent, &["K:api.example.com"], &[]),
+        )
+        .expect_err("MCP never");
+        // Secrets without network, or a placeholder without a binding, conflict.
+        let mut r = ask(Caller::Local, &["K=v:api.example.com"], &[]);
+        r.no_network = true;
+        let e = spec_of(home.path(), &r).expect_err("no network");
+        assert_eq!(e.kind(), agentkernel_core::ErrorKind::Conflict, "{e}");
     }
 
     #[test]
