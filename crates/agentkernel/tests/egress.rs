@@ -34,6 +34,11 @@ const CLIENT_IP: &str = "10.213.50.1";
 const WORLD_IP: &str = "10.213.50.2";
 const UNTRUSTED_IP: &str = "10.213.50.3";
 const METADATA_IP: &str = "169.254.169.254";
+/// The same world over IPv6 (a unique-local range: private, so reachable in full mode), and
+/// the IPv6 metadata address, which a wrong decision would reach there.
+const CLIENT_IP6: &str = "fd00:213:50::1";
+const WORLD_IP6: &str = "fd00:213:50::2";
+const METADATA_IP6: &str = "fd00:ec2::254";
 
 /// Names the trusted certificate covers.
 const TRUSTED_NAMES: &[&str] = &[
@@ -117,9 +122,44 @@ impl World {
                 &wo,
                 vec!["addr", "add", &format!("{METADATA_IP}/32"), "dev", &vw],
             ),
+            // `nodad`: usable at once, without duplicate address detection's wait.
+            (
+                &c,
+                vec![
+                    "addr",
+                    "add",
+                    &format!("{CLIENT_IP6}/64"),
+                    "dev",
+                    &vc,
+                    "nodad",
+                ],
+            ),
+            (
+                &wo,
+                vec![
+                    "addr",
+                    "add",
+                    &format!("{WORLD_IP6}/64"),
+                    "dev",
+                    &vw,
+                    "nodad",
+                ],
+            ),
+            (
+                &wo,
+                vec![
+                    "addr",
+                    "add",
+                    &format!("{METADATA_IP6}/128"),
+                    "dev",
+                    &vw,
+                    "nodad",
+                ],
+            ),
             (&c, vec!["link", "set", &vc, "up"]),
             (&wo, vec!["link", "set", &vw, "up"]),
             (&c, vec!["route", "add", "default", "via", WORLD_IP]),
+            (&c, vec!["-6", "route", "add", "default", "via", WORLD_IP6]),
         ] {
             let mut full = vec!["-n", ns.as_str()];
             full.extend(args.iter().copied());
@@ -256,6 +296,7 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
             "dir": self.dir.path(),
             "trusted_ip": WORLD_IP,
             "untrusted_ip": UNTRUSTED_IP,
+            "ipv6": WORLD_IP6,
         })
         .to_string();
         let mut child = Command::new("nsenter")
@@ -287,6 +328,7 @@ with zipfile.ZipFile(sys.argv[1], "w") as z:
             .map(|n| format!("{n}={WORLD_IP}"))
             .collect();
         m.push(format!("untrusted.test={UNTRUSTED_IP}"));
+        m.push(format!("v6.test={WORLD_IP6}"));
         m.join(";")
     }
 
@@ -576,6 +618,40 @@ fn full_mode_reaches_the_world_but_never_metadata(t: &T) {
         hits.is_empty(),
         "metadata requests reached the world: {hits:#?}"
     );
+}
+
+/// IPv6 goes the same way (native: a container's namespace may have IPv6 turned off): by
+/// address and by a name with only an AAAA record, and the IPv6 metadata address is refused
+/// without reaching the world.
+fn ipv6_goes_through_the_proxy_too(t: &T) {
+    let ops = serde_json::json!([
+        get(&format!("http://[{WORLD_IP6}]/v6-by-ip")),
+        get("http://v6.test/v6-by-name"),
+        get(&format!("http://[{METADATA_IP6}]/latest/meta-data/")),
+        ["dns", "v6.test"],
+    ]);
+    let r = t.probe(&[], &ops);
+    assert_eq!(echoed(&r[0])["path"], "/v6-by-ip", "{}", r[0]);
+    assert_eq!(echoed(&r[1])["path"], "/v6-by-name", "{}", r[1]);
+    refused(&r[2], METADATA_IP6, None);
+    assert_eq!(r[3]["addrs"], serde_json::json!([WORLD_IP6]), "{}", r[3]);
+    let reached: Vec<Value> =
+        t.w.log("plain")
+            .into_iter()
+            .filter(|e| e["path"].as_str().unwrap_or("").starts_with("/v6-"))
+            .collect();
+    assert_eq!(reached.len(), 2, "{reached:#?}");
+    assert!(
+        !t.w.log("plain")
+            .iter()
+            .any(|e| e["path"].as_str().unwrap_or("").contains("meta")),
+        "the IPv6 metadata address was reached"
+    );
+}
+
+#[test]
+fn native_ipv6_goes_through_the_proxy_too() {
+    ipv6_goes_through_the_proxy_too(&T::new("native"));
 }
 
 // ---- 2. allowlist ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The world of tests/egress.rs: servers in a network namespace with no uplink.
 
-argv[1] is a JSON object: {"dir": DIR, "trusted_ip": IP, "untrusted_ip": IP}. DIR holds the
+argv[1] is a JSON object: {"dir": DIR, "trusted_ip": IP, "untrusted_ip": IP, "ipv6": IP6}. DIR holds the
 certificates (trusted.pem/key, untrusted.pem/key) and the wheel; every request is appended to
 DIR/<tag>.log as one JSON line. Prints "ready" once every socket listens.
 """
@@ -69,8 +69,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(json.dumps(entry).encode(), "application/json")
 
 
+class V6Server(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 def serve(tag, addr, port, cert=None):
-    srv = http.server.ThreadingHTTPServer((addr, port), Handler)
+    cls = V6Server if ":" in addr else http.server.ThreadingHTTPServer
+    srv = cls((addr, port), Handler)
     srv.daemon_threads = True
     srv.tag = tag
     if cert:
@@ -100,6 +105,7 @@ def raw(port):
 
 
 serve("plain", "0.0.0.0", 80)
+serve("plain", cfg["ipv6"], 80)
 serve("trusted", cfg["trusted_ip"], 443, "trusted")
 serve("untrusted", cfg["untrusted_ip"], 443, "untrusted")
 raw(7000)
