@@ -485,7 +485,9 @@ pub fn spawn_proxy(
     }
 }
 
-/// Ends the proxy process of the sandbox whose directory is `dir`, if one runs.
+/// Ends the proxy process of the sandbox whose directory is `dir`, if one runs, and removes its
+/// policy file (it holds bound secrets' values, which a stopped sandbox does not need: `start`
+/// writes it again).
 pub fn stop_proxy(dir: &Path) {
     let path = dir.join(PROXY_PID_FILE);
     if let Ok(text) = std::fs::read(&path)
@@ -496,6 +498,7 @@ pub fn stop_proxy(dir: &Path) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(dir.join(EGRESS_FILE));
 }
 
 /// The proxy role: `agentkernel __egress-proxy HOME NAME DIR INIT_PID INIT_START`, with the

@@ -952,6 +952,18 @@ fn policy_changes_apply_to_a_running_sandbox(t: &T) {
         "/p",
         "PATCH allow did not restore it"
     );
+    // Stopped, the sandbox keeps its policy (in its spec) but no copy of it with secret values
+    // on disk, and no proxy; started again, the changed policy is what its new proxy enforces.
+    let policy_file = t.ak.home.path().join("sandboxes/pol/egress.json");
+    assert!(policy_file.exists(), "a running sandbox's proxy policy");
+    t.ok(&["stop", "pol"]);
+    assert!(!policy_file.exists(), "the policy file outlived the proxy");
+    t.ok(&["start", "pol"]);
+    let out = t.ok(&["sandbox", "policy", "pol", "--json"]);
+    let policy: Value = serde_json::from_str(&out.stdout).expect("policy JSON");
+    assert_eq!(policy["deny_hosts"], serde_json::json!([]), "{policy}");
+    let r = t.exec_probe("pol", &ops);
+    assert_eq!(echoed(&r[0])["path"], "/p", "after a restart");
 }
 
 // ---- 7. audit ----------------------------------------------------------------------------------
