@@ -654,6 +654,67 @@ fn native_ipv6_goes_through_the_proxy_too() {
     ipv6_goes_through_the_proxy_too(&T::new("native"));
 }
 
+/// Over HTTP (the SDKs' `secrets` field): a value the caller gives is injected for its host
+/// only; a vault key the operator did not list in `[secrets] remote_bindings` is refused (403)
+/// and nothing is made.
+fn http_callers_bind_the_secrets_they_give(t: &T) {
+    let mut cmd = t.cmd(&["serve", "--port", "0"]);
+    cmd.env_remove("AGENTKERNEL_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let srv = ServeProcess::spawn(cmd);
+    let post = |body: &Value| {
+        t.in_client(&[
+            "curl",
+            "-sS",
+            "-m",
+            "60",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body.to_string(),
+            &format!("{}/sandboxes", srv.base),
+        ])
+    };
+    let out = post(&serde_json::json!({
+        "name": "hsec",
+        "backend": t.backend,
+        "image": t.image(),
+        "secrets": ["TOKEN=sk-over-http-77:api.example.test"],
+    }));
+    assert!(out.stdout.ends_with("\n200"), "{out:?}\n{}", srv.log());
+    let ops = serde_json::json!([
+        get("https://api.example.test/h"),
+        get("http://other.test/o"),
+    ]);
+    let r = t.exec_probe("hsec", &ops);
+    assert_eq!(
+        echoed(&r[0])["headers"]["authorization"],
+        "Bearer sk-over-http-77",
+        "{}",
+        r[0]
+    );
+    // Bound secrets narrow the sandbox to their hosts.
+    refused(&r[1], "other.test beside a bound secret", None);
+    let out = post(&serde_json::json!({
+        "name": "hvault",
+        "backend": t.backend,
+        "image": t.image(),
+        "secrets": ["TOKEN:api.example.test"],
+    }));
+    assert!(
+        out.stdout.ends_with("\n403") && out.stdout.contains("remote_bindings"),
+        "{out:?}"
+    );
+    assert!(
+        !t.ok(&["list", "--json"]).stdout.contains("hvault"),
+        "a refused request made a sandbox"
+    );
+    t.ok(&["remove", "hsec"]);
+}
+
 // ---- 2. allowlist ----------------------------------------------------------------------------
 
 fn allowlist_lets_only_the_allowed_names_through(t: &T) {
@@ -1199,4 +1260,5 @@ per_backend!(
     policy_changes_apply_to_a_running_sandbox,
     decisions_are_audited,
     bad_network_options_are_refused,
+    http_callers_bind_the_secrets_they_give,
 );
