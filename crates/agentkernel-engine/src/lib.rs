@@ -372,17 +372,26 @@ impl Engine {
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
         let started = backend.start(spec, rootfs, &spec.name, Persistence::Ephemeral)?;
-        let result = self
-            .connect(spec, backend, &started.runtime, None)
-            .and_then(|proxy| {
-                let status = backend.exec(spec, &started.runtime, exec, sink, controls);
-                drop(proxy);
-                Ok(status?)
-            });
+        let result = self.exec_connected(spec, backend, &started.runtime, exec, sink, controls);
         let stopped = backend.stop(started);
         let status = result?;
         stopped?;
         Ok(status)
+    }
+
+    /// One command in a started throwaway sandbox (a fresh one, or a warm one from a pool),
+    /// connected first ([`Engine::connect`]); its proxy thread ends with the command.
+    pub(crate) fn exec_connected(
+        &self,
+        spec: &SandboxSpec,
+        backend: &dyn Backend,
+        runtime: &agentkernel_core::backend::RuntimeState,
+        exec: &ExecRequest,
+        sink: &mut Sink<'_>,
+        controls: Controls<'_>,
+    ) -> Result<ExitStatus> {
+        let _proxy = self.connect(spec, backend, runtime, None)?;
+        Ok(backend.exec(spec, runtime, exec, sink, controls)?)
     }
 
     /// What a started sandbox needs before its first command: its network routed to an egress

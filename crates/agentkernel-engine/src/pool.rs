@@ -352,15 +352,14 @@ impl WarmPool {
         resolve::set_env(&mut spec.env, "HOSTNAME".to_string(), warm.name.clone());
         // A warm sandbox is connected to its proxy (a thread of this process) when it is
         // taken, for the one command it runs.
-        let result = engine
-            .connect(&spec, backend.as_ref(), &warm.sandbox.runtime, None)
-            .and_then(|proxy| {
-                let status = backend
-                    .exec(&spec, &warm.sandbox.runtime, exec, sink, controls)
-                    .map_err(EngineError::from);
-                drop(proxy);
-                status
-            });
+        let result = engine.exec_connected(
+            &spec,
+            backend.as_ref(),
+            &warm.sandbox.runtime,
+            exec,
+            sink,
+            controls,
+        );
         self.retire(warm);
         if let Some(pool) = self.lock().by_key.get_mut(&key) {
             pool.in_use = pool.in_use.saturating_sub(1);

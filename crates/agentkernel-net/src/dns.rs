@@ -76,14 +76,7 @@ pub async fn answer(query: &[u8], ctx: &Context) -> Option<Vec<u8>> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     let qtype = question.query_type();
     let egress = ctx.source.current();
-    let mut decision = Decision {
-        host: Some(name.clone()),
-        ip: None,
-        port: 53,
-        protocol: Protocol::Dns,
-        allowed: false,
-        reason: None,
-    };
+    let mut decision = Decision::pending(Some(name.clone()), None, 53, Protocol::Dns);
     let verdict = egress.rules.name_verdict(&name);
     let outcome: Result<Vec<IpAddr>, String> = match verdict {
         Verdict::Deny(reason) => Err(reason.to_string()),

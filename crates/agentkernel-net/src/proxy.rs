@@ -85,6 +85,25 @@ pub trait Observer: Send + Sync + 'static {
     fn decision(&self, d: &Decision);
 }
 
+impl Decision {
+    /// A decision not made yet (refused until allowed), for `host`/`ip` on `port`.
+    pub fn pending(
+        host: Option<String>,
+        ip: Option<IpAddr>,
+        port: u16,
+        protocol: Protocol,
+    ) -> Self {
+        Decision {
+            host,
+            ip,
+            port,
+            protocol,
+            allowed: false,
+            reason: None,
+        }
+    }
+}
+
 /// What a connection or query turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -389,14 +408,7 @@ async fn transparent(stream: TcpStream, dst: SocketAddr, ctx: &Context) {
         sniff::Kind::Other => (Protocol::Tcp, None),
     };
     let egress = ctx.source.current();
-    let mut decision = Decision {
-        host: name.clone(),
-        ip: Some(dst.ip()),
-        port: dst.port(),
-        protocol,
-        allowed: false,
-        reason: None,
-    };
+    let mut decision = Decision::pending(name.clone(), Some(dst.ip()), dst.port(), protocol);
     let chosen = choose(
         &egress.rules,
         &ctx.resolver,
@@ -523,14 +535,7 @@ async fn explicit(mut stream: TcpStream, ctx: &Context) {
 /// `CONNECT host:port`.
 async fn connect_tunnel(mut stream: TcpStream, host: String, port: u16, ctx: &Context) {
     let egress = ctx.source.current();
-    let mut decision = Decision {
-        host: Some(host.clone()),
-        ip: None,
-        port,
-        protocol: Protocol::Http,
-        allowed: false,
-        reason: None,
-    };
+    let mut decision = Decision::pending(Some(host.clone()), None, port, Protocol::Http);
     let ips = match choose(&egress.rules, &ctx.resolver, Some(&host), None).await {
         Ok(ips) => ips,
         Err(reason) => return refuse(stream, ctx, decision, &host, reason).await,
@@ -624,14 +629,7 @@ async fn forward_absolute(
     ctx: &Context,
 ) {
     let egress = ctx.source.current();
-    let mut decision = Decision {
-        host: Some(host.clone()),
-        ip: None,
-        port,
-        protocol: Protocol::Http,
-        allowed: false,
-        reason: None,
-    };
+    let mut decision = Decision::pending(Some(host.clone()), None, port, Protocol::Http);
     let ips = match choose(&egress.rules, &ctx.resolver, Some(&host), None).await {
         Ok(ips) => ips,
         Err(reason) => return refuse(stream, ctx, decision, &host, reason).await,
