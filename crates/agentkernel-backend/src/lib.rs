@@ -13,7 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub use agentkernel_core::backend::{
-    Capabilities, Controls, Persistence, Readiness, RuntimeState, Started,
+    Capabilities, Captured, Controls, Persistence, Readiness, RuntimeState, Started,
 };
 use agentkernel_core::exec::{Recorder, Sink};
 use agentkernel_core::{
@@ -173,6 +173,52 @@ pub trait Backend {
     fn write_file(&self, runtime: &RuntimeState, path: &Path, data: &[u8]) -> Result<()>;
     /// Removes a file, a symlink or an empty directory, resolved like `read_file`.
     fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()>;
+    /// Captures the files sandbox `spec.name` has written — its writable layer, over its own
+    /// `spec.layers` — as a new read-only layer named from `id` (engine-made: 32 lowercase hex
+    /// digits), without stopping it: a running sandbox (`runtime` given) has its processes
+    /// frozen only for the instant a consistent copy needs. `dir` is the sandbox's directory.
+    /// On error nothing of the new layer is left. Any number of sandboxes may then start from
+    /// the returned layers at once, each with its own writable layer over them.
+    fn capture(
+        &self,
+        _spec: &SandboxSpec,
+        _dir: &Path,
+        _runtime: Option<&RuntimeState>,
+        _id: &str,
+    ) -> Result<Captured> {
+        Err(self.no_snapshots())
+    }
+    /// Deletes a layer `capture` made; the engine calls it once no sandbox or snapshot names
+    /// it. A layer already gone is no error.
+    fn remove_layer(&self, _layer: &str) -> Result<()> {
+        Ok(())
+    }
+    /// The layers this backend holds, for `gc` to remove those no record names.
+    fn list_layers(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Writes the sandbox's whole filesystem — image, layers and what it wrote, as the sandbox
+    /// sees its root (no /proc, /sys, /dev or /tmp contents) — to `out` as a tar stream;
+    /// returns the bytes written. The sandbox may be running (`runtime`) or stopped.
+    fn export(
+        &self,
+        _spec: &SandboxSpec,
+        _dir: &Path,
+        _runtime: Option<&RuntimeState>,
+        _out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        Err(self.no_snapshots())
+    }
+    /// The refusal of a backend without snapshots.
+    fn no_snapshots(&self) -> BackendError {
+        BackendError::new(
+            ErrorKind::NotEnforceable,
+            format!(
+                "the {} backend cannot capture a sandbox's files (snapshots, fork, templates with setup, export): use -B native, -B docker or -B podman",
+                self.kind().as_str()
+            ),
+        )
+    }
     /// Removes leftovers of instances that are no longer running (after crashes), and of
     /// sandboxes no longer in the store (`sandboxes` lists those that are); returns what was
     /// removed.

@@ -67,6 +67,20 @@ impl Started {
     }
 }
 
+/// What `Backend::capture` made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Captured {
+    /// The layers a new sandbox stacks on its image to start with the captured sandbox's files
+    /// (`SandboxSpec::layers`), top first: the new layer over the captured sandbox's own
+    /// layers, or a single layer where the backend's capture holds everything (an engine's
+    /// commit).
+    pub layers: Vec<String>,
+    /// What the new layer costs on the host's disk, in bytes (what the sandbox wrote).
+    pub bytes: u64,
+    /// How long the sandbox's processes were frozen (zero for a stopped sandbox).
+    pub frozen: std::time::Duration,
+}
+
 /// Signals and terminal events a surface passes through to a command.
 #[derive(Clone, Copy, Default)]
 pub struct Controls<'a> {

@@ -95,6 +95,31 @@ pub struct SandboxSpec {
     /// `--placeholder-secrets`: those files hold a placeholder the proxy swaps on the way out.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub placeholder_secrets: bool,
+    /// What earlier sandboxes wrote, captured by `Backend::capture` (snapshots, fork,
+    /// templates), stacked on the image under this sandbox's own writable layer, top first.
+    /// Each names a layer of the sandbox's backend (`validate_layer`), never a host path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<String>,
+}
+
+/// Checks a layer name as backends make them (`Backend::capture`): 1 to 128 characters of
+/// ASCII letters, digits, `-`, `_`, `.`, `:` and `/`, with no `..` and no leading `/`, so a
+/// layer name never reaches outside the backend's own layer store.
+pub fn validate_layer(layer: &str) -> Result<(), CoreError> {
+    let ok = !layer.is_empty()
+        && layer.len() <= 128
+        && !layer.starts_with('/')
+        && !layer.contains("..")
+        && layer
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidArgument(format!(
+            "layer name {layer:?} is not one agentkernel made: the snapshot or sandbox record naming it is damaged; remove it"
+        )))
+    }
 }
 
 /// Parses `KEY=VALUE` as given to `-e/--env`.

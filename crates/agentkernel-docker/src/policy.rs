@@ -212,6 +212,7 @@ mod tests {
             secrets: Vec::new(),
             secret_files: Vec::new(),
             placeholder_secrets: false,
+            layers: Vec::new(),
         }
     }
 

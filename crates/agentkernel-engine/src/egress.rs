@@ -705,6 +705,7 @@ mod tests {
                 .collect(),
             secret_files: Vec::new(),
             placeholder_secrets: false,
+            layers: Vec::new(),
         }
     }
 

@@ -610,6 +610,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         secrets,
         secret_files,
         placeholder_secrets: req.placeholder_secrets,
+        layers: Vec::new(),
     })
 }
 

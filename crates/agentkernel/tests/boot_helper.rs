@@ -269,6 +269,7 @@ fn a_dropped_handle_ends_its_throwaway_sandbox() {
         secrets: Vec::new(),
         secret_files: Vec::new(),
         placeholder_secrets: false,
+        layers: Vec::new(),
     };
     let started = backend
         .start(&spec, &rootfs, "bh-drop-1", Persistence::Ephemeral)
