@@ -197,12 +197,14 @@ pub trait Backend {
     fn list_layers(&self) -> Vec<String> {
         Vec::new()
     }
-    /// Writes the sandbox's whole filesystem — image, layers and what it wrote, as the sandbox
-    /// sees its root (no /proc, /sys, /dev or /tmp contents) — to `out` as a tar stream;
-    /// returns the bytes written. The sandbox may be running (`runtime`) or stopped.
+    /// Writes the sandbox's whole filesystem — image (`rootfs`, from `resolve_image`), layers
+    /// and what it wrote, as the sandbox sees its root (no /proc, /sys, /dev or /tmp contents)
+    /// — to `out` as a tar stream; returns the bytes written. The sandbox may be running
+    /// (`runtime`) or stopped.
     fn export(
         &self,
         _spec: &SandboxSpec,
+        _rootfs: &Rootfs,
         _dir: &Path,
         _runtime: Option<&RuntimeState>,
         _out: &mut dyn std::io::Write,
