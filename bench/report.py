@@ -15,6 +15,9 @@ ENGINES_END = "<!-- container-backends:end -->"
 # bench/egress.sh's section (bench/egress_report.py writes it).
 EGRESS_BEGIN = "<!-- egress:begin"
 EGRESS_END = "<!-- egress:end -->"
+# bench/snapshots.sh's section (bench/snapshots.py writes it).
+SNAPSHOTS_BEGIN = "<!-- snapshots:begin"
+SNAPSHOTS_END = "<!-- snapshots:end -->"
 
 def load(name):
     with open(os.path.join(work, name)) as f:
@@ -243,11 +246,16 @@ registry image adds to `run` (no network is touched).
 if doc is None:
     print(native)
 else:
-    # The sections other scripts write (bench/engines.py, bench/egress.sh) are kept as they are.
+    # The sections other scripts write (bench/engines.py, bench/egress.sh, bench/snapshots.sh)
+    # are kept as they are.
     kept = []
     if os.path.exists(doc):
         old = open(doc).read()
-        for begin, end_marker in [(ENGINES_BEGIN, ENGINES_END), (EGRESS_BEGIN, EGRESS_END)]:
+        for begin, end_marker in [
+            (ENGINES_BEGIN, ENGINES_END),
+            (EGRESS_BEGIN, EGRESS_END),
+            (SNAPSHOTS_BEGIN, SNAPSHOTS_END),
+        ]:
             start = old.find(begin)
             end = old.find(end_marker)
             if start >= 0 and end > start:

@@ -27,6 +27,8 @@ TOOLS = {
     "sandbox_file_read": (True, False, True),
     "sandbox_start": (False, False, True),
     "sandbox_stop": (False, False, True),
+    "sandbox_snapshot": (False, False, False),
+    "sandbox_restore": (False, False, False),
 }
 
 
@@ -170,6 +172,21 @@ async def drive(s, transport):
     check("start", not res.isError and res.structuredContent["started"] is True, res)
     res = await s.call_tool("sandbox_file_read", {"name": box, "path": "notes/a.txt"})
     check("files survive stop and start", res.structuredContent["content"] == "héllo\n", res)
+
+    snap = f"{box}-snap"
+    res = await s.call_tool("sandbox_snapshot", {"sandbox": box, "name": snap})
+    check("snapshot of a running sandbox", not res.isError and res.structuredContent["name"] == snap, res)
+    res = await s.call_tool("sandbox_file_write", {"name": box, "path": "notes/a.txt", "content": "changed\n"})
+    check("write after the snapshot", not res.isError, res)
+    res = await s.call_tool("sandbox_restore", {"snapshot": snap, "as": f"{box}-r"})
+    check("restore makes a running sandbox", not res.isError and res.structuredContent["status"] == "running", res)
+    res = await s.call_tool("sandbox_file_read", {"name": f"{box}-r", "path": "notes/a.txt"})
+    check("the restored sandbox has the files as of the snapshot",
+          not res.isError and res.structuredContent["content"] == "héllo\n", res)
+    res = await s.call_tool("sandbox_restore", {"snapshot": "no-such-snapshot"})
+    check("restoring an unknown snapshot says so", res.isError and "no snapshot named" in text(res), res)
+    res = await s.call_tool("sandbox_remove", {"name": f"{box}-r"})
+    check("remove the restored sandbox", not res.isError, res)
 
     res = await s.call_tool("sandbox_remove", {"name": box})
     check("remove", not res.isError and res.structuredContent["removed"] is True, res)

@@ -115,6 +115,31 @@ def main():
         except ValidationError:
             check("bad duration refused", True)
 
+        snap = client.take_snapshot(name, snapshot_name=f"{name}-snap")
+        check("take_snapshot", snap.name == f"{name}-snap" and snap.sandbox == name
+              and snap.backend == "native" and snap.created_at, snap)
+        check("list_snapshots", snap.name in [s.name for s in client.list_snapshots()])
+        check("get_snapshot", client.get_snapshot(snap.name).sandbox == name)
+        client.write_file(name, "notes/hello.txt", "changed after the snapshot")
+        restored = client.restore_snapshot(snap.name)
+        check("restore_snapshot makes a running sandbox",
+              restored.name == f"{name}-restored" and restored.status == "running", restored)
+        f = client.read_file(restored.name, "notes/hello.txt")
+        check("the restored sandbox has the files as of the snapshot", f.content == "hi there", f)
+        f = client.read_file(name, "notes/hello.txt")
+        check("the source keeps its own", f.content == "changed after the snapshot", f)
+        try:
+            client.delete_snapshot(snap.name)
+            check("a snapshot in use is not deleted", False, "deleted")
+        except AgentKernelError as e:
+            check("a snapshot in use is not deleted", "in use" in str(e), e)
+        client.remove_sandbox(restored.name)
+        client.delete_snapshot(snap.name)
+        try:
+            client.get_snapshot(snap.name)
+            check("delete_snapshot", False, "still there")
+        except NotFoundError:
+            check("delete_snapshot", True)
         client.remove_sandbox(name)
         try:
             client.get_sandbox(name)

@@ -188,6 +188,11 @@ pub trait Backend {
     ) -> Result<Captured> {
         Err(self.no_snapshots())
     }
+    /// Undoes what a capture interrupted by a crash left on a running sandbox (its processes
+    /// frozen or paused), so it runs again. Nothing to undo is no error.
+    fn settle_capture(&self, _runtime: &RuntimeState) -> Result<()> {
+        Ok(())
+    }
     /// Deletes a layer `capture` made; the engine calls it once no sandbox or snapshot names
     /// it. A layer already gone is no error.
     fn remove_layer(&self, _layer: &str) -> Result<()> {

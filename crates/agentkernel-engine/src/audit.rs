@@ -68,6 +68,35 @@ pub enum AuditEvent {
         allow: Vec<String>,
         deny: Vec<String>,
     },
+    /// A snapshot was taken of a sandbox (`snapshot take`, a session's save).
+    SnapshotTaken {
+        sandbox: String,
+        snapshot: String,
+    },
+    /// A sandbox was made from a snapshot.
+    SnapshotRestored {
+        snapshot: String,
+        sandbox: String,
+    },
+    SnapshotDeleted {
+        snapshot: String,
+        /// The sandbox it was taken of.
+        sandbox: String,
+    },
+    /// Copies of a sandbox were made (`sandbox fork`).
+    SandboxForked {
+        sandbox: String,
+        copies: Vec<String>,
+    },
+    SessionStarted {
+        session: String,
+        agent: String,
+        sandbox: String,
+    },
+    SessionResumed {
+        session: String,
+        sandbox: String,
+    },
     /// A request refused by policy: `policy` names the rule (`access`: the caller named what
     /// it may not, or a project's config tried to loosen; `enforcement`: the backend cannot
     /// enforce a field), `details` is the refusal as the caller was told it. `sandbox` is empty
@@ -117,7 +146,13 @@ impl AuditEvent {
             | AuditEvent::NetworkAllowed { sandbox, .. }
             | AuditEvent::NetworkBlocked { sandbox, .. }
             | AuditEvent::NetworkPolicyChanged { sandbox, .. }
-            | AuditEvent::PolicyViolation { sandbox, .. } => sandbox,
+            | AuditEvent::PolicyViolation { sandbox, .. }
+            | AuditEvent::SnapshotTaken { sandbox, .. }
+            | AuditEvent::SnapshotRestored { sandbox, .. }
+            | AuditEvent::SnapshotDeleted { sandbox, .. }
+            | AuditEvent::SandboxForked { sandbox, .. }
+            | AuditEvent::SessionStarted { sandbox, .. }
+            | AuditEvent::SessionResumed { sandbox, .. } => sandbox,
         }
     }
 }

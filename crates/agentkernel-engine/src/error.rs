@@ -75,6 +75,26 @@ pub enum EngineError {
         "the stored record of sandbox {0:?} was changed outside agentkernel (or by an older version), so it is not trusted: remove the sandbox with `agentkernel remove {0}` and create it again"
     )]
     Tampered(String),
+    #[error("no snapshot named {0:?}: see `agentkernel snapshot list`")]
+    SnapshotNotFound(String),
+    #[error(
+        "a snapshot named {0:?} already exists: pick another --name, or delete it with `agentkernel snapshot delete {0}`"
+    )]
+    SnapshotNameTaken(String),
+    #[error(
+        "snapshot {name:?} is in use by {users}: remove those first, or delete it anyway with `agentkernel snapshot delete {name} --force` (its files stay until their last sandbox is removed)"
+    )]
+    SnapshotInUse { name: String, users: String },
+    #[error("no session named {0:?}: see `agentkernel session list`")]
+    SessionNotFound(String),
+    #[error(
+        "a session named {0:?} already exists: resume it with `agentkernel session resume {0}`, or delete it with `agentkernel session delete {0}`"
+    )]
+    SessionTaken(String),
+    #[error(
+        "session {0:?} has neither its sandbox nor a save left: delete it with `agentkernel session delete {0}` and start a new one"
+    )]
+    SessionNothingToResume(String),
 }
 
 impl EngineError {
@@ -104,9 +124,15 @@ impl HasKind for EngineError {
             | EngineError::BadLogStream(_)
             | EngineError::BackendUnavailable { .. } => ErrorKind::InvalidInput,
             EngineError::NotFound(_)
+            | EngineError::SnapshotNotFound(_)
+            | EngineError::SessionNotFound(_)
             | EngineError::UuidNotFound(_)
             | EngineError::DetachedNotFound { .. } => ErrorKind::NotFound,
             EngineError::NameTaken(_)
+            | EngineError::SnapshotNameTaken(_)
+            | EngineError::SnapshotInUse { .. }
+            | EngineError::SessionTaken(_)
+            | EngineError::SessionNothingToResume(_)
             | EngineError::NotRunning(_)
             | EngineError::DetachedStillRunning { .. }
             | EngineError::Tampered(_) => ErrorKind::Conflict,

@@ -15,6 +15,10 @@ pub mod pool;
 pub mod resolve;
 mod running;
 mod seal;
+mod clean;
+pub mod session;
+pub mod snapshot;
+mod template_cache;
 mod state_dir;
 pub mod status;
 pub mod store;
@@ -262,17 +266,30 @@ impl Engine {
 
     fn check_agent_access_unaudited(&self, name: &str, cwd: &Path) -> Result<()> {
         let rec = self.get_record(name)?;
+        self.agent_may_use(&rec.spec, &format!("sandbox {name}"), cwd)
+    }
+
+    /// Refuses an MCP caller a snapshot whose sandbox's policy is looser than its ceiling in
+    /// `cwd`, as `check_agent_access` does for a sandbox: restoring it would make one.
+    pub fn check_agent_snapshot_access(&self, snapshot: &str, cwd: &Path) -> Result<()> {
+        let spec = self.snapshot_spec(snapshot)?;
+        let result = self.agent_may_use(&spec, &format!("snapshot {snapshot}"), cwd);
+        self.audit
+            .refusal(&spec.name, Some(resolve::Caller::Agent), result)
+    }
+
+    fn agent_may_use(&self, spec: &SandboxSpec, what_it_is: &str, cwd: &Path) -> Result<()> {
         let req = SpecRequest {
             cwd: cwd.to_path_buf(),
             caller: resolve::Caller::Agent,
             ..Default::default()
         };
         let ceiling = resolve::ceiling(&self.home, &req)?;
-        match rec.spec.policy.loosening_of(&ceiling) {
+        match spec.policy.loosening_of(&ceiling) {
             None => Ok(()),
             Some(what) => Err(EngineError::Input(
                 agentkernel_core::CoreError::NotPermitted(format!(
-                    "sandbox {name} allows {what}, more than an MCP caller may use here ({} profile): use a sandbox made through MCP, or have the user change ~/.agentkernel/config.toml",
+                    "{what_it_is} allows {what}, more than an MCP caller may use here ({} profile): use a sandbox made through MCP, or have the user change ~/.agentkernel/config.toml",
                     ceiling.profile
                 )),
             )),
@@ -710,7 +727,12 @@ impl Engine {
         }
         egress::stop_proxy(&self.sandbox_dir(name));
         backend.destroy(name)?;
-        self.forget(name)
+        self.forget(name)?;
+        // The layers it started from go with it when nothing else names them.
+        if !rec.spec.layers.is_empty() {
+            self.release_layers(&rec.spec);
+        }
+        Ok(())
     }
 
     /// Deletes a stopped sandbox's directory and record.
@@ -895,17 +917,22 @@ impl Engine {
         Ok(self.images.prune(&keep, &keep_rootfs)?)
     }
 
-    /// (canonical image name, sandbox) for every sandbox built on a registry image.
+    /// (canonical image name, user) for every sandbox and snapshot built on a registry image:
+    /// a snapshot's layers stack on its image, so restoring it needs the image.
     fn image_users(&self) -> Result<Vec<(String, String)>> {
-        Ok(self
-            .store()?
-            .list()?
+        let store = self.store()?;
+        let sandboxes = store.list()?.into_iter().map(|r| (r.spec, r.name));
+        let snapshots = store
+            .list_objects::<snapshot::SnapshotRecord>(snapshot::SNAPSHOT)?
             .into_iter()
-            .filter_map(|r| match &r.spec.image {
+            .map(|(name, _, r)| (r.spec, format!("snapshot {name}")));
+        Ok(sandboxes
+            .chain(snapshots)
+            .filter_map(|(spec, user)| match &spec.image {
                 agentkernel_core::ImageRef::Registry { reference } => {
                     agentkernel_image::canonical_name(reference)
                         .ok()
-                        .map(|c| (c, r.name))
+                        .map(|c| (c, user))
                 }
                 _ => None,
             })
@@ -934,6 +961,7 @@ impl Engine {
                 removed.push(format!("sandbox {} (expired)", rec.name));
             }
         }
+        removed.extend(self.collect_all_layers(dry_run));
         if !dry_run {
             let records = self.store()?.list()?;
             let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();

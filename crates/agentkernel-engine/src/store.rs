@@ -35,10 +35,19 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     expires_at TEXT,
     runtime TEXT,
     mac TEXT
+);
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    data TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    mac TEXT NOT NULL,
+    PRIMARY KEY (kind, name)
 );";
 
 /// Bumped when `SCHEMA` changes. Version 1 had no `mac`: its rows are kept but not trusted.
-const SCHEMA_VERSION: i64 = 2;
+/// Version 3 added `objects` (snapshots, sessions, pending captures).
+const SCHEMA_VERSION: i64 = 3;
 
 /// Keeps `state.db-wal` and `-shm` when the last connection closes. Otherwise SQLite deletes
 /// them at every close and the next CLI call creates, sizes and locks them again (about a third
@@ -311,6 +320,170 @@ impl Store {
     }
 }
 
+/// What else the store keeps besides sandboxes, each a sealed JSON document under a kind and
+/// a name: snapshots, sessions, template caches, and the captures in progress that `gc`
+/// finishes or rolls back after a crash.
+impl Store {
+    /// Inserts a new object; a taken name of that kind is `Err(Conflict)` with `taken`.
+    pub fn insert_object<T: serde::Serialize>(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &T,
+        taken: impl FnOnce() -> EngineError,
+    ) -> Result<()> {
+        let data = encode(value)?;
+        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mac = self.sign_object(kind, name, &data, &created_at);
+        let r = self.conn.execute(
+            "INSERT INTO objects (kind, name, data, created_at, mac) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![kind, name, data, created_at, mac],
+        );
+        match r {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(taken())
+            }
+            Err(e) => Err(self.err()(e)),
+        }
+    }
+
+    /// Replaces an object's document (it must exist and verify).
+    pub fn update_object<T: serde::Serialize>(&self, kind: &str, name: &str, value: &T) -> Result<()> {
+        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        let Some((_, created_at)) = self.object_raw(kind, name)? else {
+            return Err(EngineError::NotFound(format!("{kind} {name}")));
+        };
+        let data = encode(value)?;
+        let mac = self.sign_object(kind, name, &data, &created_at);
+        tx.execute(
+            "UPDATE objects SET data = ?3, mac = ?4 WHERE kind = ?1 AND name = ?2",
+            params![kind, name, data, mac],
+        )
+        .map_err(self.err())?;
+        tx.commit().map_err(self.err())
+    }
+
+    /// One object, if it exists; one that does not verify is `Tampered`.
+    pub fn get_object<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<T>> {
+        match self.object_raw(kind, name)? {
+            None => Ok(None),
+            Some((data, _)) => decode_object(name, &data).map(Some),
+        }
+    }
+
+    /// Every object of a kind that verifies, with its creation time, oldest first.
+    pub fn list_objects<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+    ) -> Result<Vec<(String, String, T)>> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT name, data, created_at, mac FROM objects WHERE kind = ?1 ORDER BY created_at, name",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![kind], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())?;
+        Ok(rows
+            .into_iter()
+            .filter(|(name, data, created_at, mac)| {
+                self.seal
+                    .verify(&object_parts(kind, name, data, created_at), mac)
+            })
+            .filter_map(|(name, data, created_at, _)| {
+                decode_object(&name, &data).ok().map(|v| (name, created_at, v))
+            })
+            .collect())
+    }
+
+    /// Deletes an object; returns whether there was one.
+    pub fn delete_object(&self, kind: &str, name: &str) -> Result<bool> {
+        let n = self
+            .conn
+            .execute(
+                "DELETE FROM objects WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// The document and creation time of a verified object.
+    fn object_raw(&self, kind: &str, name: &str) -> Result<Option<(String, String)>> {
+        let row: Option<(String, String, String)> = self
+            .conn
+            .query_row(
+                "SELECT data, created_at, mac FROM objects WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .optional()
+            .map_err(self.err())?;
+        match row {
+            None => Ok(None),
+            Some((data, created_at, mac)) => {
+                if self
+                    .seal
+                    .verify(&object_parts(kind, name, &data, &created_at), &mac)
+                {
+                    Ok(Some((data, created_at)))
+                } else {
+                    Err(EngineError::Tampered(format!("{kind} {name}")))
+                }
+            }
+        }
+    }
+
+    fn sign_object(&self, kind: &str, name: &str, data: &str, created_at: &str) -> String {
+        self.seal.sign(&object_parts(kind, name, data, created_at))
+    }
+}
+
+fn object_parts<'a>(
+    kind: &'a str,
+    name: &'a str,
+    data: &'a str,
+    created_at: &'a str,
+) -> [Option<&'a [u8]>; 6] {
+    [
+        Some(b"object".as_slice()),
+        Some(kind.as_bytes()),
+        Some(name.as_bytes()),
+        Some(data.as_bytes()),
+        Some(created_at.as_bytes()),
+        None,
+    ]
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| EngineError::io("encode a stored record")(e.into()))
+}
+
+fn decode_object<T: serde::de::DeserializeOwned>(name: &str, data: &str) -> Result<T> {
+    serde_json::from_str(data).map_err(|e| {
+        EngineError::io(format!(
+            "stored record {name:?} is unreadable (written by another agentkernel version?); delete it"
+        ))(e.into())
+    })
+}
+
 const SELECT: &str = "SELECT name, uuid, spec, created_at, expires_at, runtime, mac FROM sandboxes";
 
 /// A row as stored.
@@ -370,5 +543,49 @@ mod tests {
         let store = Store::open(home.path()).expect("opened again");
         store.delete("old").expect("removable");
         assert!(store.untrusted().expect("untrusted").is_empty());
+    }
+
+    /// Objects (snapshots, sessions, captures) round trip, keep their names unique per kind,
+    /// and one changed outside the engine is refused, never used.
+    #[test]
+    fn objects_round_trip_and_refuse_tampering() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(home.path()).expect("open");
+        let taken = || EngineError::NameTaken("a".into());
+        store
+            .insert_object("snapshot", "a", &vec![1, 2], taken)
+            .expect("insert");
+        assert!(matches!(
+            store.insert_object("snapshot", "a", &vec![3], taken),
+            Err(EngineError::NameTaken(_))
+        ));
+        store
+            .insert_object("session", "a", &vec![9], taken)
+            .expect("another kind, the same name");
+        store.update_object("snapshot", "a", &vec![4]).expect("update");
+        let got: Option<Vec<i32>> = store.get_object("snapshot", "a").expect("get");
+        assert_eq!(got, Some(vec![4]));
+        let all: Vec<(String, String, Vec<i32>)> = store.list_objects("snapshot").expect("list");
+        assert_eq!(all.len(), 1);
+        store
+            .conn
+            .execute(
+                "UPDATE objects SET data = '[5]' WHERE kind = 'snapshot' AND name = 'a'",
+                [],
+            )
+            .expect("tamper");
+        assert!(matches!(
+            store.get_object::<Vec<i32>>("snapshot", "a"),
+            Err(EngineError::Tampered(_))
+        ));
+        assert!(
+            store
+                .list_objects::<Vec<i32>>("snapshot")
+                .expect("list")
+                .is_empty(),
+            "a changed object is left out"
+        );
+        assert!(store.delete_object("snapshot", "a").expect("delete"));
+        assert!(!store.delete_object("snapshot", "a").expect("gone"));
     }
 }

@@ -1,6 +1,7 @@
 //! The agentkernel MCP server: the nine sandbox tools of the seeds (`sandbox_run`,
 //! `sandbox_create`, `sandbox_exec`, `sandbox_list`, `sandbox_remove`, `sandbox_file_write`,
-//! `sandbox_file_read`, `sandbox_start`, `sandbox_stop`) on rmcp, over stdio
+//! `sandbox_file_read`, `sandbox_start`, `sandbox_stop`) and the snapshot tools
+//! (`sandbox_snapshot`, `sandbox_restore`) on rmcp, over stdio
 //! (`agentkernel mcp server`) and streamable HTTP (`/mcp` on `agentkernel serve`).
 //!
 //! Like every surface it only parses and renders: each input goes through the engine's own

@@ -6,6 +6,8 @@
 
 use agentkernel_engine::buffered::{Buffered, BufferedError, ExecOp, buffered, timeout_message};
 use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
+use agentkernel_engine::resolve::Caller;
+use agentkernel_engine::snapshot::SnapshotKind;
 use base64::Engine as _;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -122,6 +124,23 @@ pub struct ExecParams {
 pub struct NameParams {
     /// Sandbox name.
     pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct SnapshotParams {
+    /// The sandbox to capture (running or stopped; it keeps running).
+    pub sandbox: String,
+    /// The snapshot's name; default SANDBOX-YYYYMMDD-HHMMSS.
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RestoreParams {
+    /// The snapshot to restore.
+    pub snapshot: String,
+    /// Name of the new sandbox; default SANDBOX-restored.
+    #[serde(rename = "as")]
+    pub as_name: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -633,6 +652,73 @@ impl SandboxTools {
                         format!("sandbox {} was already running", p.name)
                     },
                     json!({ "name": p.name, "status": "running", "started": started }),
+                    false,
+                ),
+                Err(e) => e,
+            },
+        )
+    }
+
+    /// Save a sandbox's files and settings as a snapshot, without stopping it; bring them back
+    /// later with sandbox_restore.
+    #[tool(
+        name = "sandbox_snapshot",
+        annotations(
+            title = "Snapshot a sandbox",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_snapshot(&self, Parameters(p): Parameters<SnapshotParams>) -> ToolResult {
+        let cwd = self.options.cwd.clone();
+        Ok(
+            match self
+                .blocking(move |engine| {
+                    engine.check_agent_access(&p.sandbox, &cwd)?;
+                    engine.take_snapshot(&p.sandbox, p.name.as_deref(), SnapshotKind::User)
+                })
+                .await
+            {
+                Ok(s) => answer(
+                    format!(
+                        "snapshot {} of sandbox {} taken ({} bytes written)",
+                        s.name, s.sandbox, s.size_bytes
+                    ),
+                    json!({ "name": s.name, "sandbox": s.sandbox, "size_bytes": s.size_bytes, "created_at": s.created_at }),
+                    false,
+                ),
+                Err(e) => e,
+            },
+        )
+    }
+
+    /// Make a new sandbox from a snapshot (its files as they were when it was taken) and start
+    /// it.
+    #[tool(
+        name = "sandbox_restore",
+        annotations(
+            title = "Restore a snapshot",
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_restore(&self, Parameters(p): Parameters<RestoreParams>) -> ToolResult {
+        let cwd = self.options.cwd.clone();
+        Ok(
+            match self
+                .blocking(move |engine| {
+                    engine.check_agent_snapshot_access(&p.snapshot, &cwd)?;
+                    engine.restore_snapshot(&p.snapshot, p.as_name.as_deref(), Caller::Agent)
+                })
+                .await
+            {
+                Ok(info) => answer(
+                    format!("restored sandbox {} (running)", info.name),
+                    json!({ "name": info.name, "status": info.status }),
                     false,
                 ),
                 Err(e) => e,

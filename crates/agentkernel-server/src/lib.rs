@@ -51,6 +51,8 @@ use utoipa::OpenApi;
         routes::detached::start, routes::detached::list, routes::detached::get,
         routes::detached::logs, routes::detached::kill,
         routes::files::read, routes::files::write, routes::files::remove, routes::files::write_many,
+        routes::snapshots::list, routes::snapshots::take, routes::snapshots::get,
+        routes::snapshots::delete, routes::snapshots::restore, routes::snapshots::fork,
     ),
     components(schemas(
         envelope::ErrorBody, schema::SandboxName, schema::DetachedId, schema::LabelSelector,
@@ -135,6 +137,7 @@ pub fn router(state: AppState) -> Router {
             get(snapshots::get).delete(snapshots::delete),
         )
         .route("/snapshots/{name}/restore", post(snapshots::restore))
+        .route("/sandboxes/{name}/fork", post(snapshots::fork))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // The last layer added sees a request first: the browser checks, then the key, then

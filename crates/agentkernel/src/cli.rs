@@ -106,6 +106,12 @@ pub enum Command {
     /// Store credentials (API keys) on the host: set, get, list, delete
     #[command(subcommand, visible_alias = "secrets")]
     Secret(SecretCommand),
+    /// Save and restore sandbox state: take, list, show, restore, delete
+    #[command(subcommand, visible_alias = "snapshots")]
+    Snapshot(crate::snapshots::SnapshotCommand),
+    /// Agent sessions: a sandbox with its saves (start, save, resume, list, delete)
+    #[command(subcommand, visible_alias = "sessions")]
+    Session(crate::snapshots::SessionCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,6 +238,12 @@ pub enum SandboxCommand {
     Gc(GcArgs),
     /// Show or change a sandbox's network policy; a running sandbox's next connection sees it
     Policy(PolicyArgs),
+    /// Make copies of a sandbox, each starting with its files and independent afterwards
+    Fork(crate::snapshots::ForkArgs),
+    /// Write a sandbox's whole filesystem to a tar archive
+    Export(crate::snapshots::ExportArgs),
+    /// Remove every sandbox, snapshot, session, template cache and unused image
+    Clean(crate::snapshots::CleanArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,6 +10,7 @@ mod roles;
 mod secret;
 mod serve;
 mod signals;
+mod snapshots;
 
 use agentkernel_core::duration::parse_duration;
 use agentkernel_core::exec::EXIT_AGENTKERNEL_ERROR;
@@ -50,7 +51,7 @@ fn main() {
     std::process::exit(code);
 }
 
-fn engine() -> Result<Engine, EngineError> {
+pub(crate) fn engine() -> Result<Engine, EngineError> {
     Engine::open(&agentkernel_core::paths::agentkernel_home())
 }
 
@@ -103,6 +104,11 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             render::network_policy(&info, a.json);
             Ok(0)
         }
+        Command::Sandbox(SandboxCommand::Fork(a)) => snapshots::fork(a),
+        Command::Sandbox(SandboxCommand::Export(a)) => snapshots::export(a),
+        Command::Sandbox(SandboxCommand::Clean(a)) => snapshots::clean(a),
+        Command::Snapshot(cmd) => snapshots::snapshot(cmd),
+        Command::Session(cmd) => snapshots::session(cmd),
         Command::Serve(args) => serve::serve(args),
         Command::Plugin(cmd) => Ok(plugin::command(cmd)),
         Command::Agents(a) => Ok(plugin::agents_command(a.json)),
@@ -204,7 +210,7 @@ fn current_dir() -> Result<std::path::PathBuf, EngineError> {
     })
 }
 
-fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
+pub(crate) fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError> {
     let cwd = current_dir()?;
     Ok(SpecRequest {
         image: opts.image,

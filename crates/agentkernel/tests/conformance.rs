@@ -114,6 +114,8 @@ impl Drop for B {
                 }
             }
         }
+        // Snapshots, sessions and captured layers too (a container engine's are images).
+        let _ = self.ak.cmd(&["sandbox", "clean", "--all"]).output();
         let _ = self.ak.cmd(&["gc"]).output();
     }
 }
@@ -777,6 +779,224 @@ fn pids_limit_stops_a_fork_bomb(e: &B) {
 }
 
 /// Instantiates every body once per backend: `conformance::<backend>::<body>`.
+/// The backends whose sandboxes can be captured (snapshots, fork, export); the others refuse
+/// with what to use instead.
+fn captures(e: &B) -> bool {
+    e.b() != "gvisor"
+}
+
+/// Whether a refusal to capture says which backends can.
+fn assert_capture_refused(out: &Out) {
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("-B native, -B docker or -B podman"),
+        "the refusal says which backends can: {out:?}"
+    );
+}
+
+/// Snapshots: a take while a process keeps writing gives a consistent state without stopping
+/// the sandbox; restore shows the files as of the take (deleted ones stay deleted); a snapshot
+/// a sandbox starts from is not deleted without --force; a stopped sandbox is captured too, and
+/// its snapshot restores after the source is removed.
+fn snapshots_take_restore_delete(e: &B) {
+    e.started("snap", &[]);
+    e.ok(&[
+        "exec", "snap", "--", "sh", "-c",
+        "mkdir -p /data && echo before > /data/kept && echo x > /data/will-go",
+    ]);
+    if !captures(e) {
+        assert_capture_refused(&e.run(&["snapshot", "take", "snap"]));
+        assert_capture_refused(&e.run(&["sandbox", "fork", "snap"]));
+        let out = e.ok(&["snapshot", "list", "--json"]);
+        assert_eq!(out.stdout.trim(), "[]", "a refused take leaves nothing");
+        return;
+    }
+    // Two files written in lockstep: a consistent capture has them equal, or the first one
+    // step ahead.
+    e.ok(&[
+        "exec", "-d", "snap", "--", "sh", "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /data/a; echo $i > /data/b; done",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    e.ok(&["exec", "snap", "--", "rm", "/data/will-go"]);
+    let out = e.ok(&["snapshot", "take", "snap", "--name", "s1", "--json"]);
+    let meta: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(meta["sandbox"], "snap", "{meta}");
+    assert_eq!(meta["backend"], e.b(), "{meta}");
+    assert!(meta["size_bytes"].as_u64().is_some_and(|n| n > 0), "{meta}");
+    assert_eq!(e.ak.status_of("snap").as_deref(), Some("running"), "still running");
+    e.ok(&["exec", "snap", "--", "sh", "-c", "echo after > /data/after"]);
+
+    let out = e.ok(&["snapshot", "restore", "s1", "--as", "snap-r"]);
+    assert_eq!(out.stdout.trim(), "snap-r");
+    assert_eq!(e.ak.status_of("snap-r").as_deref(), Some("running"));
+    let out = e.ok(&["exec", "snap-r", "--", "cat", "/data/kept"]);
+    assert_eq!(out.stdout, "before\n");
+    let out = e.run(&["exec", "snap-r", "--", "ls", "/data"]);
+    let files: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(files, ["a", "b", "kept"], "as of the take: {out:?}");
+    let out = e.ok(&["exec", "snap-r", "--", "cat", "/data/a", "/data/b"]);
+    let n: Vec<u64> = out
+        .stdout
+        .split_whitespace()
+        .map(|v| v.parse().expect("a number"))
+        .collect();
+    assert!(
+        n.len() == 2 && n[1] > 0 && (n[0] == n[1] || n[0] == n[1] + 1),
+        "the writer's two files are consistent: {n:?}"
+    );
+    // The source goes on, unchanged by the restore.
+    let out = e.ok(&["exec", "snap", "--", "cat", "/data/after"]);
+    assert_eq!(out.stdout, "after\n");
+
+    let out = e.ok(&["snapshot", "list", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "s1");
+    assert_eq!(list[0]["used_by"], json!(["snap-r"]));
+    let out = e.run(&["snapshot", "delete", "s1"]);
+    assert_eq!(out.code, 125, "in use: {out:?}");
+    assert!(out.stderr.contains("in use by sandbox snap-r"), "{out:?}");
+    e.ok(&["remove", "snap-r"]);
+    e.ok(&["snapshot", "delete", "s1"]);
+    let out = e.run(&["snapshot", "restore", "s1"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("no snapshot named"), "{out:?}");
+
+    e.ok(&["stop", "snap"]);
+    e.ok(&["snapshot", "take", "snap", "--name", "s2"]);
+    e.ok(&["remove", "snap"]);
+    e.ok(&["snapshot", "restore", "s2", "--as", "snap-r2"]);
+    let out = e.ok(&["exec", "snap-r2", "--", "cat", "/data/kept", "/data/after"]);
+    assert_eq!(out.stdout, "before\nafter\n", "restored after the source was removed");
+    // A snapshot of a restored sandbox stacks on it; the first can go with --force while the
+    // second's sandboxes still use its files.
+    e.ok(&["exec", "snap-r2", "--", "sh", "-c", "echo third > /data/third"]);
+    e.ok(&["snapshot", "take", "snap-r2", "--name", "s3"]);
+    e.ok(&["snapshot", "delete", "s2", "--force"]);
+    e.ok(&["snapshot", "restore", "s3", "--as", "snap-r3"]);
+    let out = e.ok(&["exec", "snap-r3", "--", "cat", "/data/kept", "/data/third"]);
+    assert_eq!(out.stdout, "before\nthird\n");
+}
+
+/// `sandbox fork`: N copies, each starting with the source's files, each one's writes invisible
+/// to the others and to the source.
+fn fork_makes_independent_copies(e: &B) {
+    if !captures(e) {
+        return; // the refusal is asserted in snapshots_take_restore_delete
+    }
+    // Twenty on native; five on the container engines, where each copy is a container.
+    let count = if e.eng.is_none() { 20 } else { 5 };
+    e.started("src", &[]);
+    e.ok(&["exec", "src", "--", "sh", "-c", "mkdir -p /data && echo src > /data/f"]);
+    let out = e.ok(&[
+        "sandbox", "fork", "src", "--count", &count.to_string(), "--name-prefix", "kid", "--json",
+    ]);
+    let kids: Vec<Value> = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(kids.len(), count);
+    for (i, kid) in kids.iter().enumerate() {
+        assert_eq!(kid["name"], format!("kid-{}", i + 1));
+        assert_eq!(kid["status"], "running", "copies of a running sandbox run");
+    }
+    for i in 1..=count {
+        let name = format!("kid-{i}");
+        let out = e.ok(&[
+            "exec", &name, "--", "sh", "-c",
+            &format!("cat /data/f; echo kid-{i} > /data/f; echo {i} > /data/own-{i}"),
+        ]);
+        assert_eq!(out.stdout, "src\n", "{name} starts with the source's files");
+    }
+    for i in 1..=count {
+        let name = format!("kid-{i}");
+        let out = e.ok(&["exec", &name, "--", "sh", "-c", "cat /data/f; ls /data"]);
+        assert_eq!(out.stdout, format!("kid-{i}\nf\nown-{i}\n"), "{name} sees only its own writes");
+    }
+    let out = e.ok(&["exec", "src", "--", "sh", "-c", "cat /data/f; ls /data"]);
+    assert_eq!(out.stdout, "src\nf\n", "the source sees none of the copies' writes");
+    let out = e.run(&["sandbox", "fork", "src", "--count", "2", "--name-prefix", "kid"]);
+    assert_eq!(out.code, 125, "names taken: {out:?}");
+    assert!(out.stderr.contains("kid-1"), "{out:?}");
+    let out = e.run(&["sandbox", "fork", "src", "--count", "0"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert_eq!(e.ak.list_json().len(), count + 1, "refused forks made nothing");
+}
+
+/// `sandbox export`: the sandbox's whole filesystem as a tar, running or stopped.
+fn export_writes_the_filesystem(e: &B) {
+    e.started("exp", &[]);
+    e.ok(&["exec", "exp", "--", "sh", "-c", "mkdir -p /data && echo hello > /data/x"]);
+    let tar = e.ak.cwd.path().join("exp.tar");
+    let tar_arg = tar.to_str().expect("utf8");
+    if !captures(e) {
+        assert_capture_refused(&e.run(&["sandbox", "export", "exp", "-o", tar_arg]));
+        assert!(!tar.exists(), "a refused export leaves no file");
+        return;
+    }
+    for state in ["running", "stopped"] {
+        if state == "stopped" {
+            e.ok(&["stop", "exp"]);
+        }
+        e.ok(&["sandbox", "export", "exp", "-o", tar_arg]);
+        let listing = std::process::Command::new("tar")
+            .args(["-tf", tar_arg])
+            .output()
+            .expect("tar");
+        assert!(listing.status.success(), "a valid tar ({state})");
+        let names = String::from_utf8_lossy(&listing.stdout).to_string();
+        let has = |p: &str| names.lines().any(|l| l.trim_start_matches("./").trim_end_matches('/') == p);
+        assert!(has("data/x"), "{state}: the written file: {names}");
+        assert!(has("bin/busybox"), "{state}: the image's files: {names}");
+        let out = std::process::Command::new("tar")
+            .args(["-xOf", tar_arg, "data/x"])
+            .output()
+            .or_else(|_| std::process::Command::new("tar").args(["-xOf", tar_arg, "./data/x"]).output())
+            .expect("tar");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n", "{state}");
+        std::fs::remove_file(&tar).expect("remove");
+    }
+    let out = e.run(&["sandbox", "export", "nope", "-o", tar_arg]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(!tar.exists(), "a failed export leaves no file");
+}
+
+/// Sessions: a sandbox per session; saves survive its removal and `resume` brings the latest
+/// back, across CLI processes.
+fn sessions_save_and_resume(e: &B) {
+    if !captures(e) {
+        return;
+    }
+    e.ok(&[
+        "session", "start", "--name", "work", "--agent", "opencode", "-B", e.b(), "--image",
+        "busybox:latest", "--no-network",
+    ]);
+    assert_eq!(e.ak.status_of("session-work").as_deref(), Some("running"));
+    e.ok(&["exec", "session-work", "--", "sh", "-c", "echo one > /root/progress"]);
+    let out = e.ok(&["session", "save", "work"]);
+    assert!(out.stdout.contains("saved (snapshot: "), "{out:?}");
+    e.ok(&["exec", "session-work", "--", "sh", "-c", "echo two > /root/progress"]);
+    e.ok(&["session", "save", "work"]);
+    let out = e.ok(&["session", "list", "--json"]);
+    let list: Vec<Value> = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["agent"], "opencode");
+    assert_eq!(list[0]["saves"].as_array().map(Vec::len), Some(2));
+    e.ok(&["remove", "session-work"]);
+    let out = e.ok(&["session", "list", "--json"]);
+    assert!(out.stdout.contains("\"saved\""), "{out:?}");
+    let out = e.run(&["snapshot", "delete", list[0]["saves"][0].as_str().expect("save")]);
+    assert_eq!(out.code, 125, "a session's save is in use: {out:?}");
+    e.ok(&["session", "resume", "work"]);
+    let out = e.ok(&["exec", "session-work", "--", "cat", "/root/progress"]);
+    assert_eq!(out.stdout, "two\n", "the latest save");
+    let out = e.run(&["session", "start", "--name", "work", "--agent", "opencode", "-B", e.b()]);
+    assert_eq!(out.code, 125, "taken: {out:?}");
+    e.ok(&["session", "delete", "work"]);
+    assert_eq!(e.ak.status_of("session-work"), None, "its sandbox went with it");
+    let out = e.run(&["session", "start", "--name", "x", "--agent", "nobody"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("unknown agent"), "{out:?}");
+}
+
 macro_rules! per_backend {
     ($($body:ident),* $(,)?) => {
         mod native {
@@ -812,4 +1032,8 @@ per_backend!(
     seccomp_denies_namespaces_mount_and_keyctl,
     memory_limit_kills_a_hog,
     pids_limit_stops_a_fork_bomb,
+    snapshots_take_restore_delete,
+    fork_makes_independent_copies,
+    export_writes_the_filesystem,
+    sessions_save_and_resume,
 );
