@@ -1,9 +1,12 @@
 //! The native backend behind the neutral `agentkernel_backend::Backend` trait.
 
 use crate as native;
+use crate::export;
+use crate::layers::{LayerError, LayerStore, Source};
 use crate::{RootfsPlan, Target, UpperDir};
+use rustix::fd::{AsFd, AsRawFd};
 use agentkernel_backend::{
-    Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Result, RuntimeState,
+    Backend, BackendError, Capabilities, Captured, Controls, Persistence, Readiness, Result, RuntimeState,
     Started,
 };
 use agentkernel_core::{BackendKind, ErrorKind, ExecRequest, ExitStatus, SandboxSpec, Sink};
@@ -12,12 +15,14 @@ use std::path::{Path, PathBuf};
 
 pub struct NativeBackend {
     home: PathBuf,
+    layers: LayerStore,
 }
 
 impl NativeBackend {
     pub fn new(home: &Path) -> NativeBackend {
         NativeBackend {
             home: home.to_path_buf(),
+            layers: LayerStore::new(home),
         }
     }
 
@@ -45,7 +50,7 @@ impl NativeBackend {
         std::fs::create_dir_all(&mountpoint)
             .map_err(BackendError::io(format!("create {}", mountpoint.display())))?;
         Ok(RootfsPlan {
-            lower_dirs: rootfs.lower_dirs.clone(),
+            lower_dirs: self.lower_dirs(spec, rootfs)?,
             upper,
             mountpoint,
             host_binds: rootfs.host_binds.clone(),
@@ -55,6 +60,17 @@ impl NativeBackend {
             read_only: spec.policy.read_only_root,
             workdir: spec.workdir.clone(),
         })
+    }
+
+    /// The overlay's lower directories, top first: the captured layers the sandbox starts
+    /// from (a snapshot's, a fork's, a template's), then the image's.
+    fn lower_dirs(&self, spec: &SandboxSpec, rootfs: &Rootfs) -> Result<Vec<PathBuf>> {
+        let mut dirs = Vec::with_capacity(spec.layers.len() + rootfs.lower_dirs.len());
+        for layer in &spec.layers {
+            dirs.push(self.layers.path(layer).map_err(layer_error)?);
+        }
+        dirs.extend(rootfs.lower_dirs.iter().cloned());
+        Ok(dirs)
     }
 
     fn target(runtime: &RuntimeState) -> Target {
@@ -176,6 +192,7 @@ impl Backend for NativeBackend {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
+        self.settle_capture(runtime)?;
         let env = merged_env(spec, req);
         let (status, _ending) = native::exec(
             &native::ExecSpec {
@@ -197,6 +214,7 @@ impl Backend for NativeBackend {
         controls: Controls<'_>,
         record: Option<&mut agentkernel_core::Recorder<'_>>,
     ) -> Result<ExitStatus> {
+        self.settle_capture(runtime)?;
         let env = merged_env(spec, req);
         let workdir = req.workdir.as_deref().unwrap_or(&spec.workdir);
         let status = native::attach::attach(
@@ -215,10 +233,12 @@ impl Backend for NativeBackend {
     }
 
     fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf> {
+        self.settle_capture(runtime)?;
         Ok(native::files::copy_in(runtime.pid, host, inside).map_err(native::NativeError::from)?)
     }
 
     fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf> {
+        self.settle_capture(runtime)?;
         Ok(
             native::files::copy_out(runtime.pid, inside, host)
                 .map_err(native::NativeError::from)?,
@@ -226,15 +246,94 @@ impl Backend for NativeBackend {
     }
 
     fn read_file(&self, runtime: &RuntimeState, path: &Path, limit: u64) -> Result<Vec<u8>> {
+        self.settle_capture(runtime)?;
         native::files::read_file(runtime.pid, path, limit).map_err(file_error)
     }
 
     fn write_file(&self, runtime: &RuntimeState, path: &Path, data: &[u8]) -> Result<()> {
+        self.settle_capture(runtime)?;
         native::files::write_file(runtime.pid, path, data, 0o644).map_err(file_error)
     }
 
     fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()> {
+        self.settle_capture(runtime)?;
         native::files::remove_file(runtime.pid, path).map_err(file_error)
+    }
+
+    /// The sandbox's upper directory copied into a new layer (`layers.rs`): while it runs,
+    /// then again frozen for what changed meanwhile.
+    fn capture(
+        &self,
+        spec: &SandboxSpec,
+        dir: &Path,
+        runtime: Option<&RuntimeState>,
+        id: &str,
+    ) -> Result<Captured> {
+        let source = match runtime {
+            Some(rt) => Source::Running {
+                pid: rt.pid,
+                start_time: rt.start_time,
+                instance: &rt.instance,
+            },
+            None => Source::Stopped { dir },
+        };
+        let made = self.layers.capture(id, source).map_err(layer_error)?;
+        let mut layers = vec![id.to_string()];
+        layers.extend(spec.layers.iter().cloned());
+        Ok(Captured {
+            layers,
+            bytes: made.bytes,
+            frozen: made.frozen,
+        })
+    }
+
+    fn settle_capture(&self, runtime: &RuntimeState) -> Result<()> {
+        native::layers::thaw_abandoned(&self.home, &runtime.instance)
+            .map_err(|e| layer_error(e.into()))
+    }
+
+    fn remove_layer(&self, layer: &str) -> Result<()> {
+        self.layers.remove(layer).map_err(layer_error)
+    }
+
+    fn list_layers(&self) -> Vec<String> {
+        self.layers.list()
+    }
+
+    fn export(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        dir: &Path,
+        runtime: Option<&RuntimeState>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        if let Some(rt) = runtime {
+            let root = export::running_root(rt.pid, rt.start_time).map_err(layer_error)?;
+            return export::write_tar(root.as_fd(), true, out).map_err(layer_error);
+        }
+        let image = dir.join(native::disk::IMAGE);
+        let disk = if image.is_file() {
+            Some(native::disk::mount_detached(&image).map_err(|e| layer_error(e.into()))?)
+        } else {
+            None
+        };
+        let mut lowers = Vec::new();
+        if let Some(disk) = &disk {
+            // The detached mount has no path of its own: overlayfs reaches it through ours.
+            lowers.push(PathBuf::from(format!(
+                "/proc/self/fd/{}/upper",
+                disk.as_raw_fd()
+            )));
+        }
+        lowers.extend(self.lower_dirs(spec, rootfs)?);
+        let root = export::stacked_root(&lowers).map_err(layer_error)?;
+        drop(disk);
+        match root {
+            Some(root) => export::write_tar(root.as_fd(), false, out),
+            None => export::write_empty(out),
+        }
+        .map_err(layer_error)
     }
 
     fn collect_garbage(&self, live_instances: &[String], _sandboxes: &[String]) -> Vec<String> {
@@ -305,6 +404,16 @@ fn check_masked_paths(paths: &[PathBuf]) -> Result<()> {
 const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A path missing in the sandbox is its own error (HTTP answers 404 for it).
+fn layer_error(e: LayerError) -> BackendError {
+    let kind = match &e {
+        LayerError::Missing(..) => ErrorKind::NotFound,
+        LayerError::Gone | LayerError::NoLayer { .. } => ErrorKind::Conflict,
+        LayerError::Freeze(native::cgroup::CgroupError::NoFreezer) => ErrorKind::NotEnforceable,
+        _ => ErrorKind::Internal,
+    };
+    BackendError::new(kind, e.to_string())
+}
+
 fn file_error(e: native::files::FileError) -> BackendError {
     match e {
         native::files::FileError::Sandbox { path, source }

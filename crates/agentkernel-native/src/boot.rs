@@ -328,10 +328,11 @@ fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
         // SAFETY: terminating the forked child without running the parent's atexit state.
         unsafe { libc::_exit(1) }
     };
-    if let Err(msg) = setup(plan) {
-        fail(&mut status, msg);
-    }
-    let mut keep = vec![status.as_raw_fd(), life_r.as_raw_fd()];
+    let layer_dir = match setup(plan) {
+        Ok(fd) => fd,
+        Err(msg) => fail(&mut status, msg),
+    };
+    let mut keep = vec![status.as_raw_fd(), life_r.as_raw_fd(), layer_dir.as_raw_fd()];
     if let Some(first) = plan.first {
         keep.extend_from_slice(&first.stdio);
     }
@@ -362,12 +363,13 @@ fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
     init_loop(if plan.detach { None } else { Some(life_r) }, report_to)
 }
 
-fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
+/// Returns the writable layer's directory, which the init keeps open (`enter_rootfs`).
+fn setup(plan: &BootPlan<'_>) -> Result<OwnedFd, String> {
     block_signals();
     // The root first, then the cgroups: building it opens the host's loop devices (a
     // persistent sandbox's disk) and makes the nodes of /dev, which the sandbox's device
     // allow-list refuses. Nothing of the sandbox runs before the init has joined them.
-    enter_rootfs(plan.rootfs).map_err(|e| e.to_string())?;
+    let layer_dir = enter_rootfs(plan.rootfs).map_err(|e| e.to_string())?;
     for fd in plan.cgroup_procs {
         rustix::io::write(fd, b"0").map_err(|e| format!("join cgroup: {e}"))?;
     }
@@ -391,7 +393,7 @@ fn setup(plan: &BootPlan<'_>) -> Result<(), String> {
         // SAFETY: dup2 onto the standard descriptors of this single-threaded child.
         unsafe { libc::dup2(devnull.as_raw_fd(), target) };
     }
-    Ok(())
+    Ok(layer_dir)
 }
 
 /// The init holds no descriptor of its caller (a database, a lock, a terminal) beyond setup.

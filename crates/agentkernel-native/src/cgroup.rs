@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 const PARENT: &str = "agentkernel";
 /// CPU bandwidth period (µs); the quota is `vcpus` times this.
 const CPU_PERIOD_US: u64 = 100_000;
+/// How long `freeze` waits for every process to stop (one in an uninterruptible wait, e.g. on
+/// slow I/O, stops only when it returns).
+const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -42,6 +45,14 @@ pub enum CgroupError {
         "the device allow-list cannot be enforced: neither the cgroup v1 devices controller nor cgroup2 is mounted; mount one of them"
     )]
     NoDeviceCgroup,
+    #[error(
+        "a running sandbox cannot be snapshotted here: its processes are frozen for the copy, and this host has no cgroup v2 freezer (cgroup.freeze); stop the sandbox and snapshot it stopped"
+    )]
+    NoFreezer,
+    #[error(
+        "the processes of the sandbox did not freeze within {waited:?} ({path}); nothing was captured: try again, or stop the sandbox and snapshot it stopped"
+    )]
+    FreezeTimeout { path: String, waited: Duration },
     #[error(transparent)]
     DeviceFilter(#[from] crate::devices::DeviceFilterError),
 }
@@ -402,6 +413,57 @@ impl Cgroup {
             dirs = busy;
         }
         Ok(())
+    }
+
+    /// The v2 group's directory, where the freezer is (`cgroup.freeze`).
+    fn v2_dir(&self) -> Option<PathBuf> {
+        let dir = self.hierarchies.v2.as_ref()?.join(PARENT).join(&self.id);
+        dir.join("cgroup.freeze").exists().then_some(dir)
+    }
+
+    /// Freezes every process of the sandbox and waits until the kernel reports them frozen
+    /// (each stops at its next return to user space, so no write is half done). The caller
+    /// thaws with `thaw`, also on error.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        let dir = self.v2_dir().ok_or(CgroupError::NoFreezer)?;
+        write(&dir.join("cgroup.freeze"), "1")?;
+        let events = dir.join("cgroup.events");
+        let deadline = Instant::now() + FREEZE_WAIT;
+        loop {
+            let text = std::fs::read_to_string(&events).map_err(io_err(&events))?;
+            if text.lines().any(|l| l.trim() == "frozen 1") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = self.thaw();
+                return Err(CgroupError::FreezeTimeout {
+                    path: dir.display().to_string(),
+                    waited: FREEZE_WAIT,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+
+    /// Whether the group is frozen (or being frozen).
+    pub fn is_frozen(&self) -> bool {
+        let Some(v2) = &self.hierarchies.v2 else {
+            return false;
+        };
+        std::fs::read_to_string(v2.join(PARENT).join(&self.id).join("cgroup.freeze"))
+            .is_ok_and(|t| t.trim() == "1")
+    }
+
+    /// Lets the sandbox's processes run again; a group not frozen (or gone) is left as it is.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(());
+        };
+        let file = dir.join("cgroup.freeze");
+        if std::fs::read_to_string(&file).is_ok_and(|t| t.trim() == "0") {
+            return Ok(());
+        }
+        write(&file, "0")
     }
 
     /// Instance ids that have a group in any hierarchy.

@@ -189,6 +189,52 @@ pub(crate) fn mount_image(image: &Path, target: &Path) -> Result<(), SetupError>
     mounted.map_err(fail("mount the disk image", image))
 }
 
+/// On the host, for a stopped sandbox: mounts its disk image read-only as a detached mount
+/// (`fsmount`: attached to no directory, so no path on the host shows it, and gone when the
+/// returned descriptor closes) and returns the mount's root, open. The image's lock is held by
+/// the loop device for as long as the mount lives, so the sandbox cannot start meanwhile (a
+/// start waits for it, `RELEASE_WAIT`).
+pub(crate) fn mount_detached(image: &Path) -> Result<OwnedFd, SetupError> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+    let fail = |step: &'static str, path: &Path| {
+        let path = path.display().to_string();
+        move |errno| SetupError { step, path, errno }
+    };
+    let file = rustix::fs::open(
+        image,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(fail("open the disk image", image))?;
+    lock(&file).map_err(fail(
+        "the disk image is in use (the sandbox is starting, or another snapshot of it is being taken); try again in a moment:",
+        image,
+    ))?;
+    let (device, device_path) = attach(&file, image).map_err(fail(
+        "attach the disk image to a loop device (does this host have /dev/loop-control?):",
+        image,
+    ))?;
+    drop(file);
+    let context = rustix::mount::fsopen("ext4", FsOpenFlags::FSOPEN_CLOEXEC)
+        .map_err(fail("open an ext4 mount context for", image))?;
+    rustix::mount::fsconfig_set_string(&context, "source", device_path.as_path())
+        .and_then(|()| rustix::mount::fsconfig_set_flag(&context, "ro"))
+        .and_then(|()| rustix::mount::fsconfig_create(&context))
+        .map_err(fail("mount the disk image", image))?;
+    let mount = rustix::mount::fsmount(
+        &context,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(fail("mount the disk image", image))?;
+    // The mount holds the device now; closing ours lets it detach when the mount goes.
+    drop(device);
+    Ok(mount)
+}
+
 /// Takes the image's exclusive lock, waiting up to `RELEASE_WAIT` for an earlier holder.
 fn lock(file: &OwnedFd) -> rustix::io::Result<()> {
     let deadline = Instant::now() + RELEASE_WAIT;

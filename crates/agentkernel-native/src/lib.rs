@@ -23,14 +23,17 @@ mod copy;
 pub mod devices;
 pub mod disk;
 pub mod exec;
+mod export;
 pub mod files;
 mod inode;
 pub mod launch;
+pub mod layers;
 pub mod net;
 mod pty;
 pub mod relay;
 mod rootfs;
 pub mod security;
+mod treecopy;
 mod vfork;
 
 pub use backend::{NativeBackend, REGISTRY};

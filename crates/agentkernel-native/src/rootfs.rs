@@ -94,8 +94,11 @@ pub fn shm_mb(disk_mb: u64) -> u64 {
     disk_mb.min(SHM_MAX_MB)
 }
 
-/// Builds the root and pivots into it. Must run in a fresh mount and pid namespace.
-pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
+/// Builds the root and pivots into it. Must run in a fresh mount and pid namespace. Returns the
+/// directory holding the writable layer (`upper` and `work`), open: the init keeps it, and it is
+/// the host's only way to that layer (`/proc/<init>/fd/…`) to snapshot a running sandbox, since
+/// nothing of it is left reachable by path after the pivot.
+pub fn enter_rootfs(plan: &RootfsPlan) -> Result<rustix::fd::OwnedFd> {
     // Nothing we mount may propagate back to the host.
     rustix::mount::mount_change(
         "/",
@@ -132,6 +135,12 @@ pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
     let work = layer.join("work");
     mkdir(&upper, 0o755)?;
     mkdir(&work, 0o700)?;
+    let layer_dir = rustix::fs::open(
+        &layer,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail("open the writable layer", &layer))?;
     let root = base.join("root");
     mkdir(&root, 0o755)?;
     let lower = plan
@@ -193,7 +202,7 @@ pub fn enter_rootfs(plan: &RootfsPlan) -> Result<()> {
         set_attrs(Path::new("/"), MountAttrs::ReadOnly, false)
             .map_err(fail("remount read-only", Path::new("/")))?;
     }
-    Ok(())
+    Ok(layer_dir)
 }
 
 /// Hides the directory `path` of the root (after the binds, so a path inside a bind is hidden

@@ -177,6 +177,9 @@ pub fn snapshot(cmd: SnapshotCommand) -> Result<i32, EngineError> {
 
 /// `sandbox fork`.
 pub fn fork(a: ForkArgs) -> Result<i32, EngineError> {
+    // The children start in parallel threads: sandbox inits are then cloned by the boot
+    // helper (see `serve::runtime`).
+    agentkernel_native::use_boot_helper(std::path::PathBuf::from("/proc/self/exe"));
     let made = crate::engine()?.fork(&a.name, a.count, a.name_prefix.as_deref(), Caller::Local)?;
     if a.json {
         print_json(&made);
