@@ -248,7 +248,7 @@ impl Store {
     /// Changes one verified row and signs it again, in one transaction. A row that does not
     /// verify is not changed (so it cannot be laundered into a signed one).
     fn update(&self, name: &str, change: impl FnOnce(&mut RawRow)) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        let tx = self.write_transaction()?;
         let Some(mut row) = self.raw("name", name)? else {
             return Err(EngineError::NotFound(name.to_string()));
         };
@@ -263,6 +263,14 @@ impl Store {
         )
         .map_err(self.err())?;
         tx.commit().map_err(self.err())
+    }
+
+    /// A transaction that reads, then writes: it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`), so a concurrent writer makes it wait (the busy timeout) instead of failing
+    /// with "database is locked" when a deferred read would have to become a write.
+    fn write_transaction(&self) -> Result<rusqlite::Transaction<'_>> {
+        rusqlite::Transaction::new_unchecked(&self.conn, rusqlite::TransactionBehavior::Immediate)
+            .map_err(self.err())
     }
 
     pub fn delete(&self, name: &str) -> Result<()> {
@@ -352,7 +360,7 @@ impl Store {
 
     /// Replaces an object's document (it must exist and verify).
     pub fn update_object<T: serde::Serialize>(&self, kind: &str, name: &str, value: &T) -> Result<()> {
-        let tx = self.conn.unchecked_transaction().map_err(self.err())?;
+        let tx = self.write_transaction()?;
         let Some((_, created_at)) = self.object_raw(kind, name)? else {
             return Err(EngineError::NotFound(format!("{kind} {name}")));
         };

@@ -811,11 +811,11 @@ fn snapshots_take_restore_delete(e: &B) {
         assert_eq!(out.stdout.trim(), "[]", "a refused take leaves nothing");
         return;
     }
-    // Two files written in lockstep: a consistent capture has them equal, or the first one
-    // step ahead.
+    // Two files written in lockstep, each replaced whole (written aside, renamed over): a
+    // consistent capture has them equal, or the first one step ahead.
     e.ok(&[
         "exec", "-d", "snap", "--", "sh", "-c",
-        "i=0; while true; do i=$((i+1)); echo $i > /data/a; echo $i > /data/b; done",
+        "i=0; while true; do i=$((i+1)); echo $i > /data/.a; mv /data/.a /data/a; echo $i > /data/.b; mv /data/.b /data/b; done",
     ]);
     std::thread::sleep(Duration::from_millis(300));
     e.ok(&["exec", "snap", "--", "rm", "/data/will-go"]);
