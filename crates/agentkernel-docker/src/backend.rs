@@ -3,7 +3,7 @@
 
 use crate::{Client, Flavor};
 use agentkernel_backend::{
-    Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Result, RuntimeState,
+    Backend, BackendError, Capabilities, Captured, Controls, Persistence, Readiness, Result, RuntimeState,
     Started,
 };
 use agentkernel_core::{
@@ -216,6 +216,46 @@ impl Backend for DockerBackend {
 
     fn remove_file(&self, runtime: &RuntimeState, path: &Path) -> Result<()> {
         Ok(self.client.remove_file(&runtime.instance, path)?)
+    }
+
+    /// The engine's commit of the sandbox's container (paused for it when it runs).
+    fn capture(
+        &self,
+        spec: &SandboxSpec,
+        _dir: &Path,
+        runtime: Option<&RuntimeState>,
+        id: &str,
+    ) -> Result<Captured> {
+        if self.kind == BackendKind::Gvisor {
+            return Err(self.no_snapshots());
+        }
+        Ok(self.client.capture(spec, runtime.is_some(), id)?)
+    }
+
+    fn settle_capture(&self, runtime: &RuntimeState) -> Result<()> {
+        Ok(self.client.settle_capture(&runtime.instance)?)
+    }
+
+    fn remove_layer(&self, layer: &str) -> Result<()> {
+        Ok(self.client.remove_layer(layer)?)
+    }
+
+    fn list_layers(&self) -> Vec<String> {
+        self.client.list_layers()
+    }
+
+    fn export(
+        &self,
+        spec: &SandboxSpec,
+        rootfs: &Rootfs,
+        _dir: &Path,
+        _runtime: Option<&RuntimeState>,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u64> {
+        if self.kind == BackendKind::Gvisor {
+            return Err(self.no_snapshots());
+        }
+        Ok(self.client.export(spec, &rootfs.id, out)?)
     }
 
     fn collect_garbage(&self, _live_instances: &[String], sandboxes: &[String]) -> Vec<String> {

@@ -25,6 +25,7 @@ mod files;
 mod host_copy;
 mod images;
 pub mod init;
+mod layers;
 mod oom;
 mod policy;
 mod run;

@@ -100,7 +100,7 @@ impl Client {
         HashMap::from([("label".to_string(), labels)])
     }
 
-    async fn list(
+    pub(crate) async fn list(
         &self,
         docker: &Docker,
         sandbox: Option<&str>,
@@ -215,7 +215,7 @@ impl Client {
             }
             let body = self.container_body(
                 spec,
-                &rootfs.id,
+                crate::layers::image_of(spec, &rootfs.id),
                 &rootfs.host_binds,
                 vec![INIT_PATH.to_string(), INIT_ROLE.to_string()],
                 self.labels(&spec.name, !persistent),

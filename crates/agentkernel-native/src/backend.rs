@@ -337,7 +337,7 @@ impl Backend for NativeBackend {
     }
 
     fn collect_garbage(&self, live_instances: &[String], _sandboxes: &[String]) -> Vec<String> {
-        let mut removed = Vec::new();
+        let mut removed = native::layers::remove_abandoned_locks(&self.home);
         for id in native::cgroup::Cgroup::list_ids() {
             if live_instances.contains(&id) {
                 continue;

@@ -235,6 +235,28 @@ pub fn thaw_abandoned(home: &Path, instance: &str) -> Result<(), crate::cgroup::
     group.thaw()
 }
 
+/// Removes the freeze locks of captures that died (none holds them); returns their names.
+pub fn remove_abandoned_locks(home: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(home.join(LAYERS)) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".freeze-") {
+            continue;
+        }
+        if let Ok(file) = std::fs::File::open(entry.path())
+            && rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_ok()
+            && std::fs::remove_file(entry.path()).is_ok()
+        {
+            removed.push(format!("freeze lock {name}"));
+        }
+    }
+    removed
+}
+
 /// Copies the source's upper directory with `copier`; returns how long processes were frozen.
 fn copy_from(
     home: &Path,
