@@ -29,6 +29,8 @@ const PENDING: &str = "capture";
 const PENDING_GRACE: Duration = Duration::from_secs(600);
 /// The most sandboxes one fork makes.
 pub const MAX_FORK: usize = 1000;
+/// The longest prefix of forked names: room for `-1000`.
+pub const MAX_FORK_PREFIX: usize = agentkernel_core::name::MAX_NAME_LEN - 5;
 
 /// Who made a snapshot: the user (`snapshot take`), a session's save, or a template's setup
 /// (hidden from `snapshot list`).
@@ -424,7 +426,26 @@ impl Engine {
             .into());
         }
         self.check_room(caller, count)?;
-        let prefix = prefix.map_or_else(|| format!("{name}-fork"), str::to_string);
+        if let Some(p) = prefix
+            && p.len() > MAX_FORK_PREFIX
+        {
+            return Err(CoreError::InvalidArgument(format!(
+                "--name-prefix {p:?} is {} characters: use at most {MAX_FORK_PREFIX}, leaving room for the copies' numbers",
+                p.len()
+            ))
+            .into());
+        }
+        // The default prefix gives up the end of a long source name so the copies' names fit.
+        let prefix = prefix.map_or_else(
+            || {
+                let room = agentkernel_core::name::MAX_NAME_LEN
+                    - "-fork-".len()
+                    - count.to_string().len();
+                let kept: String = name.chars().take(room).collect();
+                format!("{}-fork", kept.trim_end_matches(['-', '.', '_']))
+            },
+            str::to_string,
+        );
         let names: Vec<String> = (1..=count).map(|i| format!("{prefix}-{i}")).collect();
         for n in &names {
             validate_name(n).map_err(|_| {

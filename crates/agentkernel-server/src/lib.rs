@@ -55,7 +55,7 @@ use utoipa::OpenApi;
         routes::snapshots::delete, routes::snapshots::restore, routes::snapshots::fork,
     ),
     components(schemas(
-        envelope::ErrorBody, schema::SandboxName, schema::DetachedId, schema::LabelSelector,
+        envelope::ErrorBody, schema::SandboxName, schema::ForkPrefix, schema::DetachedId, schema::LabelSelector,
         schema::StreamEvent, schema::StreamEventName,
     )),
     modifiers(&BearerAuth),

@@ -37,6 +37,11 @@ string_schema!(
     SandboxName, NAME_PATTERN, 63
 );
 string_schema!(
+    /// The prefix of forked sandboxes' names (`PREFIX-1` … `PREFIX-1000`): a sandbox name with
+    /// room for the largest suffix.
+    ForkPrefix, NAME_PATTERN, 58
+);
+string_schema!(
     /// One argument of a command: any text without NUL.
     Arg, r"^[^\u0000]*$", 32_767
 );

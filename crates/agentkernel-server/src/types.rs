@@ -370,9 +370,36 @@ pub struct FileContent {
 #[derive(Debug, Clone, Deserialize)]
 pub struct WriteFileRequest {
     pub content: String,
-    /// `utf8` (default) or `base64`.
-    #[serde(default)]
+    /// `utf8` (default) or `base64`; when given, a string (`null` is refused, as the schema
+    /// says).
+    #[serde(default, deserialize_with = "crate::types::present_string")]
     pub encoding: Option<String>,
+}
+
+/// A field that may be absent but, when present, must be a string.
+pub(crate) fn present_string<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
+
+/// A count that may be absent or null; when present a whole number, which JSON may write as `1000.0`
+/// (JSON Schema's `integer` admits it).
+pub(crate) fn whole_count<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<usize>, D::Error> {
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return usize::try_from(u).map(Some).map_err(serde::de::Error::custom);
+    }
+    match n.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => Ok(Some(f as usize)),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number of copies"
+        ))),
+    }
 }
 
 /// Either text (`encoding` absent or `utf8`) or base64 (`encoding: base64`, `content` valid

@@ -109,6 +109,7 @@ pub async fn get(
 
 /// `DELETE /snapshots/{name}` options.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteQuery {
     /// Delete it even if sandboxes start from it or a session keeps it (409 otherwise).
     #[serde(default)]
@@ -153,11 +154,13 @@ pub async fn restore(
     ApiPath(name): ApiPath<String>,
     body: Bytes,
 ) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
+    // No body, or JSON `null`, asks for the defaults.
     let req: RestoreRequest = if body.trim_ascii().is_empty() {
         RestoreRequest::default()
     } else {
-        serde_json::from_slice(&body)
+        serde_json::from_slice::<Option<RestoreRequest>>(&body)
             .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+            .unwrap_or_default()
     };
     let caller = st.caller();
     let info = super::blocking(&st, move |engine| {
@@ -172,12 +175,12 @@ pub async fn restore(
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     /// How many copies (1 to 1000; default 1).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::types::whole_count")]
     #[schema(minimum = 1, maximum = 1000)]
     pub count: Option<usize>,
     /// Copies are named PREFIX-1 … PREFIX-N; default `NAME-fork`.
     #[serde(default)]
-    #[schema(value_type = Option<crate::schema::SandboxName>)]
+    #[schema(value_type = Option<crate::schema::ForkPrefix>)]
     pub name_prefix: Option<String>,
 }
 
