@@ -727,8 +727,8 @@ impl Engine {
         ))
     }
 
-    /// Removes the user's template `name`, and the snapshot of files it was saved with (its
-    /// layers stay while sandboxes made from it use them). Built-ins cannot be removed.
+    /// Removes the user's template `name`, and the snapshot of files `template save` took for
+    /// it (its layers stay while sandboxes made from it use them). Built-ins cannot be removed.
     pub fn remove_template(&self, name: &str) -> Result<()> {
         if built_in(name).is_some() {
             return Err(EngineError::TemplateBuiltIn(name.to_string()));
@@ -747,7 +747,9 @@ impl Engine {
                 Template::parse(&text, name)
                     .ok()
                     .and_then(|t| t.snapshot)
-                    .filter(|s| s.starts_with(SAVED_SNAPSHOT_PREFIX))
+                    // Only the snapshot `save` took for this template: one a hand-written
+                    // template names is someone else's.
+                    .filter(|s| *s == format!("{SAVED_SNAPSHOT_PREFIX}{name}"))
             })?;
         std::fs::remove_file(&path)
             .map_err(EngineError::io(format!("remove {}", path.display())))?;

@@ -26,9 +26,12 @@ fn setup_failed(template: &str, command: &str, code: i32, output: &[u8]) -> Engi
         .rev()
         .collect::<Vec<_>>()
         .join("\n");
-    EngineError::Input(agentkernel_core::CoreError::InvalidArgument(format!(
-        "the setup of template {template} failed: `{command}` exited with {code}; its output ended with:\n{tail}\nfix the template's [setup] (agentkernel template add), or check that its network policy lets the package manager reach its registry"
-    )))
+    EngineError::TemplateInvalid {
+        origin: template.to_string(),
+        message: format!(
+            "its setup failed: `{command}` exited with {code}; its output ended with:\n{tail}\nfix the template's [setup], or check that its network policy lets the package manager reach its registry"
+        ),
+    }
 }
 
 /// The cache's name for a setup: `tpl-` and 32 hex digits of a hash over everything that
