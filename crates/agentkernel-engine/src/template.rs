@@ -655,6 +655,13 @@ fn write_new(path: &Path, text: &str, name: &str) -> Result<()> {
 /// Refuses `name` for a new user template: not a valid name, a built-in's, or taken.
 fn check_new_name(home: &Path, name: &str) -> Result<()> {
     validate_name(name)?;
+    if is_file_reference(name) {
+        return Err(CoreError::InvalidArgument(format!(
+            "template name {name:?} ends in .toml, so --template {name} would read a file of that name: name it {:?}",
+            name.trim_end_matches(".toml")
+        ))
+        .into());
+    }
     if built_in(name).is_some() {
         return Err(EngineError::TemplateBuiltIn(name.to_string()));
     }

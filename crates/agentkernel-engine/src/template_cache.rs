@@ -4,9 +4,9 @@
 //! starts as fast as any other (DESIGN: "A template is a spec plus setup steps whose result is
 //! cached as a snapshot").
 
+use crate::Engine;
 use crate::error::{EngineError, Result};
 use crate::snapshot::{SNAPSHOT, SnapshotKind, SnapshotRecord};
-use crate::Engine;
 use agentkernel_core::{ExecRequest, SandboxSpec};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -70,11 +70,20 @@ impl Engine {
             return Ok(Vec::new());
         }
         let name = cache_name(template, spec, setup);
-        if let Some(rec) = self.store()?.get_object::<SnapshotRecord>(SNAPSHOT, &name)? {
+        if let Some(rec) = self
+            .store()?
+            .get_object::<SnapshotRecord>(SNAPSHOT, &name)?
+        {
             return Ok(rec.spec.layers);
         }
-        let builder = format!("{name}-build-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let builder: String = builder.chars().take(agentkernel_core::name::MAX_NAME_LEN).collect();
+        let builder = format!(
+            "{name}-build-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let builder: String = builder
+            .chars()
+            .take(agentkernel_core::name::MAX_NAME_LEN)
+            .collect();
         let made = self
             .create_from(spec, &builder, &[("agentkernel.template-setup", template)])
             .and_then(|_| self.run_setup(&builder, template, setup))

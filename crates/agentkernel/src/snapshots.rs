@@ -3,10 +3,10 @@
 //! snapshot`) and sessions on the command line.
 
 use crate::cli::SandboxOpts;
-use agentkernel_engine::session::SessionInfo;
-use agentkernel_engine::snapshot::{SnapshotInfo, SnapshotKind};
 use agentkernel_engine::EngineError;
 use agentkernel_engine::resolve::Caller;
+use agentkernel_engine::session::SessionInfo;
+use agentkernel_engine::snapshot::{SnapshotInfo, SnapshotKind};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 

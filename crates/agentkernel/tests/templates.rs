@@ -168,8 +168,10 @@ fn add_list_show_remove_round_trip() {
     let out = ak.run(&["template", "add", "python", &file]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("built-in"), "{out:?}");
-    let out = ak.run(&["template", "add", "../x", &file]);
-    assert_eq!(out.code, 125, "{out:?}");
+    for bad in ["../x", "x.toml"] {
+        let out = ak.run(&["template", "add", bad, &file]);
+        assert_eq!(out.code, 125, "{bad}: {out:?}");
+    }
     assert_eq!(ak.ok(&["template", "show", "mine"]).stdout, text);
     // Removing: built-ins stay, unknown names say so.
     let out = ak.run(&["template", "remove", "python"]);
