@@ -27,6 +27,25 @@ PUSHES=(
   "busybox:latest library/alpine:3.20"
   "python:latest  library/python:3.12-alpine"
 )
+# The images the built-in templates name (crates/agentkernel-engine/templates/*.toml), as
+# tagged copies of the two images above, so that every built-in's image resolves here (their
+# contents are busybox or Debian's python3, not the real toolchains). Pushed to the open
+# registry only. Docker Hub names sit under their Hub path (library/ for official images);
+# another registry's image sits under its path there (mcr.microsoft.com/dotnet/sdk:8.0 is
+# dotnet/sdk:8.0).
+ALIASES=(
+  "busybox:latest library/node:22-alpine"
+  "busybox:latest library/rust:1.85-alpine"
+  "busybox:latest library/golang:1.23-alpine"
+  "busybox:latest library/ruby:3.3-alpine"
+  "busybox:latest library/eclipse-temurin:21-alpine"
+  "busybox:latest library/php:8.3-alpine"
+  "busybox:latest library/elixir:1.16-alpine"
+  "busybox:latest library/gcc:14-bookworm"
+  "busybox:latest hashicorp/terraform:1.10"
+  "busybox:latest dotnet/sdk:8.0"
+  "python:latest  library/python:3.12-slim"
+)
 
 log() { echo "test-registry: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -241,7 +260,8 @@ AGENTKERNEL_TEST_REGISTRY_STORAGE=$storage/open
 EOF
 }
 
-# Pushes every image to both registries. Idempotent: blobs already there are not sent again.
+# Pushes every image to both registries, and the aliases to the open one. Idempotent: blobs
+# already there are not sent again.
 push_images() {
   local open auth entry src dest
   open="$(sed -n 's/^AGENTKERNEL_TEST_REGISTRY=//p' "$envfile")"
@@ -255,6 +275,11 @@ push_images() {
     skopeo --insecure-policy copy --quiet --preserve-digests --dest-tls-verify=false \
       --dest-creds "$USER_NAME:$USER_PASSWORD" \
       "oci:$cache/oci/${src%%:*}:${src#*:}" "docker://$auth/$dest"
+  done
+  for entry in "${ALIASES[@]}"; do
+    read -r src dest <<<"$entry"
+    skopeo --insecure-policy copy --quiet --preserve-digests --dest-tls-verify=false \
+      "oci:$cache/oci/${src%%:*}:${src#*:}" "docker://$open/$dest"
   done
 }
 

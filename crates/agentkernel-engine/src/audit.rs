@@ -97,6 +97,14 @@ pub enum AuditEvent {
         session: String,
         sandbox: String,
     },
+    /// A user template was added (`template add`, `template save`).
+    TemplateAdded {
+        template: String,
+    },
+    /// A user template was removed (`template remove`).
+    TemplateRemoved {
+        template: String,
+    },
     /// A request refused by policy: `policy` names the rule (`access`: the caller named what
     /// it may not, or a project's config tried to loosen; `enforcement`: the backend cannot
     /// enforce a field), `details` is the refusal as the caller was told it. `sandbox` is empty
@@ -153,6 +161,7 @@ impl AuditEvent {
             | AuditEvent::SandboxForked { sandbox, .. }
             | AuditEvent::SessionStarted { sandbox, .. }
             | AuditEvent::SessionResumed { sandbox, .. } => sandbox,
+            AuditEvent::TemplateAdded { .. } | AuditEvent::TemplateRemoved { .. } => "",
         }
     }
 }

@@ -95,6 +95,24 @@ pub enum EngineError {
         "session {0:?} has neither its sandbox nor a save left: delete it with `agentkernel session delete {0}` and start a new one"
     )]
     SessionNothingToResume(String),
+    /// A template's TOML or one of its values is wrong; `message` names the line or field.
+    #[error("template {origin}: {message}")]
+    TemplateInvalid { origin: String, message: String },
+    #[error(
+        "no template {0:?}: see `agentkernel template list` for names, or give a file's path (it must contain `/` or end in .toml)"
+    )]
+    TemplateNotFound(String),
+    #[error(
+        "{0:?} is a built-in template: it cannot be removed or replaced; give your own template another name (see `agentkernel template list`)"
+    )]
+    TemplateBuiltIn(String),
+    #[error(
+        "a template named {0:?} already exists: pick another name, or remove it first with `agentkernel template remove {0}`"
+    )]
+    TemplateTaken(String),
+    /// A template that would have to be fetched over the network (`github:`).
+    #[error("{0}")]
+    TemplateRemote(String),
 }
 
 impl EngineError {
@@ -120,12 +138,15 @@ impl HasKind for EngineError {
             EngineError::Backend(e) => e.kind(),
             EngineError::LimitReached(_) => ErrorKind::LimitReached,
             EngineError::NoCommand
+            | EngineError::TemplateInvalid { .. }
+            | EngineError::TemplateRemote(_)
             | EngineError::BadCopyArg(_)
             | EngineError::BadLogStream(_)
             | EngineError::BackendUnavailable { .. } => ErrorKind::InvalidInput,
             EngineError::NotFound(_)
             | EngineError::SnapshotNotFound(_)
             | EngineError::SessionNotFound(_)
+            | EngineError::TemplateNotFound(_)
             | EngineError::UuidNotFound(_)
             | EngineError::DetachedNotFound { .. } => ErrorKind::NotFound,
             EngineError::NameTaken(_)
@@ -133,6 +154,8 @@ impl HasKind for EngineError {
             | EngineError::SnapshotInUse { .. }
             | EngineError::SessionTaken(_)
             | EngineError::SessionNothingToResume(_)
+            | EngineError::TemplateBuiltIn(_)
+            | EngineError::TemplateTaken(_)
             | EngineError::NotRunning(_)
             | EngineError::DetachedStillRunning { .. }
             | EngineError::Tampered(_) => ErrorKind::Conflict,

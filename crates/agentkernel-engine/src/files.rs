@@ -8,7 +8,7 @@ use crate::Engine;
 use crate::audit::AuditEvent;
 use crate::error::{EngineError, Result};
 use agentkernel_core::CoreError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The largest file `read_file` returns (bigger ones are copied out with `cp`).
 pub const READ_LIMIT: u64 = 64 * 1024 * 1024;
@@ -57,6 +57,70 @@ impl Engine {
             written.push(shown);
         }
         Ok(written)
+    }
+
+    /// `sandbox create --dir DIR`: copies what host directory `dir` holds into sandbox
+    /// `name`'s /workspace, starting the sandbox for the copy and stopping it again if it was
+    /// stopped. A sandbox whose policy mounts a host directory at /workspace (permissive, the
+    /// agent modes) sees it there already: nothing is copied, and `false` is returned.
+    pub fn copy_project(&self, name: &str, dir: &Path) -> Result<bool> {
+        let rec = self.get_record(name)?;
+        let workspace = Path::new(agentkernel_core::policy::WORKSPACE);
+        if rec.spec.policy.mounts.iter().any(|m| m.target == workspace) {
+            return Ok(false);
+        }
+        if rec.spec.policy.read_only_root {
+            return Err(CoreError::Conflicting(format!(
+                "--dir copies {} into /workspace, and the {} profile's root is read-only: use -p moderate, or -p permissive to mount the directory instead",
+                dir.display(),
+                rec.spec.policy.profile
+            ))
+            .into());
+        }
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| {
+                EngineError::Input(CoreError::InvalidArgument(format!(
+                    "--dir {}: cannot read it ({e}): give a directory you can read",
+                    dir.display()
+                )))
+            })?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<std::io::Result<_>>()
+            .map_err(EngineError::io(format!("read {}", dir.display())))?;
+        entries.sort();
+        let was_running = self.is_running(&rec);
+        self.start(name)?;
+        let copied = self.copy_into_workspace(name, workspace, &entries);
+        let stopped = if was_running {
+            Ok(false)
+        } else {
+            self.stop(name)
+        };
+        copied?;
+        stopped?;
+        self.audit.record(AuditEvent::FileWritten {
+            sandbox: name.to_string(),
+            path: workspace.display().to_string(),
+        });
+        Ok(true)
+    }
+
+    /// Copies `entries` (host paths) into `workspace` of running sandbox `name`, made a
+    /// directory first if the image has none.
+    fn copy_into_workspace(&self, name: &str, workspace: &Path, entries: &[PathBuf]) -> Result<()> {
+        let (_, backend, rt) = self.running_record(name)?;
+        // `write_file` makes missing parent directories: a marker file makes /workspace a
+        // directory, so that each entry is copied into it rather than as it.
+        let marker = workspace.join(format!(
+            ".agentkernel-dir-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ));
+        backend.write_file(&rt, &marker, b"")?;
+        backend.remove_file(&rt, &marker)?;
+        for entry in entries {
+            backend.copy_in(&rt, entry, workspace)?;
+        }
+        Ok(())
     }
 
     /// Removes a file (or an empty directory) in a running sandbox.

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod backend;
 pub mod buffered;
+mod clean;
 pub mod detached;
 pub mod doctor;
 pub mod egress;
@@ -15,13 +16,13 @@ pub mod pool;
 pub mod resolve;
 mod running;
 mod seal;
-mod clean;
 pub mod session;
 pub mod snapshot;
-mod template_cache;
 mod state_dir;
 pub mod status;
 pub mod store;
+pub mod template;
+mod template_cache;
 pub mod vault;
 
 pub use agentkernel_core::Sink;
@@ -180,21 +181,34 @@ impl Engine {
         Ok(b)
     }
 
-    /// Resolves the spec and its image; image env is merged under the user's.
     /// Resolves the spec, checks its backend can run here, then makes sure its image is local
-    /// (pulling it if needed); the image's env is merged under the user's. The backend goes
-    /// first so that a request no backend can serve fails before anything is downloaded.
+    /// (pulling it if needed); the image's env is merged under the user's and the template's.
+    /// The backend goes first so that a request no backend can serve fails before anything is
+    /// downloaded. A template's files and cached setup come last (`template::apply_template`).
     pub(crate) fn prepare(
         &self,
         req: &SpecRequest,
         name: &str,
         config: &Config,
     ) -> Result<(SandboxSpec, Rootfs, Box<dyn Backend>)> {
-        let mut spec = resolve::resolve(req, name, config)?;
+        let template = req
+            .template
+            .as_deref()
+            .map(|t| template::load(&self.home, t, &req.cwd, req.caller))
+            .transpose()?;
+        let templated;
+        let spec_req = match &template {
+            Some(t) => {
+                templated = template::with_template_env(req, t);
+                &templated
+            }
+            None => req,
+        };
+        let mut spec = resolve::resolve(spec_req, name, config)?;
         let backend = self.backend(&spec)?;
         let rootfs = backend.resolve_image(&spec.image, &self.images_for(Some(config))?)?;
         state_dir::hide(&self.home, &mut spec, &rootfs)?;
-        resolve::merge_image_env(&mut spec, &rootfs.config.env, &req.env);
+        resolve::merge_image_env(&mut spec, &rootfs.config.env, &spec_req.env);
         if req.workdir.is_none()
             && config.sandbox.workdir.is_none()
             && let Some(w) = rootfs
@@ -204,6 +218,9 @@ impl Engine {
                 .filter(|w| w.starts_with('/'))
         {
             spec.workdir = w.clone();
+        }
+        if let Some(t) = &template {
+            self.apply_template(t, req, &mut spec)?;
         }
         Ok((spec, rootfs, backend))
     }
@@ -233,7 +250,7 @@ impl Engine {
 
     fn explain_config_unaudited(&self, req: &SpecRequest) -> Result<Option<String>> {
         let paths = resolve::config_paths(&self.home, req)?;
-        if paths.is_empty() {
+        if paths.is_empty() && req.template.is_none() {
             return Ok(None);
         }
         let config = resolve::load_config(&self.home, req)?;
@@ -249,10 +266,15 @@ impl Engine {
                 Err(_) => p.display().to_string(),
             })
             .collect();
-        Ok(Some(format!(
-            "config {}; profile {profile}",
-            shown.join(", ")
-        )))
+        let mut parts = Vec::new();
+        if let Some(t) = &req.template {
+            parts.push(format!("template {t}"));
+        }
+        if !shown.is_empty() {
+            parts.push(format!("config {}", shown.join(", ")));
+        }
+        parts.push(format!("profile {profile}"));
+        Ok(Some(parts.join("; ")))
     }
 
     /// Refuses an MCP caller a sandbox whose policy is looser than what the configs give an MCP
@@ -301,7 +323,15 @@ impl Engine {
         let config =
             self.audit
                 .refusal("", Some(req.caller), resolve::load_config(&self.home, req))?;
-        Ok(resolve::choose_image(req, &config))
+        let mut chosen = resolve::choose_image(req, &config);
+        if chosen.rule == "[sandbox] base_image"
+            && let Some(reference) = &req.template
+            && let Ok(t) = template::load(&self.home, reference, &req.cwd, req.caller)
+            && t.template.image.as_deref() == Some(chosen.image.as_str())
+        {
+            chosen.rule = format!("template {}", t.name);
+        }
+        Ok(chosen)
     }
 
     /// Runs one command in a new sandbox (removed afterwards unless kept).

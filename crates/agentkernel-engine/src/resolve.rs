@@ -2,10 +2,10 @@
 //! `~/.agentkernel/config.toml`) into one validated `SandboxSpec`, and deciding what each caller
 //! may ask for (docs/security.md, "Who may name what").
 //!
-//! Precedence: flags > `--config` > `./agentkernel.toml` > the user config > defaults. The
-//! project file arrived with the project, so it may only tighten: the policy with it must be at
-//! least as strict as the policy without it, and it may not choose mirrors, the backend, or
-//! host paths outside the project. Remote callers (HTTP) may name registry images, `host` and
+//! Precedence: flags > `--config` > `./agentkernel.toml` > `--template` > the user config >
+//! defaults (auto-detection among them). The project file arrived with the project, so it may
+//! only tighten: the policy with it must be at least as strict as the policy without it, and
+//! it may not choose mirrors, the backend, or host paths outside the project. Remote callers (HTTP) may name registry images, `host` and
 //! directories under `[security] remote_paths`; MCP callers (the agent being sandboxed) also
 //! may only tighten the policy the configs give.
 
@@ -58,6 +58,9 @@ pub struct SpecRequest {
     pub backend: Option<String>,
     /// `--config FILE`.
     pub config: Option<PathBuf>,
+    /// `--template NAME` (a built-in or user template, or a file's path): defaults under
+    /// `./agentkernel.toml`, `--config` and the flags (`crate::template`).
+    pub template: Option<String>,
     /// `--no-network`.
     pub no_network: bool,
     /// Network on or off whatever the profile says, from a surface that can say both (the MCP
@@ -121,7 +124,8 @@ pub fn choose_image(req: &SpecRequest, config: &Config) -> Detection {
 /// The default working directory inside a sandbox.
 pub const DEFAULT_WORKDIR: &str = "/workspace";
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The user's own config file in the state directory `home`: trusted, like flags.
 pub fn user_config_path(home: &Path) -> PathBuf {
@@ -162,6 +166,8 @@ pub fn validate_request(home: &Path, req: &SpecRequest) -> Result<()> {
 /// The config files that apply to a request, kept apart by how far they are trusted.
 struct ConfigFiles {
     user: Config,
+    /// The template's settings (`--template`), over the user's own.
+    template: Option<Config>,
     /// `./agentkernel.toml`: came with the project.
     project: Option<(PathBuf, Config)>,
     /// `--config FILE`: named by the caller.
@@ -178,6 +184,14 @@ fn read_config_files(home: &Path, req: &SpecRequest) -> Result<ConfigFiles> {
         Config::load(&user_path)?
     } else {
         Config::default()
+    };
+    let template = match &req.template {
+        Some(reference) => Some(
+            crate::template::load(home, reference, &req.cwd, req.caller)?
+                .template
+                .as_config(),
+        ),
+        None => None,
     };
     // An HTTP caller's request has no project: `req.cwd` is the server's own directory, and
     // what lies there is not the caller's (MCP agents work in the project the user started
@@ -203,6 +217,7 @@ fn read_config_files(home: &Path, req: &SpecRequest) -> Result<ConfigFiles> {
     };
     Ok(ConfigFiles {
         user,
+        template,
         project,
         explicit,
         paths,
@@ -212,6 +227,9 @@ fn read_config_files(home: &Path, req: &SpecRequest) -> Result<ConfigFiles> {
 impl ConfigFiles {
     fn merged(&self, with_project: bool) -> Config {
         let mut config = self.user.clone();
+        if let Some(template) = &self.template {
+            config = template.clone().over(config);
+        }
         if with_project && let Some((_, project)) = &self.project {
             config = project.clone().over(config);
         }

@@ -4,9 +4,9 @@
 //! starts as fast as any other (DESIGN: "A template is a spec plus setup steps whose result is
 //! cached as a snapshot").
 
+use crate::Engine;
 use crate::error::{EngineError, Result};
 use crate::snapshot::{SNAPSHOT, SnapshotKind, SnapshotRecord};
-use crate::Engine;
 use agentkernel_core::{ExecRequest, SandboxSpec};
 use sha2::{Digest, Sha256};
 use std::time::Duration;
@@ -26,9 +26,12 @@ fn setup_failed(template: &str, command: &str, code: i32, output: &[u8]) -> Engi
         .rev()
         .collect::<Vec<_>>()
         .join("\n");
-    EngineError::Input(agentkernel_core::CoreError::InvalidArgument(format!(
-        "the setup of template {template} failed: `{command}` exited with {code}; its output ended with:\n{tail}\nfix the template's [setup] (agentkernel template add), or check that its network policy lets the package manager reach its registry"
-    )))
+    EngineError::TemplateInvalid {
+        origin: template.to_string(),
+        message: format!(
+            "its setup failed: `{command}` exited with {code}; its output ended with:\n{tail}\nfix the template's [setup], or check that its network policy lets the package manager reach its registry"
+        ),
+    }
 }
 
 /// The cache's name for a setup: `tpl-` and 32 hex digits of a hash over everything that
@@ -67,11 +70,20 @@ impl Engine {
             return Ok(Vec::new());
         }
         let name = cache_name(template, spec, setup);
-        if let Some(rec) = self.store()?.get_object::<SnapshotRecord>(SNAPSHOT, &name)? {
+        if let Some(rec) = self
+            .store()?
+            .get_object::<SnapshotRecord>(SNAPSHOT, &name)?
+        {
             return Ok(rec.spec.layers);
         }
-        let builder = format!("{name}-build-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]);
-        let builder: String = builder.chars().take(agentkernel_core::name::MAX_NAME_LEN).collect();
+        let builder = format!(
+            "{name}-build-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..6]
+        );
+        let builder: String = builder
+            .chars()
+            .take(agentkernel_core::name::MAX_NAME_LEN)
+            .collect();
         let made = self
             .create_from(spec, &builder, &[("agentkernel.template-setup", template)])
             .and_then(|_| self.run_setup(&builder, template, setup))

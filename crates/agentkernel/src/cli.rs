@@ -72,7 +72,7 @@ pub enum Command {
     Attach(AttachArgs),
     /// Copy files between the host and a sandbox (NAME:/path on one side)
     Cp(CpArgs),
-    /// Manage sandboxes (create, start, stop, remove, list, gc)
+    /// Manage sandboxes (create, start, stop, remove, list, gc, fork, export, export-config, import-config)
     #[command(subcommand)]
     Sandbox(SandboxCommand),
     /// Remove expired sandboxes and leftovers of crashed ones
@@ -112,6 +112,9 @@ pub enum Command {
     /// Agent sessions: a sandbox with its saves (start, save, resume, list, delete)
     #[command(subcommand, visible_alias = "sessions")]
     Session(crate::snapshots::SessionCommand),
+    /// Sandbox templates: list, show, add, save, remove (use one with --template)
+    #[command(subcommand, visible_alias = "templates")]
+    Template(crate::templates::TemplateCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -244,6 +247,10 @@ pub enum SandboxCommand {
     Export(crate::snapshots::ExportArgs),
     /// Remove every sandbox, snapshot, session, template cache and unused image
     Clean(crate::snapshots::CleanArgs),
+    /// Print a sandbox's settings as template TOML (secrets named, never their values)
+    ExportConfig(NameArg),
+    /// Create a sandbox from settings `export-config` printed (or any template file)
+    ImportConfig(crate::templates::ImportConfigArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -266,6 +273,10 @@ pub struct SandboxOpts {
     /// Path to an agentkernel.toml config file
     #[arg(short = 'c', long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Start from a template: a built-in or your own (`agentkernel template list`), or a
+    /// template file's path; flags, --config and ./agentkernel.toml override what it sets
+    #[arg(long, value_name = "NAME")]
+    pub template: Option<String>,
     #[arg(short = 'B', long, help = backend_help())]
     pub backend: Option<String>,
     /// Disable network access
@@ -324,8 +335,6 @@ fn backend_help() -> String {
 /// instead; hidden from `--help`, which lists what works.
 #[derive(Args, Debug, Clone, Default)]
 pub struct NotYetOpts {
-    #[arg(long, value_name = "NAME", hide = true)]
-    pub template: Option<String>,
     #[arg(long, hide = true)]
     pub ssh: bool,
     #[arg(short = 'P', long, value_name = "PORT", hide = true)]
@@ -335,12 +344,7 @@ pub struct NotYetOpts {
 impl NotYetOpts {
     /// The first option given that this build does not have, as an error saying what to do.
     pub fn refuse(&self) -> Result<(), agentkernel_core::CoreError> {
-        let refusal = if self.template.is_some() {
-            Some((
-                "--template",
-                "give the image with --image and run the setup steps in the command (or keep a sandbox with `create` and set it up with `exec`)",
-            ))
-        } else if self.ssh {
+        let refusal = if self.ssh {
             Some((
                 "--ssh",
                 "open a shell with `agentkernel attach NAME`, or run commands with `agentkernel exec NAME -- ...`",
@@ -426,7 +430,9 @@ pub struct CreateArgs {
     /// Name the sandbox after the git project and branch
     #[arg(long)]
     pub branch: bool,
-    #[arg(long, value_name = "DIR", hide = true)]
+    /// Copy this project directory into the sandbox as /workspace (with -p permissive it is
+    /// mounted there instead); its agentkernel.toml and files are the project's
+    #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
 }
 

@@ -11,6 +11,7 @@ mod secret;
 mod serve;
 mod signals;
 mod snapshots;
+mod templates;
 
 use agentkernel_core::duration::parse_duration;
 use agentkernel_core::exec::EXIT_AGENTKERNEL_ERROR;
@@ -107,6 +108,9 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         Command::Sandbox(SandboxCommand::Fork(a)) => snapshots::fork(a),
         Command::Sandbox(SandboxCommand::Export(a)) => snapshots::export(a),
         Command::Sandbox(SandboxCommand::Clean(a)) => snapshots::clean(a),
+        Command::Sandbox(SandboxCommand::ExportConfig(n)) => templates::export_config(&n.name),
+        Command::Sandbox(SandboxCommand::ImportConfig(a)) => templates::import_config(a),
+        Command::Template(cmd) => templates::template(cmd),
         Command::Snapshot(cmd) => snapshots::snapshot(cmd),
         Command::Session(cmd) => snapshots::session(cmd),
         Command::Serve(args) => serve::serve(args),
@@ -203,7 +207,7 @@ fn mcp_server() -> Result<i32, EngineError> {
     Ok(0)
 }
 
-fn current_dir() -> Result<std::path::PathBuf, EngineError> {
+pub(crate) fn current_dir() -> Result<std::path::PathBuf, EngineError> {
     std::env::current_dir().map_err(|e| EngineError::Io {
         context: "read the current directory".into(),
         source: e,
@@ -217,6 +221,7 @@ pub(crate) fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError
         profile: opts.profile,
         backend: opts.backend,
         config: opts.config,
+        template: opts.template,
         no_network: opts.no_network,
         compat: opts.compatibility_mode,
         allow_hosts: opts.allow_host,
@@ -301,10 +306,12 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
         );
     }
     // A throwaway sandbox without stdin can come from the daemon's warm pool, unless
-    // --fast=false asks for a new one.
+    // --fast=false asks for a new one. The pools know no templates: a templated run is made
+    // here.
     if !opts.keep
         && !opts.branch
         && !exec.stdin
+        && req.template.is_none()
         && args.fast != Some(false)
         && let Some(code) = daemon::try_run(&req, &exec.argv, exec.timeout)?
     {
@@ -332,15 +339,13 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
 
 fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
     args.sandbox.refuse_unsupported()?;
-    if args.dir.is_some() {
-        return Err(cli::not_yet(
-            "--dir",
-            "a sandbox mounts the current directory at /workspace with -p permissive; run `create` from that directory",
-        )
-        .into());
-    }
     let ttl = duration(args.ttl.as_deref())?;
-    let req = spec_request(args.sandbox)?;
+    let mut req = spec_request(args.sandbox)?;
+    let project = args
+        .dir
+        .as_deref()
+        .map(|dir| use_project_dir(&mut req, dir))
+        .transpose()?;
     let name = match (args.name, args.branch) {
         (Some(n), _) => Some(n),
         (None, true) => Some(agentkernel_engine::resolve::branch_name(&req.cwd)?),
@@ -351,8 +356,52 @@ fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
         eprintln!("agentkernel: {applied}");
     }
     let info = engine.create(&req, name.as_deref(), ttl)?;
+    if let Some(dir) = &project {
+        // All or nothing: a sandbox whose files could not be copied is removed.
+        if let Err(e) = engine.copy_project(&info.name, dir) {
+            let _ = engine.remove(&info.name);
+            return Err(e);
+        }
+    }
     println!("{}", info.name);
     Ok(0)
+}
+
+/// `create --dir DIR`: DIR becomes the request's project (what permissive mounts at
+/// /workspace, where ./agentkernel.toml and project files are looked up); paths the user gave
+/// relative to where they stand (`--config`, a directory `--image`) keep meaning that.
+fn use_project_dir(
+    req: &mut SpecRequest,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf, EngineError> {
+    let project = req.cwd.join(dir).canonicalize().map_err(|e| {
+        agentkernel_core::CoreError::InvalidArgument(format!(
+            "--dir {}: {e}: give the path of an existing project directory",
+            dir.display()
+        ))
+    })?;
+    if !project.is_dir() {
+        return Err(agentkernel_core::CoreError::InvalidArgument(format!(
+            "--dir {}: not a directory: give the project's directory",
+            dir.display()
+        ))
+        .into());
+    }
+    if let Some(config) = &req.config {
+        req.config = Some(req.cwd.join(config));
+    }
+    if let Some(image) = &req.image
+        && (image.starts_with("./") || image.starts_with("../") || image == ".")
+    {
+        req.image = Some(req.cwd.join(image).display().to_string());
+    }
+    if let Some(template) = &req.template
+        && agentkernel_engine::template::is_file_reference(template)
+    {
+        req.template = Some(req.cwd.join(template).display().to_string());
+    }
+    req.cwd = project.clone();
+    Ok(project)
 }
 
 fn exec(args: cli::ExecArgs) -> Result<i32, EngineError> {

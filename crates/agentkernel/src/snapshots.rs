@@ -3,10 +3,10 @@
 //! snapshot`) and sessions on the command line.
 
 use crate::cli::SandboxOpts;
-use agentkernel_engine::session::SessionInfo;
-use agentkernel_engine::snapshot::{SnapshotInfo, SnapshotKind};
 use agentkernel_engine::EngineError;
 use agentkernel_engine::resolve::Caller;
+use agentkernel_engine::session::SessionInfo;
+use agentkernel_engine::snapshot::{SnapshotInfo, SnapshotKind};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
@@ -110,7 +110,7 @@ pub struct CleanArgs {
 #[derive(Subcommand, Debug)]
 pub enum SessionCommand {
     /// Start a session: a sandbox session-NAME for an agent, started
-    Start(SessionStartArgs),
+    Start(Box<SessionStartArgs>),
     /// Save a session: a snapshot of its sandbox, added to its saves
     Save(SessionNameArg),
     /// Resume a session: its sandbox started again, or restored from its latest save

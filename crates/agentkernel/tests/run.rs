@@ -339,8 +339,8 @@ fn unknown_and_unbuilt_options_are_refused_before_anything_runs() {
             "`--receipt` is not supported yet",
         ),
         (
-            &["run", "--template", "python", "--", "true"],
-            "`--template` is not supported yet",
+            &["run", "--template", "no-such-template", "--", "true"],
+            "no template \"no-such-template\"",
         ),
         (&["run", "--ssh", "true"], "`--ssh` is not supported yet"),
         (
@@ -378,13 +378,13 @@ fn unknown_and_unbuilt_options_are_refused_before_anything_runs() {
             "--placeholder-secrets applies to --secret-file files",
         ),
         (
-            &["create", "--template", "python", "box"],
-            "`--template` is not supported yet",
+            &["create", "--template", "github:org/repo/t.toml", "box"],
+            "does not fetch templates",
         ),
         (&["create", "--ssh", "box"], "`--ssh` is not supported yet"),
         (
-            &["create", "box", "--dir", "."],
-            "`--dir` is not supported yet",
+            &["create", "box", "--dir", "./no-such-dir"],
+            "give the path of an existing project directory",
         ),
     ] {
         let out = ak.run(args);
