@@ -3,8 +3,8 @@
 
 use crate::{Client, Flavor};
 use agentkernel_backend::{
-    Backend, BackendError, Capabilities, Captured, Controls, Persistence, Readiness, Result, RuntimeState,
-    Started,
+    Backend, BackendError, Capabilities, Captured, Controls, Persistence, Readiness, Result,
+    RuntimeState, Started,
 };
 use agentkernel_core::{
     BackendKind, ErrorKind, ExecRequest, ExitStatus, ImageRef, SandboxSpec, Sink,

@@ -2,9 +2,9 @@
 //! template caches, captured layers and pulled images — removed (or, with `--dry-run`, listed),
 //! with the disk space that frees.
 
+use crate::Engine;
 use crate::error::Result;
 use crate::snapshot::{SNAPSHOT, SnapshotRecord};
-use crate::Engine;
 use std::path::Path;
 
 /// What `clean_all` removed (or would remove), and the bytes that freed.

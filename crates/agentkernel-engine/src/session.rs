@@ -65,15 +65,15 @@ impl Engine {
         if req.compat.is_none() && agent != "opencode" {
             req.compat = Some(agent.to_string());
         }
-        let made = self
-            .create(&req, Some(&sandbox), None)
-            .and_then(|_| match self.start(&sandbox) {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let _ = self.remove(&sandbox);
-                    Err(e)
-                }
-            });
+        let made =
+            self.create(&req, Some(&sandbox), None)
+                .and_then(|_| match self.start(&sandbox) {
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        let _ = self.remove(&sandbox);
+                        Err(e)
+                    }
+                });
         if let Err(e) = made {
             let _ = self.store()?.delete_object(SESSION, name);
             return Err(e);

@@ -123,8 +123,9 @@ impl Engine {
             start_time: agentkernel_sys::proc::start_time(pid).unwrap_or_default(),
             boot_id: agentkernel_sys::proc::boot_id(),
         };
-        self.store()?
-            .insert_object(PENDING, &id, &pending, || EngineError::NameTaken(id.clone()))?;
+        self.store()?.insert_object(PENDING, &id, &pending, || {
+            EngineError::NameTaken(id.clone())
+        })?;
         let runtime = rec.runtime.as_ref().filter(|_| self.is_running(rec));
         let dir = self.sandbox_dir(&rec.name);
         match backend.capture(&rec.spec, &dir, runtime, &id) {
@@ -164,7 +165,11 @@ impl Engine {
         let name = match name {
             Some(n) => {
                 validate_name(n)?;
-                if self.store()?.get_object::<SnapshotRecord>(SNAPSHOT, n)?.is_some() {
+                if self
+                    .store()?
+                    .get_object::<SnapshotRecord>(SNAPSHOT, n)?
+                    .is_some()
+                {
                     return Err(EngineError::SnapshotNameTaken(n.to_string()));
                 }
                 n.to_string()
@@ -438,9 +443,8 @@ impl Engine {
         // The default prefix gives up the end of a long source name so the copies' names fit.
         let prefix = prefix.map_or_else(
             || {
-                let room = agentkernel_core::name::MAX_NAME_LEN
-                    - "-fork-".len()
-                    - count.to_string().len();
+                let room =
+                    agentkernel_core::name::MAX_NAME_LEN - "-fork-".len() - count.to_string().len();
                 let kept: String = name.chars().take(room).collect();
                 format!("{}-fork", kept.trim_end_matches(['-', '.', '_']))
             },
@@ -648,13 +652,7 @@ impl Engine {
         let backend = self.backend(&rec.spec)?;
         let rootfs = backend.resolve_image(&rec.spec.image, &self.images_for(None)?)?;
         let runtime = rec.runtime.as_ref().filter(|_| self.is_running(&rec));
-        Ok(backend.export(
-            &rec.spec,
-            &rootfs,
-            &self.sandbox_dir(name),
-            runtime,
-            out,
-        )?)
+        Ok(backend.export(&rec.spec, &rootfs, &self.sandbox_dir(name), runtime, out)?)
     }
 
     /// Exports sandbox `name` to the host file `path`: written beside it under a temporary name

@@ -359,7 +359,12 @@ impl Store {
     }
 
     /// Replaces an object's document (it must exist and verify).
-    pub fn update_object<T: serde::Serialize>(&self, kind: &str, name: &str, value: &T) -> Result<()> {
+    pub fn update_object<T: serde::Serialize>(
+        &self,
+        kind: &str,
+        name: &str,
+        value: &T,
+    ) -> Result<()> {
         let tx = self.write_transaction()?;
         let Some((_, created_at)) = self.object_raw(kind, name)? else {
             return Err(EngineError::NotFound(format!("{kind} {name}")));
@@ -416,7 +421,9 @@ impl Store {
                     .verify(&object_parts(kind, name, data, created_at), mac)
             })
             .filter_map(|(name, data, created_at, _)| {
-                decode_object(&name, &data).ok().map(|v| (name, created_at, v))
+                decode_object(&name, &data)
+                    .ok()
+                    .map(|v| (name, created_at, v))
             })
             .collect())
     }
@@ -570,7 +577,9 @@ mod tests {
         store
             .insert_object("session", "a", &vec![9], taken)
             .expect("another kind, the same name");
-        store.update_object("snapshot", "a", &vec![4]).expect("update");
+        store
+            .update_object("snapshot", "a", &vec![4])
+            .expect("update");
         let got: Option<Vec<i32>> = store.get_object("snapshot", "a").expect("get");
         assert_eq!(got, Some(vec![4]));
         let all: Vec<(String, String, Vec<i32>)> = store.list_objects("snapshot").expect("list");

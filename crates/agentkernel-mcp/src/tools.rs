@@ -5,9 +5,9 @@
 #![allow(clippy::result_large_err)]
 
 use agentkernel_engine::buffered::{Buffered, BufferedError, ExecOp, buffered, timeout_message};
-use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
 use agentkernel_engine::resolve::Caller;
 use agentkernel_engine::snapshot::SnapshotKind;
+use agentkernel_engine::{Engine, EngineError, RunOptions, SpecRequest};
 use base64::Engine as _;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;

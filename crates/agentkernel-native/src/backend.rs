@@ -4,13 +4,13 @@ use crate as native;
 use crate::export;
 use crate::layers::{LayerError, LayerStore, Source};
 use crate::{RootfsPlan, Target, UpperDir};
-use rustix::fd::{AsFd, AsRawFd};
 use agentkernel_backend::{
-    Backend, BackendError, Capabilities, Captured, Controls, Persistence, Readiness, Result, RuntimeState,
-    Started,
+    Backend, BackendError, Capabilities, Captured, Controls, Persistence, Readiness, Result,
+    RuntimeState, Started,
 };
 use agentkernel_core::{BackendKind, ErrorKind, ExecRequest, ExitStatus, SandboxSpec, Sink};
 use agentkernel_image::Rootfs;
+use rustix::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 pub struct NativeBackend {

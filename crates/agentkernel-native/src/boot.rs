@@ -332,7 +332,11 @@ fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
         Ok(fd) => fd,
         Err(msg) => fail(&mut status, msg),
     };
-    let mut keep = vec![status.as_raw_fd(), life_r.as_raw_fd(), layer_dir.as_raw_fd()];
+    let mut keep = vec![
+        status.as_raw_fd(),
+        life_r.as_raw_fd(),
+        layer_dir.as_raw_fd(),
+    ];
     if let Some(first) = plan.first {
         keep.extend_from_slice(&first.stdio);
     }

@@ -42,12 +42,20 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> LayerError + '_ {
 
 /// Writes the tree under `root` to `out` as tar; returns the bytes written. With `one_mount`,
 /// directories on other mounts than `root`'s are written empty.
-pub fn write_tar(root: BorrowedFd<'_>, one_mount: bool, out: &mut dyn Write) -> Result<u64, LayerError> {
+pub fn write_tar(
+    root: BorrowedFd<'_>,
+    one_mount: bool,
+    out: &mut dyn Write,
+) -> Result<u64, LayerError> {
     let mut counting = Counting { out, bytes: 0 };
     {
         let mut tar = tar::Builder::new(&mut counting);
         tar.follow_symlinks(false);
-        let mount = if one_mount { Some(mount_id(root, c".")?) } else { None };
+        let mount = if one_mount {
+            Some(mount_id(root, c".")?)
+        } else {
+            None
+        };
         walk(&mut tar, root, Path::new(""), mount)?;
         tar.finish().map_err(io(Path::new("tar")))?;
     }
@@ -156,7 +164,12 @@ fn open(dir: BorrowedFd<'_>, name: &std::ffi::CStr, extra: OFlags) -> rustix::io
     rustix::fs::openat(
         dir,
         name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY | extra,
+        OFlags::RDONLY
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NONBLOCK
+            | OFlags::NOCTTY
+            | extra,
         Mode::empty(),
     )
 }

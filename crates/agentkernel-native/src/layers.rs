@@ -258,11 +258,7 @@ pub fn remove_abandoned_locks(home: &Path) -> Vec<String> {
 }
 
 /// Copies the source's upper directory with `copier`; returns how long processes were frozen.
-fn copy_from(
-    home: &Path,
-    source: Source<'_>,
-    mut copier: Copier,
-) -> Result<Duration, LayerError> {
+fn copy_from(home: &Path, source: Source<'_>, mut copier: Copier) -> Result<Duration, LayerError> {
     match source {
         Source::Stopped { dir } => {
             let legacy = dir.join("upper");

@@ -310,7 +310,8 @@ fn set_meta(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, st: &Stat, rel: &Path) -> 
         Some(rustix::fs::Gid::from_raw(st.st_gid)),
     )
     .map_err(fail("chown", rel))?;
-    rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777)).map_err(fail("chmod", rel))?;
+    rustix::fs::fchmod(dst, Mode::from_raw_mode(st.st_mode & 0o7777))
+        .map_err(fail("chmod", rel))?;
     copy_xattrs(src, dst, rel)?;
     rustix::fs::futimens(dst, &timestamps(st)).map_err(fail("set times", rel))
 }
@@ -414,15 +415,15 @@ pub fn disk_usage(dir: BorrowedFd<'_>) -> u64 {
                 continue;
             }
             total += st.st_blocks as u64 * 512;
-            if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-                if let Ok(sub) = rustix::fs::openat(
+            if FileType::from_raw_mode(st.st_mode) == FileType::Directory
+                && let Ok(sub) = rustix::fs::openat(
                     dir,
                     name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
-                ) {
-                    total += walk(sub.as_fd(), seen);
-                }
+                )
+            {
+                total += walk(sub.as_fd(), seen);
             }
         }
         total

@@ -392,7 +392,9 @@ pub(crate) fn whole_count<'de, D: serde::Deserializer<'de>>(
         return Ok(None);
     };
     if let Some(u) = n.as_u64() {
-        return usize::try_from(u).map(Some).map_err(serde::de::Error::custom);
+        return usize::try_from(u)
+            .map(Some)
+            .map_err(serde::de::Error::custom);
     }
     match n.as_f64() {
         Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= usize::MAX as f64 => Ok(Some(f as usize)),

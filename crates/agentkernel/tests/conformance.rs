@@ -801,7 +801,11 @@ fn assert_capture_refused(out: &Out) {
 fn snapshots_take_restore_delete(e: &B) {
     e.started("snap", &[]);
     e.ok(&[
-        "exec", "snap", "--", "sh", "-c",
+        "exec",
+        "snap",
+        "--",
+        "sh",
+        "-c",
         "mkdir -p /data && echo before > /data/kept && echo x > /data/will-go",
     ]);
     if !captures(e) {
@@ -824,7 +828,11 @@ fn snapshots_take_restore_delete(e: &B) {
     assert_eq!(meta["sandbox"], "snap", "{meta}");
     assert_eq!(meta["backend"], e.b(), "{meta}");
     assert!(meta["size_bytes"].as_u64().is_some_and(|n| n > 0), "{meta}");
-    assert_eq!(e.ak.status_of("snap").as_deref(), Some("running"), "still running");
+    assert_eq!(
+        e.ak.status_of("snap").as_deref(),
+        Some("running"),
+        "still running"
+    );
     e.ok(&["exec", "snap", "--", "sh", "-c", "echo after > /data/after"]);
 
     let out = e.ok(&["snapshot", "restore", "s1", "--as", "snap-r"]);
@@ -868,10 +876,20 @@ fn snapshots_take_restore_delete(e: &B) {
     e.ok(&["remove", "snap"]);
     e.ok(&["snapshot", "restore", "s2", "--as", "snap-r2"]);
     let out = e.ok(&["exec", "snap-r2", "--", "cat", "/data/kept", "/data/after"]);
-    assert_eq!(out.stdout, "before\nafter\n", "restored after the source was removed");
+    assert_eq!(
+        out.stdout, "before\nafter\n",
+        "restored after the source was removed"
+    );
     // A snapshot of a restored sandbox stacks on it; the first can go with --force while the
     // second's sandboxes still use its files.
-    e.ok(&["exec", "snap-r2", "--", "sh", "-c", "echo third > /data/third"]);
+    e.ok(&[
+        "exec",
+        "snap-r2",
+        "--",
+        "sh",
+        "-c",
+        "echo third > /data/third",
+    ]);
     e.ok(&["snapshot", "take", "snap-r2", "--name", "s3"]);
     e.ok(&["snapshot", "delete", "s2", "--force"]);
     e.ok(&["snapshot", "restore", "s3", "--as", "snap-r3"]);
@@ -888,9 +906,23 @@ fn fork_makes_independent_copies(e: &B) {
     // Twenty on native; five on the container engines, where each copy is a container.
     let count = if e.eng.is_none() { 20 } else { 5 };
     e.started("src", &[]);
-    e.ok(&["exec", "src", "--", "sh", "-c", "mkdir -p /data && echo src > /data/f"]);
+    e.ok(&[
+        "exec",
+        "src",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /data && echo src > /data/f",
+    ]);
     let out = e.ok(&[
-        "sandbox", "fork", "src", "--count", &count.to_string(), "--name-prefix", "kid", "--json",
+        "sandbox",
+        "fork",
+        "src",
+        "--count",
+        &count.to_string(),
+        "--name-prefix",
+        "kid",
+        "--json",
     ]);
     let kids: Vec<Value> = serde_json::from_str(&out.stdout).expect("json");
     assert_eq!(kids.len(), count);
@@ -901,7 +933,11 @@ fn fork_makes_independent_copies(e: &B) {
     for i in 1..=count {
         let name = format!("kid-{i}");
         let out = e.ok(&[
-            "exec", &name, "--", "sh", "-c",
+            "exec",
+            &name,
+            "--",
+            "sh",
+            "-c",
             &format!("cat /data/f; echo kid-{i} > /data/f; echo {i} > /data/own-{i}"),
         ]);
         assert_eq!(out.stdout, "src\n", "{name} starts with the source's files");
@@ -909,22 +945,48 @@ fn fork_makes_independent_copies(e: &B) {
     for i in 1..=count {
         let name = format!("kid-{i}");
         let out = e.ok(&["exec", &name, "--", "sh", "-c", "cat /data/f; ls /data"]);
-        assert_eq!(out.stdout, format!("kid-{i}\nf\nown-{i}\n"), "{name} sees only its own writes");
+        assert_eq!(
+            out.stdout,
+            format!("kid-{i}\nf\nown-{i}\n"),
+            "{name} sees only its own writes"
+        );
     }
     let out = e.ok(&["exec", "src", "--", "sh", "-c", "cat /data/f; ls /data"]);
-    assert_eq!(out.stdout, "src\nf\n", "the source sees none of the copies' writes");
-    let out = e.run(&["sandbox", "fork", "src", "--count", "2", "--name-prefix", "kid"]);
+    assert_eq!(
+        out.stdout, "src\nf\n",
+        "the source sees none of the copies' writes"
+    );
+    let out = e.run(&[
+        "sandbox",
+        "fork",
+        "src",
+        "--count",
+        "2",
+        "--name-prefix",
+        "kid",
+    ]);
     assert_eq!(out.code, 125, "names taken: {out:?}");
     assert!(out.stderr.contains("kid-1"), "{out:?}");
     let out = e.run(&["sandbox", "fork", "src", "--count", "0"]);
     assert_eq!(out.code, 125, "{out:?}");
-    assert_eq!(e.ak.list_json().len(), count + 1, "refused forks made nothing");
+    assert_eq!(
+        e.ak.list_json().len(),
+        count + 1,
+        "refused forks made nothing"
+    );
 }
 
 /// `sandbox export`: the sandbox's whole filesystem as a tar, running or stopped.
 fn export_writes_the_filesystem(e: &B) {
     e.started("exp", &[]);
-    e.ok(&["exec", "exp", "--", "sh", "-c", "mkdir -p /data && echo hello > /data/x"]);
+    e.ok(&[
+        "exec",
+        "exp",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /data && echo hello > /data/x",
+    ]);
     let tar = e.ak.cwd.path().join("exp.tar");
     let tar_arg = tar.to_str().expect("utf8");
     if !captures(e) {
@@ -943,13 +1005,21 @@ fn export_writes_the_filesystem(e: &B) {
             .expect("tar");
         assert!(listing.status.success(), "a valid tar ({state})");
         let names = String::from_utf8_lossy(&listing.stdout).to_string();
-        let has = |p: &str| names.lines().any(|l| l.trim_start_matches("./").trim_end_matches('/') == p);
+        let has = |p: &str| {
+            names
+                .lines()
+                .any(|l| l.trim_start_matches("./").trim_end_matches('/') == p)
+        };
         assert!(has("data/x"), "{state}: the written file: {names}");
         assert!(has("bin/busybox"), "{state}: the image's files: {names}");
         let out = std::process::Command::new("tar")
             .args(["-xOf", tar_arg, "data/x"])
             .output()
-            .or_else(|_| std::process::Command::new("tar").args(["-xOf", tar_arg, "./data/x"]).output())
+            .or_else(|_| {
+                std::process::Command::new("tar")
+                    .args(["-xOf", tar_arg, "./data/x"])
+                    .output()
+            })
             .expect("tar");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n", "{state}");
         std::fs::remove_file(&tar).expect("remove");
@@ -966,14 +1036,37 @@ fn sessions_save_and_resume(e: &B) {
         return;
     }
     e.ok(&[
-        "session", "start", "--name", "work", "--agent", "opencode", "-B", e.b(), "--image",
-        "busybox:latest", "--no-network",
+        "session",
+        "start",
+        "--name",
+        "work",
+        "--agent",
+        "opencode",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+        "--no-network",
     ]);
     assert_eq!(e.ak.status_of("session-work").as_deref(), Some("running"));
-    e.ok(&["exec", "session-work", "--", "sh", "-c", "echo one > /root/progress"]);
+    e.ok(&[
+        "exec",
+        "session-work",
+        "--",
+        "sh",
+        "-c",
+        "echo one > /root/progress",
+    ]);
     let out = e.ok(&["session", "save", "work"]);
     assert!(out.stdout.contains("saved (snapshot: "), "{out:?}");
-    e.ok(&["exec", "session-work", "--", "sh", "-c", "echo two > /root/progress"]);
+    e.ok(&[
+        "exec",
+        "session-work",
+        "--",
+        "sh",
+        "-c",
+        "echo two > /root/progress",
+    ]);
     e.ok(&["session", "save", "work"]);
     let out = e.ok(&["session", "list", "--json"]);
     let list: Vec<Value> = serde_json::from_str(&out.stdout).expect("json");
@@ -983,15 +1076,32 @@ fn sessions_save_and_resume(e: &B) {
     e.ok(&["remove", "session-work"]);
     let out = e.ok(&["session", "list", "--json"]);
     assert!(out.stdout.contains("\"saved\""), "{out:?}");
-    let out = e.run(&["snapshot", "delete", list[0]["saves"][0].as_str().expect("save")]);
+    let out = e.run(&[
+        "snapshot",
+        "delete",
+        list[0]["saves"][0].as_str().expect("save"),
+    ]);
     assert_eq!(out.code, 125, "a session's save is in use: {out:?}");
     e.ok(&["session", "resume", "work"]);
     let out = e.ok(&["exec", "session-work", "--", "cat", "/root/progress"]);
     assert_eq!(out.stdout, "two\n", "the latest save");
-    let out = e.run(&["session", "start", "--name", "work", "--agent", "opencode", "-B", e.b()]);
+    let out = e.run(&[
+        "session",
+        "start",
+        "--name",
+        "work",
+        "--agent",
+        "opencode",
+        "-B",
+        e.b(),
+    ]);
     assert_eq!(out.code, 125, "taken: {out:?}");
     e.ok(&["session", "delete", "work"]);
-    assert_eq!(e.ak.status_of("session-work"), None, "its sandbox went with it");
+    assert_eq!(
+        e.ak.status_of("session-work"),
+        None,
+        "its sandbox went with it"
+    );
     let out = e.run(&["session", "start", "--name", "x", "--agent", "nobody"]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("unknown agent"), "{out:?}");

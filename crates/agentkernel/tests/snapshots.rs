@@ -11,7 +11,13 @@ use std::time::{Duration, Instant};
 /// A running busybox sandbox that wrote `files` files of `kb` KB each under /data.
 fn sandbox_with_files(ak: &Ak, name: &str, files: u32, kb: u32) {
     ak.ok(&[
-        "create", name, "-B", "native", "--image", "busybox:latest", "--no-network",
+        "create",
+        name,
+        "-B",
+        "native",
+        "--image",
+        "busybox:latest",
+        "--no-network",
     ]);
     ak.ok(&["start", name]);
     ak.ok(&[
@@ -54,7 +60,10 @@ fn a_killed_take_leaves_what_gc_cleans() {
         // The sandbox answers: nothing left it frozen.
         let started = Instant::now();
         let out = run_bounded(&ak, &["exec", "victim", "--", "echo", "alive"]);
-        assert_eq!(out.stdout, "alive\n", "after a kill at {delay_ms} ms: {out:?}");
+        assert_eq!(
+            out.stdout, "alive\n",
+            "after a kill at {delay_ms} ms: {out:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(20));
         let snapshots: Vec<Value> =
             serde_json::from_str(&ak.ok(&["snapshot", "list", "--json"]).stdout).expect("json");
@@ -108,7 +117,10 @@ fn fork_and_snapshots_over_http() {
             .expect("send");
         (r.status().as_u16(), r.json::<Value>().expect("json"))
     };
-    let (status, body) = post("/sandboxes/web/fork", json!({"count": 2, "name_prefix": "copy"}));
+    let (status, body) = post(
+        "/sandboxes/web/fork",
+        json!({"count": 2, "name_prefix": "copy"}),
+    );
     assert_eq!(status, 200, "{body}");
     let names: Vec<&str> = body["data"]
         .as_array()
@@ -120,10 +132,16 @@ fn fork_and_snapshots_over_http() {
     assert_eq!(body["data"][0]["status"], "running");
     ak.ok(&["exec", "copy-1", "--", "sh", "-c", "echo mine > /data/f0"]);
     let out = ak.ok(&["exec", "copy-2", "--", "wc", "-c", "/data/f0"]);
-    assert!(out.stdout.starts_with("1024 "), "copy-2 keeps the source's file: {out:?}");
+    assert!(
+        out.stdout.starts_with("1024 "),
+        "copy-2 keeps the source's file: {out:?}"
+    );
     let (status, body) = post("/sandboxes/web/fork", json!({"count": 2}));
     assert_eq!(status, 429, "3 + 2 passes the limit of 4: {body}");
-    assert!(ak.status_of("web-fork-1").is_none(), "a refused fork makes nothing");
+    assert!(
+        ak.status_of("web-fork-1").is_none(),
+        "a refused fork makes nothing"
+    );
     let (status, _) = post("/sandboxes/nope/fork", json!({}));
     assert_eq!(status, 404);
 
@@ -158,7 +176,10 @@ fn fork_and_snapshots_over_http() {
     assert_eq!(r.status().as_u16(), 404);
     drop(srv);
     let out = ak.ok(&["exec", "web-restored", "--", "ls", "/data"]);
-    assert_eq!(out.stdout, "f0\nf1\n", "a forced delete keeps the files its sandbox uses");
+    assert_eq!(
+        out.stdout, "f0\nf1\n",
+        "a forced delete keeps the files its sandbox uses"
+    );
     ak.ok(&["sandbox", "clean", "--all"]);
 }
 
@@ -167,20 +188,44 @@ fn fork_and_snapshots_over_http() {
 fn gc_removes_expired_sandboxes_and_dry_run_keeps_them() {
     let ak = Ak::new();
     ak.ok(&[
-        "create", "short", "-B", "native", "--image", "busybox:latest", "--no-network", "--ttl",
+        "create",
+        "short",
+        "-B",
+        "native",
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "--ttl",
         "1s",
     ]);
     ak.ok(&[
-        "create", "long", "-B", "native", "--image", "busybox:latest", "--no-network", "--ttl",
+        "create",
+        "long",
+        "-B",
+        "native",
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "--ttl",
         "1h",
     ]);
     std::thread::sleep(Duration::from_millis(2100));
     let out = ak.ok(&["gc", "--dry-run"]);
-    assert!(out.stdout.contains("would remove sandbox short (expired)"), "{out:?}");
+    assert!(
+        out.stdout.contains("would remove sandbox short (expired)"),
+        "{out:?}"
+    );
     assert!(!out.stdout.contains("long"), "{out:?}");
-    assert_eq!(ak.status_of("short").as_deref(), Some("stopped"), "dry run kept it");
+    assert_eq!(
+        ak.status_of("short").as_deref(),
+        Some("stopped"),
+        "dry run kept it"
+    );
     let out = ak.ok(&["gc"]);
-    assert!(out.stdout.contains("removed sandbox short (expired)"), "{out:?}");
+    assert!(
+        out.stdout.contains("removed sandbox short (expired)"),
+        "{out:?}"
+    );
     assert_eq!(ak.status_of("short"), None);
     assert_eq!(ak.status_of("long").as_deref(), Some("stopped"));
     ak.ok(&["remove", "long"]);
@@ -194,8 +239,17 @@ fn clean_all_removes_everything_and_says_what_it_freed() {
     sandbox_with_files(&ak, "big", 8, 256);
     ak.ok(&["snapshot", "take", "big", "--name", "keep-me"]);
     ak.ok(&[
-        "session", "start", "--name", "s", "--agent", "opencode", "-B", "native", "--image",
-        "busybox:latest", "--no-network",
+        "session",
+        "start",
+        "--name",
+        "s",
+        "--agent",
+        "opencode",
+        "-B",
+        "native",
+        "--image",
+        "busybox:latest",
+        "--no-network",
     ]);
     let out = ak.run(&["sandbox", "clean"]);
     assert_eq!(out.code, 125, "{out:?}");
