@@ -290,7 +290,7 @@ mod tests {
         let mut wire = Vec::new();
         let mut w = FrameWriter::new(&mut wire);
         for p in payloads {
-            w.write_frame(p).unwrap();
+            w.write_frame(p).expect("write_frame");
         }
         wire
     }
@@ -311,10 +311,10 @@ mod tests {
                 step,
                 interrupt: false,
             });
-            assert_eq!(r.read_frame().unwrap().unwrap(), b"one");
-            assert_eq!(r.read_frame().unwrap().unwrap(), b"");
-            assert_eq!(r.read_frame().unwrap().unwrap(), big);
-            assert!(r.read_frame().unwrap().is_none());
+            assert_eq!(r.read_frame().expect("read_frame").expect("expect"), b"one");
+            assert_eq!(r.read_frame().expect("read_frame").expect("expect"), b"");
+            assert_eq!(r.read_frame().expect("read_frame").expect("expect"), big);
+            assert!(r.read_frame().expect("read_frame").is_none());
         }
     }
 
@@ -326,13 +326,13 @@ mod tests {
             let mut got = Vec::new();
             for chunk in wire.chunks(step) {
                 d.push(chunk);
-                while let Some(f) = d.next_frame().unwrap() {
+                while let Some(f) = d.next_frame().expect("next_frame") {
                     got.push(f);
                 }
             }
             assert_eq!(got, vec![b"one".to_vec(), vec![], b"three".to_vec()]);
             assert_eq!(d.buffered(), 0);
-            d.finish().unwrap();
+            d.finish().expect("finish");
         }
     }
 
@@ -342,7 +342,7 @@ mod tests {
         let wire = u32::MAX.to_be_bytes();
         let err = FrameReader::with_max(&wire[..], 1024)
             .read_frame()
-            .unwrap_err();
+            .expect_err("read_frame should fail");
         assert!(
             matches!(err, FrameError::TooLarge { len, max: 1024 } if len == u64::from(u32::MAX)),
             "{err:?}"
@@ -352,7 +352,10 @@ mod tests {
         // Exactly the limit is fine, one more is not.
         let wire = frames(&[&[1u8; 16], &[1u8; 17]]);
         let mut r = FrameReader::with_max(wire.as_slice(), 16);
-        assert_eq!(r.read_frame().unwrap().unwrap().len(), 16);
+        assert_eq!(
+            r.read_frame().expect("read_frame").expect("expect").len(),
+            16
+        );
         assert!(matches!(
             r.read_frame(),
             Err(FrameError::TooLarge { len: 17, max: 16 })
@@ -383,36 +386,46 @@ mod tests {
         let wire = frames(&[b"hello"]);
         // Cut inside the header and inside the payload.
         for cut in [1, 3, 4, 6, wire.len() - 1] {
-            let err = FrameReader::new(&wire[..cut]).read_frame().unwrap_err();
+            let err = FrameReader::new(&wire[..cut])
+                .read_frame()
+                .expect_err("read_frame should fail");
             assert!(
                 matches!(err, FrameError::Truncated { got, .. } if got == cut as u64),
                 "cut {cut}: {err:?}"
             );
             let mut d = FrameDecoder::default();
             d.push(&wire[..cut]);
-            assert!(d.next_frame().unwrap().is_none());
+            assert!(d.next_frame().expect("next_frame").is_none());
             assert!(matches!(d.finish(), Err(FrameError::Truncated { .. })));
         }
         // Ending between frames is the normal end.
-        assert!(FrameReader::new(&b""[..]).read_frame().unwrap().is_none());
+        assert!(
+            FrameReader::new(&b""[..])
+                .read_frame()
+                .expect("read_frame")
+                .is_none()
+        );
     }
 
     #[test]
     fn peer_closing_mid_frame_is_an_error_not_a_hang() {
-        let (mut ours, theirs) = UnixStream::pair().unwrap();
+        let (mut ours, theirs) = UnixStream::pair().expect("pair");
         let (tx, rx) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             let r = FrameReader::new(theirs).read_frame();
-            tx.send(()).unwrap();
+            tx.send(()).expect("send");
             r
         });
         // A header promising 100 bytes, 10 of them, then the peer goes away.
-        ours.write_all(&100u32.to_be_bytes()).unwrap();
-        ours.write_all(&[0u8; 10]).unwrap();
+        ours.write_all(&100u32.to_be_bytes()).expect("write_all");
+        ours.write_all(&[0u8; 10]).expect("write_all");
         drop(ours);
         rx.recv_timeout(Duration::from_secs(10))
             .expect("the reader must return when the peer closes, not hang");
-        let err = reader.join().unwrap().unwrap_err();
+        let err = reader
+            .join()
+            .expect("join")
+            .expect_err("expect should fail");
         assert!(
             matches!(
                 err,
@@ -430,7 +443,7 @@ mod tests {
         let wire = frames(&[b"{not json"]);
         let err = FrameReader::new(wire.as_slice())
             .read_message::<crate::HostMessage>()
-            .unwrap_err();
+            .expect_err("should fail");
         assert!(matches!(err, FrameError::Decode(_)), "{err:?}");
     }
 }

@@ -490,19 +490,26 @@ mod tests {
         let mut wire = Vec::new();
         let mut w = FrameWriter::new(&mut wire);
         for m in host_messages() {
-            w.write_message(&m).unwrap();
+            w.write_message(&m).expect("write_message");
         }
         for m in guest_messages() {
-            w.write_message(&m).unwrap();
+            w.write_message(&m).expect("write_message");
         }
         let mut r = FrameReader::new(wire.as_slice());
         for m in host_messages() {
-            assert_eq!(r.read_message::<HostMessage>().unwrap(), Some(m));
+            assert_eq!(r.read_message::<HostMessage>().expect("test step"), Some(m));
         }
         for m in guest_messages() {
-            assert_eq!(r.read_message::<GuestMessage>().unwrap(), Some(m));
+            assert_eq!(
+                r.read_message::<GuestMessage>().expect("test step"),
+                Some(m)
+            );
         }
-        assert!(r.read_message::<GuestMessage>().unwrap().is_none());
+        assert!(
+            r.read_message::<GuestMessage>()
+                .expect("test step")
+                .is_none()
+        );
     }
 
     #[test]
@@ -525,13 +532,18 @@ mod tests {
                     message: format!("{kind:?}"),
                 },
             };
-            let frame = crate::frame::encode_message(&m, DEFAULT_MAX_FRAME_LEN).unwrap();
-            let back: GuestMessage = crate::frame::decode_message(&frame[4..]).unwrap();
+            let frame =
+                crate::frame::encode_message(&m, DEFAULT_MAX_FRAME_LEN).expect("encode_message");
+            let back: GuestMessage =
+                crate::frame::decode_message(&frame[4..]).expect("decode_message");
             assert_eq!(back, m);
         }
         for mode in [NetworkMode::None, NetworkMode::Allowlist, NetworkMode::Full] {
-            let json = serde_json::to_string(&mode).unwrap();
-            assert_eq!(serde_json::from_str::<NetworkMode>(&json).unwrap(), mode);
+            let json = serde_json::to_string(&mode).expect("to_string");
+            assert_eq!(
+                serde_json::from_str::<NetworkMode>(&json).expect("test step"),
+                mode
+            );
         }
     }
 
@@ -542,11 +554,12 @@ mod tests {
             event: ExecEvent::Stdout(Bytes(b"hi\n".to_vec())),
         };
         assert_eq!(
-            serde_json::to_string(&m).unwrap(),
+            serde_json::to_string(&m).expect("to_string"),
             r#"{"exec":{"id":7,"event":{"stdout":"aGkK"}}}"#
         );
         let bad = r#"{"exec":{"id":7,"event":{"stdout":"not base64!"}}}"#;
-        let err = crate::frame::decode_message::<GuestMessage>(bad.as_bytes()).unwrap_err();
+        let err =
+            crate::frame::decode_message::<GuestMessage>(bad.as_bytes()).expect_err("should fail");
         assert!(err.to_string().contains("base64"), "{err}");
     }
 }

@@ -133,21 +133,24 @@ impl Initramfs {
 mod tests {
     use super::*;
 
-    /// (name, mode, rdev, data) of each entry, parsed back from the archive.
-    fn parse(mut a: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// (name, mode, rdev, data) of an entry.
+    type Entry = (String, u32, (u32, u32), Vec<u8>);
+
+    /// The entries of an archive, parsed back.
+    fn parse(mut a: &[u8]) -> Vec<Entry> {
         let mut out = Vec::new();
         let mut offset = 0usize;
         loop {
             assert_eq!(&a[..6], MAGIC, "magic at offset {offset}");
             let field = |i: usize| {
-                let s = std::str::from_utf8(&a[6 + 8 * i..6 + 8 * (i + 1)]).unwrap();
-                u32::from_str_radix(s, 16).unwrap()
+                let s = std::str::from_utf8(&a[6 + 8 * i..6 + 8 * (i + 1)]).expect("from_utf8");
+                u32::from_str_radix(s, 16).expect("from_str_radix")
             };
             let (mode, size, rmaj, rmin, namesize) =
                 (field(1), field(6), field(9), field(10), field(11));
             let name_end = 110 + namesize as usize;
             let name = std::str::from_utf8(&a[110..name_end - 1])
-                .unwrap()
+                .expect("from_utf8")
                 .to_owned();
             assert_eq!(a[name_end - 1], 0);
             let data_start = name_end.next_multiple_of(4);
@@ -167,11 +170,11 @@ mod tests {
     #[test]
     fn entries_read_back() {
         let mut i = Initramfs::new();
-        i.dir("dev", 0o755).unwrap();
-        i.char_dev("dev/console", 0o600, 5, 1).unwrap();
-        i.file("init", 0o755, b"#!/bin/sh\n").unwrap();
-        i.symlink("sbin", "bin").unwrap();
-        i.file("empty", 0o644, b"").unwrap();
+        i.dir("dev", 0o755).expect("dir");
+        i.char_dev("dev/console", 0o600, 5, 1).expect("char_dev");
+        i.file("init", 0o755, b"#!/bin/sh\n").expect("file");
+        i.symlink("sbin", "bin").expect("symlink");
+        i.file("empty", 0o644, b"").expect("file");
         let a = i.finish();
         assert_eq!(a.len() % 4, 0);
         assert_eq!(
@@ -189,7 +192,7 @@ mod tests {
     #[test]
     fn header_layout_is_newc() {
         let mut i = Initramfs::new();
-        i.file("a", 0o644, b"xy").unwrap();
+        i.file("a", 0o644, b"xy").expect("file");
         let a = i.finish();
         let expected_header = concat!(
             "070701", "00000001", "000081a4", "00000000", "00000000", "00000001", "00000000",
@@ -213,7 +216,7 @@ mod tests {
             "TRAILER!!!",
             "a\0b",
         ] {
-            let err = i.file(p, 0o644, b"").unwrap_err();
+            let err = i.file(p, 0o644, b"").expect_err("file should fail");
             assert!(err.to_string().contains("initramfs entry"), "{p:?}: {err}");
         }
     }

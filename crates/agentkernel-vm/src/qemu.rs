@@ -288,12 +288,12 @@ mod tests {
     fn args_of(vm: &MicroVm) -> Vec<String> {
         vm.args()
             .into_iter()
-            .map(|a| a.into_string().unwrap())
+            .map(|a| a.into_string().expect("into_string"))
             .collect()
     }
 
     fn after<'a>(args: &'a [String], flag: &str) -> &'a str {
-        let i = args.iter().position(|a| a == flag).unwrap();
+        let i = args.iter().position(|a| a == flag).expect("position");
         &args[i + 1]
     }
 
@@ -335,14 +335,14 @@ mod tests {
             &MicroVm::new("/nonexistent/vmlinux"),
             Duration::from_secs(1),
         )
-        .unwrap_err();
+        .expect_err("run_to_exit should fail");
         assert!(matches!(err, VmError::KernelMissing(_)), "{err}");
         assert!(err.to_string().contains("build-kernel.sh"), "{err}");
 
-        let kernel = tempfile::NamedTempFile::new().unwrap();
+        let kernel = tempfile::NamedTempFile::new().expect("new");
         let mut vm = MicroVm::new(kernel.path());
         vm.qemu = "/nonexistent/qemu-system-x86_64".into();
-        let err = run_to_exit(&vm, Duration::from_secs(1)).unwrap_err();
+        let err = run_to_exit(&vm, Duration::from_secs(1)).expect_err("run_to_exit should fail");
         assert!(matches!(err, VmError::QemuMissing { .. }), "{err}");
         assert!(err.to_string().contains("qemu-system-x86"), "{err}");
     }

@@ -38,7 +38,7 @@ fn kernel() -> PathBuf {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let path = String::from_utf8(out.stdout).unwrap();
+    let path = String::from_utf8(out.stdout).expect("from_utf8");
     PathBuf::from(
         path.lines()
             .last()
@@ -60,7 +60,7 @@ fn static_init(dir: &Path) -> Vec<u8> {
         "gcc -static failed (is libc6-dev installed?):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::fs::read(&bin).unwrap()
+    std::fs::read(&bin).expect("read")
 }
 
 #[test]
@@ -71,18 +71,19 @@ fn kernel_built_from_the_fragment_boots_to_init_under_tcg() {
         "{} is not an ELF vmlinux (PVH boot needs one)",
         kernel.display()
     );
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().expect("tempdir");
     let mut cpio = Initramfs::new();
-    cpio.dir("dev", 0o755).unwrap();
-    cpio.char_dev("dev/console", 0o600, 5, 1).unwrap();
-    cpio.file("init", 0o755, &static_init(dir.path())).unwrap();
+    cpio.dir("dev", 0o755).expect("dir");
+    cpio.char_dev("dev/console", 0o600, 5, 1).expect("char_dev");
+    cpio.file("init", 0o755, &static_init(dir.path()))
+        .expect("file");
     let initrd = dir.path().join("initramfs.cpio");
-    std::fs::write(&initrd, cpio.finish()).unwrap();
+    std::fs::write(&initrd, cpio.finish()).expect("write");
 
     let mut vm = MicroVm::new(&kernel);
     vm.initrd = Some(initrd);
-    vm.tsc_khz = Some(host::tsc_khz().unwrap());
-    let out = qemu::run_to_exit(&vm, BOOT_TIMEOUT).unwrap();
+    vm.tsc_khz = Some(host::tsc_khz().expect("tsc_khz"));
+    let out = qemu::run_to_exit(&vm, BOOT_TIMEOUT).expect("run_to_exit");
     let console = out
         .serial
         .iter()
