@@ -31,6 +31,10 @@ bash scripts/test-engines.sh start >/dev/null
 # The published SDKs (PyPI, npm) and schemathesis that tests/clients drive, installed once into
 # a cache directory.
 bash scripts/test-clients.sh >/dev/null
+# The micro-VM guest kernel, built once from Debian's linux-source-6.1 and the checked-in
+# config fragment, cached by their hash (~5 min on 2 cores the first time; docs/microvm.md).
+AGENTKERNEL_KERNEL="${AGENTKERNEL_KERNEL:-$(bash scripts/build-kernel.sh)}"
+export AGENTKERNEL_KERNEL
 set -a
 # shellcheck disable=SC1091
 source "${AGENTKERNEL_TEST_IMAGES:-${HOME:-/root}/.cache/agentkernel-test-images}/registry.env"
