@@ -130,9 +130,10 @@ rows = [
     ("first `exec … true` in a forked sandbox", f"{ms(med(first_forked))} ({med(first_forked) / med(first_fresh):.2f}×)", "≤ 1.2×"),
 ]
 table = "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+where = os.environ.get("BENCH_FS_NOTE", "the state directory in $TMPDIR on the host's disk")
 section = f"""{BEGIN}
 ## Snapshots
-`bash bench/snapshots.sh`, {platform.node()}, backend {BACKEND}, medians of {RUNS} takes,
+`bash bench/snapshots.sh`, {platform.node()}, {where}, backend {BACKEND}, medians of {RUNS} takes,
 {max(1, RUNS // 2)} forks of 100 and {RUNS * 2} first execs each, all in one run. The snapshot
 holds {size / 1e6:.0f} MB on disk (what the sandbox wrote, with its file-system overhead).
 

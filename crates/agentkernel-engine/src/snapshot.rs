@@ -524,9 +524,12 @@ impl Engine {
     /// Starts sandboxes on as many threads as there are cores (each with its own engine: the
     /// store connection is per engine); the first failure is returned.
     fn start_many(&self, names: &[String]) -> Result<()> {
+        // A start spends much of its time waiting (the boot helper's exec, the kernel's RCU
+        // grace period on the first cgroup attach), so more starts than cores overlap.
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
-            .clamp(1, 8);
+            .saturating_mul(4)
+            .clamp(1, 16);
         let next = std::sync::atomic::AtomicUsize::new(0);
         let home = self.home.clone();
         let exe = self.supervisor_exe.clone();
