@@ -151,9 +151,9 @@ impl agentkernel_core::HasKind for DockerError {
             DockerError::Refused { .. } => ErrorKind::NotEnforceable,
             DockerError::Gone { .. } => ErrorKind::Conflict,
             DockerError::FileNotFound(_) => ErrorKind::NotFound,
-            DockerError::NotRegular { .. } | DockerError::BadFilePath { .. } => {
-                ErrorKind::InvalidInput
-            }
+            DockerError::BadFilePath { .. } => ErrorKind::InvalidInput,
+            // What the sandbox holds at the path stands in the way (as for `DirectoryNotEmpty`).
+            DockerError::NotRegular { .. } => ErrorKind::Conflict,
             DockerError::FileTooLarge { .. } => ErrorKind::TooLarge,
             DockerError::DirectoryNotEmpty(_) => ErrorKind::Conflict,
             DockerError::KernelFilesystem { .. } | DockerError::FileForbidden { .. } => {

@@ -91,6 +91,13 @@ pub struct Template {
     /// An agent compatibility mode: `native`, `claude`, `codex` or `gemini`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<String>,
+    /// Whether the sandbox has a network (`false`: none; the profile's when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<bool>,
+    /// `[domains] allow = [...]`, `deny = [...]`: host patterns that narrow the network to an
+    /// allowlist, and hosts it never reaches (as `[security.domains]` of agentkernel.toml).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domains: Option<agentkernel_core::config::DomainsSection>,
     /// Ports the sandbox's services listen on: stored and shown (publishing comes later).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
@@ -251,6 +258,14 @@ impl Template {
                 .map_err(|e| format!("compatibility: {e}"))?;
         }
         self.validate_ports()?;
+        if let Some(d) = &self.domains {
+            for (list, hosts) in [("allow", &d.allow), ("deny", &d.deny)] {
+                for h in hosts.iter().flatten() {
+                    agentkernel_core::egress::validate_host_pattern(h)
+                        .map_err(|e| format!("[domains] {list}: {e}"))?;
+                }
+            }
+        }
         if let Some(s) = &self.snapshot {
             validate_name(s).map_err(|e| format!("snapshot: {e}"))?;
         }
@@ -417,6 +432,8 @@ impl Template {
             },
             security: agentkernel_core::config::SecuritySection {
                 profile: self.profile.clone(),
+                network: self.network,
+                domains: self.domains.clone(),
                 ..Default::default()
             },
             ..Default::default()
@@ -861,36 +878,22 @@ impl Engine {
         let mode_hosts = compatibility
             .map(CompatMode::allow_hosts)
             .unwrap_or_default();
-        let extra: Vec<&String> = spec
+        let extra: Vec<String> = spec
             .policy
             .allow_hosts
             .iter()
             .filter(|h| !mode_hosts.contains(h))
+            .cloned()
             .collect();
-        if !extra.is_empty() {
-            notes.push_str(&format!(
-                "# Network allowlist not carried by a template: {} (give --allow-host again).\n",
-                extra
-                    .iter()
-                    .map(|h| h.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+        let mut template = template;
+        if spec.policy.network != Policy::for_profile(spec.policy.profile).network {
+            template.network = Some(spec.policy.network.is_networked());
         }
-        if !spec.policy.deny_hosts.is_empty() {
-            notes.push_str(&format!(
-                "# Denied hosts not carried by a template: {} (give --deny-host again).\n",
-                spec.policy.deny_hosts.join(", ")
-            ));
-        }
-        if spec.policy.network != Policy::for_profile(spec.policy.profile).network
-            && spec.policy.allow_hosts.is_empty()
-        {
-            notes.push_str(&format!(
-                "# Network {} differs from the {} profile's (give --no-network again).\n",
-                spec.policy.network.as_str(),
-                spec.policy.profile
-            ));
+        if !extra.is_empty() || !spec.policy.deny_hosts.is_empty() {
+            template.domains = Some(agentkernel_core::config::DomainsSection {
+                allow: (!extra.is_empty()).then_some(extra),
+                deny: (!spec.policy.deny_hosts.is_empty()).then(|| spec.policy.deny_hosts.clone()),
+            });
         }
         if !spec.layers.is_empty() {
             notes.push_str(

@@ -371,12 +371,15 @@ impl agentkernel_core::HasKind for NativeError {
             },
             NativeError::Files(f) => match f {
                 FileError::TooLarge { .. } => ErrorKind::TooLarge,
-                FileError::DirectoryNotEmpty(_) | FileError::NotRunning => ErrorKind::Conflict,
-                FileError::IsDirectory(_)
+                // The request is well formed; what the sandbox holds at that path now is
+                // what stands in its way (409, as for a directory that is not empty).
+                FileError::DirectoryNotEmpty(_)
+                | FileError::NotRunning
+                | FileError::IsDirectory(_)
                 | FileError::NotRegular { .. }
-                | FileError::HostNotRegular { .. }
                 | FileError::DanglingLink { .. }
-                | FileError::LinkNotFollowed(_) => ErrorKind::InvalidInput,
+                | FileError::LinkNotFollowed(_) => ErrorKind::Conflict,
+                FileError::HostNotRegular { .. } => ErrorKind::InvalidInput,
                 FileError::KernelFilesystem { .. } => ErrorKind::NotPermitted,
                 FileError::NoWorkdir(_) => ErrorKind::NotFound,
                 FileError::Sandbox { source, .. } => ErrorKind::of_io(source),

@@ -412,6 +412,36 @@ fn export_config_round_trips_through_import_config() {
         "echo \"$A|$B|${TOKEN:-none}\"",
     ]);
     assert_eq!(out.stdout, "1|two words|none\n");
+    // The network carries over: none, and an allowlist with denied hosts.
+    ak.ok(&[
+        "create",
+        "quiet",
+        "--image",
+        "busybox:latest",
+        "--no-network",
+    ]);
+    ak.ok(&[
+        "create",
+        "narrow",
+        "--image",
+        "busybox:latest",
+        "--allow-host",
+        "api.example.com",
+        "--deny-host",
+        "bad.example.com",
+    ]);
+    for name in ["quiet", "narrow"] {
+        let exported = ak.ok(&["sandbox", "export-config", name]).stdout;
+        let f = write(ak.cwd.path(), &format!("{name}.toml"), &exported);
+        let copy = format!("{name}-copy");
+        ak.ok(&["sandbox", "import-config", &f, "--as", &copy]);
+        let (a, b) = (sandbox(&ak, name), sandbox(&ak, &copy));
+        for key in ["network", "allow_hosts", "deny_hosts"] {
+            assert_eq!(a[key], b[key], "{name} {key}: {exported}");
+        }
+    }
+    assert_eq!(sandbox(&ak, "quiet-copy")["network"], "none");
+    assert_eq!(sandbox(&ak, "narrow-copy")["network"], "allowlist");
     // A failed import leaves no sandbox.
     let before = names(&ak);
     let out = ak.run(&["sandbox", "import-config", &file, "--as", "copy"]);
