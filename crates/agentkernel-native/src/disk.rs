@@ -154,26 +154,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(5);
 /// (ext4, `nodev,nosuid`). The mount belongs to the init's mount namespace; the loop device is
 /// detached by the kernel when that mount goes.
 pub(crate) fn mount_image(image: &Path, target: &Path) -> Result<(), SetupError> {
-    let fail = |step: &'static str, path: &Path| {
-        let path = path.display().to_string();
-        move |errno| SetupError { step, path, errno }
-    };
-    let file = rustix::fs::open(
+    let (device, device_path) = attach_locked(
         image,
-        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(fail("open the disk image", image))?;
-    lock(&file).map_err(fail(
         "the disk image is still in use by an earlier start of this sandbox (wait a moment, then start it again):",
-        image,
-    ))?;
-    let (device, device_path) = attach(&file, image).map_err(fail(
-        "attach the disk image to a loop device (does this host have /dev/loop-control?):",
-        image,
-    ))?;
-    // The loop device holds its own reference to the open file, and with it the lock.
-    drop(file);
+    )?;
     let data = std::ffi::CString::new("noinit_itable,discard").map_err(|_| Errno::INVAL);
     let mounted = data.and_then(|data| {
         rustix::mount::mount(
@@ -196,25 +180,10 @@ pub(crate) fn mount_image(image: &Path, target: &Path) -> Result<(), SetupError>
 /// start waits for it, `RELEASE_WAIT`).
 pub(crate) fn mount_detached(image: &Path) -> Result<OwnedFd, SetupError> {
     use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
-    let fail = |step: &'static str, path: &Path| {
-        let path = path.display().to_string();
-        move |errno| SetupError { step, path, errno }
-    };
-    let file = rustix::fs::open(
+    let (device, device_path) = attach_locked(
         image,
-        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .map_err(fail("open the disk image", image))?;
-    lock(&file).map_err(fail(
         "the disk image is in use (the sandbox is starting, or another snapshot of it is being taken); try again in a moment:",
-        image,
-    ))?;
-    let (device, device_path) = attach(&file, image).map_err(fail(
-        "attach the disk image to a loop device (does this host have /dev/loop-control?):",
-        image,
-    ))?;
-    drop(file);
+    )?;
     let context = rustix::mount::fsopen("ext4", FsOpenFlags::FSOPEN_CLOEXEC)
         .map_err(fail("open an ext4 mount context for", image))?;
     rustix::mount::fsconfig_set_string(&context, "source", device_path.as_path())
@@ -233,6 +202,28 @@ pub(crate) fn mount_detached(image: &Path) -> Result<OwnedFd, SetupError> {
     // The mount holds the device now; closing ours lets it detach when the mount goes.
     drop(device);
     Ok(mount)
+}
+
+fn fail(step: &'static str, path: &Path) -> impl FnOnce(Errno) -> SetupError {
+    let path = path.display().to_string();
+    move |errno| SetupError { step, path, errno }
+}
+
+/// Opens `image`, takes its exclusive lock (`in_use` says who may hold it) and attaches it to a
+/// free loop device; returns the device, open, and its path. The device holds its own
+/// reference to the file, and with it the lock, until it detaches.
+fn attach_locked(image: &Path, in_use: &'static str) -> Result<(OwnedFd, PathBuf), SetupError> {
+    let file = rustix::fs::open(
+        image,
+        OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(fail("open the disk image", image))?;
+    lock(&file).map_err(fail(in_use, image))?;
+    attach(&file, image).map_err(fail(
+        "attach the disk image to a loop device (does this host have /dev/loop-control?):",
+        image,
+    ))
 }
 
 /// Takes the image's exclusive lock, waiting up to `RELEASE_WAIT` for an earlier holder.
