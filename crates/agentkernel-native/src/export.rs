@@ -9,6 +9,7 @@
 //! and only directories, regular files and symlinks are written.
 
 use crate::layers::LayerError;
+use crate::treecopy::open_checked;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, StatxFlags};
 use std::ffi::OsStr;
@@ -117,19 +118,17 @@ fn walk(
                 {
                     continue;
                 }
-                let Ok(sub) = open(dir, &name, OFlags::DIRECTORY) else {
+                let Ok(sub) = open_checked(dir, &name, &path, OFlags::DIRECTORY, &st) else {
                     continue;
                 };
                 walk(tar, sub.as_fd(), &path, mount)?;
             }
             FileType::RegularFile => {
-                let Ok(file) = open(dir, &name, OFlags::empty()) else {
+                // Still the regular file `lstat` saw, or skipped (it changed meanwhile).
+                let Ok(file) = open_checked(dir, &name, &path, OFlags::empty(), &st) else {
                     continue;
                 };
                 let now = rustix::fs::fstat(&file).map_err(|e| io(&path)(e.into()))?;
-                if FileType::from_raw_mode(now.st_mode) != FileType::RegularFile {
-                    continue;
-                }
                 let mut h = header(&now, tar::EntryType::Regular);
                 h.set_size(now.st_size as u64);
                 // The file may change while it is read: exactly the size in the header goes
@@ -158,20 +157,6 @@ fn walk(
         }
     }
     Ok(())
-}
-
-fn open(dir: BorrowedFd<'_>, name: &std::ffi::CStr, extra: OFlags) -> rustix::io::Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::RDONLY
-            | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC
-            | OFlags::NONBLOCK
-            | OFlags::NOCTTY
-            | extra,
-        Mode::empty(),
-    )
 }
 
 /// A running sandbox's root, through its init.

@@ -255,7 +255,7 @@ impl Copier {
 
 /// Opens a regular file or a directory of the source without following a link or blocking on
 /// a fifo, and checks that it is still the entry `lstat` saw (`ESTALE` when not).
-fn open_checked(
+pub(crate) fn open_checked(
     dir: BorrowedFd<'_>,
     name: &CStr,
     rel: &Path,
