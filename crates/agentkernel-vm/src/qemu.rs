@@ -49,6 +49,40 @@ pub struct MicroVm {
     pub tsc_khz: Option<u64>,
     /// More kernel command line arguments, after ours.
     pub cmdline_extra: Vec<String>,
+    /// virtio-blk disks, in order: the guest sees them as `/dev/vda`, `/dev/vdb`, …
+    pub drives: Vec<Drive>,
+    /// virtio-serial ports, each a unix-socket chardev QEMU listens on; the guest finds them by
+    /// name under `/sys/class/virtio-ports/*/name`.
+    pub serial_ports: Vec<SerialPort>,
+    /// A QMP monitor on this unix socket (QEMU listens).
+    pub qmp: Option<PathBuf>,
+    /// Where the guest's serial console goes.
+    pub console: Console,
+}
+
+/// A disk image the guest sees as a virtio-blk device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drive {
+    /// A raw image file.
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// A virtio-serial port named `name` in the guest, backed on the host by a unix socket QEMU
+/// listens on at `socket` (one client at a time; it listens again when the client leaves).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SerialPort {
+    pub name: String,
+    pub socket: PathBuf,
+}
+
+/// Where the guest's serial console (`ttyS0`: kernel log, early boot) goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Console {
+    /// QEMU's stdout ([`run_to_exit`] collects it).
+    Stdio,
+    /// Appended to a file (a detached VM's log).
+    File(PathBuf),
 }
 
 impl MicroVm {
@@ -63,6 +97,10 @@ impl MicroVm {
             accel: Accel::Tcg,
             tsc_khz: None,
             cmdline_extra: Vec::new(),
+            drives: Vec::new(),
+            serial_ports: Vec::new(),
+            qmp: None,
+            console: Console::Stdio,
         }
     }
 
@@ -106,8 +144,56 @@ impl MicroVm {
         }
         push("-display");
         push("none");
-        push("-serial");
-        push("stdio");
+        match &self.console {
+            Console::Stdio => {
+                push("-serial");
+                push("stdio");
+            }
+            Console::File(path) => {
+                push("-chardev");
+                push(&format!(
+                    "file,id=console,path={},append=on",
+                    chardev_path(path)
+                ));
+                push("-serial");
+                push("chardev:console");
+            }
+        }
+        for (i, drive) in self.drives.iter().enumerate() {
+            push("-drive");
+            push(&format!(
+                "if=none,id=disk{i},format=raw,file={}{}",
+                chardev_path(&drive.path),
+                if drive.read_only { ",readonly=on" } else { "" }
+            ));
+            push("-device");
+            push(&format!("virtio-blk-device,drive=disk{i}"));
+        }
+        if !self.serial_ports.is_empty() {
+            push("-device");
+            push("virtio-serial-device,max_ports=32");
+        }
+        for (i, port) in self.serial_ports.iter().enumerate() {
+            push("-chardev");
+            push(&format!(
+                "socket,id=port{i},path={},server=on,wait=off",
+                chardev_path(&port.socket)
+            ));
+            push("-device");
+            push(&format!(
+                "virtserialport,chardev=port{i},name={}",
+                port.name
+            ));
+        }
+        if let Some(qmp) = &self.qmp {
+            push("-chardev");
+            push(&format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                chardev_path(qmp)
+            ));
+            push("-mon");
+            push("chardev=qmp,mode=control");
+        }
         push("-append");
         push(&self.kernel_cmdline());
         a.push("-kernel".into());
@@ -128,6 +214,11 @@ impl MicroVm {
             .stderr(Stdio::piped());
         c
     }
+}
+
+/// A path as a QEMU option value: commas are doubled (QEMU's escape inside `key=value,…`).
+fn chardev_path(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
 }
 
 /// One line of the serial console and when it arrived, counted from QEMU's start.
@@ -316,6 +407,40 @@ mod tests {
             after(&args, "-append"),
             "console=ttyS0 reboot=t panic=-1 tsc_early_khz=2100000 tsc=reliable quiet"
         );
+    }
+
+    #[test]
+    fn drives_ports_qmp_and_a_console_file_become_devices() {
+        let mut vm = MicroVm::new("/k/vmlinux");
+        vm.drives = vec![
+            Drive {
+                path: "/s/image,1.ext4".into(),
+                read_only: true,
+            },
+            Drive {
+                path: "/s/upper.ext4".into(),
+                read_only: false,
+            },
+        ];
+        vm.serial_ports = vec![SerialPort {
+            name: "ak.0".into(),
+            socket: "/s/port0.sock".into(),
+        }];
+        vm.qmp = Some("/s/qmp.sock".into());
+        vm.console = Console::File("/s/console.log".into());
+        let joined = args_of(&vm).join(" ");
+        for want in [
+            "-drive if=none,id=disk0,format=raw,file=/s/image,,1.ext4,readonly=on",
+            "-device virtio-blk-device,drive=disk0",
+            "-drive if=none,id=disk1,format=raw,file=/s/upper.ext4 ",
+            "-device virtio-serial-device,max_ports=32",
+            "-chardev socket,id=port0,path=/s/port0.sock,server=on,wait=off",
+            "-device virtserialport,chardev=port0,name=ak.0",
+            "-chardev socket,id=qmp,path=/s/qmp.sock,server=on,wait=off -mon chardev=qmp,mode=control",
+            "-chardev file,id=console,path=/s/console.log,append=on -serial chardev:console",
+        ] {
+            assert!(joined.contains(want), "{want:?} missing from {joined}");
+        }
     }
 
     #[test]
