@@ -255,6 +255,23 @@ pub enum HostMessage {
     },
     /// List a directory; answered by [`GuestMessage::DirListing`].
     ListDir { id: RequestId, path: String },
+    /// Create a directory (its missing parents too; an existing directory is no error), with
+    /// `mode` on the last one; answered by [`GuestMessage::Done`].
+    MakeDir {
+        id: RequestId,
+        path: String,
+        mode: u32,
+    },
+    /// Create a symbolic link at `path` pointing to `target` (stored as given, never
+    /// followed), replacing a non-directory there; answered by [`GuestMessage::Done`].
+    Symlink {
+        id: RequestId,
+        path: String,
+        target: String,
+    },
+    /// The target of the symbolic link at `path` (not followed); answered by
+    /// [`GuestMessage::FileData`].
+    ReadLink { id: RequestId, path: String },
     /// Apply a policy to every later exec; answered by [`GuestMessage::Done`] or an error naming
     /// the field the guest cannot enforce.
     SetPolicy { id: RequestId, policy: GuestPolicy },
@@ -395,6 +412,20 @@ mod tests {
             HostMessage::ListDir {
                 id: id(6),
                 path: "/".into(),
+            },
+            HostMessage::MakeDir {
+                id: id(7),
+                path: "/workspace/d".into(),
+                mode: 0o755,
+            },
+            HostMessage::Symlink {
+                id: id(8),
+                path: "/workspace/l".into(),
+                target: "../etc/passwd".into(),
+            },
+            HostMessage::ReadLink {
+                id: id(9),
+                path: "/workspace/l".into(),
             },
             HostMessage::SetPolicy { id: id(7), policy },
             HostMessage::SetPolicy {
