@@ -37,4 +37,23 @@ pub enum VmError {
          below 4 GiB"
     )]
     InitramfsEntry { path: String, reason: &'static str },
+    #[error(
+        "the guest agent (agentkernel-guest) was not found at {}: build it with `cargo build -p agentkernel-guest` or set AGENTKERNEL_GUEST",
+        .0.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+    )]
+    GuestMissing(Vec<PathBuf>),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("preparing the VM's image disk: {0}")]
+    Image(String),
+    #[error("the VMM did not start: {0}")]
+    Launch(String),
+    #[error("the guest did not answer: {0}")]
+    Guest(String),
+    #[error("QMP: {0}")]
+    Qmp(String),
 }

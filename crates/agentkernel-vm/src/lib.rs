@@ -13,9 +13,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod assets;
+pub mod backend;
+pub mod channel;
+pub mod disk;
 pub mod error;
+pub mod files;
 pub mod host;
 pub mod initramfs;
 pub mod qemu;
+pub mod vmm;
 
+pub use backend::{MicroVmBackend, REGISTRY};
 pub use error::VmError;

@@ -23,8 +23,11 @@ use std::io::IsTerminal;
 
 /// The backends this binary links: the engine (and the server and MCP tools above it) reach
 /// them only through the registry installed here.
-pub const BACKENDS: &[agentkernel_engine::backend::Registry] =
-    &[agentkernel_native::REGISTRY, agentkernel_docker::REGISTRY];
+pub const BACKENDS: &[agentkernel_engine::backend::Registry] = &[
+    agentkernel_native::REGISTRY,
+    agentkernel_docker::REGISTRY,
+    agentkernel_vm::REGISTRY,
+];
 
 fn main() {
     agentkernel_engine::backend::install(BACKENDS);

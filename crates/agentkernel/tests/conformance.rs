@@ -30,7 +30,7 @@ struct B {
 impl B {
     fn new(backend: &'static str) -> B {
         let mut ak = Ak::new();
-        let eng = (backend != "native").then(|| engine(backend));
+        let eng = matches!(backend, "docker" | "podman" | "gvisor").then(|| engine(backend));
         if let Some(eng) = &eng {
             ak.env.push((eng.var.to_string(), eng.host.clone()));
         }
@@ -1122,6 +1122,9 @@ macro_rules! per_backend {
         }
         mod gvisor {
             $(#[test] fn $body() { super::$body(&super::B::new("gvisor")); })*
+        }
+        mod microvm {
+            $(#[test] fn $body() { super::$body(&super::B::new("microvm")); })*
         }
     };
 }
