@@ -12,8 +12,8 @@ cargo machete --version >/dev/null 2>&1 || cargo install --locked --quiet cargo-
 cargo machete
 # The dependency direction (docs/architecture.md): no surface or engine on a backend, no
 # backend on another.
-for crate in agentkernel-engine agentkernel-server agentkernel-mcp agentkernel-docker agentkernel-native; do
-  for backend in agentkernel-native agentkernel-docker; do
+for crate in agentkernel-engine agentkernel-server agentkernel-mcp agentkernel-docker agentkernel-native agentkernel-vm; do
+  for backend in agentkernel-native agentkernel-docker agentkernel-vm; do
     [ "$crate" = "$backend" ] && continue
     if cargo tree --locked -e normal -p "$crate" --prefix none | grep -q "^$backend "; then
       echo "test.sh: $crate depends on $backend; see docs/development.md (how to add a backend)" >&2

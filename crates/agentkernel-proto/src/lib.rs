@@ -31,7 +31,7 @@ pub use frame::{
 };
 pub use message::{
     Bytes, DirEntry, EnvVar, ErrorKind, ExecEvent, ExecRequest, FileKind, GuestError, GuestMessage,
-    GuestPolicy, HostMessage, Limits, NetworkMode, PtySize, RequestId, User,
+    GuestPolicy, HostMessage, Limits, NetworkMode, PtySize, RequestId, SeccompMode, User,
 };
 
 /// The protocol version both sides announce first; a peer with another version is refused

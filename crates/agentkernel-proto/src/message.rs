@@ -131,6 +131,9 @@ pub enum ExecEvent {
         code: Option<i32>,
         signal: Option<i32>,
         timed_out: bool,
+        /// The sandbox's memory limit was reached while it ran and the kernel killed a process.
+        #[serde(default)]
+        oom_killed: bool,
     },
 }
 
@@ -166,6 +169,18 @@ pub struct GuestPolicy {
     /// Capabilities commands keep (names such as `CAP_NET_BIND_SERVICE`); empty = none.
     pub capabilities: Vec<String>,
     pub no_new_privileges: bool,
+    /// The seccomp filter every command gets: `deny_list` or `allow_list` (the lists of
+    /// `agentkernel-seccomp`); `None`: no filter.
+    #[serde(default)]
+    pub seccomp: Option<SeccompMode>,
+}
+
+/// Which of `agentkernel-seccomp`'s lists a command's filter is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    DenyList,
+    AllowList,
 }
 
 /// What a directory entry is.
@@ -349,6 +364,7 @@ mod tests {
             },
             capabilities: vec!["CAP_NET_BIND_SERVICE".into()],
             no_new_privileges: true,
+            seccomp: Some(SeccompMode::AllowList),
         };
         let open = GuestPolicy {
             network: NetworkMode::Full,
@@ -360,6 +376,7 @@ mod tests {
             },
             capabilities: vec![],
             no_new_privileges: false,
+            seccomp: None,
         };
         vec![
             HostMessage::Hello {
@@ -451,11 +468,13 @@ mod tests {
                 code: Some(3),
                 signal: None,
                 timed_out: false,
+                oom_killed: false,
             }),
             ev(ExecEvent::Exit {
                 code: None,
                 signal: Some(9),
                 timed_out: true,
+                oom_killed: true,
             }),
             GuestMessage::FileData {
                 id: id(3),

@@ -12,7 +12,7 @@
 //! | vcpus | the VM's CPUs (rounded up) |
 //! | capabilities, no_new_privs, user | applied by the guest agent to every command |
 //! | mounts (project, home, volumes) | refused: no host directory is shared with a guest yet |
-//! | seccomp | the guest kernel is the wall; the guest agent applies no seccomp filter yet |
+//! | seccomp | the same filter as native (`agentkernel-seccomp`), installed by the guest agent in every command |
 
 use crate::channel::Channel;
 use crate::qemu::{Drive, MicroVm};
@@ -119,6 +119,7 @@ impl MicroVmBackend {
         )?;
         let limits = &spec.policy.limits;
         let mut vm = MicroVm::new(kernel);
+        vm.accel = crate::accel::choose(&vm.kernel, &vm.qemu).accel;
         vm.initrd = Some(initrd);
         // The guest kernel and agent need ~40 MiB of their own; a throwaway sandbox's writable
         // layer is a tmpfs in guest RAM too, but its pages are only allocated when written.
@@ -171,6 +172,10 @@ impl MicroVmBackend {
             },
             capabilities: spec.policy.capabilities.clone(),
             no_new_privileges: spec.policy.no_new_privs,
+            seccomp: Some(match spec.policy.seccomp {
+                agentkernel_core::policy::SeccompMode::DenyList => proto::SeccompMode::DenyList,
+                agentkernel_core::policy::SeccompMode::AllowList => proto::SeccompMode::AllowList,
+            }),
         }
     }
 }
@@ -229,12 +234,28 @@ impl Backend for MicroVmBackend {
                 .to_string(),
             );
         }
+        let choice = crate::accel::choose(&kernel, Path::new("qemu-system-x86_64"));
         Readiness {
             usable: true,
             reason: format!(
-                "QEMU microvm under TCG (software emulation: /dev/kvm is not used until a guest has been seen to boot with it), kernel {}",
-                kernel.display()
+                "QEMU microvm, kernel {}; {}",
+                kernel.display(),
+                choice.reason
             ),
+        }
+    }
+
+    /// The cheap checks only: the accelerator probe runs on the first start.
+    fn ready_for_use(&self) -> Readiness {
+        match (assets::kernel(), assets::guest_agent()) {
+            (Err(e), _) | (_, Err(e)) => Readiness {
+                usable: false,
+                reason: e.to_string(),
+            },
+            _ => Readiness {
+                usable: true,
+                reason: String::new(),
+            },
         }
     }
 
@@ -572,11 +593,18 @@ fn stream_exec(
                             code,
                             signal,
                             timed_out,
+                            oom_killed,
                         } => {
+                            // 124 for a timeout, as `timeout(1)` and the other backends say.
+                            let code = if timed_out {
+                                124
+                            } else {
+                                code.unwrap_or_else(|| 128 + signal.unwrap_or(0))
+                            };
                             let status = ExitStatus {
-                                code: code.unwrap_or_else(|| 128 + signal.unwrap_or(0)),
+                                code,
                                 signal,
-                                oom_killed: false,
+                                oom_killed,
                                 timed_out,
                             };
                             let _ = sink(ExecEvent::Exit(status));

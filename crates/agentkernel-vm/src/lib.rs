@@ -13,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accel;
 pub mod assets;
 pub mod backend;
 pub mod channel;
