@@ -16,7 +16,9 @@
 //! **Writes.** The port is non-blocking: a write with no host connected would otherwise block
 //! until the next host connects and then hand it the previous connection's output. A write that
 //! would block waits in `poll` for `POLLOUT`; `POLLHUP` without it means the host is gone, and
-//! the frame is dropped. Every connection has a generation; a frame of an older one (an exec of
+//! the frame is dropped — after half a second, because a new host's first bytes can reach the
+//! guest before the message saying it connected (a race seen in about one boot in ten, which
+//! lost the answer to `Hello`). Every connection has a generation; a frame of an older one (an exec of
 //! a host that left) is dropped rather than sent to the next host. A `Hello` in the middle of a
 //! connection also starts a new one: the guest may not have seen the old host leave.
 //!
@@ -42,6 +44,9 @@ use crate::exec::{self, ExecCtl, Execs, StdinMsg};
 
 /// Longest wait for a SIGIO before the port is tried again anyway.
 const SIGIO_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a write waits for a host the guest does not see connected yet.
+const HOST_APPEAR_WAIT: Duration = Duration::from_millis(500);
 
 /// One port's fd and the generation of its current connection.
 #[derive(Debug)]
@@ -80,9 +85,13 @@ impl Out {
 }
 
 fn write_frame(fd: std::os::fd::BorrowedFd<'_>, mut data: &[u8]) -> Result<(), Errno> {
+    let mut hung_up_since: Option<Instant> = None;
     while !data.is_empty() {
         match rustix::io::write(fd, data) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => {
+                data = &data[n..];
+                hung_up_since = None;
+            }
             Err(Errno::INTR) => {}
             Err(Errno::AGAIN) => {
                 let mut p = [PollFd::new(&fd, PollFlags::OUT)];
@@ -92,7 +101,15 @@ fn write_frame(fd: std::os::fd::BorrowedFd<'_>, mut data: &[u8]) -> Result<(), E
                 }
                 let r = p[0].revents();
                 if !r.contains(PollFlags::OUT) && r.contains(PollFlags::HUP) {
-                    return Err(Errno::NOTCONN);
+                    // No host, as far as the guest knows. But a new host's first bytes can
+                    // arrive before the guest learns it connected (data is taken in the
+                    // interrupt, the connection message later in a workqueue): the answer to
+                    // its Hello would be lost. So the host gets a moment to appear.
+                    let since = *hung_up_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= HOST_APPEAR_WAIT {
+                        return Err(Errno::NOTCONN);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
                 }
             }
             Err(e) => return Err(e),
