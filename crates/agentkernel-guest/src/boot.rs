@@ -284,9 +284,19 @@ pub fn unmount_all() {
         let path = format!("{ROOT_DIR}/{d}");
         let _ = rustix::mount::unmount(path.as_str(), rustix::mount::UnmountFlags::DETACH);
     }
-    for d in [RW_DIR, IMAGE_DIR] {
-        let _ = rustix::mount::unmount(d, rustix::mount::UnmountFlags::empty());
+    // The agent's open root keeps the detached overlay alive, and the overlay keeps the
+    // writable layer's filesystem alive after its mount is gone: only a read-only remount,
+    // before the unmount, flushes the journal and marks a persistent disk clean (measured:
+    // unmounting alone left the journal needing recovery). Killed processes may take a moment
+    // to let go of their files.
+    for _ in 0..50 {
+        if rustix::mount::mount_remount(RW_DIR, MountFlags::RDONLY, "").is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    let _ = rustix::mount::unmount(RW_DIR, rustix::mount::UnmountFlags::empty());
+    let _ = rustix::mount::unmount(IMAGE_DIR, rustix::mount::UnmountFlags::DETACH);
     rustix::fs::sync();
 }
 
