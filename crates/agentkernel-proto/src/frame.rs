@@ -20,9 +20,10 @@ use serde::de::DeserializeOwned;
 /// Bytes of the length prefix.
 pub const HEADER_LEN: usize = 4;
 
-/// The largest payload accepted unless a reader or writer is given another limit: 16 MiB. Bulk
-/// data (file contents, output) travels in chunks well below it.
-pub const DEFAULT_MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
+/// The largest payload accepted unless a reader or writer is given another limit: 96 MiB, so
+/// that one file of the files API's 64 MiB limit fits (base64 makes it 4/3 bigger). Output
+/// travels in chunks well below it.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 96 * 1024 * 1024;
 
 /// What can go wrong with frames.
 #[derive(Debug, thiserror::Error)]

@@ -224,6 +224,8 @@ pub enum ErrorKind {
     Protocol,
     /// Anything else the guest's kernel reported.
     Io,
+    /// More than one request carries (a file above the files API's 64 MiB limit).
+    TooLarge,
 }
 
 /// An error the guest reports, with a message meant for the user.

@@ -17,8 +17,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-/// The largest file one request carries: a frame holds 16 MiB of JSON, base64 makes bytes 4/3.
-pub const MAX_FILE: u64 = 12 * 1024 * 1024;
+/// The largest file one request carries (the files API's limit); the protocol's frames hold
+/// it base64-encoded.
+pub const MAX_FILE: u64 = 64 * 1024 * 1024;
 
 fn path_str(p: &Path) -> Result<String> {
     p.to_str().map(str::to_owned).ok_or_else(|| {

@@ -785,7 +785,7 @@ fn pids_limit_stops_a_fork_bomb(e: &B) {
 /// The backends whose sandboxes can be captured (snapshots, fork, export); the others refuse
 /// with what to use instead.
 fn captures(e: &B) -> bool {
-    e.b() != "gvisor"
+    !matches!(e.b(), "gvisor" | "microvm")
 }
 
 /// Whether a refusal to capture says which backends can.
