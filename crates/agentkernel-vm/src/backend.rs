@@ -189,6 +189,7 @@ fn guest_error(e: proto::GuestError, what: &str) -> BackendError {
         }
         proto::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
         proto::ErrorKind::Unsupported => ErrorKind::NotEnforceable,
+        proto::ErrorKind::TooLarge => ErrorKind::TooLarge,
         _ => ErrorKind::Internal,
     };
     BackendError::new(kind, format!("{what}: {}", e.message))

@@ -44,6 +44,9 @@ fn file_error(error: proto::GuestError, path: &str) -> BackendError {
         proto::ErrorKind::InvalidInput => {
             BackendError::new(ErrorKind::Conflict, format!("{path}: {}", error.message))
         }
+        proto::ErrorKind::TooLarge => {
+            BackendError::new(ErrorKind::TooLarge, format!("{path}: {}", error.message))
+        }
         proto::ErrorKind::PermissionDenied => BackendError::new(
             ErrorKind::NotPermitted,
             format!("{path}: {}", error.message),

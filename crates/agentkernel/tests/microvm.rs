@@ -1,0 +1,164 @@
+//! The micro-VM backend beyond the conformance suite (which runs every backend's promises on
+//! `-B microvm` too): what happens when its VMM dies or the process owning a throwaway VM is
+//! killed, what `doctor` says about the accelerator, and the refusals of what a guest cannot
+//! enforce yet. Guests run under TCG here (this machine's /dev/kvm boots no stock kernel).
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+/// QEMU processes whose command line mentions this test's state directory.
+fn vmms_of(ak: &Ak) -> Vec<u32> {
+    let home = ak.home.path().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("read_dir")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd);
+            cmd.starts_with("qemu-system-x86_64") && cmd.contains(&home) && !process_is_dead(*pid)
+        })
+        .collect()
+}
+
+/// Runtime directories of VMs left under the state directory.
+fn runtime_dirs(ak: &Ak) -> Vec<String> {
+    std::fs::read_dir(ak.home.path().join("vm"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir() && e.file_name() != "images")
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const VM: &[&str] = &["-B", "microvm", "--image", "busybox:latest", "--no-network"];
+
+/// A VMM killed from outside: the sandbox shows stopped, starts again with its files (the
+/// writable disk survives), and after `remove` and `gc` nothing of it is left: no QEMU, no
+/// runtime directory.
+#[test]
+fn a_killed_vmm_shows_stopped_restarts_with_its_files_and_gc_leaves_nothing() {
+    let ak = Ak::new();
+    let mut args = vec!["create", "k"];
+    args.extend_from_slice(VM);
+    ak.ok(&args);
+    ak.ok(&["start", "k"]);
+    ak.ok(&[
+        "exec",
+        "k",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /workspace/f; sync",
+    ]);
+    let pid = ak.pid_of("k").expect("a running VM has its VMM's pid");
+    assert_eq!(vmms_of(&ak), vec![pid], "the recorded pid is the VMM");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    wait_until("the VMM dies", Duration::from_secs(10), || {
+        process_is_dead(pid)
+    });
+    assert_eq!(ak.status_of("k").as_deref(), Some("stopped"));
+    let out = ak.run(&["exec", "k", "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    ak.ok(&["start", "k"]);
+    let out = ak.ok(&["exec", "k", "--", "cat", "/workspace/f"]);
+    assert_eq!(out.stdout, "kept\n");
+    ak.ok(&["remove", "k"]);
+    ak.ok(&["gc"]);
+    assert!(vmms_of(&ak).is_empty(), "{:?}", vmms_of(&ak));
+    assert!(runtime_dirs(&ak).is_empty(), "{:?}", runtime_dirs(&ak));
+}
+
+/// A throwaway VM ends with the process that owns it, even when that process is killed with
+/// SIGKILL and can clean nothing up (its lifeline port closes); `gc` then leaves nothing.
+#[test]
+fn a_killed_run_takes_its_vm_with_it() {
+    let ak = Ak::new();
+    let mut args = vec!["run"];
+    args.extend_from_slice(VM);
+    args.extend_from_slice(&["--", "sh", "-c", "echo started; sleep 300"]);
+    let (mut child, mut lines) = ak.spawn_lines(&args);
+    let first = lines.next().expect("a line").expect("read");
+    assert_eq!(first, "started");
+    let vmms = vmms_of(&ak);
+    assert_eq!(vmms.len(), 1, "{vmms:?}");
+    child.kill().expect("kill");
+    let _ = child.wait();
+    wait_until(
+        "the orphaned VM powers itself off",
+        Duration::from_secs(20),
+        || process_is_dead(vmms[0]),
+    );
+    ak.ok(&["gc"]);
+    assert!(runtime_dirs(&ak).is_empty(), "{:?}", runtime_dirs(&ak));
+}
+
+/// `doctor` names the micro-VM backend's accelerator and why it was chosen: a probe boots the
+/// kernel under /dev/kvm once, and TCG is used where that fails.
+#[test]
+fn doctor_says_which_accelerator_and_why() {
+    let ak = Ak::new();
+    let out = ak.run(&["doctor"]);
+    let line = out
+        .stdout
+        .lines()
+        .chain(out.stderr.lines())
+        .find(|l| l.contains("backend microvm"))
+        .unwrap_or_else(|| panic!("doctor lists microvm: {out:?}"))
+        .to_string();
+    assert!(
+        line.contains("TCG") || line.contains("KVM: the guest kernel was seen to boot"),
+        "{line}"
+    );
+    if std::path::Path::new("/dev/kvm").exists() && line.contains("TCG") {
+        assert!(
+            line.contains("/dev/kvm"),
+            "says why /dev/kvm is not used: {line}"
+        );
+    }
+}
+
+/// What a guest cannot enforce yet is refused (125) naming what to use: a network, host
+/// mounts (the permissive profile), the host image.
+#[test]
+fn what_a_guest_cannot_enforce_is_refused_with_what_to_use() {
+    let ak = Ak::new();
+    for (extra, says) in [
+        (&["--image", "busybox:latest"][..], "--no-network"),
+        (
+            &[
+                "--image",
+                "busybox:latest",
+                "--no-network",
+                "-p",
+                "permissive",
+            ][..],
+            "host directory mounts",
+        ),
+        (&["--image", "host", "--no-network"][..], "registry image"),
+    ] {
+        let mut args = vec!["run", "-B", "microvm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "true"]);
+        let out = ak.run(&args);
+        assert_eq!(out.code, 125, "{extra:?}: {out:?}");
+        assert!(out.stderr.contains(says), "{extra:?}: {out:?}");
+    }
+    assert!(vmms_of(&ak).is_empty());
+    assert!(runtime_dirs(&ak).is_empty(), "{:?}", runtime_dirs(&ak));
+}
