@@ -498,6 +498,17 @@ impl Conn {
             } => {
                 done(agent.root.remove(&path, recursive), id);
             }
+            HostMessage::Configure {
+                id,
+                hostname,
+                realtime_ns,
+                entropy,
+            } => {
+                done(
+                    crate::sandbox::configure(&hostname, realtime_ns, &entropy.0),
+                    id,
+                );
+            }
             HostMessage::MakeDir { id, path, mode } => {
                 done(agent.root.make_dir(&path, mode), id);
             }

@@ -211,3 +211,61 @@ fn loopback_up() -> Result<(), rustix::io::Errno> {
     }
     Ok(())
 }
+
+/// `Configure`: this sandbox's hostname, the host's time, and fresh randomness mixed into the
+/// pool with the kernel reseeding from it at once (a clone's pool is otherwise its template's,
+/// and every clone would draw the same numbers).
+pub fn configure(
+    hostname: &str,
+    realtime_ns: u64,
+    entropy: &[u8],
+) -> Result<(), crate::error::Fail> {
+    use crate::error::Fail;
+    let ok = !hostname.is_empty()
+        && hostname.len() <= 64
+        && hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if !ok {
+        return Err(Fail::invalid(format!("{hostname:?} is not a hostname")));
+    }
+    rustix::system::sethostname(hostname.as_bytes()).map_err(|e| Fail::errno("sethostname", e))?;
+    let ts = libc::timespec {
+        tv_sec: (realtime_ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (realtime_ns % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime reads the local `ts`.
+    if unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) } < 0 {
+        return Err(Fail::errno("set the clock", last_errno()));
+    }
+    if !entropy.is_empty() {
+        add_entropy(entropy).map_err(|e| Fail::errno("seed the random pool", e))?;
+    }
+    Ok(())
+}
+
+/// RNDADDENTROPY (credited) then RNDRESEEDCRNG on /dev/urandom.
+fn add_entropy(bytes: &[u8]) -> Result<(), rustix::io::Errno> {
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    let dev = rustix::fs::open(
+        "/dev/urandom",
+        rustix::fs::OFlags::WRONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    // `struct rand_pool_info`: entropy_count (bits), buf_size (bytes), then the bytes.
+    let mut info: Vec<u8> = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    // SAFETY: the ioctls read a `rand_pool_info` laid out above (header and its bytes), on an
+    // fd we own; RNDRESEEDCRNG takes no argument.
+    unsafe {
+        if libc::ioctl(dev.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) < 0
+            || libc::ioctl(dev.as_raw_fd(), RNDRESEEDCRNG) < 0
+        {
+            return Err(last_errno());
+        }
+    }
+    Ok(())
+}

@@ -289,6 +289,17 @@ pub enum HostMessage {
     /// The target of the symbolic link at `path` (not followed); answered by
     /// [`GuestMessage::FileData`].
     ReadLink { id: RequestId, path: String },
+    /// What makes one VM this sandbox's and no other's, sent after every boot and every
+    /// restore of a snapshot clone (whose kernel state, clock and random pool are the
+    /// template's until then): its hostname, the time, and fresh randomness the guest mixes
+    /// into its pool and reseeds from. Answered by [`GuestMessage::Done`].
+    Configure {
+        id: RequestId,
+        hostname: String,
+        /// Wall-clock time, nanoseconds since the Unix epoch.
+        realtime_ns: u64,
+        entropy: Bytes,
+    },
     /// Apply a policy to every later exec; answered by [`GuestMessage::Done`] or an error naming
     /// the field the guest cannot enforce.
     SetPolicy { id: RequestId, policy: GuestPolicy },

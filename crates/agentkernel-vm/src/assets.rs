@@ -66,16 +66,24 @@ fn install_lib_dir() -> Option<PathBuf> {
     Some(exe.parent()?.parent()?.join("lib/agentkernel"))
 }
 
-/// The initramfs holding `agent` as `/init`, built once per agent binary under `cache_dir`.
+/// The initramfs holding `agent` as `/init`, built once per agent binary under `cache_dir`
+/// (known by its path, size and modification time: hashing its contents on every start would
+/// cost more than the rest of a clone's start).
 pub fn initramfs(agent: &Path, cache_dir: &Path) -> Result<PathBuf, VmError> {
     let io = |what: String| move |source| VmError::Io { what, source };
-    let bytes =
-        std::fs::read(agent).map_err(io(format!("read the guest agent {}", agent.display())))?;
-    let digest = hex::encode(&sha2::Sha256::digest(&bytes)[..8]);
+    let meta = std::fs::metadata(agent)
+        .map_err(io(format!("read the guest agent {}", agent.display())))?;
+    let mut key = sha2::Sha256::new();
+    key.update(agent.as_os_str().as_encoded_bytes());
+    key.update(meta.len().to_le_bytes());
+    key.update(format!("{:?}", meta.modified().ok()).as_bytes());
+    let digest = hex::encode(&key.finalize()[..8]);
     let path = cache_dir.join(format!("initramfs-{digest}.cpio"));
     if path.is_file() {
         return Ok(path);
     }
+    let bytes =
+        std::fs::read(agent).map_err(io(format!("read the guest agent {}", agent.display())))?;
     std::fs::create_dir_all(cache_dir).map_err(io(format!("create {}", cache_dir.display())))?;
     let mut cpio = Initramfs::new();
     cpio.dir("dev", 0o755)?;

@@ -17,7 +17,7 @@
 use crate::channel::Channel;
 use crate::qemu::{Drive, MicroVm};
 use crate::vmm::{self, RuntimeDir, Vmm};
-use crate::{VmError, assets, disk, host};
+use crate::{VmError, assets, clone, disk, host};
 use agentkernel_backend::{
     Backend, BackendError, Capabilities, Controls, Persistence, Readiness, Result, RuntimeState,
     Started,
@@ -130,7 +130,6 @@ impl MicroVmBackend {
         vm.tsc_khz = Some(host::tsc_khz()?);
         vm.cmdline_extra = vec![
             "quiet".to_string(),
-            format!("ak.hostname={}", spec.name),
             format!("ak.rw_size={}", limits.disk_mb),
         ];
         if spec.policy.read_only_root {
@@ -285,6 +284,18 @@ impl Backend for MicroVmBackend {
             }
         };
         let mut vm = self.machine(spec, rootfs, upper)?;
+        // A throwaway sandbox starts as a clone of its machine's template (made on first use);
+        // AGENTKERNEL_VM_CLONES=0 boots every one cold.
+        let template =
+            if ephemeral && std::env::var_os("AGENTKERNEL_VM_CLONES").is_none_or(|v| v != "0") {
+                Some(clone::template(
+                    &vm,
+                    &self.vm_dir().join("templates"),
+                    &Self::guest_policy(spec),
+                )?)
+            } else {
+                None
+            };
         let rt = RuntimeDir::of(&self.home, instance);
         if rt.dir.exists() {
             remove_runtime_dir(&rt);
@@ -305,7 +316,10 @@ impl Backend for MicroVmBackend {
         )))?;
         rt.wire(&mut vm);
         let started = (|| -> Result<(Vmm, Option<std::os::fd::OwnedFd>)> {
-            let vmm = vmm::launch(&vm, &rt)?;
+            let vmm = match &template {
+                Some(t) => clone::start_clone(&mut vm, &rt, t)?,
+                None => vmm::launch(&vm, &rt)?,
+            };
             let lifeline = if ephemeral {
                 // The guest powers off when this connection closes: a throwaway VM ends with
                 // the process that owns it, however that process ends.
@@ -316,6 +330,19 @@ impl Backend for MicroVmBackend {
                 None
             };
             let mut ch = Channel::open(&rt, BOOT_TIMEOUT).inspect_err(|_| vmm.kill())?;
+            let id = ch.next_id();
+            let reply = ch.call(
+                id,
+                &HostMessage::Configure {
+                    id,
+                    hostname: spec.name.clone(),
+                    realtime_ns: std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos() as u64),
+                    entropy: proto::Bytes(entropy()?),
+                },
+            )?;
+            expect_done(reply, "configuring the guest").inspect_err(|_| vmm.kill())?;
             let id = ch.next_id();
             let reply = ch.call(
                 id,
@@ -474,7 +501,7 @@ impl Backend for MicroVmBackend {
         };
         for entry in dirs.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name == "images" || !entry.path().is_dir() {
+            if name == "images" || name == "templates" || !entry.path().is_dir() {
                 continue;
             }
             let rt = RuntimeDir { dir: entry.path() };
@@ -501,6 +528,17 @@ impl Backend for MicroVmBackend {
         }
         removed
     }
+}
+
+/// Fresh randomness from the host for the guest's pool (a clone's is its template's).
+fn entropy() -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; 64];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").map_err(BackendError::io("open /dev/urandom"))?,
+        &mut bytes,
+    )
+    .map_err(BackendError::io("read /dev/urandom"))?;
+    Ok(bytes)
 }
 
 /// Whether some process holds the VM's owner lock (it is starting, or a throwaway sandbox's

@@ -17,6 +17,7 @@ pub mod accel;
 pub mod assets;
 pub mod backend;
 pub mod channel;
+pub mod clone;
 pub mod disk;
 pub mod error;
 pub mod files;

@@ -58,6 +58,18 @@ pub struct MicroVm {
     pub qmp: Option<PathBuf>,
     /// Where the guest's serial console goes.
     pub console: Console,
+    /// Guest RAM in a file rather than anonymous memory (snapshot templates and clones).
+    pub memory_file: Option<MemoryFile>,
+    /// Waits for its state over QMP (`migrate-incoming`) instead of booting.
+    pub incoming: bool,
+}
+
+/// Guest RAM backed by a file: `shared` writes go to the file (a template being made);
+/// otherwise the file is mapped copy-on-write and the VM's writes stay private (a clone).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryFile {
+    pub path: PathBuf,
+    pub shared: bool,
 }
 
 /// A disk image the guest sees as a virtio-blk device.
@@ -101,6 +113,8 @@ impl MicroVm {
             serial_ports: Vec::new(),
             qmp: None,
             console: Console::Stdio,
+            memory_file: None,
+            incoming: false,
         }
     }
 
@@ -125,7 +139,18 @@ impl MicroVm {
         let mut a: Vec<OsString> = Vec::new();
         let mut push = |s: &str| a.push(s.into());
         push("-M");
-        push("microvm,acpi=off");
+        if let Some(mem) = &self.memory_file {
+            push("microvm,acpi=off,memory-backend=mem");
+            push("-object");
+            push(&format!(
+                "memory-backend-file,id=mem,size={}M,mem-path={},share={}",
+                self.memory_mib,
+                chardev_path(&mem.path),
+                if mem.shared { "on" } else { "off" }
+            ));
+        } else {
+            push("microvm,acpi=off");
+        }
         push("-accel");
         match self.accel {
             Accel::Tcg => push("tcg"),
@@ -193,6 +218,10 @@ impl MicroVm {
             ));
             push("-mon");
             push("chardev=qmp,mode=control");
+        }
+        if self.incoming {
+            push("-incoming");
+            push("defer");
         }
         push("-append");
         push(&self.kernel_cmdline());

@@ -27,7 +27,9 @@ fn runtime_dirs(ak: &Ak) -> Vec<String> {
     std::fs::read_dir(ak.home.path().join("vm"))
         .map(|rd| {
             rd.flatten()
-                .filter(|e| e.path().is_dir() && e.file_name() != "images")
+                .filter(|e| {
+                    e.path().is_dir() && e.file_name() != "images" && e.file_name() != "templates"
+                })
                 .map(|e| e.file_name().to_string_lossy().into_owned())
                 .collect()
         })
