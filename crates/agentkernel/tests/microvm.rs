@@ -164,3 +164,48 @@ fn what_a_guest_cannot_enforce_is_refused_with_what_to_use() {
     assert!(vmms_of(&ak).is_empty());
     assert!(runtime_dirs(&ak).is_empty(), "{:?}", runtime_dirs(&ak));
 }
+
+/// Throwaway VMs start as clones of one saved template, and clones share nothing: a file one
+/// writes is absent from the next, each has its own hostname, the host's time, and random
+/// numbers of its own (the template's pool is reseeded in each).
+#[test]
+fn clones_are_independent() {
+    let ak = Ak::new();
+    let script = "ls /tmp /workspace; echo secret > /tmp/mine; echo secret > /workspace/mine; \
+                  hostname; date +%s; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo";
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let mut args = vec!["run"];
+        args.extend_from_slice(VM);
+        args.extend_from_slice(&["--", "sh", "-c", script]);
+        let out = ak.ok(&args);
+        let lines: Vec<&str> = out.stdout.lines().collect();
+        assert!(
+            !out.stdout.contains("mine"),
+            "a clone saw another's file: {out:?}"
+        );
+        let hostname = lines[lines.len() - 3].to_string();
+        let time: u64 = lines[lines.len() - 2].parse().expect("date +%s");
+        let random = lines[lines.len() - 1].to_string();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("now")
+            .as_secs();
+        assert!(
+            now.abs_diff(time) <= 30,
+            "the clone's clock is the host's: {time} vs {now}"
+        );
+        assert_eq!(random.len(), 32, "{out:?}");
+        seen.push((hostname, random));
+    }
+    let templates = std::fs::read_dir(ak.home.path().join("vm/templates"))
+        .map(|rd| rd.count())
+        .unwrap_or(0);
+    assert_eq!(templates, 1, "the three runs came from one template");
+    for i in 0..seen.len() {
+        for j in i + 1..seen.len() {
+            assert_ne!(seen[i].0, seen[j].0, "hostnames: {seen:?}");
+            assert_ne!(seen[i].1, seen[j].1, "random numbers: {seen:?}");
+        }
+    }
+}
