@@ -46,6 +46,19 @@ def tsc_khz():
     return None
 
 
+def newc(entries):
+    """A newc cpio archive of (name, mode, data); /dev/console is char 5:1."""
+    out = b""
+    for ino, (name, mode, data) in enumerate(entries + [("TRAILER!!!", 0, b"")], 1):
+        rdev = (5, 1) if name == "dev/console" else (0, 0)
+        n = name.encode() + b"\0"
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(n), 0]
+        hdr = b"070701" + b"".join(b"%08X" % v for v in fields)
+        out += hdr + n + b"\0" * ((4 - (len(hdr) + len(n)) % 4) % 4)
+        out += data + b"\0" * ((4 - len(data) % 4) % 4)
+    return out
+
+
 def bare_qemu_boot(tmp):
     """The floor: bare QEMU, the same kernel and command line, a static /init marker."""
     src = os.path.join(tmp, "init.c")
@@ -53,11 +66,10 @@ def bare_qemu_boot(tmp):
         f.write('#include <stdio.h>\n#include <unistd.h>\n#include <sys/reboot.h>\n'
                 'int main(){puts("AK-BENCH-MARKER");fflush(stdout);reboot(RB_AUTOBOOT);return 0;}\n')
     subprocess.run(["gcc", "-static", "-Os", "-o", os.path.join(tmp, "init"), src], check=True)
-    root = os.path.join(tmp, "root")
-    os.makedirs(os.path.join(root, "dev"))
-    shutil.copy(os.path.join(tmp, "init"), os.path.join(root, "init"))
     cpio = os.path.join(tmp, "initrd.cpio")
-    subprocess.run(f"cd {root} && find . | cpio -o -H newc --quiet > {cpio}", shell=True, check=True)
+    with open(cpio, "wb") as f:
+        f.write(newc([("dev", 0o040755, b""), ("dev/console", 0o020600, b""),
+                      ("init", 0o100755, open(os.path.join(tmp, "init"), "rb").read())]))
     khz = tsc_khz()
     append = "console=ttyS0 reboot=t panic=-1 quiet" + (f" tsc_early_khz={khz} tsc=reliable" if khz else "")
     argv = ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "tcg", "-m", "576", "-smp", "1",
