@@ -192,6 +192,11 @@ impl Channel {
     /// `Error`).
     pub fn call(&mut self, id: RequestId, msg: &HostMessage) -> Result<GuestMessage, VmError> {
         self.sender().send(msg)?;
+        self.reply(id)
+    }
+
+    /// Waits for the reply to request `id` (sent earlier: several requests may be in flight).
+    pub fn reply(&mut self, id: RequestId) -> Result<GuestMessage, VmError> {
         loop {
             match self.recv(None)? {
                 Some(m @ GuestMessage::Done { id: i })
