@@ -156,7 +156,7 @@ impl MicroVmBackend {
                 "the sandbox's VM is not running (it was stopped or crashed): start it again",
             ));
         }
-        Ok(Channel::open(&rt, BOOT_TIMEOUT)?)
+        Ok(Channel::open_pipelined(&rt, BOOT_TIMEOUT)?)
     }
 
     fn guest_policy(spec: &SandboxSpec) -> proto::GuestPolicy {

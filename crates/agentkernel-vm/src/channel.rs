@@ -28,6 +28,8 @@ pub struct Channel {
     _lock: OwnedFd,
     /// The guest kernel's release, from `Ready`.
     pub kernel: String,
+    /// A `Ready` not read yet (pipelined open): by when it is due, and the limit for messages.
+    pending_ready: Option<(Instant, Duration)>,
 }
 
 /// Something to send on a channel from another thread (stdin, signals).
@@ -54,6 +56,17 @@ impl Channel {
     /// Takes a free port of the VM in `rt` and greets the guest, waiting at most `timeout` for
     /// it (a VM that is still booting answers when its agent runs).
     pub fn open(rt: &RuntimeDir, timeout: Duration) -> Result<Channel, VmError> {
+        Self::connect(rt, timeout, true)
+    }
+
+    /// As [`Channel::open`], but returns once the `Hello` is sent: requests can go out at once
+    /// and the `Ready` (at most `timeout` away) is read before the first answer — one round
+    /// trip less for each command into a running VM.
+    pub fn open_pipelined(rt: &RuntimeDir, timeout: Duration) -> Result<Channel, VmError> {
+        Self::connect(rt, timeout, false)
+    }
+
+    fn connect(rt: &RuntimeDir, timeout: Duration, wait_ready: bool) -> Result<Channel, VmError> {
         let (i, lock) = take_port(rt)?;
         let deadline = Instant::now() + timeout;
         let stream = loop {
@@ -81,40 +94,56 @@ impl Channel {
             next_id: 1,
             _lock: lock,
             kernel: String::new(),
+            pending_ready: None,
         };
         ch.sender().send(&HostMessage::Hello {
             version: PROTOCOL_VERSION,
         })?;
+        if !wait_ready {
+            // Requests may follow the Hello at once (the guest takes them in order); the
+            // Ready is read with the first answer.
+            ch.pending_ready = Some((deadline, timeout));
+            return Ok(ch);
+        }
+        let tail = || rt.tail();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(VmError::Guest(format!(
-                    "no answer from the guest agent within {timeout:?}{}",
-                    rt.tail()
-                )));
-            }
-            match ch.recv(Some(left))? {
-                Some(GuestMessage::Ready { version, kernel }) if version == PROTOCOL_VERSION => {
-                    ch.kernel = kernel;
-                    return Ok(ch);
+            let msg = if left.is_zero() {
+                None
+            } else {
+                ch.recv_raw(Some(left))?
+            };
+            match msg {
+                Some(m) => {
+                    if ch.ready_from(m)? {
+                        return Ok(ch);
+                    }
                 }
-                Some(GuestMessage::Ready { version, .. }) => {
-                    return Err(VmError::Guest(format!(
-                        "the guest agent speaks protocol {version}, this agentkernel {PROTOCOL_VERSION}: boot it with the guest agent built with this agentkernel"
-                    )));
-                }
-                Some(GuestMessage::Error { id: None, error }) => {
-                    return Err(VmError::Guest(error.message));
-                }
-                // Left over from the port's previous client.
-                Some(_) => {}
                 None => {
                     return Err(VmError::Guest(format!(
                         "the guest agent did not answer within {timeout:?}{}",
-                        rt.tail()
+                        tail()
                     )));
                 }
             }
+        }
+    }
+
+    /// Whether `m` is the guest's `Ready` (recorded); anything else before it is left over
+    /// from the port's previous client and skipped, but a refusal of the connection is an
+    /// error.
+    fn ready_from(&mut self, m: GuestMessage) -> Result<bool, VmError> {
+        match m {
+            GuestMessage::Ready { version, kernel } if version == PROTOCOL_VERSION => {
+                self.kernel = kernel;
+                self.pending_ready = None;
+                Ok(true)
+            }
+            GuestMessage::Ready { version, .. } => Err(VmError::Guest(format!(
+                "the guest agent speaks protocol {version}, this agentkernel {PROTOCOL_VERSION}: boot it with the guest agent built with this agentkernel"
+            ))),
+            GuestMessage::Error { id: None, error } => Err(VmError::Guest(error.message)),
+            _ => Ok(false),
         }
     }
 
@@ -133,8 +162,31 @@ impl Channel {
         self.reader.as_fd()
     }
 
-    /// The next message: waits at most `timeout` (`None`: forever); `Ok(None)` on timeout.
+    /// The next message after the guest's `Ready`: waits at most `timeout` (`None`: forever;
+    /// the `Ready` itself at most until the connection's deadline); `Ok(None)` on timeout.
     pub fn recv(&mut self, timeout: Option<Duration>) -> Result<Option<GuestMessage>, VmError> {
+        while let Some((deadline, limit)) = self.pending_ready {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let msg = if left.is_zero() {
+                None
+            } else {
+                self.recv_raw(Some(left))?
+            };
+            match msg {
+                Some(m) => {
+                    self.ready_from(m)?;
+                }
+                None => {
+                    return Err(VmError::Guest(format!(
+                        "the guest agent did not answer within {limit:?}"
+                    )));
+                }
+            }
+        }
+        self.recv_raw(timeout)
+    }
+
+    fn recv_raw(&mut self, timeout: Option<Duration>) -> Result<Option<GuestMessage>, VmError> {
         loop {
             if let Some(msg) = self.decoder.next_message::<GuestMessage>().map_err(proto)? {
                 return Ok(Some(msg));
@@ -148,8 +200,16 @@ impl Channel {
         }
     }
 
-    /// The next message if one is already complete in the buffer.
+    /// The next message after `Ready` if one is already complete in the buffer.
     pub fn try_recv(&mut self) -> Result<Option<GuestMessage>, VmError> {
+        while self.pending_ready.is_some() {
+            match self.decoder.next_message::<GuestMessage>().map_err(proto)? {
+                Some(m) => {
+                    self.ready_from(m)?;
+                }
+                None => return Ok(None),
+            }
+        }
         self.decoder.next_message::<GuestMessage>().map_err(proto)
     }
 
