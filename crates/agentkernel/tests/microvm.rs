@@ -209,3 +209,66 @@ fn clones_are_independent() {
         }
     }
 }
+
+/// The daemon's warm pool holds micro-VMs (clones of the template) for `run -B microvm`: each
+/// serves one run and is then destroyed, and `daemon stop` leaves no VM behind.
+#[test]
+fn the_warm_pool_serves_runs_from_clones_each_used_once() {
+    let ak = Ak::new();
+    let cfg = ak.cwd.path().join("daemon.toml");
+    std::fs::write(&cfg, "[daemon]\nmin_warm = 0\nmax_warm = 3\n").expect("write");
+    let out = ak.ok(&[
+        "daemon",
+        "start",
+        "--background",
+        "-c",
+        cfg.to_str().expect("utf8"),
+    ]);
+    assert!(out.stdout.contains("daemon started"), "{out:?}");
+    let status = || -> serde_json::Value {
+        let out = ak.run(&["daemon", "status", "--json"]);
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("status: {e}: {out:?}"))
+    };
+    let pool = |st: &serde_json::Value| -> Option<serde_json::Value> {
+        st["pool"]["pools"]
+            .as_array()?
+            .iter()
+            .find(|p| p["backend"] == "microvm")
+            .cloned()
+    };
+    ak.ok(&[
+        "daemon",
+        "prewarm",
+        "-B",
+        "microvm",
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "--count",
+        "2",
+    ]);
+    wait_until("two warm micro-VMs", Duration::from_secs(60), || {
+        pool(&status()).and_then(|p| p["warm"].as_u64()) == Some(2)
+    });
+    let mut args = vec!["run"];
+    args.extend_from_slice(VM);
+    args.extend_from_slice(&["--", "sh", "-c", "ls /tmp; echo mine > /tmp/mine; hostname"]);
+    let mut hostnames = Vec::new();
+    for _ in 0..3 {
+        let out = ak.ok(&args);
+        assert!(
+            !out.stdout.contains("mine"),
+            "a warm VM was used twice: {out:?}"
+        );
+        hostnames.push(out.stdout.trim().to_string());
+    }
+    let p = pool(&status()).expect("the microvm pool");
+    assert!(p["runs_warm"].as_u64().unwrap_or(0) >= 2, "{p:#}");
+    hostnames.sort();
+    hostnames.dedup();
+    assert_eq!(hostnames.len(), 3, "{hostnames:?}");
+    ak.ok(&["daemon", "stop"]);
+    wait_until("no VM after daemon stop", Duration::from_secs(20), || {
+        vmms_of(&ak).is_empty()
+    });
+}
