@@ -507,7 +507,12 @@ impl Backend for MicroVmBackend {
                 continue;
             }
             let vmm = vmm::read_pid(&rt);
-            if rt.ephemeral_marker().exists() && vmm.is_some_and(|v| v.is_alive()) {
+            // A running throwaway VM ends with its owner; one whose owner has gone (its
+            // lifeline disconnected) but that is still there hangs, and goes too.
+            if rt.ephemeral_marker().exists()
+                && vmm.is_some_and(|v| v.is_alive())
+                && !lifeline_lost(&rt)
+            {
                 continue;
             }
             if let Some(vmm) = vmm {
@@ -523,8 +528,30 @@ impl Backend for MicroVmBackend {
                 }
             ));
         }
+        // Disks first: a template made from a removed disk is stale in the same pass.
+        removed.extend(disk::collect_image_disks(&self.vm_dir().join("images")));
+        removed.extend(clone::collect_templates(&self.vm_dir().join("templates")));
         removed
     }
+}
+
+/// Whether a throwaway VM's lifeline port has no host connected, by QEMU's account (QMP
+/// `query-chardev` names a listening socket without a client "disconnected:…"). A VM that
+/// does not answer QMP counts as lost.
+fn lifeline_lost(rt: &RuntimeDir) -> bool {
+    let Ok(mut qmp) = vmm::Qmp::connect(&rt.qmp(), Duration::from_secs(2)) else {
+        return true;
+    };
+    let Ok(chardevs) = qmp.execute("query-chardev", None) else {
+        return true;
+    };
+    let life = format!("port{}", vmm::PORTS);
+    chardevs.as_array().into_iter().flatten().any(|c| {
+        c["label"] == life.as_str()
+            && c["filename"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("disconnected:"))
+    })
 }
 
 /// Fresh randomness from the host for the guest's pool (a clone's is its template's).

@@ -31,6 +31,59 @@ pub struct Template {
 
 const SAVE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The files a template was made from, with their size and modification time: a template
+/// whose files changed or went can never be chosen again (they are part of its key).
+fn inputs_of(vm: &MicroVm) -> String {
+    [Some(&vm.kernel), vm.initrd.as_ref()]
+        .into_iter()
+        .flatten()
+        .chain(vm.drives.iter().map(|d| &d.path))
+        .map(|p| format!("{}\t{}", p.display(), stamp(p)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn stamp(p: &Path) -> String {
+    std::fs::metadata(p)
+        .map(|m| format!("{} {:?}", m.len(), m.modified().ok()))
+        .unwrap_or_else(|_| "gone".into())
+}
+
+/// Removes templates whose files changed or went (a new kernel, guest agent or image), unless
+/// one is being made; returns what went. Running clones keep their private mapping.
+pub fn collect_templates(templates: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(templates) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Ok(inputs) = std::fs::read_to_string(dir.join("inputs")) else {
+            continue;
+        };
+        let current = inputs.lines().all(|l| {
+            l.split_once('\t')
+                .is_some_and(|(p, s)| stamp(Path::new(p)) == s)
+        });
+        if current {
+            continue;
+        }
+        let busy = std::fs::File::open(dir.join("lock")).is_ok_and(|f| {
+            rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+        });
+        if busy {
+            continue;
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(format!(
+                "micro-VM template {} (its kernel, agent or image changed)",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    removed
+}
+
 /// Where the template of `vm` (without sockets, console or memory settings of its own) lives.
 fn template_dir(vm: &MicroVm, templates: &Path) -> PathBuf {
     let mut key = sha2::Sha256::new();
@@ -68,6 +121,7 @@ pub fn template(
         return Ok(t);
     }
     std::fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
+    let _ = std::fs::write(dir.join("inputs"), inputs_of(base));
     let lock = std::fs::File::create(dir.join("lock"))
         .map_err(io(format!("create the lock of {}", dir.display())))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {

@@ -57,7 +57,36 @@ pub fn image_disk(id: &str, lower_dirs: &[PathBuf], cache_dir: &Path) -> Result<
         return Err(e);
     }
     std::fs::rename(&tmp, &path).map_err(io(format!("rename to {}", path.display())))?;
+    // What the disk was made from, for `gc` to remove it once those layers are gone.
+    let inputs: Vec<String> = lower_dirs.iter().map(|d| d.display().to_string()).collect();
+    let _ = std::fs::write(cache_dir.join(format!("{key}.inputs")), inputs.join("\n"));
     Ok(path)
+}
+
+/// Removes image disks whose layers no longer exist (the image was removed); returns what
+/// went. A disk a running VM has open stays readable to it.
+pub fn collect_image_disks(cache_dir: &Path) -> Vec<String> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(cache_dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".inputs") else {
+            continue;
+        };
+        let Ok(inputs) = std::fs::read_to_string(e.path()) else {
+            continue;
+        };
+        if inputs.lines().all(|d| Path::new(d).is_dir()) {
+            continue;
+        }
+        for f in [format!("{key}.ext4"), format!("{key}.lock"), name.clone()] {
+            let _ = std::fs::remove_file(cache_dir.join(f));
+        }
+        removed.push(format!("micro-VM image disk {key} (its image is gone)"));
+    }
+    removed
 }
 
 /// The persistent writable disk of a sandbox, `size_mb` large, made (empty ext4) if missing.

@@ -272,3 +272,41 @@ fn the_warm_pool_serves_runs_from_clones_each_used_once() {
         vmms_of(&ak).is_empty()
     });
 }
+
+/// What a micro-VM start caches (the image's disk, the template) goes with the image: after
+/// `images rm` and `images prune` (which removes its layers), `gc` removes both.
+#[test]
+fn gc_removes_disks_and_templates_of_removed_images() {
+    let ak = Ak::new();
+    let mut args = vec!["run"];
+    args.extend_from_slice(VM);
+    args.extend_from_slice(&["--", "true"]);
+    ak.ok(&args);
+    let count = |dir: &str, ext: Option<&str>| {
+        std::fs::read_dir(ak.home.path().join("vm").join(dir))
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| ext.is_none_or(|x| e.file_name().to_string_lossy().ends_with(x)))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(count("images", Some(".ext4")), 1);
+    assert_eq!(count("templates", None), 1);
+    ak.ok(&["gc"]);
+    assert_eq!(
+        count("images", Some(".ext4")),
+        1,
+        "kept while the image is there"
+    );
+    assert_eq!(
+        count("templates", None),
+        1,
+        "kept while its files are unchanged"
+    );
+    ak.ok(&["images", "rm", "busybox:latest"]);
+    ak.ok(&["images", "prune"]);
+    let out = ak.ok(&["gc"]);
+    assert_eq!(count("images", Some(".ext4")), 0, "{out:?}");
+    assert_eq!(count("templates", None), 0, "{out:?}");
+}
