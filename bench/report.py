@@ -18,6 +18,9 @@ EGRESS_END = "<!-- egress:end -->"
 # bench/snapshots.sh's section (bench/snapshots.py writes it).
 SNAPSHOTS_BEGIN = "<!-- snapshots:begin"
 SNAPSHOTS_END = "<!-- snapshots:end -->"
+# bench/microvm.sh's section (bench/microvm.py writes it).
+MICROVM_BEGIN = "<!-- microvm:begin"
+MICROVM_END = "<!-- microvm:end -->"
 
 def load(name):
     with open(os.path.join(work, name)) as f:
@@ -246,7 +249,8 @@ registry image adds to `run` (no network is touched).
 if doc is None:
     print(native)
 else:
-    # The sections other scripts write (bench/engines.py, bench/egress.sh, bench/snapshots.sh)
+    # The sections other scripts write (bench/engines.py, bench/egress.sh, bench/snapshots.sh,
+    # bench/microvm.sh)
     # are kept as they are.
     kept = []
     if os.path.exists(doc):
@@ -255,6 +259,7 @@ else:
             (ENGINES_BEGIN, ENGINES_END),
             (EGRESS_BEGIN, EGRESS_END),
             (SNAPSHOTS_BEGIN, SNAPSHOTS_END),
+            (MICROVM_BEGIN, MICROVM_END),
         ]:
             start = old.find(begin)
             end = old.find(end_marker)
