@@ -115,6 +115,10 @@ pub enum Command {
     /// Sandbox templates: list, show, add, save, remove (use one with --template)
     #[command(subcommand, visible_alias = "templates")]
     Template(crate::templates::TemplateCommand),
+    /// Print the shell completion script: bash, zsh, fish, elvish or powershell
+    Completions(crate::completions::CompletionsArgs),
+    /// Print the man page, or write one per command with --dir
+    Man(crate::completions::ManArgs),
 }
 
 #[derive(Subcommand, Debug)]

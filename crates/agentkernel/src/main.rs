@@ -2,6 +2,7 @@
 //! owns validation, policy, state and audit.
 
 mod cli;
+mod completions;
 mod daemon;
 mod daemon_client;
 mod plugin;
@@ -143,6 +144,8 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             }
             Ok(0)
         }
+        Command::Completions(a) => Ok(completions::completions(&a)),
+        Command::Man(a) => Ok(completions::man(&a)),
         Command::Doctor(a) => {
             let report = engine()?.doctor(&current_dir()?);
             render::checks(&report.checks, a.json);
