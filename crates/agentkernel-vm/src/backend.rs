@@ -38,6 +38,9 @@ use std::time::Duration;
 /// How long a guest may take from QEMU's start to its agent's `Ready`: ~1.5 s under TCG on
 /// an idle machine; parallel test runs on two cores take several times that.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How young a running VM unknown to the store may be and still be one whose start has not
+/// been recorded yet (as the native backend's `gc` grace).
+const GC_GRACE: Duration = Duration::from_secs(60);
 /// A persistent guest's time to sync and power off before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -302,8 +305,9 @@ impl Backend for MicroVmBackend {
         }
         std::fs::create_dir_all(&rt.dir)
             .map_err(BackendError::io(format!("create {}", rt.dir.display())))?;
-        // Held until the store records the sandbox (persistent) or for the sandbox's life
-        // (throwaway): `gc` leaves a VM alone while its owner lock is held.
+        // Held while the VM starts: `gc` leaves a VM alone while its owner lock is held (and,
+        // after that, for a grace period: the engine records a persistent sandbox only once
+        // `start` has returned).
         let owner = std::fs::File::create(rt.owner_lock()).map_err(BackendError::io(format!(
             "create {}",
             rt.owner_lock().display()
@@ -507,6 +511,14 @@ impl Backend for MicroVmBackend {
                 continue;
             }
             let vmm = vmm::read_pid(&rt);
+            let young = std::fs::metadata(rt.instance_file())
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_none_or(|age| age < GC_GRACE);
+            if young && vmm.is_some_and(|v| v.is_alive()) {
+                continue;
+            }
             // A running throwaway VM ends with its owner; one whose owner has gone (its
             // lifeline disconnected) but that is still there hangs, and goes too.
             if rt.ephemeral_marker().exists()
@@ -536,14 +548,15 @@ impl Backend for MicroVmBackend {
 }
 
 /// Whether a throwaway VM's lifeline port has no host connected, by QEMU's account (QMP
-/// `query-chardev` names a listening socket without a client "disconnected:…"). A VM that
-/// does not answer QMP counts as lost.
+/// `query-chardev` names a listening socket without a client "disconnected:…"). A VM whose
+/// QMP does not answer (another client has it: QMP takes one at a time) is not taken for
+/// lost: killing a VM in use would be worse than keeping a hung one.
 fn lifeline_lost(rt: &RuntimeDir) -> bool {
     let Ok(mut qmp) = vmm::Qmp::connect(&rt.qmp(), Duration::from_secs(2)) else {
-        return true;
+        return false;
     };
     let Ok(chardevs) = qmp.execute("query-chardev", None) else {
-        return true;
+        return false;
     };
     let life = format!("port{}", vmm::PORTS);
     chardevs.as_array().into_iter().flatten().any(|c| {
