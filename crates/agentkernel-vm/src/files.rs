@@ -104,17 +104,22 @@ fn list(ch: &mut Channel, path: &str) -> Result<Vec<proto::DirEntry>> {
     }
 }
 
+/// The bytes of the regular file at `path` in the sandbox.
+fn file_bytes(ch: &mut Channel, path: &str) -> Result<Vec<u8>> {
+    let p = path.to_string();
+    data(ch, |id| HostMessage::ReadFile { id, path: p }, path)
+}
+
+/// The target of the symlink at `path` in the sandbox, not followed.
+fn link_target(ch: &mut Channel, path: &str) -> Result<Vec<u8>> {
+    let p = path.to_string();
+    data(ch, |id| HostMessage::ReadLink { id, path: p }, path)
+}
+
 /// A whole file, refused above `limit` bytes.
 pub fn read(ch: &mut Channel, path: &Path, limit: u64) -> Result<Vec<u8>> {
     let p = path_str(path)?;
-    let bytes = data(
-        ch,
-        |id| HostMessage::ReadFile {
-            id,
-            path: p.clone(),
-        },
-        &p,
-    )?;
+    let bytes = file_bytes(ch, &p)?;
     if bytes.len() as u64 > limit {
         return Err(BackendError::new(
             ErrorKind::TooLarge,
@@ -303,14 +308,7 @@ pub fn copy_out(ch: &mut Channel, src: &Path, dst: &Path) -> Result<PathBuf> {
             get_tree(ch, &p, entries, made.fd.as_fd(), dest.path())?;
         }
         Err(e) if e.kind() == ErrorKind::Conflict => {
-            let bytes = data(
-                ch,
-                |id| HostMessage::ReadFile {
-                    id,
-                    path: p.clone(),
-                },
-                &p,
-            )?;
+            let bytes = file_bytes(ch, &p)?;
             let mut f = dest.top_file(0o644).map_err(host)?;
             std::io::Write::write_all(&mut f, &bytes)
                 .map_err(|e| BackendError::io(format!("write {}", dest.path().display()))(e))?;
@@ -335,14 +333,7 @@ fn get_tree(
         let shown_child = shown.join(name);
         match entry.kind {
             FileKind::File => {
-                let bytes = data(
-                    ch,
-                    |id| HostMessage::ReadFile {
-                        id,
-                        path: child.clone(),
-                    },
-                    &child,
-                )?;
+                let bytes = file_bytes(ch, &child)?;
                 let mut f =
                     host_dest::create_file(dir, name, entry.mode, &shown_child).map_err(host)?;
                 std::io::Write::write_all(&mut f, &bytes)
@@ -357,14 +348,7 @@ fn get_tree(
                 }
             }
             FileKind::Symlink => {
-                let target = data(
-                    ch,
-                    |id| HostMessage::ReadLink {
-                        id,
-                        path: child.clone(),
-                    },
-                    &child,
-                )?;
+                let target = link_target(ch, &child)?;
                 let target = Path::new(OsStr::from_bytes(&target));
                 host_dest::make_symlink(dir, name, target, &shown_child).map_err(host)?;
             }

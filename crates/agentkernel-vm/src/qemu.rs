@@ -240,6 +240,20 @@ impl MicroVm {
         a
     }
 
+    /// What a failure to start QEMU means: not installed, or another reason.
+    pub fn spawn_error(&self, source: std::io::Error) -> VmError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            VmError::QemuMissing {
+                qemu: self.qemu.clone(),
+            }
+        } else {
+            VmError::Spawn {
+                qemu: self.qemu.clone(),
+                source,
+            }
+        }
+    }
+
     /// The QEMU command, stdin from `/dev/null`, stdout (the serial console) and stderr piped.
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.qemu);
@@ -302,18 +316,7 @@ pub fn run_to_exit(vm: &MicroVm, timeout: Duration) -> Result<RunOutput, VmError
         return Err(VmError::KernelMissing(vm.kernel.clone()));
     }
     let start = Instant::now();
-    let child = vm.command().spawn().map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            VmError::QemuMissing {
-                qemu: vm.qemu.clone(),
-            }
-        } else {
-            VmError::Spawn {
-                qemu: vm.qemu.clone(),
-                source,
-            }
-        }
-    })?;
+    let child = vm.command().spawn().map_err(|e| vm.spawn_error(e))?;
     let mut child = KillOnDrop(child);
     let (Some(stdout), Some(mut stderr)) = (child.0.stdout.take(), child.0.stderr.take()) else {
         return Err(VmError::Console(std::io::Error::other(

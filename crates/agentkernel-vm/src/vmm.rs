@@ -132,18 +132,7 @@ pub fn launch(vm: &MicroVm, rt: &RuntimeDir) -> Result<Vmm, VmError> {
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log_err);
-    let status = cmd.status().map_err(|source| {
-        if source.kind() == std::io::ErrorKind::NotFound {
-            VmError::QemuMissing {
-                qemu: vm.qemu.clone(),
-            }
-        } else {
-            VmError::Spawn {
-                qemu: vm.qemu.clone(),
-                source,
-            }
-        }
-    })?;
+    let status = cmd.status().map_err(|e| vm.spawn_error(e))?;
     if !status.success() {
         return Err(VmError::Launch(format!(
             "QEMU exited with {status}{}",
