@@ -26,6 +26,16 @@ pub fn set_env(env: &mut Vec<(String, String)>, key: String, value: String) {
     }
 }
 
+/// A sandbox's environment `base` with the request's variables on top (every backend starts
+/// a command with it).
+pub fn merged_env(base: &[(String, String)], req: &ExecRequest) -> Vec<(String, String)> {
+    let mut env = base.to_vec();
+    for (k, v) in &req.env {
+        set_env(&mut env, k.clone(), v.clone());
+    }
+    env
+}
+
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ExitStatus {

@@ -448,11 +448,7 @@ fn command_spec<'a>(
 }
 
 fn merged_env(spec: &SandboxSpec, req: &ExecRequest) -> Vec<(String, String)> {
-    let mut env = spec.env.clone();
-    for (k, v) in &req.env {
-        agentkernel_core::exec::set_env(&mut env, k.clone(), v.clone());
-    }
-    env
+    agentkernel_core::exec::merged_env(&spec.env, req)
 }
 
 /// The native backend, for the engine's registry of backends.

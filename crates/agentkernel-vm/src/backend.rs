@@ -598,10 +598,7 @@ fn proto_exec(
     req: &ExecRequest,
     tty: Option<proto::PtySize>,
 ) -> proto::ExecRequest {
-    let mut env = spec.env.clone();
-    for (k, v) in &req.env {
-        agentkernel_core::exec::set_env(&mut env, k.clone(), v.clone());
-    }
+    let env = agentkernel_core::exec::merged_env(&spec.env, req);
     proto::ExecRequest {
         argv: req.argv.clone(),
         env: env
