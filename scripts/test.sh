@@ -41,6 +41,9 @@ source "${AGENTKERNEL_TEST_IMAGES:-${HOME:-/root}/.cache/agentkernel-test-images
 # shellcheck disable=SC1091
 source "${AGENTKERNEL_TEST_ENGINES:-${HOME:-/root}/.cache/agentkernel-test-engines}/engines.env"
 set +a
+# The micro-VM guest agent is a binary of its own crate, which no test target of another crate
+# makes cargo build; the micro-VM tests find it beside the agentkernel binary.
+cargo build --locked --target "$HOST_TARGET" -p agentkernel-guest
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --target "$HOST_TARGET" --workspace --no-fail-fast
 else

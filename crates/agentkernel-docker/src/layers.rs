@@ -76,9 +76,18 @@ impl Client {
                 .await
                 .map_err(self.api(format!("commit container {container}")))?;
             let took = began.elapsed();
+            let layer = format!("{LAYER_REPO}:{id}");
+            // Podman's inspect sometimes reports `SizeRw` 0 for a container that wrote files;
+            // the committed layer's own size (the newest entry of its history) is measured.
+            let committed = docker
+                .image_history(&layer)
+                .await
+                .ok()
+                .and_then(|history| history.first().map(|top| top.size))
+                .unwrap_or(0);
             Ok(Captured {
-                layers: vec![format!("{LAYER_REPO}:{id}")],
-                bytes: u64::try_from(size).unwrap_or(0),
+                layers: vec![layer],
+                bytes: u64::try_from(size.max(committed)).unwrap_or(0),
                 frozen: if running { took } else { Duration::ZERO },
             })
         })
