@@ -12,6 +12,8 @@ pub mod error;
 mod files;
 mod lock;
 pub mod metadata;
+pub mod parallel;
+pub mod pipeline;
 pub mod pool;
 pub mod resolve;
 mod running;

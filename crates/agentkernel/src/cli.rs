@@ -119,6 +119,12 @@ pub enum Command {
     Completions(crate::completions::CompletionsArgs),
     /// Print the man page, or write one per command with --dir
     Man(crate::completions::ManArgs),
+    /// Play a recorded session (`attach --record`) in this terminal with its timing
+    Replay(crate::replay::ReplayArgs),
+    /// Run independent jobs at once, each in its own sandbox (--job NAME:IMAGE:COMMAND …)
+    Parallel(crate::parallel::ParallelArgs),
+    /// Run the steps of a pipeline file in order, each step's output the next one's input
+    Pipeline(crate::pipeline::PipelineArgs),
 }
 
 #[derive(Subcommand, Debug)]

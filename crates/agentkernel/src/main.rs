@@ -5,8 +5,11 @@ mod cli;
 mod completions;
 mod daemon;
 mod daemon_client;
+mod parallel;
+mod pipeline;
 mod plugin;
 mod render;
+mod replay;
 mod roles;
 mod secret;
 mod serve;
@@ -146,6 +149,9 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         }
         Command::Completions(a) => Ok(completions::completions(&a)),
         Command::Man(a) => Ok(completions::man(&a)),
+        Command::Replay(a) => replay::replay(&a),
+        Command::Parallel(a) => parallel::parallel(a),
+        Command::Pipeline(a) => pipeline::pipeline(a),
         Command::Doctor(a) => {
             let report = engine()?.doctor(&current_dir()?);
             render::checks(&report.checks, a.json);

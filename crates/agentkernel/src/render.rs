@@ -107,6 +107,8 @@ pub struct Recording {
     file: std::fs::File,
     path: PathBuf,
     started: Instant,
+    /// The start of a character whose remaining bytes have not arrived yet.
+    pending: Vec<u8>,
 }
 
 impl Recording {
@@ -129,17 +131,60 @@ impl Recording {
             file,
             path,
             started: Instant::now(),
+            pending: Vec::new(),
         })
     }
 
     pub fn output(&mut self, data: &[u8]) {
+        // A character split between two reads is written whole with the second: the format
+        // holds text, and decoding each half alone would record two replacement characters.
+        self.pending.extend_from_slice(data);
+        let complete = match std::str::from_utf8(&self.pending) {
+            Ok(_) => self.pending.len(),
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => incomplete_tail_start(&self.pending),
+        };
+        if complete == 0 {
+            return;
+        }
+        let text: Vec<u8> = self.pending.drain(..complete).collect();
         let t = self.started.elapsed().as_secs_f64();
-        let line = serde_json::json!([(t * 1e6).round() / 1e6, "o", String::from_utf8_lossy(data)]);
+        let line =
+            serde_json::json!([(t * 1e6).round() / 1e6, "o", String::from_utf8_lossy(&text)]);
         let _ = writeln!(self.file, "{line}");
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Where a trailing, still incomplete UTF-8 sequence starts in `bytes` (its length when there
+/// is none): invalid bytes before it are written as replacement characters.
+fn incomplete_tail_start(bytes: &[u8]) -> usize {
+    for back in 1..=3.min(bytes.len()) {
+        let at = bytes.len() - back;
+        let lead = bytes[at];
+        let needs = match lead {
+            0x00..=0x7F => return bytes.len(),
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => continue,
+        };
+        return if needs > back { at } else { bytes.len() };
+    }
+    bytes.len()
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.pending.is_empty() {
+            let t = self.started.elapsed().as_secs_f64();
+            let text = String::from_utf8_lossy(&self.pending);
+            let line = serde_json::json!([(t * 1e6).round() / 1e6, "o", text]);
+            let _ = writeln!(self.file, "{line}");
+        }
     }
 }
 

@@ -9,10 +9,16 @@ struct Session {
     master: OwnedFd,
     child: std::process::Child,
     seen: String,
+    /// Every byte read from the terminal, in order.
+    transcript: Vec<u8>,
 }
 
 impl Session {
     fn open(ak: &Ak, name: &str) -> Session {
+        Session::open_with(ak, &["attach", name])
+    }
+
+    fn open_with(ak: &Ak, args: &[&str]) -> Session {
         let master =
             rustix::pty::openpt(rustix::pty::OpenptFlags::RDWR | rustix::pty::OpenptFlags::NOCTTY)
                 .expect("openpt");
@@ -26,7 +32,7 @@ impl Session {
         set_size(&master, 30, 100);
         let slave_out = slave.try_clone().expect("dup");
         let slave_err = slave.try_clone().expect("dup");
-        let mut cmd = ak.cmd(&["attach", name]);
+        let mut cmd = ak.cmd(args);
         cmd.stdin(std::process::Stdio::from(slave))
             .stdout(std::process::Stdio::from(slave_out))
             .stderr(std::process::Stdio::from(slave_err));
@@ -37,6 +43,7 @@ impl Session {
             master,
             child,
             seen: String::new(),
+            transcript: Vec::new(),
         }
     }
 
@@ -54,7 +61,10 @@ impl Session {
                 self.seen
             );
             match rustix::io::read(&self.master, &mut buf) {
-                Ok(n) if n > 0 => self.seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(n) if n > 0 => {
+                    self.transcript.extend_from_slice(&buf[..n]);
+                    self.seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
                 _ => std::thread::sleep(Duration::from_millis(20)),
             }
         }
@@ -197,4 +207,86 @@ fn attach_refuses_unknown_options_before_touching_the_terminal() {
     let audit = ak.ok(&["audit", "list", "--json"]).stdout;
     assert!(!audit.contains("session_attached"), "{audit}");
     ak.ok(&["remove", "att"]);
+}
+
+/// `attach --record` writes the session as asciicast v2 and `replay` plays back the same bytes
+/// the terminal showed (multi-byte characters whole), with the recorded pauses unless
+/// `--max-idle` caps them.
+#[test]
+fn a_recorded_session_replays_its_bytes() {
+    let ak = Ak::new();
+    ak.ok(&["create", "rec-box", "--no-network"]);
+    ak.ok(&["start", "rec-box"]);
+    let mut s = Session::open_with(&ak, &["attach", "--record", "rec-box"]);
+    s.send("echo ready-$((6*7))\n");
+    s.expect("ready-42");
+    // A pause the recording keeps, then characters of two, three and four bytes.
+    std::thread::sleep(Duration::from_millis(1500));
+    s.send("echo \"h\u{e9}llo \u{2192} \u{1f980} $((3*3))\"\n");
+    s.expect("h\u{e9}llo \u{2192} \u{1f980} 9");
+    s.send("exit\n");
+    let status = s.child.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    // What the terminal still holds of the session's end.
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = rustix::io::read(&s.master, &mut buf)
+        && n > 0
+    {
+        s.transcript.extend_from_slice(&buf[..n]);
+    }
+    let recordings: Vec<_> = std::fs::read_dir(ak.home.path().join("recordings"))
+        .expect("recordings directory")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(recordings.len(), 1, "{recordings:?}");
+    let cast = recordings[0].to_str().expect("utf-8 path");
+    let header = std::fs::read_to_string(cast).expect("read the recording");
+    assert!(header.starts_with("{\""), "{header}");
+    assert!(header.contains("\"version\":2"), "{header}");
+
+    let began = Instant::now();
+    let played = ak
+        .cmd(&["replay", cast])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("replay");
+    let took = began.elapsed();
+    assert!(played.status.success(), "{played:?}");
+    let bytes = played.stdout;
+    assert!(!bytes.is_empty());
+    assert!(
+        s.transcript
+            .windows(bytes.len())
+            .any(|w| w == bytes.as_slice()),
+        "the replay is not what the terminal showed:\nreplay: {:?}\nterminal: {:?}",
+        String::from_utf8_lossy(&bytes),
+        String::from_utf8_lossy(&s.transcript)
+    );
+    let text = String::from_utf8(bytes).expect("the replay is UTF-8");
+    assert!(text.contains("h\u{e9}llo \u{2192} \u{1f980} 9"), "{text}");
+    assert!(took >= Duration::from_millis(1400), "played in {took:?}");
+
+    // --max-idle caps the pause; --speed divides it.
+    let began = Instant::now();
+    let capped = ak.run(&["replay", cast, "--max-idle", "0.1", "--speed", "2"]);
+    assert_eq!(capped.code, 0, "{capped:?}");
+    // The 1.5 s pause plays in 50 ms: far from it even on a loaded machine.
+    assert!(
+        began.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        began.elapsed()
+    );
+    assert_eq!(capped.stdout, text);
+    // Bad numbers and files that are not recordings are refused.
+    let bad = ak.run(&["replay", cast, "--speed", "0"]);
+    assert_eq!(bad.code, 125, "{bad:?}");
+    assert!(bad.stderr.contains("--speed"), "{bad:?}");
+    let not_cast = ak.cwd.path().join("notes.txt");
+    std::fs::write(&not_cast, "hello\n").expect("write");
+    let bad = ak.run(&["replay", not_cast.to_str().expect("utf-8")]);
+    assert_eq!(bad.code, 125, "{bad:?}");
+    assert!(bad.stderr.contains("asciicast"), "{bad:?}");
+    let missing = ak.run(&["replay", "/nonexistent/x.cast"]);
+    assert_eq!(missing.code, 125, "{missing:?}");
+    ak.ok(&["remove", "rec-box"]);
 }
