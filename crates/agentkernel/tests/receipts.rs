@@ -249,13 +249,17 @@ fn exit_code_passes_through_and_is_recorded() {
     assert!(r.stdout.contains("exit code: matched (7)"), "{r:?}");
 }
 
-/// What a receipt cannot record is refused before anything runs.
+/// What a receipt cannot record (a kept sandbox) is refused before anything runs.
 #[test]
 fn keep_and_branch_are_refused_with_receipt() {
     let ak = Ak::new();
     let (out, path) = run_with_receipt(&ak, &["--keep"], &["true"]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("drop --keep"), "{out:?}");
+    assert!(!path.exists());
+    let (out, path) = run_with_receipt(&ak, &["--branch"], &["true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("drop --branch"), "{out:?}");
     assert!(!path.exists());
     assert!(ak.list_json().is_empty());
 }
