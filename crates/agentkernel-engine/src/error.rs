@@ -26,6 +26,9 @@ pub enum EngineError {
     BackendNotReady { backend: String, reason: String },
     #[error(transparent)]
     Image(#[from] agentkernel_image::ImageError),
+    /// Making, writing or reading an execution receipt.
+    #[error(transparent)]
+    Receipt(#[from] crate::receipt::ReceiptError),
     /// The secrets vault's failure (`agentkernel secret`).
     #[error(transparent)]
     Vault(#[from] crate::vault::VaultError),
@@ -135,6 +138,7 @@ impl HasKind for EngineError {
             EngineError::Input(e) => e.kind(),
             EngineError::Image(e) => e.kind(),
             EngineError::Vault(e) => e.kind(),
+            EngineError::Receipt(e) => e.kind(),
             EngineError::Backend(e) => e.kind(),
             EngineError::LimitReached(_) => ErrorKind::LimitReached,
             EngineError::NoCommand

@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod parallel;
 pub mod pipeline;
 pub mod pool;
+pub mod receipt;
 pub mod resolve;
 mod running;
 mod seal;
@@ -112,6 +113,11 @@ pub struct RunOutcome {
     /// The sandbox still exists afterwards (`--keep` or `--branch`).
     pub kept: bool,
     pub memory_limit_mb: u64,
+    /// The spec the command ran under (a kept sandbox's as recorded).
+    pub spec: SandboxSpec,
+    /// What the image resolved to (`Rootfs::id`) for a throwaway run; `None` for a kept
+    /// sandbox, whose record does not keep it.
+    pub image_digest: Option<String>,
 }
 
 pub struct Engine {
@@ -369,12 +375,14 @@ impl Engine {
             let info = self.create_unaudited(req, Some(&name), ttl)?;
             self.start_unaudited(&info.name)?;
             let status = self.exec(&info.name, exec, sink, controls)?;
-            let memory_limit_mb = self.get_record(&info.name)?.spec.policy.limits.memory_mb;
+            let spec = self.get_record(&info.name)?.spec;
             return Ok(RunOutcome {
                 status,
                 sandbox: info.name,
                 kept: true,
-                memory_limit_mb,
+                memory_limit_mb: spec.policy.limits.memory_mb,
+                spec,
+                image_digest: None,
             });
         }
         let config = resolve::load_config(&self.home, req)?;
@@ -385,6 +393,8 @@ impl Engine {
             sandbox: name,
             kept: false,
             memory_limit_mb: spec.policy.limits.memory_mb,
+            spec,
+            image_digest: Some(rootfs.id),
         })
     }
 
@@ -542,12 +552,14 @@ impl Engine {
         }
         self.start_unaudited(&name)?;
         let status = self.exec(&name, exec, sink, controls)?;
-        let memory_limit_mb = self.get_record(&name)?.spec.policy.limits.memory_mb;
+        let spec = self.get_record(&name)?.spec;
         Ok(RunOutcome {
             status,
             sandbox: name,
             kept: true,
-            memory_limit_mb,
+            memory_limit_mb: spec.policy.limits.memory_mb,
+            spec,
+            image_digest: None,
         })
     }
 

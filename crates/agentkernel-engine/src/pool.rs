@@ -343,6 +343,8 @@ impl WarmPool {
                 sandbox: name,
                 kept: false,
                 memory_limit_mb: spec.policy.limits.memory_mb,
+                spec,
+                image_digest: Some(rootfs.id),
             });
         };
         let mut spec = SandboxSpec {
@@ -368,9 +370,11 @@ impl WarmPool {
         let status = result?;
         Ok(RunOutcome {
             status,
-            sandbox: spec.name,
+            sandbox: spec.name.clone(),
             kept: false,
             memory_limit_mb: spec.policy.limits.memory_mb,
+            spec,
+            image_digest: Some(rootfs.id),
         })
     }
 

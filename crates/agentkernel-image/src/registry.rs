@@ -255,6 +255,13 @@ pub(crate) fn resolve(
     {
         return Ok(rootfs);
     }
+    // A digest names content, whichever repository it came from: an image already prepared
+    // under that manifest digest is the one asked for (`receipt replay` pins images so).
+    if let Some((_, digest)) = resolved.canonical.rsplit_once("@sha256:")
+        && let Some(rootfs) = record::load(store, digest)
+    {
+        return Ok(rootfs);
+    }
     pull_resolved(store, &resolved, settings)
 }
 

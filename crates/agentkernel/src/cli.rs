@@ -80,6 +80,9 @@ pub enum Command {
     /// View the audit log
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Check and replay signed execution receipts (`run --receipt FILE`)
+    #[command(subcommand, visible_alias = "receipts")]
+    Receipt(ReceiptCommand),
     /// Check what this machine can run, and how to fix what it cannot
     Doctor(ListArgs),
     /// Prepare what the default backend needs (packages, state directory, host image)
@@ -271,6 +274,36 @@ pub enum AuditCommand {
     Path,
 }
 
+#[derive(Subcommand, Debug)]
+#[command(
+    after_help = "Exit codes: 0 valid (verify) or all matched (replay); 1 not valid, or something differed; 125 the receipt could not be read or the replay could not run."
+)]
+pub enum ReceiptCommand {
+    /// Check a receipt's signature and document; say whose key signed it
+    Verify(ReceiptVerifyArgs),
+    /// Run a receipt's command again (same image digest, backend and policy) and compare the
+    /// exit code and output hashes
+    Replay(ReceiptReplayArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiptVerifyArgs {
+    /// The receipt file `run --receipt` wrote
+    pub file: PathBuf,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReceiptReplayArgs {
+    /// The receipt file `run --receipt` wrote
+    pub file: PathBuf,
+    /// Also show the replay's own stdout and stderr (on stderr; stdout keeps the comparison)
+    #[arg(long)]
+    pub show_output: bool,
+}
+
 /// Options that shape a sandbox, shared by `run` and `create`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct SandboxOpts {
@@ -420,7 +453,9 @@ pub struct RunArgs {
         default_missing_value = "true"
     )]
     pub fast: Option<bool>,
-    #[arg(long, value_name = "FILE", hide = true)]
+    /// Write a signed execution receipt JSON for this run (check it with `agentkernel receipt
+    /// verify FILE`); skips the daemon's warm pool
+    #[arg(long, value_name = "FILE")]
     pub receipt: Option<PathBuf>,
     /// The command and its arguments: everything after the first word (or after `--`) is the
     /// command's, hyphens included

@@ -8,6 +8,7 @@ mod daemon_client;
 mod parallel;
 mod pipeline;
 mod plugin;
+mod receipt;
 mod render;
 mod replay;
 mod roles;
@@ -125,6 +126,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         Command::Agents(a) => Ok(plugin::agents_command(a.json)),
         Command::Secret(cmd) => secret::command(cmd),
         Command::Daemon(cmd) => daemon::command(cmd),
+        Command::Receipt(cmd) => receipt::command(cmd),
         Command::Mcp(McpCommand::Server) | Command::McpServer => mcp_server(),
         Command::Exec(args) => exec(args),
         Command::Attach(args) => attach(args),
@@ -282,13 +284,6 @@ fn forward_stdin() -> bool {
 
 fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     args.sandbox.refuse_unsupported()?;
-    if args.receipt.is_some() {
-        return Err(cli::not_yet(
-            "--receipt",
-            "receipts are not built; the audit log (`agentkernel audit list --json`) records each command and its exit code",
-        )
-        .into());
-    }
     if args.command.is_empty() {
         return Err(EngineError::NoCommand);
     }
@@ -306,6 +301,9 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     };
     let mut req = spec_request(args.sandbox)?;
     req.command = exec.argv.clone();
+    if args.receipt.is_some() {
+        agentkernel_engine::receipt::check_recordable(&req, &opts)?;
+    }
     let engine = engine()?;
     if let Some(applied) = engine.explain_config(&req)? {
         eprintln!("agentkernel: {applied}");
@@ -319,8 +317,10 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     }
     // A throwaway sandbox without stdin can come from the daemon's warm pool, unless
     // --fast=false asks for a new one. The pools know no templates: a templated run is made
-    // here.
+    // here. A run with --receipt is made here too: the receipt needs its output's hashes and
+    // the spec it ran under.
     if !opts.keep
+        && args.receipt.is_none()
         && !opts.branch
         && !exec.stdin
         && req.template.is_none()
@@ -338,8 +338,26 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
         signals: Some(signals.fd()),
         resized: None,
     };
-    let mut sink = render::write_to_stdio;
-    let outcome = engine.run(&req, &opts, &exec, &mut sink, controls)?;
+    let mut output = agentkernel_engine::receipt::OutputDigest::default();
+    let started_at = agentkernel_engine::receipt::now();
+    let outcome = {
+        let mut sink = |event: agentkernel_core::ExecEvent| {
+            output.observe(&event);
+            render::write_to_stdio(event)
+        };
+        engine.run(&req, &opts, &exec, &mut sink, controls)?
+    };
+    if let Some(path) = &args.receipt {
+        let run = agentkernel_engine::receipt::Run {
+            request: &req,
+            exec: &exec,
+            outcome: &outcome,
+            started_at,
+            ended_at: agentkernel_engine::receipt::now(),
+            output,
+        };
+        agentkernel_engine::receipt::record(engine.home(), path, run)?;
+    }
     if outcome.kept && args.keep {
         eprintln!(
             "agentkernel: kept sandbox {0}; remove it with `agentkernel remove {0}`",

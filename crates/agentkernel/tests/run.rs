@@ -335,10 +335,6 @@ fn unknown_and_unbuilt_options_are_refused_before_anything_runs() {
         ),
         (&["run", "-x", "true"], "unexpected argument '-x'"),
         (
-            &["run", "--receipt", "r.json", "--", "python3", "-c", "1"],
-            "`--receipt` is not supported yet",
-        ),
-        (
             &["run", "--template", "no-such-template", "--", "true"],
             "no template \"no-such-template\"",
         ),
