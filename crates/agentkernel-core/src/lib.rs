@@ -12,6 +12,7 @@ pub mod duration;
 pub mod egress;
 pub mod error;
 pub mod exec;
+pub mod hostenv;
 pub mod image;
 pub mod name;
 pub mod paths;

@@ -137,8 +137,8 @@ pub const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_SETFCAP",
 ];
 
-/// Host environment variables that permissive sandboxes inherit: locale and terminal settings,
-/// never credentials.
+/// Locale and terminal settings: the host variables a CLI sends along when it asks the daemon
+/// to run a command (permissive passes more: `crate::hostenv`).
 pub const PASSTHROUGH_ENV: &[&str] = &["TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "NO_COLOR"];
 
 /// Everything a sandbox may do, in one concrete value. Backends enforce every field or refuse
@@ -229,7 +229,7 @@ impl Policy {
                 allow_hosts: Vec::new(),
                 deny_hosts: Vec::new(),
                 block_private: false,
-                env_passthrough: PASSTHROUGH_ENV.iter().map(|v| v.to_string()).collect(),
+                env_passthrough: vec![crate::hostenv::ALL.to_string()],
                 masked_paths: Vec::new(),
             },
             Profile::Moderate => Policy {
@@ -402,9 +402,10 @@ impl Policy {
                 l.disk_mb, b.disk_mb
             ));
         }
-        // `env_passthrough` is not compared: it names only terminal and locale variables
-        // (`PASSTHROUGH_ENV`), never credentials, and callers other than the local user get
-        // none of this process's anyway.
+        let all = crate::hostenv::ALL.to_string();
+        if self.env_passthrough.contains(&all) && !bound.env_passthrough.contains(&all) {
+            return Some("the caller's environment passed through (permissive)".to_string());
+        }
         None
     }
 

@@ -565,6 +565,24 @@ fn host_cpus() -> f64 {
     std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
+/// The caller's environment: what a CLI sent to the daemon, or this process's own.
+fn host_vars(req: &SpecRequest) -> Vec<(String, String)> {
+    match &req.host_env {
+        Some(vars) => vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        None => std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
+    }
+}
+
+/// One variable of the caller's environment.
+fn host_var(req: &SpecRequest, key: &str) -> Option<String> {
+    match &req.host_env {
+        Some(vars) => vars.get(key).cloned(),
+        None => std::env::var(key).ok(),
+    }
+}
+
 /// Builds the spec for sandbox `name`. Image contents (its env and workdir) are merged later,
 /// when the image is resolved.
 pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<SandboxSpec> {
@@ -574,7 +592,7 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         None => BackendKind::Native,
     };
     let image = ImageRef::parse(&choose_image(req, config).image, &req.cwd)?;
-    let policy = resolve_policy(req, config)?;
+    let mut policy = resolve_policy(req, config)?;
     policy.validate()?;
     check_caller(req, config, &image, &policy)?;
     let workdir = req
@@ -595,17 +613,42 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         ),
         ("HOSTNAME".to_string(), name.to_string()),
     ];
+    // The caller's variables the profile passes: named ones, or (permissive) every one
+    // `hostenv` lets through. The policy keeps the names that passed, never the values.
+    let mut passed = Vec::new();
     for key in &policy.env_passthrough {
-        let value = match &req.host_env {
-            Some(vars) => vars.get(key).cloned(),
-            None => std::env::var(key).ok(),
-        };
-        if let Some(value) = value {
+        if key == agentkernel_core::hostenv::ALL {
+            for (k, v) in host_vars(req) {
+                if agentkernel_core::hostenv::passes_through(&k)
+                    && agentkernel_core::spec::validate_env_var(&k, &v).is_ok()
+                {
+                    passed.push(k.clone());
+                    set_env(&mut env, k, v);
+                }
+            }
+        } else if let Some(value) = host_var(req, key) {
+            passed.push(key.clone());
             set_env(&mut env, key.clone(), value);
         }
     }
+    passed.sort();
+    passed.dedup();
+    policy.env_passthrough = passed;
     for kv in &req.env {
-        let (k, v) = parse_env(kv)?;
+        let (k, v) = if kv.contains('=') {
+            parse_env(kv)?
+        } else {
+            // `-e NAME`: the local caller's own value, as `docker run -e NAME` takes it; not
+            // set there, not set here.
+            if req.caller != Caller::Local && req.host_env.is_none() {
+                return Err(agentkernel_core::CoreError::InvalidEnv(kv.clone()).into());
+            }
+            agentkernel_core::spec::validate_env_var(kv, "")?;
+            match host_var(req, kv) {
+                Some(v) => (kv.clone(), v),
+                None => continue,
+            }
+        };
         set_env(&mut env, k, v);
     }
     validate_labels(&req.labels)?;
@@ -1131,8 +1174,14 @@ mod tests {
         r.image = Some("--volume=/:/host".into());
         assert!(resolve(&r, "x", &c).is_err());
         r.image = None;
-        r.env = vec!["NOEQUALS".into()];
+        r.env = vec!["=novalue".into()];
         assert!(resolve(&r, "x", &c).is_err());
+        // A name alone is the local caller's own value; anyone else must give the value.
+        r.env = vec!["NOEQUALS".into()];
+        assert!(resolve(&r, "x", &c).is_ok());
+        r.caller = Caller::Remote;
+        assert!(resolve(&r, "x", &c).is_err());
+        r.caller = Caller::Local;
         r.env = vec![];
         r.workdir = Some("relative".into());
         assert!(resolve(&r, "x", &c).is_err());

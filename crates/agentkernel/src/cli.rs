@@ -325,7 +325,8 @@ pub struct SandboxOpts {
     /// Disable network access
     #[arg(long)]
     pub no_network: bool,
-    /// Set an environment variable in the sandbox (repeatable)
+    /// Set an environment variable in the sandbox (repeatable); `-e KEY` alone passes this
+    /// shell's value of KEY
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     /// Working directory inside the sandbox (default /workspace)

@@ -419,11 +419,16 @@ pub fn try_run(
         return Ok(None);
     }
     let client = DaemonClient::new(&home).map_err(|e| input(e.to_string()))?;
-    let host_env: std::collections::BTreeMap<String, String> =
-        agentkernel_core::policy::PASSTHROUGH_ENV
-            .iter()
-            .filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v)))
-            .collect();
+    // The variables the daemon may pass into the sandbox on this CLI's behalf: what a profile
+    // passes through, and those `-e NAME` names.
+    let host_env: std::collections::BTreeMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .filter(|(k, _)| {
+            agentkernel_core::hostenv::passes_through(k)
+                || agentkernel_core::policy::PASSTHROUGH_ENV.contains(&k.as_str())
+                || req.env.iter().any(|named| named == k)
+        })
+        .collect();
     let config = req.config.as_deref().map(absolute).transpose()?;
     let body = serde_json::json!({
         "command": argv,

@@ -258,11 +258,21 @@ fn duration(text: Option<&str>) -> Result<Option<std::time::Duration>, EngineErr
     Ok(text.map(parse_duration).transpose()?)
 }
 
+/// `KEY=VALUE`, or `KEY` alone for this process's value of KEY (left out when it has none),
+/// as `docker exec -e KEY` does.
 fn parse_env(list: &[String]) -> Result<Vec<(String, String)>, EngineError> {
-    Ok(list
-        .iter()
-        .map(|kv| agentkernel_core::spec::parse_env(kv))
-        .collect::<Result<_, _>>()?)
+    let mut env = Vec::new();
+    for kv in list {
+        if kv.contains('=') {
+            env.push(agentkernel_core::spec::parse_env(kv)?);
+        } else {
+            agentkernel_core::spec::validate_env_var(kv, "")?;
+            if let Ok(value) = std::env::var(kv) {
+                env.push((kv.clone(), value));
+            }
+        }
+    }
+    Ok(env)
 }
 
 /// Stdin goes to the command when it is data (a pipe, a file or a socket), not when it is the

@@ -563,3 +563,78 @@ fn policy_refusals_are_audited() {
         "{violation}"
     );
 }
+
+/// The permissive profile passes the caller's environment through, except credentials and
+/// host-specific variables (docs/security.md); `-e NAME` passes one by name whatever it is;
+/// moderate passes none of it.
+#[test]
+fn permissive_passes_the_environment_but_not_credentials() {
+    let mut ak = Ak::new();
+    for (k, v) in [
+        ("MY_SETTING", "kept"),
+        ("GITHUB_TOKEN", "ghp_leak"),
+        ("AWS_SECRET_ACCESS_KEY", "aws_leak"),
+        ("OPENAI_API_KEY", "sk_named"),
+        ("DB_PASSWORD", "pw_leak"),
+        ("LD_PRELOAD", "/nonexistent.so"),
+    ] {
+        ak.env.push((k.to_string(), v.to_string()));
+    }
+    let show = "for v in MY_SETTING GITHUB_TOKEN AWS_SECRET_ACCESS_KEY OPENAI_API_KEY DB_PASSWORD \
+                LD_PRELOAD; do eval \"echo $v=\\${$v-unset}\"; done; echo HOME=$HOME";
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "-p",
+        "permissive",
+        "-e",
+        "OPENAI_API_KEY",
+        "--",
+        "sh",
+        "-c",
+        show,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.stdout,
+        "MY_SETTING=kept\nGITHUB_TOKEN=unset\nAWS_SECRET_ACCESS_KEY=unset\n\
+         OPENAI_API_KEY=sk_named\nDB_PASSWORD=unset\nLD_PRELOAD=unset\nHOME=/root\n",
+        "{out:?}"
+    );
+    // Moderate passes nothing of the caller's; `-e NAME` of an unset variable sets nothing.
+    let out = ak.run(&[
+        "run",
+        "--no-network",
+        "-e",
+        "NOT_SET_ANYWHERE",
+        "--",
+        "sh",
+        "-c",
+        "echo ${MY_SETTING-unset} ${NOT_SET_ANYWHERE-unset}",
+    ]);
+    assert_eq!(out.stdout, "unset unset\n", "{out:?}");
+    // A kept permissive sandbox records which variables passed, never a denied one's value.
+    ak.ok(&["create", "env-box", "--no-network", "-p", "permissive"]);
+    let mut db = std::fs::read(ak.home.path().join("state.db")).expect("state.db");
+    db.extend(std::fs::read(ak.home.path().join("state.db-wal")).unwrap_or_default());
+    let db = String::from_utf8_lossy(&db);
+    for leak in ["ghp_leak", "aws_leak", "pw_leak"] {
+        assert!(!db.contains(leak), "{leak} reached the state database");
+    }
+    ak.ok(&["remove", "env-box"]);
+    // `exec -e NAME` takes this shell's value too.
+    ak.ok(&["create", "env-exec", "--no-network"]);
+    ak.ok(&["start", "env-exec"]);
+    let out = ak.ok(&[
+        "exec",
+        "-e",
+        "MY_SETTING",
+        "env-exec",
+        "--",
+        "sh",
+        "-c",
+        "echo $MY_SETTING",
+    ]);
+    assert_eq!(out.stdout, "kept\n");
+    ak.ok(&["remove", "env-exec"]);
+}
