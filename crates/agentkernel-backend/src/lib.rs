@@ -12,6 +12,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod usage;
+
 pub use agentkernel_core::backend::{
     Capabilities, Captured, Controls, Persistence, Readiness, RuntimeState, Started,
 };
@@ -151,6 +153,16 @@ pub trait Backend {
         controls: Controls<'_>,
         record: Option<&mut Recorder<'_>>,
     ) -> Result<ExitStatus>;
+    /// What the running sandbox uses now (`stats`): by default the cgroups its init is in;
+    /// `None` when it cannot be measured.
+    fn usage(&self, runtime: &RuntimeState) -> Option<usage::Usage> {
+        usage::of_cgroups(runtime.pid)
+    }
+    /// Bytes the sandbox wrote that live outside its directory under the state directory (a
+    /// container's writable layer); `None` when everything it wrote is in that directory.
+    fn written_elsewhere(&self, _runtime: &RuntimeState) -> Option<u64> {
+        None
+    }
     /// The running sandbox's network namespace, for the engine to route to the host's egress
     /// proxy (`agentkernel_net::netns::attach`). A backend whose sandboxes have no kernel
     /// network namespace of their own that the proxy can serve refuses, saying which can.

@@ -138,6 +138,17 @@ impl Backend for DockerBackend {
         Ok(self.client.destroy(name)?)
     }
 
+    fn usage(&self, runtime: &RuntimeState) -> Option<agentkernel_backend::usage::Usage> {
+        if !Self::same_boot(runtime) {
+            return None;
+        }
+        agentkernel_backend::usage::of_cgroups(runtime.pid)
+    }
+
+    fn written_elsewhere(&self, runtime: &RuntimeState) -> Option<u64> {
+        self.client.written_bytes(&runtime.instance)
+    }
+
     fn is_running(&self, runtime: &RuntimeState) -> bool {
         let pid = if Self::same_boot(runtime) {
             runtime.pid

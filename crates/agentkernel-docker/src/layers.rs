@@ -93,6 +93,21 @@ impl Client {
         })
     }
 
+    /// The size of what container `id` wrote (its writable layer), as the engine measures it.
+    pub fn written_bytes(&self, id: &str) -> Option<u64> {
+        let docker = self.docker().ok()?;
+        self.block(async {
+            let inspect = docker
+                .inspect_container(
+                    id,
+                    Some(bollard::query_parameters::InspectContainerOptions { size: true }),
+                )
+                .await
+                .ok()?;
+            inspect.size_rw.and_then(|n| u64::try_from(n).ok())
+        })
+    }
+
     /// Unpauses a container a commit left paused (an engine that died mid-commit).
     pub fn settle_capture(&self, container: &str) -> Result<()> {
         let docker = self.docker()?;

@@ -44,6 +44,33 @@ pub struct Stats {
     pub sandbox_count: usize,
     pub running_count: usize,
     pub resource_usage: ResourceUsage,
+    /// Each sandbox's share, in name order.
+    pub sandboxes: Vec<SandboxUsage>,
+    /// The sandboxes' shares added up.
+    pub sandbox_totals: SandboxTotals,
+}
+
+/// What one sandbox uses: CPU over the sample and memory while it runs, disk always.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxUsage {
+    pub name: String,
+    pub backend: String,
+    pub status: String,
+    /// Share of one CPU over the sample, in percent (200 = two CPUs busy); `None` when stopped
+    /// or not measurable.
+    pub cpu_percent: Option<f64>,
+    /// Memory charged to it now; `None` when stopped or not measurable.
+    pub memory_mb: Option<f64>,
+    /// What it wrote: its directory in the state directory (upper layers, disks), plus a
+    /// container's writable layer kept by its engine.
+    pub disk_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SandboxTotals {
+    pub cpu_percent: f64,
+    pub memory_mb: f64,
+    pub disk_mb: f64,
 }
 
 impl Engine {
@@ -82,6 +109,7 @@ impl Engine {
         let before = cpu_times();
         let started = std::time::Instant::now();
         let sandboxes = self.list()?;
+        let measured = self.measure_sandboxes(&sandboxes, sample)?;
         std::thread::sleep(sample.saturating_sub(started.elapsed()));
         let after = cpu_times();
         let cpu_percent = match (before, after) {
@@ -104,8 +132,98 @@ impl Engine {
                 disk_total_mb,
                 load_average: load_average(),
             },
+            sandbox_totals: SandboxTotals {
+                cpu_percent: round1(measured.iter().filter_map(|m| m.cpu_percent).sum()),
+                memory_mb: round1(measured.iter().filter_map(|m| m.memory_mb).sum()),
+                disk_mb: round1(measured.iter().map(|m| m.disk_mb).sum()),
+            },
+            sandboxes: measured,
         })
     }
+
+    /// Each sandbox's usage: two readings of the running ones `sample` apart (CPU is a rate),
+    /// and the disk of all.
+    fn measure_sandboxes(
+        &self,
+        sandboxes: &[crate::SandboxInfo],
+        sample: std::time::Duration,
+    ) -> Result<Vec<SandboxUsage>> {
+        let records = self.store()?.list()?;
+        let running: Vec<_> = records
+            .iter()
+            .filter(|r| self.is_running(r))
+            .filter_map(|r| Some((r, self.backend(&r.spec).ok()?, r.runtime.clone()?)))
+            .collect();
+        let read = || -> Vec<_> {
+            running
+                .iter()
+                .map(|(_, b, rt)| (std::time::Instant::now(), b.usage(rt)))
+                .collect()
+        };
+        let first = read();
+        std::thread::sleep(sample);
+        let second = read();
+        let mut out: Vec<SandboxUsage> = sandboxes
+            .iter()
+            .map(|info| SandboxUsage {
+                name: info.name.clone(),
+                backend: info.backend.clone(),
+                status: info.status.clone(),
+                cpu_percent: None,
+                memory_mb: None,
+                disk_mb: round1(disk_bytes(&self.sandbox_dir(&info.name)) as f64 / MB),
+            })
+            .collect();
+        for (((rec, backend, rt), (t0, u0)), (t1, u1)) in running.iter().zip(first).zip(second) {
+            let Some(entry) = out.iter_mut().find(|u| u.name == rec.spec.name) else {
+                continue;
+            };
+            if let (Some(u0), Some(u1)) = (u0, u1) {
+                let seconds = t1.duration_since(t0).as_secs_f64().max(1e-3);
+                let busy = u1.cpu_nanos.saturating_sub(u0.cpu_nanos) as f64 / 1e9;
+                entry.cpu_percent = Some(round1(100.0 * busy / seconds));
+                entry.memory_mb = Some(round1(u1.memory_bytes as f64 / MB));
+            }
+            if let Some(bytes) = backend.written_elsewhere(rt) {
+                entry.disk_mb = round1(entry.disk_mb + bytes as f64 / MB);
+            }
+        }
+        Ok(out)
+    }
+}
+
+const MB: f64 = 1024.0 * 1024.0;
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Bytes allocated under `dir` (sparse disk images count what they hold), not crossing into
+/// filesystems mounted below it and not following links.
+fn disk_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(top) = std::fs::symlink_metadata(dir) else {
+        return 0;
+    };
+    let device = top.dev();
+    let mut total = top.blocks() * 512;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.dev() != device {
+                continue;
+            }
+            total += meta.blocks() * 512;
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    total
 }
 
 /// (busy, total) jiffies of all CPUs from /proc/stat.

@@ -559,6 +559,27 @@ pub struct StatsResponse {
     pub sandbox_count: usize,
     pub running_count: usize,
     pub resource_usage: ResourceUsage,
+    /// Each sandbox's CPU (percent of one CPU over a short sample) and memory while it runs,
+    /// and the disk it wrote.
+    pub sandboxes: Vec<SandboxUsage>,
+    pub sandbox_totals: SandboxTotals,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SandboxUsage {
+    pub name: String,
+    pub backend: String,
+    pub status: String,
+    pub cpu_percent: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub disk_mb: f64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SandboxTotals {
+    pub cpu_percent: f64,
+    pub memory_mb: f64,
+    pub disk_mb: f64,
 }
 
 impl From<agentkernel_engine::status::Stats> for StatsResponse {
@@ -575,6 +596,23 @@ impl From<agentkernel_engine::status::Stats> for StatsResponse {
                 disk_used_mb: r.disk_used_mb,
                 disk_total_mb: r.disk_total_mb,
                 load_average: r.load_average.to_vec(),
+            },
+            sandboxes: s
+                .sandboxes
+                .into_iter()
+                .map(|u| SandboxUsage {
+                    name: u.name,
+                    backend: u.backend,
+                    status: u.status,
+                    cpu_percent: u.cpu_percent,
+                    memory_mb: u.memory_mb,
+                    disk_mb: u.disk_mb,
+                })
+                .collect(),
+            sandbox_totals: SandboxTotals {
+                cpu_percent: s.sandbox_totals.cpu_percent,
+                memory_mb: s.sandbox_totals.memory_mb,
+                disk_mb: s.sandbox_totals.disk_mb,
             },
         }
     }

@@ -409,6 +409,16 @@ impl Backend for MicroVmBackend {
         Ok(())
     }
 
+    /// The VMM is one host process without a cgroup of its own: its CPU time (every vCPU
+    /// thread's) and its proportional set size (the guest's RAM it touched, shared template
+    /// pages split among the clones).
+    fn usage(&self, runtime: &RuntimeState) -> Option<agentkernel_backend::usage::Usage> {
+        if runtime.boot_id != agentkernel_sys::proc::boot_id() {
+            return None;
+        }
+        agentkernel_backend::usage::of_process(runtime.pid)
+    }
+
     fn is_running(&self, runtime: &RuntimeState) -> bool {
         runtime.boot_id == agentkernel_sys::proc::boot_id()
             && agentkernel_sys::proc::is_alive(runtime.pid, runtime.start_time)

@@ -152,6 +152,12 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         Command::Completions(a) => Ok(completions::completions(&a)),
         Command::Man(a) => Ok(completions::man(&a)),
         Command::Replay(a) => replay::replay(&a),
+        Command::Stats(a) => {
+            // CPU use is a rate: measured over a second, as `docker stats` does.
+            let stats = engine()?.stats(std::time::Duration::from_secs(1))?;
+            render::stats(&stats, a.json);
+            Ok(0)
+        }
         Command::Parallel(a) => parallel::parallel(a),
         Command::Pipeline(a) => pipeline::pipeline(a),
         Command::Doctor(a) => {

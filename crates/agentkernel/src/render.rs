@@ -238,3 +238,62 @@ pub fn network_policy(info: &SandboxInfo, json: bool) {
     }
     println!("deny:    {}", list(&info.deny_hosts));
 }
+
+/// `stats`: the host line, then one row per sandbox and their total.
+pub fn stats(stats: &agentkernel_engine::status::Stats, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(stats).unwrap_or_else(|_| "{}".into())
+        );
+        return;
+    }
+    let r = &stats.resource_usage;
+    println!(
+        "sandboxes: {} ({} running)",
+        stats.sandbox_count, stats.running_count
+    );
+    println!(
+        "host: cpu {:.1}% of {} cores, memory {}/{} MB, disk {}/{} MB, load {:.2} {:.2} {:.2}",
+        r.cpu_percent,
+        r.cpu_count,
+        r.memory_used_mb,
+        r.memory_total_mb,
+        r.disk_used_mb,
+        r.disk_total_mb,
+        r.load_average[0],
+        r.load_average[1],
+        r.load_average[2]
+    );
+    if stats.sandboxes.is_empty() {
+        return;
+    }
+    let width = stats
+        .sandboxes
+        .iter()
+        .map(|s| s.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(5);
+    let dash = || "-".to_string();
+    println!(
+        "{:<width$}  {:<8} {:<8} {:>7} {:>11} {:>11}",
+        "NAME", "BACKEND", "STATUS", "CPU %", "MEMORY MB", "DISK MB"
+    );
+    for s in &stats.sandboxes {
+        println!(
+            "{:<width$}  {:<8} {:<8} {:>7} {:>11} {:>11.1}",
+            s.name,
+            s.backend,
+            s.status,
+            s.cpu_percent.map_or_else(dash, |c| format!("{c:.1}")),
+            s.memory_mb.map_or_else(dash, |m| format!("{m:.1}")),
+            s.disk_mb
+        );
+    }
+    let t = &stats.sandbox_totals;
+    println!(
+        "{:<width$}  {:<8} {:<8} {:>7.1} {:>11.1} {:>11.1}",
+        "TOTAL", "", "", t.cpu_percent, t.memory_mb, t.disk_mb
+    );
+}

@@ -1110,6 +1110,84 @@ fn sessions_save_and_resume(e: &B) {
     assert!(out.stderr.contains("unknown agent"), "{out:?}");
 }
 
+/// `stats` measures each sandbox: a running one that spins has CPU and memory, a stopped one
+/// has neither, what one wrote shows as disk, and the totals add the rows up.
+fn stats_measure_each_sandbox(e: &B) {
+    e.started("spin", &[]);
+    e.ok(&[
+        "create",
+        "still",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+        "--no-network",
+    ]);
+    e.ok(&[
+        "exec",
+        "spin",
+        "--",
+        "sh",
+        "-c",
+        "head -c 8000000 /dev/urandom > /written; sync",
+    ]);
+    e.ok(&[
+        "exec",
+        "-d",
+        "spin",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let out = e.ok(&["stats", "--json"]);
+    let stats: Value = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(stats["sandbox_count"], 2, "{stats}");
+    assert_eq!(stats["running_count"], 1, "{stats}");
+    let row = |name: &str| {
+        stats["sandboxes"]
+            .as_array()
+            .expect("sandboxes")
+            .iter()
+            .find(|s| s["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row for {name}: {stats}"))
+    };
+    let spin = row("spin");
+    assert_eq!(spin["backend"], e.b(), "{spin}");
+    // A spinning loop gets a share of a CPU even on a loaded machine.
+    let cpu = spin["cpu_percent"]
+        .as_f64()
+        .expect("cpu of a running sandbox");
+    assert!(cpu > 5.0, "{spin}");
+    assert!(
+        spin["memory_mb"].as_f64().is_some_and(|m| m > 0.0),
+        "{spin}"
+    );
+    assert!(spin["disk_mb"].as_f64().is_some_and(|d| d >= 7.0), "{spin}");
+    let still = row("still");
+    assert_eq!(still["status"], "stopped", "{still}");
+    assert!(still["cpu_percent"].is_null(), "{still}");
+    assert!(still["memory_mb"].is_null(), "{still}");
+    let totals = &stats["sandbox_totals"];
+    let sum = |key: &str| {
+        stats["sandboxes"]
+            .as_array()
+            .expect("sandboxes")
+            .iter()
+            .filter_map(|s| s[key].as_f64())
+            .sum::<f64>()
+    };
+    for key in ["cpu_percent", "memory_mb", "disk_mb"] {
+        let total = totals[key].as_f64().expect("total");
+        assert!((total - sum(key)).abs() < 0.2, "{key}: {stats}");
+    }
+    let table = e.ok(&["stats"]).stdout;
+    assert!(table.contains("sandboxes: 2 (1 running)"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("spin ")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("TOTAL")), "{table}");
+}
+
 macro_rules! per_backend {
     ($($body:ident),* $(,)?) => {
         mod native {
@@ -1131,6 +1209,7 @@ macro_rules! per_backend {
 }
 
 per_backend!(
+    stats_measure_each_sandbox,
     files_through_cp_and_http,
     detached_commands_start_report_and_die,
     exit_codes,

@@ -1758,6 +1758,17 @@ fn system_endpoints_and_sandbox_metadata() {
     assert!(usage["memory_used_mb"].as_u64().is_some(), "{stats}");
     assert!(usage["disk_used_mb"].as_u64().is_some(), "{stats}");
     assert!(usage["cpu_percent"].as_f64().is_some(), "{stats}");
+    // Each running sandbox has its own row with CPU and memory, as `agentkernel stats` shows.
+    let rows = stats["sandboxes"].as_array().expect("sandboxes");
+    assert_eq!(rows.len(), 2, "{stats}");
+    for row in rows {
+        assert!(row["memory_mb"].as_f64().is_some(), "{stats}");
+        assert!(row["cpu_percent"].as_f64().is_some(), "{stats}");
+    }
+    assert!(
+        stats["sandbox_totals"]["memory_mb"].as_f64().is_some(),
+        "{stats}"
+    );
 
     let status = srv.get("/status").ok();
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"), "{status}");
