@@ -140,16 +140,25 @@ mod tests {
             host_port,
             sandbox_port,
         };
-        assert_eq!(p("3000").unwrap(), port(lo, 3000, 3000));
-        assert_eq!(p("8080:80").unwrap(), port(lo, 8080, 80));
-        assert_eq!(p("8080:80/tcp").unwrap(), port(lo, 8080, 80));
-        let any: IpAddr = "0.0.0.0".parse().unwrap();
-        assert_eq!(p("0.0.0.0:8080:80").unwrap(), port(any, 8080, 80));
-        let v6: IpAddr = "::1".parse().unwrap();
-        assert_eq!(p("[::1]:8080:80").unwrap(), port(v6, 8080, 80));
-        assert_eq!(p("8080:80").unwrap().to_string(), "127.0.0.1:8080->80/tcp");
+        assert_eq!(p("3000").expect("3000"), port(lo, 3000, 3000));
+        assert_eq!(p("8080:80").expect("8080:80"), port(lo, 8080, 80));
+        assert_eq!(p("8080:80/tcp").expect("8080:80/tcp"), port(lo, 8080, 80));
+        let any: IpAddr = "0.0.0.0".parse().expect("ip");
         assert_eq!(
-            p("[::1]:8080:80").unwrap().to_string(),
+            p("0.0.0.0:8080:80").expect("0.0.0.0:8080:80"),
+            port(any, 8080, 80)
+        );
+        let v6: IpAddr = "::1".parse().expect("ip");
+        assert_eq!(
+            p("[::1]:8080:80").expect("[::1]:8080:80"),
+            port(v6, 8080, 80)
+        );
+        assert_eq!(
+            p("8080:80").expect("8080:80").to_string(),
+            "127.0.0.1:8080->80/tcp"
+        );
+        assert_eq!(
+            p("[::1]:8080:80").expect("[::1]:8080:80").to_string(),
             "[::1]:8080->80/tcp"
         );
     }
@@ -171,8 +180,18 @@ mod tests {
             let e = p(bad).expect_err(bad).to_string();
             assert!(e.contains("--publish"), "{bad}: {e}");
         }
-        assert!(p("8080:80/udp").unwrap_err().to_string().contains("TCP"));
-        assert!(p("70000").unwrap_err().to_string().contains("1-65535"));
+        assert!(
+            p("8080:80/udp")
+                .expect_err("8080:80/udp")
+                .to_string()
+                .contains("TCP")
+        );
+        assert!(
+            p("70000")
+                .expect_err("70000")
+                .to_string()
+                .contains("1-65535")
+        );
     }
 
     #[test]

@@ -152,7 +152,7 @@ fn run_publishes_for_the_run(ak: &Ak, backend: &str) {
     let port = free_port();
     let publish = format!("{port}:8000");
     let script = "mkdir -p /tmp/www && echo served-by-run > /tmp/www/index.html && timeout 8 httpd -f -p 8000 -h /tmp/www; true";
-    let mut child = ak
+    let child = ak
         .cmd(&[
             "run",
             "-B",
