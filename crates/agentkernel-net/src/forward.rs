@@ -20,7 +20,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::sync::Arc;
 
-/// Ports below this need CAP_NET_BIND_SERVICE to bind, which a sandbox does not have.
+/// Ports below this need CAP_NET_BIND_SERVICE to bind, which a sandbox may not have.
 const PRIVILEGED_BELOW: u16 = 1024;
 
 /// Binds the host side of `ports`: one listening socket each. A port already in use fails with
@@ -51,7 +51,7 @@ pub fn bind(ports: &[PublishedPort]) -> io::Result<Vec<(PublishedPort, TcpListen
 }
 
 /// Lets programs in the namespace `netns` bind the published sandbox ports below 1024 (a
-/// sandbox has no CAP_NET_BIND_SERVICE): lowers `net.ipv4.ip_unprivileged_port_start`, a
+/// restrictive sandbox, or an unprivileged user in any, has no CAP_NET_BIND_SERVICE): lowers `net.ipv4.ip_unprivileged_port_start`, a
 /// setting of each network namespace, in the sandbox's namespace only — written from a
 /// thread that entered it, never the host's.
 pub fn allow_low_ports(netns: BorrowedFd<'_>, ports: &[PublishedPort]) -> io::Result<()> {

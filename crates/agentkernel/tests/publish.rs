@@ -79,7 +79,7 @@ fn serve_in(ak: &Ak, name: &str, port: u16, text: &str) {
 /// create -P: the port answers while the sandbox runs, is closed when it stops, answers again
 /// after start, and is closed when the sandbox is removed. Checked on `backend`, with and
 /// without network.
-fn persistent_port_follows_the_sandbox(ak: &Ak, backend: &str, network: bool, sandbox_port: u16) {
+fn persistent_port_follows_the_sandbox(ak: &Ak, backend: &str, extra: &[&str], sandbox_port: u16) {
     let port = free_port();
     let publish = format!("127.0.0.1:{port}:{sandbox_port}");
     let mut args = vec![
@@ -92,9 +92,7 @@ fn persistent_port_follows_the_sandbox(ak: &Ak, backend: &str, network: bool, sa
         "-P",
         &publish,
     ];
-    if !network {
-        args.push("--no-network");
-    }
+    args.extend_from_slice(extra);
     ak.ok(&args);
     assert!(closed(port), "a created sandbox does not publish yet");
     ak.ok(&["start", "pub1"]);
@@ -115,18 +113,49 @@ fn persistent_port_follows_the_sandbox(ak: &Ak, backend: &str, network: bool, sa
 
 #[test]
 fn native_published_port_follows_the_sandbox_without_network() {
-    persistent_port_follows_the_sandbox(&Ak::new(), "native", false, 8000);
+    persistent_port_follows_the_sandbox(&Ak::new(), "native", &["--no-network"], 8000);
 }
 
-/// With network (the egress proxy in the same process) and a port below 1024, which the
-/// sandbox may bind in its own namespace only.
+/// With network (the egress proxy in the same process) and a port below 1024.
 #[test]
 fn native_published_port_reaches_a_networked_sandbox_on_a_low_port() {
-    persistent_port_follows_the_sandbox(&Ak::new(), "native", true, 80);
-    // The host's own setting is untouched.
+    persistent_port_follows_the_sandbox(&Ak::new(), "native", &[], 80);
+}
+
+/// A restrictive sandbox (every capability dropped, so no CAP_NET_BIND_SERVICE) serves a port
+/// below 1024: the first unprivileged port is lowered in its namespace, never on the host.
+#[test]
+fn native_restrictive_sandbox_serves_a_low_port_set_in_its_namespace_only() {
+    let ak = Ak::new();
+    let port = free_port();
+    let publish = format!("{port}:81");
+    ak.ok(&[
+        "create",
+        "low",
+        "-p",
+        "restrictive",
+        "--image",
+        "busybox:latest",
+        "-P",
+        &publish,
+    ]);
+    ak.ok(&["start", "low"]);
+    let inside = ak.ok(&[
+        "exec",
+        "low",
+        "--",
+        "cat",
+        "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+    ]);
+    assert_eq!(inside.stdout.trim(), "81", "{inside:?}");
+    let caps = ak.ok(&["exec", "low", "--", "grep", "CapEff", "/proc/self/status"]);
+    assert!(caps.stdout.contains("0000000000000000"), "{caps:?}");
+    serve_in(&ak, "low", 81, "low-port");
+    assert!(get_eventually(port).contains("low-port"));
     let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .expect("read the host's setting");
-    assert_ne!(host.trim(), "80");
+    assert_ne!(host.trim(), "81", "the host's setting changed");
+    ak.ok(&["remove", "low"]);
 }
 
 #[test]
@@ -134,7 +163,7 @@ fn docker_published_port_follows_the_container() {
     let mut ak = Ak::new();
     let eng = engine("docker");
     ak.env.push((eng.var.to_string(), eng.host.clone()));
-    persistent_port_follows_the_sandbox(&ak, "docker", false, 8000);
+    persistent_port_follows_the_sandbox(&ak, "docker", &["--no-network"], 8000);
     assert!(eng.containers_of(ak.home.path()).is_empty());
 }
 
@@ -143,7 +172,7 @@ fn podman_published_port_follows_the_container() {
     let mut ak = Ak::new();
     let eng = engine("podman");
     ak.env.push((eng.var.to_string(), eng.host.clone()));
-    persistent_port_follows_the_sandbox(&ak, "podman", true, 8000);
+    persistent_port_follows_the_sandbox(&ak, "podman", &[], 8000);
 }
 
 /// run -P: a throwaway server (one that ends by itself after a few seconds) answers while the
@@ -193,7 +222,7 @@ fn docker_run_publishes_a_port_for_the_run() {
 }
 
 /// Bad mappings, UDP and a host port in use are refused (125) with what to do, and nothing is
-/// left behind.
+/// left behind; a port taken between create and start fails the start, not the sandbox.
 #[test]
 fn bad_and_taken_ports_are_refused_before_anything_is_made() {
     let ak = Ak::new();
@@ -230,6 +259,31 @@ fn bad_and_taken_ports_are_refused_before_anything_is_made() {
     assert!(out.stderr.contains("already published"), "{out:?}");
     assert!(ak.list_json().is_empty(), "{:?}", ak.list_json());
     drop(taken);
+
+    // A port taken after create: start refuses (125, naming it) and leaves the sandbox stopped
+    // with no proxy process; it starts once the port is free again.
+    let port = free_port();
+    let publish = format!("{port}:8000");
+    ak.ok(&[
+        "create",
+        "later",
+        "--image",
+        "busybox:latest",
+        "--no-network",
+        "-P",
+        &publish,
+    ]);
+    let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).expect("take the port");
+    let out = ak.run(&["start", "later"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("already in use"), "{out:?}");
+    assert_eq!(ak.status_of("later").as_deref(), Some("stopped"));
+    let dir = ak.home.path().join("sandboxes/later");
+    assert!(!dir.join("egress.pid").exists(), "a proxy was left running");
+    drop(squatter);
+    ak.ok(&["start", "later"]);
+    assert_eq!(ak.status_of("later").as_deref(), Some("running"));
+    ak.ok(&["remove", "later"]);
 }
 
 /// gVisor's own network stack answers no connection made in the container's namespace:
