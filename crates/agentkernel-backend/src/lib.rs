@@ -175,6 +175,19 @@ pub trait Backend {
             ),
         ))
     }
+    /// Whether this backend can publish ports (`-P`): the engine serves them from host
+    /// listeners joined to connections made in the sandbox's network namespace
+    /// (`agentkernel_net::forward`), so only backends whose sandboxes have one on this host
+    /// can. Asked before a sandbox is made, so a refusal leaves nothing behind.
+    fn publish_ports(&self) -> Result<()> {
+        Err(BackendError::new(
+            ErrorKind::NotEnforceable,
+            format!(
+                "the {} backend cannot publish ports (-P/--publish): its sandboxes have no network namespace on this host to forward into; use -B native, -B docker or -B podman",
+                self.kind().as_str()
+            ),
+        ))
+    }
     fn copy_in(&self, runtime: &RuntimeState, host: &Path, inside: &Path) -> Result<PathBuf>;
     fn copy_out(&self, runtime: &RuntimeState, inside: &Path, host: &Path) -> Result<PathBuf>;
     /// A whole file of the sandbox, refused above `limit` bytes. `path` is absolute and is

@@ -17,6 +17,7 @@ pub mod image;
 pub mod name;
 pub mod paths;
 pub mod policy;
+pub mod ports;
 pub mod spec;
 
 pub use error::{CoreError, ErrorKind, HasKind};

@@ -100,6 +100,13 @@ pub struct SandboxSpec {
     /// Each names a layer of the sandbox's backend (`validate_layer`), never a host path.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<String>,
+    /// `-P/--publish`: host ports that reach ports on the sandbox's loopback.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PublishedPort>,
+    /// The project the sandbox was made for (`list --project`): the name of the git
+    /// repository's top directory the request came from, else of that directory itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 /// Checks a layer name as backends make them (`Backend::capture`): 1 to 128 characters of

@@ -176,6 +176,25 @@ impl Backend for DockerBackend {
             .map_err(BackendError::io("open the container's network namespace"))
     }
 
+    /// Published ports are served like a native sandbox's, by the engine's forwarder into the
+    /// container's network namespace: the container runs with no network of the engine's
+    /// (`NetworkMode: none`, so the egress proxy sees all its traffic), and Docker ignores
+    /// port bindings on such a container. The namespace must be on this host, and gVisor's
+    /// own network stack answers no connection made in it: both refused, before anything is
+    /// made.
+    fn publish_ports(&self) -> Result<()> {
+        if !self.capabilities().proxy_secret_bindings {
+            return Err(BackendError::new(
+                ErrorKind::NotEnforceable,
+                format!(
+                    "the {} backend cannot publish ports (-P/--publish) here (gVisor has its own network stack; a remote engine's containers are not on this host): use -B native, or a local -B docker / -B podman",
+                    self.kind.as_str()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     fn exec(
         &self,
         spec: &SandboxSpec,

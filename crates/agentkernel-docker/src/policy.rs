@@ -213,6 +213,8 @@ mod tests {
             secret_files: Vec::new(),
             placeholder_secrets: false,
             layers: Vec::new(),
+            ports: Vec::new(),
+            project: None,
         }
     }
 

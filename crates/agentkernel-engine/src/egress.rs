@@ -15,10 +15,16 @@
 //! /sandboxes/NAME` apply to the next connection without a restart. Every decision is an
 //! audit entry (`network_allowed` / `network_blocked`, and a refusal is also a
 //! `policy_violation` with policy `network`).
+//!
+//! Published ports (`-P`) are served by the same thread or process: a host listener per port,
+//! each connection joined to one made inside the sandbox's namespace
+//! (`agentkernel_net::forward`). A persistent sandbox with ports and no network still gets a
+//! proxy process, which then only forwards.
 
 use crate::audit::{AuditEvent, AuditLog};
 use crate::error::{EngineError, Result};
 use agentkernel_core::egress::{PLACEHOLDER, SECRET_FILE_DIR, SecretBinding};
+use agentkernel_core::ports::PublishedPort;
 use agentkernel_core::{NetworkMode, SandboxSpec};
 use agentkernel_net::proxy::{Context, Decision, Egress, Observer, Source};
 use agentkernel_net::rules::{Mode, Rules};
@@ -37,6 +43,8 @@ pub const PROXY_ROLE: &str = "__egress-proxy";
 
 /// The policy file of a sandbox's proxy, in its directory.
 pub const EGRESS_FILE: &str = "egress.json";
+/// How the proxy process marks a failure that is the caller's conflict (a host port in use).
+const CONFLICT: &str = "conflict: ";
 /// Where a persistent sandbox's proxy records its pid and start time.
 const PROXY_PID_FILE: &str = "egress.pid";
 /// How long the caller waits for a proxy process to say it is ready.
@@ -60,6 +68,9 @@ pub struct EgressConfig {
     pub block_private: bool,
     #[serde(default)]
     pub bindings: Vec<StoredBinding>,
+    /// Published ports the process forwards into the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PublishedPort>,
 }
 
 /// A secret bound to a host, with its value (never written inside the sandbox).
@@ -105,6 +116,7 @@ impl EgressConfig {
             deny: policy.deny_hosts.clone(),
             block_private: policy.block_private,
             bindings,
+            ports: spec.ports.clone(),
         }
     }
 
@@ -442,6 +454,55 @@ pub fn serve_in_thread(
     })
 }
 
+/// Binds the host side of `ports`, a port in use refused as a conflict that names it.
+fn bind_ports(ports: &[PublishedPort]) -> Result<Vec<(PublishedPort, std::net::TcpListener)>> {
+    agentkernel_net::forward::bind(ports)
+        .map_err(|e| agentkernel_core::CoreError::Conflicting(e.to_string()).into())
+}
+
+/// Whether the host ports of `ports` can be bound now (`create`: a port taken would fail every
+/// start). They are released again at once.
+pub fn check_ports_free(ports: &[PublishedPort]) -> Result<()> {
+    bind_ports(ports).map(drop)
+}
+
+/// Forwards the host ports of `ports` into the namespace `netns` from a thread of this
+/// process (a throwaway sandbox's, for as long as its command runs). The ports are bound
+/// before this returns: one in use is an error here.
+pub fn forward_in_thread(netns: &std::fs::File, ports: &[PublishedPort]) -> Result<ProxyThread> {
+    use std::os::fd::AsFd;
+    let listeners = bind_ports(ports)?;
+    agentkernel_net::forward::allow_low_ports(netns.as_fd(), ports).map_err(EngineError::io(
+        "let the sandbox bind its published ports below 1024",
+    ))?;
+    let netns = std::os::fd::OwnedFd::from(
+        netns
+            .try_clone()
+            .map_err(EngineError::io("keep the sandbox's network namespace"))?,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(EngineError::io("start the port forwarder's runtime"))?;
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("port-forward".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = agentkernel_net::forward::serve(listeners, netns) => {}
+                    _ = rx => {}
+                }
+            });
+        })
+        .map_err(EngineError::io("start the port forwarder's thread"))?;
+    Ok(ProxyThread {
+        shutdown: Some(tx),
+        thread: Some(thread),
+    })
+}
+
 /// The pid and start time of a persistent sandbox's proxy process.
 #[derive(Debug, Serialize, Deserialize)]
 struct ProxyPid {
@@ -481,7 +542,13 @@ pub fn spawn_proxy(
     .map_err(|e| fail(format!("{}: {e}", exe.display())))?;
     match line.as_slice() {
         b"ready" => Ok(()),
-        other => Err(fail(String::from_utf8_lossy(other).into_owned())),
+        other => {
+            let message = String::from_utf8_lossy(other).into_owned();
+            match message.strip_prefix(CONFLICT) {
+                Some(why) => Err(agentkernel_core::CoreError::Conflicting(why.to_string()).into()),
+                None => Err(fail(message)),
+            }
+        }
     }
 }
 
@@ -548,18 +615,42 @@ fn serve_sandbox(home: &Path, name: &str, dir: &Path, init: (u32, u64)) -> i32 {
         Err(e) => return fail(e.to_string()),
     };
     use std::os::fd::AsFd;
-    let attached = match agentkernel_net::netns::attach(netns.as_fd()) {
-        Ok(a) => a,
-        Err(e) => return fail(format!("route the sandbox's network to the proxy: {e}")),
+    // Ports first, as a throwaway sandbox's: a host port in use is the caller's to fix.
+    let forwards = if config.ports.is_empty() {
+        None
+    } else {
+        let listeners = match agentkernel_net::forward::bind(&config.ports) {
+            Ok(l) => l,
+            Err(e) => return fail(format!("{CONFLICT}{e}")),
+        };
+        if let Err(e) = agentkernel_net::forward::allow_low_ports(netns.as_fd(), &config.ports) {
+            return fail(format!(
+                "let the sandbox bind its published ports below 1024: {e}"
+            ));
+        }
+        match netns.try_clone() {
+            Ok(ns) => Some((listeners, std::os::fd::OwnedFd::from(ns))),
+            Err(e) => return fail(format!("keep the sandbox's network namespace: {e}")),
+        }
+    };
+    // A sandbox with ports and no network is only forwarded to.
+    let egress = if config.mode.is_networked() {
+        let attached = match agentkernel_net::netns::attach(netns.as_fd()) {
+            Ok(a) => a,
+            Err(e) => return fail(format!("route the sandbox's network to the proxy: {e}")),
+        };
+        let source: Arc<dyn Source> = Arc::new(FileSource::new(path, &config));
+        // Secrets may be bound later only with a restart, so the interceptor is made when the
+        // sandbox starts with some.
+        let ctx = match context(home, name, source, !config.bindings.is_empty()) {
+            Ok(c) => c,
+            Err(e) => return fail(format!("start the egress proxy: {e}")),
+        };
+        Some((attached.listeners, ctx))
+    } else {
+        None
     };
     drop(netns);
-    let source: Arc<dyn Source> = Arc::new(FileSource::new(path, &config));
-    // Secrets may be bound later only with a restart, so the interceptor is made when the
-    // sandbox starts with some.
-    let ctx = match context(home, name, source, !config.bindings.is_empty()) {
-        Ok(c) => c,
-        Err(e) => return fail(format!("start the egress proxy: {e}")),
-    };
     let me = std::process::id();
     let record = ProxyPid {
         pid: me,
@@ -590,8 +681,25 @@ fn serve_sandbox(home: &Path, name: &str, dir: &Path, init: (u32, u64)) -> i32 {
                 tokio::time::sleep(LIVENESS_POLL).await;
             }
         };
+        let proxy = async {
+            match egress {
+                Some((listeners, ctx)) => {
+                    agentkernel_net::proxy::serve(listeners, Arc::new(ctx)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let forward = async {
+            match forwards {
+                Some((listeners, netns)) => {
+                    let _ = agentkernel_net::forward::serve(listeners, netns).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = agentkernel_net::proxy::serve(attached.listeners, Arc::new(ctx)) => {}
+            _ = proxy => {}
+            _ = forward => {}
             _ = ended => {}
         }
     });
@@ -706,6 +814,8 @@ mod tests {
             secret_files: Vec::new(),
             placeholder_secrets: false,
             layers: Vec::new(),
+            ports: Vec::new(),
+            project: None,
         }
     }
 

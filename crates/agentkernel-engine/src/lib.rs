@@ -91,6 +91,10 @@ pub struct SandboxInfo {
     pub network: String,
     pub allow_hosts: Vec<String>,
     pub deny_hosts: Vec<String>,
+    /// Published ports as Docker shows them (`127.0.0.1:8080->80/tcp`).
+    pub ports: Vec<String>,
+    /// The project the sandbox was made for (`list --project`), when made by the local user.
+    pub project: Option<String>,
 }
 
 /// `run` options beyond the sandbox spec.
@@ -214,6 +218,9 @@ impl Engine {
         };
         let mut spec = resolve::resolve(spec_req, name, config)?;
         let backend = self.backend(&spec)?;
+        if !spec.ports.is_empty() {
+            backend.publish_ports()?;
+        }
         let rootfs = backend.resolve_image(&spec.image, &self.images_for(Some(config))?)?;
         state_dir::hide(&self.home, &mut spec, &rootfs)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &spec_req.env);
@@ -449,23 +456,23 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
-        let _proxy = self.connect(spec, backend, runtime, None)?;
+        let _served = self.connect(spec, backend, runtime, None)?;
         Ok(backend.exec(spec, runtime, exec, sink, controls)?)
     }
 
     /// What a started sandbox needs before its first command: its network routed to an egress
-    /// proxy (a thread of this process for a throwaway sandbox, returned; a proxy process for
-    /// a persistent one, whose directory is `dir`), the proxy's CA when secrets are bound, and
-    /// its secret files.
+    /// proxy and its published ports forwarded into it (threads of this process for a
+    /// throwaway sandbox, returned; a proxy process for a persistent one, whose directory is
+    /// `dir`), the proxy's CA when secrets are bound, and its secret files.
     pub(crate) fn connect(
         &self,
         spec: &SandboxSpec,
         backend: &dyn Backend,
         runtime: &agentkernel_core::backend::RuntimeState,
         dir: Option<&Path>,
-    ) -> Result<Option<egress::ProxyThread>> {
+    ) -> Result<Vec<egress::ProxyThread>> {
         if !needs_connecting(spec) {
-            return Ok(None);
+            return Ok(Vec::new());
         }
         let mut vault: Option<vault::Vault> = None;
         let home = self.home.clone();
@@ -512,15 +519,26 @@ impl Engine {
                 written?;
             }
         }
-        if !spec.policy.network.is_networked() {
-            return Ok(None);
+        let networked = spec.policy.network.is_networked();
+        if !networked && spec.ports.is_empty() {
+            return Ok(Vec::new());
         }
         let config = egress::EgressConfig::new(spec, bindings);
         let netns = backend.network_namespace(runtime)?;
         match dir {
-            None => Ok(Some(egress::serve_in_thread(
-                &self.home, &spec.name, &netns, &config,
-            )?)),
+            None => {
+                let mut served = Vec::new();
+                // Ports first: a host port in use is the likeliest failure, and the clearest.
+                if !spec.ports.is_empty() {
+                    served.push(egress::forward_in_thread(&netns, &spec.ports)?);
+                }
+                if networked {
+                    served.push(egress::serve_in_thread(
+                        &self.home, &spec.name, &netns, &config,
+                    )?);
+                }
+                Ok(served)
+            }
             Some(dir) => {
                 let path = dir.join(egress::EGRESS_FILE);
                 config.write(&path)?;
@@ -534,7 +552,7 @@ impl Engine {
                     netns,
                     (runtime.pid, runtime.start_time),
                 )?;
-                Ok(None)
+                Ok(Vec::new())
             }
         }
     }
@@ -595,7 +613,12 @@ impl Engine {
         };
         validate_name(&name)?;
         let expires_at = ttl.map(expiry_after).transpose()?;
-        let (spec, _rootfs, _backend) = self.prepare(req, &name, &config)?;
+        let (mut spec, _rootfs, _backend) = self.prepare(req, &name, &config)?;
+        // A host port taken now would fail every start: refused before anything is made.
+        egress::check_ports_free(&spec.ports)?;
+        if req.caller == resolve::Caller::Local {
+            spec.project = resolve::project_name(&req.cwd);
+        }
         let rec = SandboxRecord {
             name: name.clone(),
             uuid: uuid::Uuid::new_v4().to_string(),
@@ -663,6 +686,8 @@ impl Engine {
             network: rec.spec.policy.network.as_str().to_string(),
             allow_hosts: rec.spec.policy.allow_hosts.clone(),
             deny_hosts: rec.spec.policy.deny_hosts.clone(),
+            ports: rec.spec.ports.iter().map(|p| p.to_string()).collect(),
+            project: rec.spec.project.clone(),
         }
     }
 
@@ -1049,9 +1074,9 @@ pub(crate) fn run_request<'a>(
 
 /// A fresh name for a throwaway sandbox: `run-` and eight hex digits.
 /// Whether a started sandbox needs [`Engine::connect`] before its first command: a network
-/// (through the egress proxy) or secret files.
+/// (through the egress proxy), published ports or secret files.
 pub(crate) fn needs_connecting(spec: &SandboxSpec) -> bool {
-    spec.policy.network.is_networked() || !spec.secret_files.is_empty()
+    spec.policy.network.is_networked() || !spec.ports.is_empty() || !spec.secret_files.is_empty()
 }
 
 pub fn throwaway_name() -> String {

@@ -79,6 +79,8 @@ pub struct SpecRequest {
     pub secret_files: Vec<String>,
     /// `--placeholder-secrets`.
     pub placeholder_secrets: bool,
+    /// `-P/--publish` (`agentkernel_core::ports`).
+    pub publish: Vec<String>,
     /// `-w DIR`.
     pub workdir: Option<String>,
     pub memory_mb: Option<u64>,
@@ -672,6 +674,8 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
         secret_files,
         placeholder_secrets: req.placeholder_secrets,
         layers: Vec::new(),
+        ports: agentkernel_core::ports::parse_ports(&req.publish)?,
+        project: None,
     })
 }
 
@@ -816,16 +820,7 @@ pub fn merge_image_env(spec: &mut SandboxSpec, image_env: &[String], user_env: &
 
 /// The sandbox name `--branch` uses: `<project>-<branch>` from the git work tree at `cwd`.
 pub fn branch_name(cwd: &std::path::Path) -> Result<String> {
-    let git = |args: &[&str]| -> Option<String> {
-        let out = std::process::Command::new("git")
-            .args(args)
-            .current_dir(cwd)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
+    let git = |args: &[&str]| git_in(cwd, args);
     let top = git(&["rev-parse", "--show-toplevel"]).ok_or_else(|| {
         CoreError::Unsupported(
             "--branch needs a git repository: run it inside one, or give a name".to_string(),
@@ -839,6 +834,29 @@ pub fn branch_name(cwd: &std::path::Path) -> Result<String> {
     Ok(agentkernel_core::name::sanitize_name(&format!(
         "{project}-{branch}"
     )))
+}
+
+/// A git command's trimmed output in `cwd`, or `None` when it fails.
+fn git_in(cwd: &std::path::Path, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The project a request from `cwd` is for (`list --project`): the name of its git
+/// repository's top directory, as `--branch` names sandboxes, else of `cwd` itself.
+pub fn project_name(cwd: &std::path::Path) -> Option<String> {
+    let top = git_in(cwd, &["rev-parse", "--show-toplevel"])
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cwd.to_path_buf());
+    top.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| !n.is_empty())
 }
 
 #[cfg(test)]

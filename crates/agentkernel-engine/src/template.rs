@@ -1035,6 +1035,7 @@ fn setup_spec(spec: &SandboxSpec, req: &SpecRequest) -> SandboxSpec {
     build.placeholder_secrets = false;
     build.labels.clear();
     build.description = None;
+    build.ports.clear();
     build
 }
 

@@ -184,6 +184,11 @@ impl Backend for NativeBackend {
             .map_err(BackendError::io("open the sandbox's network namespace"))
     }
 
+    /// Every native sandbox has a network namespace of its own, with or without network.
+    fn publish_ports(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn exec(
         &self,
         spec: &SandboxSpec,

@@ -9,8 +9,12 @@
 //! the sandbox's [`rules`], and connects out for it from the host, adding bound secrets to
 //! requests for their hosts ([`tls`]). The sandbox has no CAP_NET_ADMIN: it cannot change
 //! the route or the rule.
+//!
+//! Inbound, [`forward`] serves published ports: a host listener per port, each connection
+//! joined to one made inside the sandbox's namespace.
 
 pub mod dns;
+pub mod forward;
 pub mod netns;
 pub mod proxy;
 pub mod resolve;

@@ -65,7 +65,7 @@ pub enum Command {
     Remove(NameArg),
     /// List sandboxes
     #[command(visible_alias = "ls")]
-    List(ListArgs),
+    List(SandboxListArgs),
     /// Execute a command in a running sandbox
     Exec(ExecArgs),
     /// Open an interactive shell in a running sandbox
@@ -251,7 +251,7 @@ pub enum SandboxCommand {
     Remove(NameArg),
     /// List sandboxes
     #[command(visible_alias = "ls")]
-    List(ListArgs),
+    List(SandboxListArgs),
     /// Remove expired sandboxes and leftovers
     Gc(GcArgs),
     /// Show or change a sandbox's network policy; a running sandbox's next connection sees it
@@ -364,6 +364,10 @@ pub struct SandboxOpts {
     /// the way out
     #[arg(long)]
     pub placeholder_secrets: bool,
+    /// Publish a port: HOST:SANDBOX, PORT for the same on both, or IP:HOST:SANDBOX (e.g.
+    /// 8080:80, 3000; repeatable). Bound on 127.0.0.1 unless an address is given
+    #[arg(short = 'P', long, value_name = "PORT")]
+    pub publish: Vec<String>,
     #[command(flatten)]
     pub not_yet: NotYetOpts,
 }
@@ -383,8 +387,6 @@ fn backend_help() -> String {
 pub struct NotYetOpts {
     #[arg(long, hide = true)]
     pub ssh: bool,
-    #[arg(short = 'P', long, value_name = "PORT", hide = true)]
-    pub publish: Vec<String>,
 }
 
 impl NotYetOpts {
@@ -394,11 +396,6 @@ impl NotYetOpts {
             Some((
                 "--ssh",
                 "open a shell with `agentkernel attach NAME`, or run commands with `agentkernel exec NAME -- ...`",
-            ))
-        } else if !self.publish.is_empty() {
-            Some((
-                "--publish",
-                "ports are not published to the host; run the server and its client in the same sandbox (`agentkernel exec`)",
             ))
         } else {
             None
@@ -495,6 +492,17 @@ pub struct ListArgs {
     /// Print JSON
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SandboxListArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Only the sandboxes made for this project (the git repository's directory name they
+    /// were created in, or the --dir given to create)
+    #[arg(long, value_name = "NAME")]
+    pub project: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -85,7 +85,11 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
             Ok(0)
         }
         Command::List(a) | Command::Sandbox(SandboxCommand::List(a)) => {
-            render::sandboxes(&engine()?.list()?, a.json);
+            let mut list = engine()?.list()?;
+            if let Some(project) = &a.project {
+                list.retain(|s| s.project.as_deref() == Some(project.as_str()));
+            }
+            render::sandboxes(&list, a.json);
             Ok(0)
         }
         Command::Gc(a) | Command::Sandbox(SandboxCommand::Gc(a)) => {
@@ -249,6 +253,7 @@ pub(crate) fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError
         secrets: opts.secret,
         secret_files: opts.secret_file,
         placeholder_secrets: opts.placeholder_secrets,
+        publish: opts.publish,
         env: opts.env,
         workdir: opts.workdir,
         memory_mb: opts.memory,
@@ -334,12 +339,15 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
     // A throwaway sandbox without stdin can come from the daemon's warm pool, unless
     // --fast=false asks for a new one. The pools know no templates: a templated run is made
     // here. A run with --receipt is made here too: the receipt needs its output's hashes and
-    // the spec it ran under.
+    // the spec it ran under. Nor ports: a published port is served by the process that runs
+    // the sandbox, so `-P` never takes the pool (the reference asks for --fast=false; we skip
+    // the pool).
     if !opts.keep
         && args.receipt.is_none()
         && !opts.branch
         && !exec.stdin
         && req.template.is_none()
+        && req.publish.is_empty()
         && args.fast != Some(false)
         && let Some(code) = daemon::try_run(&req, &exec.argv, exec.timeout)?
     {

@@ -15,13 +15,19 @@ pub fn sandboxes(list: &[SandboxInfo], json: bool) {
         return;
     }
     println!(
-        "{:<28} {:<8} {:<8} {:<12} {:<22} IMAGE",
-        "NAME", "STATUS", "BACKEND", "PROFILE", "CREATED"
+        "{:<28} {:<8} {:<8} {:<12} {:<22} {:<28} IMAGE",
+        "NAME", "STATUS", "BACKEND", "PROFILE", "CREATED", "PORTS"
     );
     for s in list {
         println!(
-            "{:<28} {:<8} {:<8} {:<12} {:<22} {}",
-            s.name, s.status, s.backend, s.profile, s.created_at, s.image
+            "{:<28} {:<8} {:<8} {:<12} {:<22} {:<28} {}",
+            s.name,
+            s.status,
+            s.backend,
+            s.profile,
+            s.created_at,
+            s.ports.join(","),
+            s.image
         );
     }
 }

@@ -270,6 +270,8 @@ fn a_dropped_handle_ends_its_throwaway_sandbox() {
         secret_files: Vec::new(),
         placeholder_secrets: false,
         layers: Vec::new(),
+        ports: Vec::new(),
+        project: None,
     };
     let started = backend
         .start(&spec, &rootfs, "bh-drop-1", Persistence::Ephemeral)

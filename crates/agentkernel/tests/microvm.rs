@@ -136,7 +136,7 @@ fn doctor_says_which_accelerator_and_why() {
 }
 
 /// What a guest cannot enforce yet is refused (125) naming what to use: a network, host
-/// mounts (the permissive profile), the host image.
+/// mounts (the permissive profile), the host image, published ports.
 #[test]
 fn what_a_guest_cannot_enforce_is_refused_with_what_to_use() {
     let ak = Ak::new();
@@ -153,6 +153,10 @@ fn what_a_guest_cannot_enforce_is_refused_with_what_to_use() {
             "host directory mounts",
         ),
         (&["--image", "host", "--no-network"][..], "registry image"),
+        (
+            &["--image", "busybox:latest", "--no-network", "-P", "8080:80"][..],
+            "cannot publish ports",
+        ),
     ] {
         let mut args = vec!["run", "-B", "microvm"];
         args.extend_from_slice(extra);

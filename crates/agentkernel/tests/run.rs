@@ -340,12 +340,12 @@ fn unknown_and_unbuilt_options_are_refused_before_anything_runs() {
         ),
         (&["run", "--ssh", "true"], "`--ssh` is not supported yet"),
         (
-            &["run", "-P", "8080:80", "true"],
-            "`--publish` is not supported yet",
+            &["run", "-P", "8080:80/udp", "true"],
+            "only TCP ports can be published",
         ),
         (
-            &["run", "--publish", "3000", "true"],
-            "`--publish` is not supported yet",
+            &["run", "--publish", "70000", "true"],
+            "out of range 1-65535",
         ),
         (
             &["run", "--compatibility-mode", "claud", "true"],
