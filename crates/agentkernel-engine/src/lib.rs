@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod backend;
+pub mod benchmark;
 pub mod buffered;
 mod clean;
 pub mod detached;

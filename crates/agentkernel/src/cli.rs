@@ -122,6 +122,8 @@ pub enum Command {
     Completions(crate::completions::CompletionsArgs),
     /// Print the man page, or write one per command with --dir
     Man(crate::completions::ManArgs),
+    /// Measure run and exec on each backend this machine can use, and print a table
+    Benchmark(crate::benchmark::BenchmarkArgs),
     /// Sandbox count and the CPU, memory and disk each sandbox uses, and all of them
     Stats(ListArgs),
     /// Play a recorded session (`attach --record`) in this terminal with its timing

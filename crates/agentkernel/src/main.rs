@@ -1,6 +1,7 @@
 //! `agentkernel`: the command-line surface. It parses, calls the engine and renders; the engine
 //! owns validation, policy, state and audit.
 
+mod benchmark;
 mod cli;
 mod completions;
 mod daemon;
@@ -156,6 +157,7 @@ fn dispatch(command: Command) -> Result<i32, EngineError> {
         Command::Completions(a) => Ok(completions::completions(&a)),
         Command::Man(a) => Ok(completions::man(&a)),
         Command::Replay(a) => replay::replay(&a),
+        Command::Benchmark(a) => benchmark::benchmark(a),
         Command::Stats(a) => {
             // CPU use is a rate: measured over a second, as `docker stats` does.
             let stats = engine()?.stats(std::time::Duration::from_secs(1))?;

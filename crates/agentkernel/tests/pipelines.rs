@@ -273,3 +273,57 @@ fn parallel_refuses_bad_jobs_before_running_any() {
     assert!(out.stdout.contains("[good] fine"), "{out:?}");
     assert!(out.stderr.contains("[bad] agentkernel: error:"), "{out:?}");
 }
+
+/// `benchmark` measures `run` and `exec` on each backend asked for and prints a table (or
+/// JSON); a named backend that cannot be measured makes the exit code 1, bad input is 125.
+#[test]
+fn benchmark_measures_run_and_exec_per_backend() {
+    let mut ak = Ak::new();
+    let docker = common::engines::engine("docker");
+    ak.env.push((docker.var.to_string(), docker.host.clone()));
+    let out = ak.run(&[
+        "benchmark",
+        "--backends",
+        "native,docker",
+        "--runs",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).expect("json");
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (row, backend) in rows.iter().zip(["native", "docker"]) {
+        assert_eq!(row["backend"], backend, "{row}");
+        for op in ["run", "exec"] {
+            let t = &row[op];
+            assert_eq!(t["runs"], 2, "{row}");
+            let (min, median, p95) = (
+                t["min_ms"].as_f64().expect("min"),
+                t["median_ms"].as_f64().expect("median"),
+                t["p95_ms"].as_f64().expect("p95"),
+            );
+            assert!(0.0 < min && min <= median && median <= p95, "{row}");
+        }
+    }
+    // The benchmark's sandboxes are gone.
+    assert!(ak.list_json().is_empty(), "{:?}", ak.list_json());
+    let table = ak
+        .ok(&["benchmark", "--backends", "native", "--runs", "1"])
+        .stdout;
+    assert!(table.contains("RUN median"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("native ")), "{table}");
+    // A backend that cannot run here is reported, and fails the command when named.
+    let mut nowhere = Ak::new();
+    nowhere
+        .env
+        .push((docker.var.to_string(), "unix:///nonexistent.sock".into()));
+    let out = nowhere.run(&["benchmark", "--backends", "docker", "--runs", "1"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("docker    not measured"), "{out:?}");
+    for bad in [&["--backends", "nope"][..], &["--runs", "0"][..]] {
+        let mut args = vec!["benchmark"];
+        args.extend_from_slice(bad);
+        let out = ak.run(&args);
+        assert_eq!(out.code, 125, "{bad:?}: {out:?}");
+    }
+}
