@@ -382,6 +382,7 @@ impl Backend for NativeBackend {
 /// kernel keeps no usage mark, it is older than any boot takes.
 fn is_leftover(group: &native::cgroup::Cgroup) -> bool {
     group.pids().is_empty()
+        && !group.is_held()
         && match group.was_used() {
             Some(used) => used || group.age().is_none_or(|age| age >= GC_GRACE),
             None => group.age().is_some_and(|age| age >= GC_GRACE),

@@ -313,21 +313,71 @@ impl Cgroup {
             .min()
     }
 
-    /// Whether a process has ever been in the groups: the pids controller's high-water mark
-    /// (`pids.peak`) is above zero. An empty group that was used is a leftover whatever its age;
-    /// one never used may be a sandbox still booting. `None` where the kernel keeps no peak.
+    /// Whether a process has ever been in the groups: a high-water mark the kernel keeps is
+    /// above zero — the pids controller's `pids.peak`, memory's `memory.peak` (v2) or
+    /// `memory.max_usage_in_bytes` (v1) — or the group has used CPU time (`cpu.stat`, in every
+    /// v2 group). An empty group that was used is a leftover whatever its age; one never used
+    /// may be a sandbox still booting. `None` where the kernel keeps none of these.
     pub fn was_used(&self) -> Option<bool> {
-        let peaks: Vec<u64> = self
-            .dirs()
-            .iter()
-            .filter_map(|d| std::fs::read_to_string(d.join("pids.peak")).ok())
-            .filter_map(|text| text.trim().parse().ok())
-            .collect();
-        if peaks.is_empty() {
+        let mut marks: Vec<u64> = Vec::new();
+        for dir in self.dirs() {
+            for file in ["pids.peak", "memory.peak", "memory.max_usage_in_bytes"] {
+                if let Some(n) = std::fs::read_to_string(dir.join(file))
+                    .ok()
+                    .and_then(|text| text.trim().parse().ok())
+                {
+                    marks.push(n);
+                }
+            }
+            if let Some(usec) =
+                std::fs::read_to_string(dir.join("cpu.stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.lines()
+                            .find_map(|l| l.strip_prefix("usage_usec "))
+                            .and_then(|v| v.trim().parse().ok())
+                    })
+            {
+                marks.push(usec);
+            }
+        }
+        if marks.is_empty() {
             None
         } else {
-            Some(peaks.iter().any(|&p| p > 0))
+            Some(marks.iter().any(|&m| m > 0))
         }
+    }
+
+    /// Marks the groups as this process's while the returned lock lives (a shared `flock` on
+    /// the first directory): a sweep of ended sandboxes from another process leaves a held
+    /// group alone even when it is empty, as it is for an instant after the sandbox's init
+    /// exits and before its owner reads the OOM count and removes it. Taken before the init
+    /// joins, so a group that was used and is not held has no owner left.
+    pub fn hold(&self) -> Option<OwnedFd> {
+        let dir = self.dirs().into_iter().next()?;
+        let fd = rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockShared).ok()?;
+        Some(fd)
+    }
+
+    /// Whether a live process holds the groups ([`Cgroup::hold`]).
+    pub fn is_held(&self) -> bool {
+        let Some(dir) = self.dirs().into_iter().next() else {
+            return false;
+        };
+        let Ok(fd) = rustix::fs::open(
+            &dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            return false;
+        };
+        rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
     }
 
     /// Processes in any of the groups.

@@ -67,6 +67,24 @@ pub enum NativeError {
 }
 
 /// Whether this host can run native sandboxes; the reason when not.
+/// Removes the cgroups of sandboxes that ended without their owner cleaning up (a CLI or
+/// server killed with SIGKILL): groups that are empty and were used. Cheap enough for every
+/// command (one directory listing and a few small reads per group), so whatever a killed
+/// process leaves is gone at the next agentkernel command, not at the next `gc`. A group never
+/// used may belong to a sandbox still booting and is left to `gc` and its grace period.
+pub fn sweep_ended_sandboxes() -> Vec<String> {
+    cgroup::Cgroup::list_ids()
+        .into_iter()
+        .filter(|id| {
+            let group = cgroup::Cgroup::open(id);
+            group.pids().is_empty()
+                && group.was_used() == Some(true)
+                && !group.is_held()
+                && group.destroy().is_ok()
+        })
+        .collect()
+}
+
 pub fn probe() -> Result<(), String> {
     let admin = caps::has_cap(
         None,
@@ -112,6 +130,7 @@ pub struct Running {
 /// On error nothing is left behind: no process, cgroup, mount or pin.
 pub fn start(spec: &StartSpec<'_>) -> Result<Running, NativeError> {
     let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
+    let _owner = group.hold();
     let result = boot_and_connect(spec, &group);
     if result.is_err() {
         let _ = group.destroy();
@@ -241,6 +260,7 @@ pub fn run_throwaway(
     sink: &mut Sink<'_>,
 ) -> Result<(ExitStatus, Ending), NativeError> {
     let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
+    let _owner = group.hold();
     let result = run_in_group(spec, command, &group, sink);
     let destroyed = group.destroy();
     let outcome = result?;

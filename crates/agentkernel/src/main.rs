@@ -40,6 +40,8 @@ fn main() {
     if let Some(code) = roles::dispatch() {
         std::process::exit(code);
     }
+    // What a killed agentkernel process left behind goes before anything else runs.
+    let _ = agentkernel_native::sweep_ended_sandboxes();
     let cli = match Cli::parse_from_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {

@@ -456,3 +456,63 @@ fn exec_refuses_unknown_options_and_keeps_the_commands_hyphens() {
     );
     ak.ok(&["remove", "hyph"]);
 }
+
+/// A `run` killed with SIGKILL at any point leaves nothing the next agentkernel command of any
+/// kind (here `--version`) does not clean: its sandbox's processes end with it, and the empty
+/// cgroups it could not remove go at once, not after `gc`'s grace period. Groups of runs that
+/// are still going (another test's) are left alone: they hold their group.
+#[test]
+fn a_killed_run_leaves_nothing_after_the_next_command() {
+    let ak = Ak::new();
+    // The image is prepared first, so the kills land in the sandboxes' lifetimes.
+    ak.ok(&["run", "--no-network", "--", "true"]);
+    let before = cgroups_matching("run-");
+    // A word no other test's command has, to find these runs' processes by.
+    let marker = format!("killed-run-{}", std::process::id());
+    let script = format!("sleep 60; echo {marker}");
+    for delay_ms in [30u64, 120, 250, 400, 700] {
+        let mut child = ak
+            .cmd(&["run", "--no-network", "--", "sh", "-c", &script])
+            .spawn()
+            .expect("spawn run");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    let made: Vec<_> = cgroups_matching("run-")
+        .into_iter()
+        .filter(|g| !before.contains(g))
+        .collect();
+    assert!(
+        !made.is_empty(),
+        "no kill landed after a sandbox's cgroup was made"
+    );
+    ak.ok(&["--version"]);
+    for group in &made {
+        if !group.exists() {
+            continue;
+        }
+        // Still there: it must be another test's live run (processes in it).
+        let procs = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        assert!(
+            !procs.trim().is_empty(),
+            "{} was left after the next command",
+            group.display()
+        );
+    }
+    // No sandbox process of the killed runs is left (their `sleep 60`).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let leftover: Vec<String> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|cmd| String::from_utf8_lossy(&cmd).replace('\0', " "))
+        .filter(|cmd| cmd.contains(&marker))
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "processes of the killed runs: {}",
+        leftover.len()
+    );
+    assert!(ak.list_json().is_empty(), "{:?}", ak.list_json());
+}
