@@ -18,6 +18,7 @@ pub mod name;
 pub mod paths;
 pub mod policy;
 pub mod spec;
+pub mod volume;
 
 pub use error::{CoreError, ErrorKind, HasKind};
 pub use exec::{ExecEvent, ExecRequest, ExitStatus, Recorder, Sink};

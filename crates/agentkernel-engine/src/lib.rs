@@ -27,6 +27,7 @@ pub mod store;
 pub mod template;
 mod template_cache;
 pub mod vault;
+pub mod volumes;
 
 pub use agentkernel_core::Sink;
 use agentkernel_core::config::Config;
@@ -91,6 +92,9 @@ pub struct SandboxInfo {
     pub network: String,
     pub allow_hosts: Vec<String>,
     pub deny_hosts: Vec<String>,
+    /// What is mounted from the host (`SOURCE:TARGET[:ro]`): volumes, by name for a named
+    /// one, and the permissive profile's directories.
+    pub mounts: Vec<String>,
 }
 
 /// `run` options beyond the sandbox spec.
@@ -214,6 +218,7 @@ impl Engine {
         };
         let mut spec = resolve::resolve(spec_req, name, config)?;
         let backend = self.backend(&spec)?;
+        volumes::place_named(&self.home, &mut spec.policy)?;
         let rootfs = backend.resolve_image(&spec.image, &self.images_for(Some(config))?)?;
         state_dir::hide(&self.home, &mut spec, &rootfs)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &spec_req.env);
@@ -663,6 +668,20 @@ impl Engine {
             network: rec.spec.policy.network.as_str().to_string(),
             allow_hosts: rec.spec.policy.allow_hosts.clone(),
             deny_hosts: rec.spec.policy.deny_hosts.clone(),
+            mounts: rec
+                .spec
+                .policy
+                .mounts
+                .iter()
+                .map(|m| {
+                    let source = match &m.volume {
+                        Some(name) => name.clone(),
+                        None => m.source.display().to_string(),
+                    };
+                    let mode = if m.read_only { ":ro" } else { "" };
+                    format!("{source}:{}{mode}", m.target.display())
+                })
+                .collect(),
         }
     }
 

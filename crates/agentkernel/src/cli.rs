@@ -362,6 +362,10 @@ pub struct SandboxOpts {
     /// the way out
     #[arg(long)]
     pub placeholder_secrets: bool,
+    /// Mount a host directory (HOST_DIR:SANDBOX_DIR[:ro], absolute or ./ relative) or a named
+    /// volume agentkernel keeps (NAME:SANDBOX_DIR[:ro]) in the sandbox (repeatable)
+    #[arg(long = "volume", value_name = "SOURCE:DIR[:ro]")]
+    pub volume: Vec<String>,
     #[command(flatten)]
     pub not_yet: NotYetOpts,
 }

@@ -243,6 +243,7 @@ pub(crate) fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError
         secrets: opts.secret,
         secret_files: opts.secret_file,
         placeholder_secrets: opts.placeholder_secrets,
+        volumes: opts.volume,
         env: opts.env,
         workdir: opts.workdir,
         memory_mb: opts.memory,
@@ -439,6 +440,12 @@ fn use_project_dir(
         && agentkernel_engine::template::is_file_reference(template)
     {
         req.template = Some(req.cwd.join(template).display().to_string());
+    }
+    // A relative volume (`./x:/x`) is the user's, taken from where they stand.
+    for volume in &mut req.volumes {
+        if volume.starts_with("./") || volume.starts_with("../") {
+            *volume = format!("{}/{volume}", req.cwd.display());
+        }
     }
     req.cwd = project.clone();
     Ok(project)

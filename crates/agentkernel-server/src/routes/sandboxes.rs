@@ -73,6 +73,11 @@ pub async fn create(
         req.labels.as_ref().map_or(0, BTreeMap::len),
         bounds::MAX_LABELS,
     )?;
+    bounds::count(
+        "volumes",
+        req.volumes.as_ref().map_or(0, Vec::len),
+        agentkernel_core::volume::MAX_VOLUMES,
+    )?;
     let spec = SpecRequest {
         image: req.image.clone(),
         profile: req.profile.clone(),
@@ -88,6 +93,7 @@ pub async fn create(
         secrets: req.secrets.clone().unwrap_or_default(),
         secret_files: req.secret_files.clone().unwrap_or_default(),
         placeholder_secrets: req.placeholder_secrets.unwrap_or(false),
+        volumes: req.volumes.clone().unwrap_or_default(),
         cwd: st.cwd.clone(),
         labels: req.labels.clone().unwrap_or_default(),
         description: req.description.clone(),
@@ -110,10 +116,7 @@ pub async fn create(
 
 /// Fields of the contract this server does not support yet are refused, never ignored.
 fn refuse_unsupported(req: &CreateRequest) -> Result<(), ApiError> {
-    let given = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
-    let field = if given(&req.volumes) {
-        "volumes"
-    } else if req.source_url.is_some() {
+    let field = if req.source_url.is_some() {
         "source_url"
     } else if req.source_ref.is_some() {
         "source_ref"
