@@ -17,6 +17,7 @@ pub mod image;
 pub mod name;
 pub mod paths;
 pub mod policy;
+pub mod source;
 pub mod spec;
 pub mod volume;
 

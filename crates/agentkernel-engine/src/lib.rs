@@ -21,6 +21,7 @@ mod running;
 mod seal;
 pub mod session;
 pub mod snapshot;
+mod source;
 mod state_dir;
 pub mod status;
 pub mod store;

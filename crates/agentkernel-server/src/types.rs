@@ -246,13 +246,15 @@ pub struct CreateRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>, max_items = 64)]
     pub volumes: Option<Vec<String>>,
-    // The SDKs' source_url and source_ref are not supported yet: they are refused with a
-    // message that says so, and absent from the schema.
+    /// A git repository cloned into /workspace once the sandbox runs, by git inside the
+    /// sandbox over its own network policy (the image needs git): `https://`, `http://`,
+    /// `git://`, `ssh://` or `user@host:path`.
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(max_length = 2048)]
     pub source_url: Option<String>,
+    /// The branch, tag or commit of `source_url` to check out (its default branch when absent).
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(max_length = 255)]
     pub source_ref: Option<String>,
 }
 

@@ -484,6 +484,13 @@ pub struct CreateArgs {
     /// mounted there instead); its agentkernel.toml and files are the project's
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Clone this git repository into /workspace (https://, http://, git://, ssh:// or
+    /// user@host:path), with git inside the sandbox over its network: the image needs git
+    #[arg(long, value_name = "URL", conflicts_with = "dir")]
+    pub source_url: Option<String>,
+    /// The branch, tag or commit of --source-url to check out
+    #[arg(long, value_name = "REF", requires = "source_url")]
+    pub source_ref: Option<String>,
 }
 
 #[derive(Args, Debug)]
