@@ -17,6 +17,7 @@ packages=(
   python3-pip    # egress tests: `pip download` through the proxy (npm comes with nodejs)
   qemu-system-x86 # the micro-VM backend's VMM (-M microvm); installed without its recommends
   fish           # tests: the fish completion script parses
+  git            # source_url tests: git clone inside a host-image sandbox, git daemon in their world
 )
 # Installed without recommends (qemu-system-x86 would otherwise bring a desktop's worth of GUI and
 # codec libraries). Note: Debian 12's qemu-system-x86 conflicts with a backported qemu-utils

@@ -18,7 +18,9 @@ pub mod name;
 pub mod paths;
 pub mod policy;
 pub mod ports;
+pub mod source;
 pub mod spec;
+pub mod volume;
 
 pub use error::{CoreError, ErrorKind, HasKind};
 pub use exec::{ExecEvent, ExecRequest, ExitStatus, Recorder, Sink};

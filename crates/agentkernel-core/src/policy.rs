@@ -90,6 +90,10 @@ pub struct BindMount {
     pub source: PathBuf,
     pub target: PathBuf,
     pub read_only: bool,
+    /// The named volume this mount is (`--volume NAME:/path`), whose directory `source` is
+    /// kept under the state directory (`volumes/NAME`); `None` for a host directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 /// Resource limits, enforced through cgroups.
@@ -324,6 +328,7 @@ impl Policy {
                     source: dir.clone(),
                     target: PathBuf::from(WORKSPACE),
                     read_only: false,
+                    volume: None,
                 });
             }
             if let Some(home) = &overrides.home_dir
@@ -334,6 +339,7 @@ impl Policy {
                     source: home.clone(),
                     target: home.clone(),
                     read_only: true,
+                    volume: None,
                 });
             }
         }

@@ -78,6 +78,8 @@ impl Backend for DockerBackend {
             mount_cwd: local,
             mount_home: local,
             attach: true,
+            // Volumes are host directories the engine bind-mounts: it must be on this host.
+            host_volumes: local,
             // The egress proxy enters the container's network namespace on this host.
             proxy_secret_bindings: local && self.kind != BackendKind::Gvisor,
             secret_files: true,

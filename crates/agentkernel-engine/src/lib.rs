@@ -22,12 +22,14 @@ mod running;
 mod seal;
 pub mod session;
 pub mod snapshot;
+mod source;
 mod state_dir;
 pub mod status;
 pub mod store;
 pub mod template;
 mod template_cache;
 pub mod vault;
+pub mod volumes;
 
 pub use agentkernel_core::Sink;
 use agentkernel_core::config::Config;
@@ -96,6 +98,9 @@ pub struct SandboxInfo {
     pub ports: Vec<String>,
     /// The project the sandbox was made for (`list --project`), when made by the local user.
     pub project: Option<String>,
+    /// What is mounted from the host (`SOURCE:TARGET[:ro]`): volumes, by name for a named
+    /// one, and the permissive profile's directories.
+    pub mounts: Vec<String>,
 }
 
 /// `run` options beyond the sandbox spec.
@@ -222,6 +227,7 @@ impl Engine {
         if !spec.ports.is_empty() {
             backend.publish_ports()?;
         }
+        volumes::place_named(&self.home, &mut spec.policy)?;
         let rootfs = backend.resolve_image(&spec.image, &self.images_for(Some(config))?)?;
         state_dir::hide(&self.home, &mut spec, &rootfs)?;
         resolve::merge_image_env(&mut spec, &rootfs.config.env, &spec_req.env);
@@ -689,6 +695,20 @@ impl Engine {
             deny_hosts: rec.spec.policy.deny_hosts.clone(),
             ports: rec.spec.ports.iter().map(|p| p.to_string()).collect(),
             project: rec.spec.project.clone(),
+            mounts: rec
+                .spec
+                .policy
+                .mounts
+                .iter()
+                .map(|m| {
+                    let source = match &m.volume {
+                        Some(name) => name.clone(),
+                        None => m.source.display().to_string(),
+                    };
+                    let mode = if m.read_only { ":ro" } else { "" };
+                    format!("{source}:{}{mode}", m.target.display())
+                })
+                .collect(),
         }
     }
 

@@ -81,6 +81,8 @@ pub struct SpecRequest {
     pub placeholder_secrets: bool,
     /// `-P/--publish` (`agentkernel_core::ports`).
     pub publish: Vec<String>,
+    /// `--volume` (`HOST_DIR:SANDBOX_DIR[:ro]`, `NAME:SANDBOX_DIR[:ro]`; `crate::volumes`).
+    pub volumes: Vec<String>,
     /// `-w DIR`.
     pub workdir: Option<String>,
     pub memory_mb: Option<u64>,
@@ -258,7 +260,7 @@ pub fn config_paths(home: &Path, req: &SpecRequest) -> Result<Vec<PathBuf>> {
     Ok(read_config_files(home, req)?.paths)
 }
 
-fn not_permitted(message: String) -> EngineError {
+pub(crate) fn not_permitted(message: String) -> EngineError {
     EngineError::Input(CoreError::NotPermitted(message))
 }
 
@@ -325,7 +327,7 @@ fn check_project_config(
 }
 
 /// Whether `path` (made absolute, symlinks resolved where it exists) lies inside one of `roots`.
-fn is_within(path: &Path, roots: &[PathBuf]) -> bool {
+pub(crate) fn is_within(path: &Path, roots: &[PathBuf]) -> bool {
     let path = real_path(path);
     roots.iter().any(|root| path.starts_with(real_path(root)))
 }
@@ -421,6 +423,7 @@ fn asking_nothing(req: &SpecRequest) -> SpecRequest {
         secrets: Vec::new(),
         secret_files: Vec::new(),
         placeholder_secrets: false,
+        volumes: Vec::new(),
         memory_mb: None,
         vcpus: None,
         disk_mb: None,
@@ -429,7 +432,7 @@ fn asking_nothing(req: &SpecRequest) -> SpecRequest {
 }
 
 /// `[security] remote_paths`, the host directories remote and MCP callers may name.
-fn remote_paths(config: &Config) -> Vec<PathBuf> {
+pub(crate) fn remote_paths(config: &Config) -> Vec<PathBuf> {
     config
         .security
         .remote_paths
@@ -597,6 +600,9 @@ pub fn resolve(req: &SpecRequest, name: &str, config: &Config) -> Result<Sandbox
     let mut policy = resolve_policy(req, config)?;
     policy.validate()?;
     check_caller(req, config, &image, &policy)?;
+    // After the caller's check of the policy: volumes are what the caller asks for itself,
+    // each checked by `crate::volumes` against what that caller may name.
+    crate::volumes::add_volumes(req, config, &mut policy)?;
     let workdir = req
         .workdir
         .clone()

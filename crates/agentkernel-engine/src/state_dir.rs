@@ -8,7 +8,7 @@
 //! directory a sandbox is given (a permissive project or home mount, a directory image, the
 //! `host` image's binds) that contains it gets it hidden under an empty read-only directory
 //! (`Policy::masked_paths`, enforced by every backend); and a host directory inside it is never
-//! given to a sandbox at all.
+//! given to a sandbox at all, but for a named volume's own directory (`volumes/NAME`).
 
 use crate::error::{EngineError, Result};
 use agentkernel_core::{CoreError, ImageRef, SandboxSpec};
@@ -43,10 +43,18 @@ pub fn secure(home: &Path) -> Result<()> {
 /// host directories that lie inside it.
 pub fn hide(home: &Path, spec: &mut SandboxSpec, rootfs: &Rootfs) -> Result<()> {
     let home = real(home);
+    // A named volume is the one directory inside the state directory a sandbox is given: its
+    // own, `volumes/NAME`, made by the engine (`crate::volumes`).
+    let volumes = crate::volumes::volumes_dir(&home);
     let mut given: Vec<(PathBuf, PathBuf)> = spec
         .policy
         .mounts
         .iter()
+        .filter(|m| {
+            m.volume
+                .as_ref()
+                .is_none_or(|name| real(&m.source) != volumes.join(name))
+        })
         .map(|m| (m.source.clone(), m.target.clone()))
         .collect();
     match &spec.image {
@@ -133,6 +141,7 @@ mod tests {
                 source: top.path().join("project"),
                 target: "/workspace".into(),
                 read_only: false,
+                volume: None,
             }],
         );
         hide(&home, &mut s, &rootfs()).expect("hidden");
@@ -172,8 +181,34 @@ mod tests {
                 source: inside,
                 target: "/workspace".into(),
                 read_only: false,
+                volume: None,
             }],
         );
         assert!(hide(home.path(), &mut s, &rootfs()).is_err());
+    }
+
+    #[test]
+    fn only_a_named_volumes_own_directory_is_given_from_inside() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let volume = crate::volumes::volumes_dir(home.path()).join("cache");
+        std::fs::create_dir_all(&volume).expect("dir");
+        let mount = |source: PathBuf, name: Option<&str>| BindMount {
+            source,
+            target: "/cache".into(),
+            read_only: false,
+            volume: name.map(str::to_string),
+        };
+        let mut s = spec(ImageRef::Host, vec![mount(volume.clone(), Some("cache"))]);
+        hide(home.path(), &mut s, &rootfs()).expect("its own directory");
+        assert!(s.policy.masked_paths.is_empty());
+        // The same directory as a plain host path, or another name's claim on it, is refused.
+        for (source, name) in [
+            (volume.clone(), None),
+            (volume.clone(), Some("other")),
+            (home.path().to_path_buf(), Some("cache")),
+        ] {
+            let mut s = spec(ImageRef::Host, vec![mount(source, name)]);
+            assert!(hide(home.path(), &mut s, &rootfs()).is_err(), "{name:?}");
+        }
     }
 }

@@ -104,6 +104,7 @@ impl Backend for NativeBackend {
             mount_cwd: true,
             mount_home: true,
             attach: true,
+            host_volumes: true,
             proxy_secret_bindings: true,
             secret_files: true,
             ..Capabilities::default()

@@ -34,6 +34,10 @@ pub enum DiskError {
     NoMkfs,
     #[error("cannot make the sandbox's disk image {path}: {detail}")]
     Mkfs { path: PathBuf, detail: String },
+    #[error(
+        "a disk of {disk_mb} MB is more than the filesystem of {dir} can hold: give a smaller --disk (or disk_mb)"
+    )]
+    TooLarge { dir: PathBuf, disk_mb: u64 },
     #[error("cannot make the sandbox's disk image {path}: {source}")]
     Io {
         path: PathBuf,
@@ -63,8 +67,20 @@ pub fn prepare_image(dir: &Path, disk_mb: u64) -> Result<PathBuf, DiskError> {
             .mode(0o600)
             .open(&fresh)
             .map_err(io(&fresh))?;
-        file.set_len(disk_mb.saturating_mul(1024 * 1024))
-            .map_err(io(&fresh))?;
+        if let Err(e) = file.set_len(disk_mb.saturating_mul(1024 * 1024)) {
+            let _ = std::fs::remove_file(&fresh);
+            return Err(if e.raw_os_error() == Some(libc::EFBIG) {
+                DiskError::TooLarge {
+                    dir: dir.to_path_buf(),
+                    disk_mb,
+                }
+            } else {
+                DiskError::Io {
+                    path: fresh.clone(),
+                    source: e,
+                }
+            });
+        }
     }
     let legacy = dir.join(LEGACY_UPPER);
     let staged = dir.join(".legacy");

@@ -405,6 +405,7 @@ impl agentkernel_core::HasKind for NativeError {
                 FileError::Sandbox { source, .. } => ErrorKind::of_io(source),
                 FileError::Host { .. } | FileError::HostDest(_) => ErrorKind::Internal,
             },
+            NativeError::Disk(disk::DiskError::TooLarge { .. }) => ErrorKind::InvalidInput,
             NativeError::Boot(_)
             | NativeError::Cgroup(_)
             | NativeError::Security(_)

@@ -240,16 +240,21 @@ pub struct CreateRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<HostPattern>>, max_items = 256)]
     pub deny_hosts: Option<Vec<String>>,
-    // The SDKs' volumes, source_url and source_ref are not supported yet: they are refused
-    // with a message that says so, and absent from the schema.
+    /// Volumes: `NAME:/sandbox/dir[:ro]` (a named volume the server keeps), or
+    /// `/host/dir:/sandbox/dir[:ro]` for a directory under the operator's
+    /// `[security] remote_paths`.
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(value_type = Option<Vec<String>>, max_items = 64)]
     pub volumes: Option<Vec<String>>,
+    /// A git repository cloned into /workspace once the sandbox runs, by git inside the
+    /// sandbox over its own network policy (the image needs git): `https://`, `http://`,
+    /// `git://`, `ssh://` or `user@host:path`.
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(max_length = 2048)]
     pub source_url: Option<String>,
+    /// The branch, tag or commit of `source_url` to check out (its default branch when absent).
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(max_length = 255)]
     pub source_ref: Option<String>,
 }
 
@@ -310,6 +315,9 @@ pub struct SandboxInfo {
     pub allow_hosts: Vec<String>,
     /// Host patterns never reachable.
     pub deny_hosts: Vec<String>,
+    /// What is mounted from the host, `SOURCE:TARGET[:ro]`: volumes (a named one by its name)
+    /// and the permissive profile's directories.
+    pub mounts: Vec<String>,
 }
 
 impl From<agentkernel_engine::SandboxInfo> for SandboxInfo {
@@ -332,6 +340,7 @@ impl From<agentkernel_engine::SandboxInfo> for SandboxInfo {
             network: s.network,
             allow_hosts: s.allow_hosts,
             deny_hosts: s.deny_hosts,
+            mounts: s.mounts,
         }
     }
 }

@@ -370,6 +370,10 @@ pub struct SandboxOpts {
     /// 8080:80, 3000; repeatable). Bound on 127.0.0.1 unless an address is given
     #[arg(short = 'P', long, value_name = "PORT")]
     pub publish: Vec<String>,
+    /// Mount a host directory (HOST_DIR:SANDBOX_DIR[:ro], absolute or ./ relative) or a named
+    /// volume agentkernel keeps (NAME:SANDBOX_DIR[:ro]) in the sandbox (repeatable)
+    #[arg(short = 'v', long = "volume", value_name = "SOURCE:DIR[:ro]")]
+    pub volume: Vec<String>,
     #[command(flatten)]
     pub not_yet: NotYetOpts,
 }
@@ -442,7 +446,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<String>,
     /// Say which image was chosen and why
-    #[arg(short = 'v', long)]
+    #[arg(long)]
     pub verbose: bool,
     /// Use a warm sandbox of the daemon's pool when one matches (the default); --fast=false
     /// always boots a new one
@@ -481,6 +485,13 @@ pub struct CreateArgs {
     /// mounted there instead); its agentkernel.toml and files are the project's
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// Clone this git repository into /workspace (https://, http://, git://, ssh:// or
+    /// user@host:path), with git inside the sandbox over its network: the image needs git
+    #[arg(long, value_name = "URL", conflicts_with = "dir")]
+    pub source_url: Option<String>,
+    /// The branch, tag or commit of --source-url to check out
+    #[arg(long, value_name = "REF", requires = "source_url")]
+    pub source_ref: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -707,7 +718,9 @@ mod hot_path_tests {
                 "5m",
                 "--timeout",
                 "1s",
+                "--verbose",
                 "-v",
+                "cache:/cache",
                 "ls",
                 "-la",
             ],

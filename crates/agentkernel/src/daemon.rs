@@ -414,6 +414,11 @@ pub fn try_run(
     if !req.secret_files.is_empty() || req.placeholder_secrets {
         return Ok(None);
     }
+    // Volumes are resolved against this process's directory and checked as this user's: a
+    // run with them is done here too, never in a warm sandbox of the pool.
+    if !req.volumes.is_empty() {
+        return Ok(None);
+    }
     let home = agentkernel_core::paths::agentkernel_home();
     if !socket_path(&home).exists() {
         return Ok(None);

@@ -258,6 +258,7 @@ pub(crate) fn spec_request(opts: SandboxOpts) -> Result<SpecRequest, EngineError
         secret_files: opts.secret_file,
         placeholder_secrets: opts.placeholder_secrets,
         publish: opts.publish,
+        volumes: opts.volume,
         env: opts.env,
         workdir: opts.workdir,
         memory_mb: opts.memory,
@@ -398,6 +399,11 @@ fn run(args: cli::RunArgs) -> Result<i32, EngineError> {
 fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
     args.sandbox.refuse_unsupported()?;
     let ttl = duration(args.ttl.as_deref())?;
+    let source = args
+        .source_url
+        .as_deref()
+        .map(|url| agentkernel_core::source::Source::new(url, args.source_ref.as_deref()))
+        .transpose()?;
     let mut req = spec_request(args.sandbox)?;
     let project = args
         .dir
@@ -417,6 +423,18 @@ fn create(args: cli::CreateArgs) -> Result<i32, EngineError> {
     if let Some(dir) = &project {
         // All or nothing: a sandbox whose files could not be copied is removed.
         if let Err(e) = engine.copy_project(&info.name, dir) {
+            let _ = engine.remove(&info.name);
+            return Err(e);
+        }
+    }
+    if let Some(source) = &source {
+        // The clone runs in the sandbox, started for it and stopped again, as `--dir` copies;
+        // all or nothing: a sandbox whose clone failed is removed.
+        let cloned = engine
+            .start(&info.name)
+            .and_then(|_| engine.clone_source(&info.name, source))
+            .and_then(|()| engine.stop(&info.name).map(drop));
+        if let Err(e) = cloned {
             let _ = engine.remove(&info.name);
             return Err(e);
         }
@@ -457,6 +475,12 @@ fn use_project_dir(
         && agentkernel_engine::template::is_file_reference(template)
     {
         req.template = Some(req.cwd.join(template).display().to_string());
+    }
+    // A relative volume (`./x:/x`) is the user's, taken from where they stand.
+    for volume in &mut req.volumes {
+        if volume.starts_with("./") || volume.starts_with("../") {
+            *volume = format!("{}/{volume}", req.cwd.display());
+        }
     }
     req.cwd = project.clone();
     Ok(project)

@@ -107,7 +107,10 @@ fn node_sdk_drives_the_server_unmodified() {
 fn schemathesis_finds_no_failures() {
     let env = clients();
     let ak = Ak::new();
-    let srv = ServeProcess::start(&ak, &["--api-key", KEY]);
+    let srv = ServeProcess::spawn(without_name_servers(
+        &ak,
+        common::serve::serve_cmd(&ak, &["--api-key", KEY]),
+    ));
     let out = Command::new(&env["AGENTKERNEL_TEST_SCHEMATHESIS"])
         .arg("--config-file")
         .arg(scripts_dir().join("schemathesis.toml"))
@@ -132,6 +135,34 @@ fn schemathesis_finds_no_failures() {
         stdout.contains("Tested:"),
         "schemathesis tested nothing:\n{stdout}"
     );
+}
+
+/// `cmd` in a mount namespace of its own whose /etc/resolv.conf names only 127.0.0.1, where no
+/// name server listens: the names schemathesis makes up (registry hosts, `source_url` hosts)
+/// fail to resolve on this machine instead of sending a query to the host's name server.
+fn without_name_servers(ak: &Ak, mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    let resolv = ak.cwd.path().join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions attempts:1 timeout:1\n",
+    )
+    .expect("write resolv.conf");
+    // SAFETY: between fork and exec the closure only makes system calls (unshare, mount) on
+    // paths prepared before the fork; it allocates nothing the parent could hold locked.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS)?;
+            rustix::mount::mount_change(
+                "/",
+                rustix::mount::MountPropagationFlags::PRIVATE
+                    | rustix::mount::MountPropagationFlags::REC,
+            )?;
+            rustix::mount::mount_bind(&resolv, "/etc/resolv.conf")?;
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// The OpenCode plugin that `plugin install opencode` writes type-checks (strict) against the

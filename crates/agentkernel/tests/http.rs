@@ -1057,12 +1057,13 @@ fn sandboxes_crud_shares_state_with_the_cli() {
         .err(400);
     }
     assert_eq!(ak.list_json().len(), 1, "{:?}", ak.list_json());
-    // Fields the server does not support are refused, not ignored.
+    // A host directory outside `[security] remote_paths` is refused, not ignored
+    // (tests/volumes.rs has the rest).
     srv.post(
         "/sandboxes",
         &json!({"name": "vol1", "image": "host", "volumes": ["/:/host"]}),
     )
-    .err(400);
+    .err(403);
     srv.get("/sandboxes/vol1").err(404);
 
     // A sandbox made by the CLI is visible and usable over HTTP.

@@ -228,7 +228,7 @@ fn the_image_is_detected_from_the_command_then_the_project() {
     let ak = Ak::new();
     let out = ak.run(&[
         "run",
-        "-v",
+        "--verbose",
         "--no-network",
         "python3",
         "-c",
@@ -248,7 +248,7 @@ fn the_image_is_detected_from_the_command_then_the_project() {
     .expect("write");
     let out = ak.run(&[
         "run",
-        "-v",
+        "--verbose",
         "--no-network",
         "--",
         "sh",
@@ -263,7 +263,7 @@ fn the_image_is_detected_from_the_command_then_the_project() {
     // --image always wins.
     let out = ak.run(&[
         "run",
-        "-v",
+        "--verbose",
         "--image",
         "alpine:3.20",
         "--no-network",

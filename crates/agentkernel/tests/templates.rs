@@ -224,7 +224,7 @@ fn a_template_gives_its_image_env_and_resources_and_flags_override_them() {
     assert_eq!(out.stdout, "hello flag\n", "-e beats the template");
     let out = ak.ok(&[
         "run",
-        "-v",
+        "--verbose",
         "--template",
         "greet",
         "--no-network",

@@ -317,6 +317,7 @@ mod tests {
                     source: "/src".into(),
                     target: "/workspace".into(),
                     read_only: false,
+                    volume: None,
                 }],
                 masked: vec!["/workspace/.agentkernel".into()],
                 disk_mb: 64,

@@ -61,7 +61,19 @@ pub async fn create(
     State(st): State<AppState>,
     ApiJson(req): ApiJson<CreateRequest>,
 ) -> Result<Json<Ok<SandboxInfo>>, ApiError> {
-    refuse_unsupported(&req)?;
+    // Checked before anything is made: a bad URL or ref is a 400 and no sandbox.
+    let source = match (&req.source_url, &req.source_ref) {
+        (Some(url), reference) => Some(
+            agentkernel_core::source::Source::new(url, reference.as_deref())
+                .map_err(|e| ApiError::from(agentkernel_engine::EngineError::Input(e)))?,
+        ),
+        (None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "source_ref names a branch, tag or commit of source_url: give source_url too",
+            ));
+        }
+        (None, None) => None,
+    };
     let ttl = req
         .ttl
         .as_deref()
@@ -72,6 +84,11 @@ pub async fn create(
         "labels",
         req.labels.as_ref().map_or(0, BTreeMap::len),
         bounds::MAX_LABELS,
+    )?;
+    bounds::count(
+        "volumes",
+        req.volumes.as_ref().map_or(0, Vec::len),
+        agentkernel_core::volume::MAX_VOLUMES,
     )?;
     let spec = SpecRequest {
         image: req.image.clone(),
@@ -88,6 +105,7 @@ pub async fn create(
         secrets: req.secrets.clone().unwrap_or_default(),
         secret_files: req.secret_files.clone().unwrap_or_default(),
         placeholder_secrets: req.placeholder_secrets.unwrap_or(false),
+        volumes: req.volumes.clone().unwrap_or_default(),
         cwd: st.cwd.clone(),
         labels: req.labels.clone().unwrap_or_default(),
         description: req.description.clone(),
@@ -98,7 +116,12 @@ pub async fn create(
     let info = blocking(&st, move |engine| {
         agentkernel_core::validate_name(&name)?;
         engine.create(&spec, Some(&name), ttl)?;
-        if let Err(e) = engine.start(&name) {
+        // All or nothing: a sandbox that did not start, or whose clone failed, is removed.
+        let started = engine.start(&name).and_then(|_| match &source {
+            Some(source) => engine.clone_source(&name, source),
+            None => Ok(()),
+        });
+        if let Err(e) = started {
             let _ = engine.remove(&name);
             return Err(e);
         }
@@ -106,23 +129,6 @@ pub async fn create(
     })
     .await?;
     Ok(ok(info.into()))
-}
-
-/// Fields of the contract this server does not support yet are refused, never ignored.
-fn refuse_unsupported(req: &CreateRequest) -> Result<(), ApiError> {
-    let given = |v: &Option<Vec<String>>| v.as_ref().is_some_and(|v| !v.is_empty());
-    let field = if given(&req.volumes) {
-        "volumes"
-    } else if req.source_url.is_some() {
-        "source_url"
-    } else if req.source_ref.is_some() {
-        "source_ref"
-    } else {
-        return Ok(());
-    };
-    Err(ApiError::bad_request(format!(
-        "{field} is not supported by this server yet: create the sandbox without it and copy files in with PUT /sandboxes/{{name}}/files/{{path}}"
-    )))
 }
 
 /// One sandbox.
