@@ -20,6 +20,9 @@ pub mod policy;
 pub mod ports;
 pub mod spec;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use error::{CoreError, ErrorKind, HasKind};
 pub use exec::{ExecEvent, ExecRequest, ExitStatus, Recorder, Sink};
 pub use image::ImageRef;
