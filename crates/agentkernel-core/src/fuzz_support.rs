@@ -21,17 +21,20 @@ use std::time::{Duration, Instant};
 
 /// Cases per target when `AGENTKERNEL_FUZZ_CASES` is not set.
 pub const DEFAULT_CASES: u32 = 2000;
+/// Cases when `AGENTKERNEL_FUZZ_CASES` is not set, for a target whose case touches the disk
+/// (a temporary directory and its files, a `syncfs`): a few ms each in a debug build.
+pub const DEFAULT_DISK_CASES: u32 = 300;
 /// The longest one case may take.
 pub const CASE_LIMIT: Duration = Duration::from_secs(5);
 /// How long a case may run before the watchdog ends the process (a hang, not a slow case).
 pub const HANG_LIMIT: Duration = Duration::from_secs(30);
 
-/// Cases per target: `AGENTKERNEL_FUZZ_CASES`, else [`DEFAULT_CASES`].
-pub fn cases() -> u32 {
+/// Cases per target: `AGENTKERNEL_FUZZ_CASES`, else `default`.
+pub fn cases(default: u32) -> u32 {
     std::env::var("AGENTKERNEL_FUZZ_CASES")
         .ok()
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_CASES)
+        .unwrap_or(default)
 }
 
 /// Ends the process when one case has run longer than [`HANG_LIMIT`].
@@ -92,14 +95,28 @@ impl Drop for Watchdog {
     }
 }
 
-/// Runs `body` on [`cases`] inputs from `strategy`. A panic, or a case over [`CASE_LIMIT`],
+/// Runs `body` on `AGENTKERNEL_FUZZ_CASES` (else [`DEFAULT_CASES`]) inputs from `strategy`. A panic, or a case over [`CASE_LIMIT`],
 /// fails the test with the smallest input found that does the same; the count and time go to
 /// stderr (`fuzz NAME: N cases in S s`), which `bench/fuzz.sh` reports.
 pub fn check<S: Strategy>(target: &str, strategy: S, body: impl Fn(S::Value))
 where
     S::Value: std::fmt::Debug,
 {
-    let cases = cases();
+    run(target, cases(DEFAULT_CASES), strategy, body);
+}
+
+/// [`check`] for a target whose cases touch the disk: [`DEFAULT_DISK_CASES`] by default.
+pub fn check_on_disk<S: Strategy>(target: &str, strategy: S, body: impl Fn(S::Value))
+where
+    S::Value: std::fmt::Debug,
+{
+    run(target, cases(DEFAULT_DISK_CASES), strategy, body);
+}
+
+fn run<S: Strategy>(target: &str, cases: u32, strategy: S, body: impl Fn(S::Value))
+where
+    S::Value: std::fmt::Debug,
+{
     let config = Config {
         cases,
         // Nothing is written beside the sources: a failure prints its input instead.

@@ -103,9 +103,35 @@ fn seed_payloads() -> &'static [&'static [u8]] {
 }
 
 const KEYS: &[&str] = &[
-    "hello", "version", "exec", "id", "request", "argv", "env", "name", "value", "workdir",
-    "user", "tty", "rows", "cols", "stdin", "timeout_ms", "data", "path", "mode", "event",
-    "stdout", "exit", "code", "signal", "started", "pid", "policy", "limits", "shutdown",
+    "hello",
+    "version",
+    "exec",
+    "id",
+    "request",
+    "argv",
+    "env",
+    "name",
+    "value",
+    "workdir",
+    "user",
+    "tty",
+    "rows",
+    "cols",
+    "stdin",
+    "timeout_ms",
+    "data",
+    "path",
+    "mode",
+    "event",
+    "stdout",
+    "exit",
+    "code",
+    "signal",
+    "started",
+    "pid",
+    "policy",
+    "limits",
+    "shutdown",
 ];
 const TOKENS: &[&str] = &["shutdown", "stdin_close", "aGk=", "====", "/", "sh", "-1"];
 
@@ -189,7 +215,10 @@ fn fuzz_guest_protocol_frames() {
         );
         let mut read_frames = Vec::new();
         let read_clean = loop {
-            assert!(read_frames.len() <= bytes.len() / HEADER_LEN, "more frames than headers");
+            assert!(
+                read_frames.len() <= bytes.len() / HEADER_LEN,
+                "more frames than headers"
+            );
             match reader.read_frame() {
                 Ok(Some(payload)) => {
                     decode_both(&payload);
@@ -234,7 +263,10 @@ fn fuzz_guest_protocol_frames() {
             );
         }
         let decoded_clean = !failed && decoder.finish().is_ok();
-        assert_eq!(read_frames, decoded_frames, "the readers disagree on the frames");
+        assert_eq!(
+            read_frames, decoded_frames,
+            "the readers disagree on the frames"
+        );
         assert_eq!(read_clean, decoded_clean, "the readers disagree on the end");
     });
 }
