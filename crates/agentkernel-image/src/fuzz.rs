@@ -7,9 +7,9 @@
 #[path = "../../agentkernel-core/src/fuzz_support.rs"]
 mod fuzz_support;
 
+use crate::UnpackLimits;
 use crate::limits::Budget;
 use crate::registry::{self, RegistrySettings};
-use crate::UnpackLimits;
 use fuzz_support::{check, check_on_disk, json, json_bytes, soup};
 use oci_spec::image::{ImageIndex, ImageManifest};
 use proptest::prelude::*;
@@ -511,7 +511,8 @@ fn layout_case() -> impl Strategy<Value = LayoutCase> {
         )
 }
 
-/// Writes a blob; its descriptor, with the digest or size spoiled when `spoil` says so.
+/// Writes blob number `n` of a case; its descriptor, with the digest or the size wrong when
+/// the case says so for that number.
 fn put(dir: &Path, media_type: &str, bytes: &[u8], n: &mut usize, case: &LayoutCase) -> Value {
     let digest = crate::blob::digest_of(bytes);
     std::fs::write(dir.join("blobs/sha256").join(&digest[7..]), bytes).expect("write blob");
@@ -596,7 +597,7 @@ fn fuzz_oci_layouts() {
             let len = index.len();
             index[(usize::from(*b) * 7 + i) % len] = *b;
         }
-        std::fs::write(layout.join("index.json"), &index).expect("write index");
+        std::fs::write(layout.join("index.json"), index).expect("write index");
 
         if let Ok(rootfs) = crate::layout::resolve(&store, &layout, case.tag, LIMITS) {
             for dir in &rootfs.lower_dirs {
