@@ -22,6 +22,9 @@ pub mod source;
 pub mod spec;
 pub mod volume;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use error::{CoreError, ErrorKind, HasKind};
 pub use exec::{ExecEvent, ExecRequest, ExitStatus, Recorder, Sink};
 pub use image::ImageRef;

@@ -11,6 +11,8 @@ pub mod doctor;
 pub mod egress;
 pub mod error;
 mod files;
+#[cfg(test)]
+mod fuzz;
 mod lock;
 pub mod metadata;
 pub mod parallel;

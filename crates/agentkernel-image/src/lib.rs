@@ -19,6 +19,8 @@ mod blob;
 mod directory;
 mod error;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod host;
 pub mod interrupt;
 mod layout;

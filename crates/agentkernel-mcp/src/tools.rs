@@ -223,6 +223,19 @@ fn env_list(env: Option<&BTreeMap<String, String>>) -> Result<Vec<String>, CallT
     Ok(list)
 }
 
+/// The bytes `sandbox_file_write` writes: `content` as it is, or decoded from base64.
+fn file_bytes(content: String, encoding: Option<&str>) -> Result<Vec<u8>, CallToolResult> {
+    match encoding.unwrap_or("utf8") {
+        "utf8" | "utf-8" | "text" => Ok(content.into_bytes()),
+        "base64" => base64::engine::general_purpose::STANDARD
+            .decode(content.trim())
+            .map_err(|e| failure(format!("content is not valid base64: {e}"))),
+        other => Err(failure(format!(
+            "unknown encoding {other:?}: use utf8 or base64"
+        ))),
+    }
+}
+
 fn command(argv: &[String]) -> Result<(), CallToolResult> {
     agentkernel_engine::require_command(argv).map_err(engine_failure)
 }
@@ -551,17 +564,9 @@ impl SandboxTools {
         )
     )]
     async fn sandbox_file_write(&self, Parameters(p): Parameters<FileWriteParams>) -> ToolResult {
-        let data = match p.encoding.as_deref().unwrap_or("utf8") {
-            "utf8" | "utf-8" | "text" => p.content.into_bytes(),
-            "base64" => match base64::engine::general_purpose::STANDARD.decode(p.content.trim()) {
-                Ok(d) => d,
-                Err(e) => return Ok(failure(format!("content is not valid base64: {e}"))),
-            },
-            other => {
-                return Ok(failure(format!(
-                    "unknown encoding {other:?}: use utf8 or base64"
-                )));
-            }
+        let data = match file_bytes(p.content, p.encoding.as_deref()) {
+            Ok(d) => d,
+            Err(refused) => return Ok(refused),
         };
         let size = data.len();
         let (name, path) = (p.name.clone(), p.path);
@@ -766,3 +771,7 @@ impl ServerHandler for SandboxTools {
             )
     }
 }
+
+#[cfg(test)]
+#[path = "fuzz.rs"]
+mod fuzz;

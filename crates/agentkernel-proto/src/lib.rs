@@ -26,6 +26,9 @@
 pub mod frame;
 pub mod message;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use frame::{
     DEFAULT_MAX_FRAME_LEN, FrameDecoder, FrameError, FrameReader, FrameWriter, HEADER_LEN,
 };

@@ -11,6 +11,8 @@ mod auth;
 mod bounds;
 mod envelope;
 mod extract;
+#[cfg(test)]
+mod fuzz;
 mod guard;
 mod limits;
 mod routes;

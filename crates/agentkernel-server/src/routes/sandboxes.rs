@@ -35,6 +35,16 @@ pub async fn list(
     State(st): State<AppState>,
     ApiQuery(pairs): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Json<Ok<Vec<SandboxInfo>>>, ApiError> {
+    let labels = label_filter(pairs)?;
+    let list = blocking(&st, move |engine| engine.list_labelled(&labels)).await?;
+    Ok(ok(list.into_iter().map(SandboxInfo::from).collect()))
+}
+
+/// The `(key, value)` pairs of the `?label=key:value` parameters of a query; other parameters
+/// are ignored.
+pub(crate) fn label_filter(
+    pairs: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, ApiError> {
     let mut labels = Vec::new();
     for (key, value) in pairs {
         if key != "label" {
@@ -50,8 +60,7 @@ pub async fn list(
             }
         }
     }
-    let list = blocking(&st, move |engine| engine.list_labelled(&labels)).await?;
-    Ok(ok(list.into_iter().map(SandboxInfo::from).collect()))
+    Ok(labels)
 }
 
 /// Creates a sandbox and starts it. On any error nothing is left behind.
