@@ -433,7 +433,7 @@ fn the_state_directory_is_private() {
 /// Finding 13: an aborted server's warm-pool sandboxes left network pins and pasta processes,
 /// and `gc` said "nothing to remove". Networked warm sandboxes now have no process of their
 /// own (their proxy is a thread of the daemon, started when one is taken): killing the daemon
-/// leaves only their cgroups, which `gc` removes at once.
+/// leaves only their cgroups, which the next command (`gc` here) removes at once.
 #[test]
 fn gc_removes_what_a_killed_daemon_left() {
     let ak = Ak::new();
@@ -487,10 +487,10 @@ fn gc_removes_what_a_killed_daemon_left() {
         assert!(Instant::now() < deadline, "the daemon did not die");
         std::thread::sleep(Duration::from_millis(50));
     }
-    // The warm inits end with their lifeline; what is left is for gc, at once.
+    // The warm inits end with their lifeline; what is left goes at the next command (here
+    // `gc`, whose start sweeps the ended sandboxes' groups before it looks for more).
     std::thread::sleep(Duration::from_millis(500));
-    let out = ak.ok(&["gc"]);
-    assert!(out.stdout.contains("cgroup warm-"), "{out:?}");
+    ak.ok(&["gc"]);
     for id in &warm {
         assert!(
             cgroups_matching(id).is_empty(),

@@ -24,12 +24,18 @@ fn bad_inputs_exit_125_with_a_clear_message() {
     assert_refused(&ak, &["start", "ghost"], "agentkernel list");
     assert_refused(&ak, &["create", "../../x"], "invalid sandbox name");
     assert_refused(&ak, &["create", "-bad"], "");
-    // An option-looking image is never taken as the image (nor as the command): the option is
-    // refused as unknown; spelled as the value, the engine refuses the reference.
+    // An option-looking image is never taken as the image (nor as the command): `--image`
+    // is left without its value (or the option is unknown); spelled as the value, the engine
+    // refuses the reference.
     assert_refused(
         &ak,
         &["run", "--image", "--volume=/:/host", "--", "true"],
-        "unexpected argument '--volume'",
+        "a value is required for '--image",
+    );
+    assert_refused(
+        &ak,
+        &["run", "--image", "--mount=/:/host", "--", "true"],
+        "unexpected argument '--mount'",
     );
     assert_refused(
         &ak,
@@ -80,7 +86,8 @@ fn bad_inputs_exit_125_with_a_clear_message() {
         &["run", "--ttl", "soon", "--keep", "--", "true"],
         "invalid duration",
     );
-    assert_refused(&ak, &["run", "-e", "NOVALUE", "--", "true"], "KEY=VALUE");
+    // `-e NAME` alone is the shell's own value; a name that is empty is refused.
+    assert_refused(&ak, &["run", "-e", "=novalue", "--", "true"], "KEY=VALUE");
     assert_refused(&ak, &["run", "-w", "relative", "--", "true"], "absolute");
     assert_refused(&ak, &["exec", "x"], "no command");
     assert_refused(&ak, &["frobnicate"], "frobnicate");
