@@ -14,6 +14,7 @@
 //! The same code serves every backend whose sandboxes have a network namespace on this host
 //! (native, and Docker/Podman containers entered through their init's pid).
 
+use crate::netns::in_netns;
 use agentkernel_core::ports::PublishedPort;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::io;
@@ -73,28 +74,6 @@ pub fn allow_low_ports(netns: BorrowedFd<'_>, ports: &[PublishedPort]) -> io::Re
             std::fs::write(path, lowest.to_string())?;
         }
         Ok(())
-    })
-}
-
-/// Runs `f` on a short-lived thread that has entered the network namespace `netns`.
-fn in_netns<T: Send>(
-    netns: BorrowedFd<'_>,
-    f: impl FnOnce() -> io::Result<T> + Send,
-) -> io::Result<T> {
-    let netns: OwnedFd = netns.try_clone_to_owned()?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                rustix::thread::move_into_link_name_space(
-                    netns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )?;
-                f()
-            })
-            .join()
-            .map_err(|_| {
-                io::Error::other("the thread that entered the sandbox's network panicked")
-            })?
     })
 }
 

@@ -40,6 +40,14 @@ pub struct Attached {
 /// listening sockets, returned for the proxy to serve. Fails without changing anything the
 /// sandbox could use when the namespace cannot be entered or the kernel refuses a message.
 pub fn attach(netns: BorrowedFd<'_>) -> io::Result<Attached> {
+    in_netns(netns, attach_here)
+}
+
+/// Runs `f` on a short-lived thread that has entered the network namespace `netns`.
+pub(crate) fn in_netns<T: Send>(
+    netns: BorrowedFd<'_>,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     let netns: OwnedFd = netns.try_clone_to_owned()?;
     std::thread::scope(|scope| {
         scope
@@ -48,11 +56,11 @@ pub fn attach(netns: BorrowedFd<'_>) -> io::Result<Attached> {
                     netns.as_fd(),
                     Some(rustix::thread::LinkNameSpaceType::Network),
                 )?;
-                attach_here()
+                f()
             })
             .join()
             .map_err(|_| {
-                io::Error::other("the thread that set up the sandbox's network panicked")
+                io::Error::other("the thread that entered the sandbox's network namespace panicked")
             })?
     })
 }

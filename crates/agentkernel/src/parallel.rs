@@ -25,15 +25,8 @@ pub struct ParallelArgs {
     /// Also write each job's output to DIR/NAME.stdout and DIR/NAME.stderr
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
-    /// Backend for every job (default: as `run` chooses)
-    #[arg(short = 'B', long)]
-    pub backend: Option<String>,
-    /// Security profile for every job: permissive, moderate (default) or restrictive
-    #[arg(short = 'p', long)]
-    pub profile: Option<String>,
-    /// Disable network access in every job
-    #[arg(long)]
-    pub no_network: bool,
+    #[command(flatten)]
+    pub each: EachSandbox,
 }
 
 /// One job's state as the renderer keeps it.
@@ -64,12 +57,7 @@ pub fn parallel(args: ParallelArgs) -> Result<i32, EngineError> {
         Some(dir) => Some(output_files(dir, &jobs)?),
         None => None,
     };
-    let base = crate::spec_request(crate::cli::SandboxOpts {
-        backend: args.backend,
-        profile: args.profile,
-        no_network: args.no_network,
-        ..Default::default()
-    })?;
+    let base = args.each.spec_request()?;
     let live = std::io::stderr().is_terminal();
     let bars = indicatif::MultiProgress::with_draw_target(if live {
         indicatif::ProgressDrawTarget::stderr()
@@ -229,5 +217,31 @@ fn summary(running: &[Running]) {
             "{:<width$}  {code:>4}  {time:>8}  {}",
             r.job.name, r.job.image
         );
+    }
+}
+
+/// What every sandbox of a `parallel` or `pipeline` run shares.
+#[derive(Args, Debug)]
+pub struct EachSandbox {
+    /// Backend of every sandbox (default: as `run` chooses)
+    #[arg(short = 'B', long)]
+    pub backend: Option<String>,
+    /// Security profile of every sandbox: permissive, moderate (default) or restrictive
+    #[arg(short = 'p', long)]
+    pub profile: Option<String>,
+    /// Disable network access in every sandbox
+    #[arg(long)]
+    pub no_network: bool,
+}
+
+impl EachSandbox {
+    /// The request each sandbox starts from; the runner sets its image and command.
+    pub fn spec_request(self) -> Result<agentkernel_engine::SpecRequest, EngineError> {
+        crate::spec_request(crate::cli::SandboxOpts {
+            backend: self.backend,
+            profile: self.profile,
+            no_network: self.no_network,
+            ..Default::default()
+        })
     }
 }

@@ -16,15 +16,8 @@ pub struct PipelineArgs {
     /// Print the steps and how files flow between them; run nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Backend for every step (default: as `run` chooses)
-    #[arg(short = 'B', long)]
-    pub backend: Option<String>,
-    /// Security profile for every step: permissive, moderate (default) or restrictive
-    #[arg(short = 'p', long)]
-    pub profile: Option<String>,
-    /// Disable network access in every step
-    #[arg(long)]
-    pub no_network: bool,
+    #[command(flatten)]
+    pub each: crate::parallel::EachSandbox,
 }
 
 pub fn pipeline(args: PipelineArgs) -> Result<i32, EngineError> {
@@ -34,12 +27,7 @@ pub fn pipeline(args: PipelineArgs) -> Result<i32, EngineError> {
         print_plan(&args.file, &pipeline);
         return Ok(0);
     }
-    let base = crate::spec_request(crate::cli::SandboxOpts {
-        backend: args.backend,
-        profile: args.profile,
-        no_network: args.no_network,
-        ..Default::default()
-    })?;
+    let base = args.each.spec_request()?;
     let terminal = std::io::stderr().is_terminal();
     let total = pipeline.steps.len();
     let mut on_step = |event: StepEvent<'_>| match event {
