@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
+# A clean clone builds once; incremental caches would only double the target directory.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 cargo fmt --all -- --check
 cargo clippy --locked --target "$HOST_TARGET" --all-targets -- -D warnings
 # No dependency a crate does not use (cargo-machete, installed once into ~/.cargo/bin).

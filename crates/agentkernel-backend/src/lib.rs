@@ -251,6 +251,13 @@ pub trait Backend {
             ),
         )
     }
+    /// Whether a throwaway sandbox stays behind when the process that started it dies without
+    /// stopping it (a container engine keeps its containers). The engine then marks each one
+    /// while it lives, so that the next agentkernel command removes what a killed owner left
+    /// (`agentkernel_engine::owners`) rather than `gc`.
+    fn outlives_its_owner(&self) -> bool {
+        false
+    }
     /// Removes leftovers of instances that are no longer running (after crashes), and of
     /// sandboxes no longer in the store (`sandboxes` lists those that are); returns what was
     /// removed.

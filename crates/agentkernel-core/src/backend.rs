@@ -45,18 +45,35 @@ pub enum Persistence<'a> {
     Persistent { dir: &'a Path },
 }
 
-/// A started sandbox: how to find it again, and for a throwaway sandbox the lifeline that
-/// keeps it alive. It owns the sandbox, so it is neither `Copy` nor `Clone`: `stop` takes it by
-/// value, and a lifeline is closed exactly once — by `stop`, or by dropping the handle, which
-/// ends the throwaway sandbox instead of leaking it.
+/// A started sandbox: how to find it again, and the lifeline that keeps it alive while its
+/// caller holds it. It owns the sandbox, so it is neither `Copy` nor `Clone`: `stop` takes it
+/// by value, and a lifeline is closed exactly once — by `stop`, or by dropping the handle,
+/// which ends the sandbox instead of leaking it — unless it is [`Started::release`]d.
 #[derive(Debug)]
 pub struct Started {
     pub runtime: RuntimeState,
-    /// Throwaway sandboxes: the write end of the pipe whose closing ends the sandbox.
+    /// The write end of the pipe whose closing ends the sandbox: a throwaway sandbox's for its
+    /// whole life, a persistent one's until the engine has recorded it (a caller killed while
+    /// starting it takes the half-started sandbox along instead of leaving it unrecorded).
     pub lifeline: Option<OwnedFd>,
 }
 
+/// The byte that releases a lifeline: the sandbox outlives its caller from then on. Other
+/// bytes on a lifeline are signal numbers for a throwaway sandbox's first command.
+pub const LIFELINE_RELEASE: u8 = 0xff;
+
 impl Started {
+    /// Lets a persistent sandbox outlive this process (once it is recorded): its lifeline, if
+    /// it has one, is released rather than closed.
+    pub fn release(mut self) -> RuntimeState {
+        if let Some(fd) = self.lifeline.take() {
+            use std::io::Write;
+            // A failed write means the sandbox's init is already gone: `list` shows it stopped.
+            let _ = std::fs::File::from(fd).write_all(&[LIFELINE_RELEASE]);
+        }
+        self.runtime
+    }
+
     /// The handle of a persistent sandbox found in the store: nothing to close but the
     /// sandbox itself.
     pub fn found(runtime: RuntimeState) -> Started {

@@ -290,6 +290,11 @@ impl Backend for DockerBackend {
         Ok(self.client.export(spec, &rootfs.id, out)?)
     }
 
+    /// A container stays when the process that ran it is killed.
+    fn outlives_its_owner(&self) -> bool {
+        true
+    }
+
     fn collect_garbage(&self, _live_instances: &[String], sandboxes: &[String]) -> Vec<String> {
         self.client.collect_garbage(sandboxes)
     }

@@ -15,6 +15,7 @@ mod files;
 mod fuzz;
 mod lock;
 pub mod metadata;
+pub mod owners;
 pub mod parallel;
 pub mod pipeline;
 pub mod pool;
@@ -424,6 +425,7 @@ impl Engine {
         sink: &mut Sink<'_>,
         controls: Controls<'_>,
     ) -> Result<ExitStatus> {
+        let _claim = owners::claim(&self.home, backend, &spec.name);
         let result = if needs_connecting(spec) {
             self.run_connected(spec, rootfs, backend, exec, sink, controls)
         } else {
@@ -773,6 +775,8 @@ impl Engine {
             let _ = backend.stop(started);
             return Err(e);
         }
+        // Recorded: from now on the sandbox outlives this process.
+        started.release();
         self.audit.record(AuditEvent::SandboxStarted {
             name: name.to_string(),
             profile: rec.spec.policy.profile.to_string(),
@@ -1055,24 +1059,38 @@ impl Engine {
         }
         removed.extend(self.collect_all_layers(dry_run));
         if !dry_run {
-            let records = self.store()?.list()?;
-            let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
-            let live: Vec<String> = records
-                .into_iter()
-                .filter(|r| self.is_running(r))
-                .filter_map(|r| r.runtime.map(|rt| rt.instance))
-                .collect();
             // Every backend of this process that can run here (container engines that
             // answer): what crashes left, and what belongs to sandboxes no longer stored.
-            for kind in backend::available() {
-                if let Ok(b) = backend::backend_for(kind, &self.home)
-                    && b.readiness().usable
-                {
-                    removed.extend(b.collect_garbage(&live, &names));
-                }
-            }
+            removed.extend(self.collect_backend_garbage(backend::available()));
         }
         Ok(removed)
+    }
+
+    /// What crashes left in these backends (those that can run here), and what belongs to
+    /// sandboxes no longer stored: `Backend::collect_garbage` with the running instances and
+    /// the stored names. For `gc`, and for [`owners::sweep`] with the backends of dead owners.
+    pub(crate) fn collect_backend_garbage(
+        &self,
+        kinds: impl Iterator<Item = agentkernel_core::BackendKind>,
+    ) -> Vec<String> {
+        let Ok(records) = self.store().and_then(|s| s.list()) else {
+            return Vec::new();
+        };
+        let names: Vec<String> = records.iter().map(|r| r.name.clone()).collect();
+        let live: Vec<String> = records
+            .into_iter()
+            .filter(|r| self.is_running(r))
+            .filter_map(|r| r.runtime.map(|rt| rt.instance))
+            .collect();
+        let mut removed = Vec::new();
+        for kind in kinds {
+            if let Ok(b) = backend::backend_for(kind, &self.home)
+                && b.readiness().usable
+            {
+                removed.extend(b.collect_garbage(&live, &names));
+            }
+        }
+        removed
     }
 }
 

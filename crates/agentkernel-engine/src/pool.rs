@@ -147,6 +147,8 @@ struct Warm {
     sandbox: Started,
     backend: agentkernel_core::BackendKind,
     booted: Instant,
+    /// Its mark for a killed owner's successor (`owners`), removed after the sandbox is.
+    _claim: Option<crate::owners::Claim>,
 }
 
 /// What the filler keeps warm for one key.
@@ -685,6 +687,7 @@ fn boot(home: &Path, request: &SpecRequest) -> Result<(String, Warm)> {
     let config = resolve::load_config(home, request)?;
     let name = warm_name();
     let (spec, rootfs, backend) = engine.prepare(request, &name, &config)?;
+    let claim = crate::owners::claim(home, backend.as_ref(), &name);
     let started = backend.start(&spec, &rootfs, &name, Persistence::Ephemeral)?;
     Ok((
         pool_key(&spec, &rootfs),
@@ -693,6 +696,7 @@ fn boot(home: &Path, request: &SpecRequest) -> Result<(String, Warm)> {
             sandbox: started,
             backend: spec.backend,
             booted: Instant::now(),
+            _claim: claim,
         },
     ))
 }

@@ -350,10 +350,8 @@ impl Backend for NativeBackend {
             }
             let group = native::cgroup::Cgroup::open(&id);
             // A group with processes belongs to a sandbox still in use (an ephemeral `run` of
-            // another process), and a young empty one never used to a sandbox still booting
-            // (its init joins it a few milliseconds after it is made): only empty groups that
-            // were used (their sandbox ended: a crashed CLI or server) or are old go.
-            if is_leftover(&group) && group.destroy().is_ok() {
+            // another process), and a held one to a sandbox still booting: only leftovers go.
+            if group.remove_if_leftover() {
                 removed.push(format!("cgroup {id}"));
             }
         }
@@ -367,7 +365,7 @@ impl Backend for NativeBackend {
                     .is_none_or(|age| age < GC_GRACE);
                 let group = native::cgroup::Cgroup::open(&id);
                 // The pin of a sandbox whose group is gone (removed above) or ended.
-                let ended = group.age().is_none() || is_leftover(&group);
+                let ended = group.age().is_none();
                 if (young && !ended) || live_instances.contains(&id) || !group.pids().is_empty() {
                     continue;
                 }
@@ -377,17 +375,6 @@ impl Backend for NativeBackend {
         }
         removed
     }
-}
-
-/// Whether an empty group is a leftover: it was used (its sandbox has ended), or, where the
-/// kernel keeps no usage mark, it is older than any boot takes.
-fn is_leftover(group: &native::cgroup::Cgroup) -> bool {
-    group.pids().is_empty()
-        && !group.is_held()
-        && match group.was_used() {
-            Some(used) => used || group.age().is_none_or(|age| age >= GC_GRACE),
-            None => group.age().is_some_and(|age| age >= GC_GRACE),
-        }
 }
 
 /// Masked paths are places inside the sandbox: absolute, without `..`.
@@ -407,7 +394,7 @@ fn check_masked_paths(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-/// How old an empty cgroup must be before `gc` takes it for a leftover.
+/// How old a network-namespace pin must be before `gc` removes it while its group has not ended.
 const GC_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A path missing in the sandbox is its own error (HTTP answers 404 for it).

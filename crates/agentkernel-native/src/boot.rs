@@ -173,13 +173,9 @@ pub fn boot_reporting(plan: &BootPlan<'_>) -> Result<(Booted, StatusPipe), BootE
         init.end();
         return Err(BootError::Setup("the init exited right after setup".into()));
     };
-    let lifeline = if plan.detach {
-        drop(life_w);
-        None
-    } else {
-        // The write end stays open for as long as the caller holds the sandbox's handle.
-        Some(life_w)
-    };
+    // The write end stays open for as long as the caller holds the sandbox's handle; a
+    // detached sandbox's until the caller releases it (`Started::release`), once recorded.
+    let lifeline = Some(life_w);
     Ok((
         Booted {
             pid: init.pid,
@@ -364,7 +360,7 @@ fn child(plan: &BootPlan<'_>, status_w: OwnedFd, life_r: OwnedFd) -> ! {
             None
         }
     };
-    init_loop(if plan.detach { None } else { Some(life_r) }, report_to)
+    init_loop(life_r, plan.detach, report_to)
 }
 
 /// Returns the writable layer's directory, which the init keeps open (`enter_rootfs`).
@@ -443,10 +439,16 @@ fn block_signals() {
 }
 
 /// PID 1 of the sandbox: reaps orphaned processes, and exits (taking the namespace down) on
-/// SIGTERM/SIGINT/SIGHUP or when an ephemeral sandbox's caller goes away (its lifeline closes).
+/// SIGTERM/SIGINT/SIGHUP or when its caller goes away (its lifeline closes) before releasing a
+/// detached sandbox (`LIFELINE_RELEASE`, after which the lifeline is no longer watched).
 /// With a first command (`report_to`): its wait status goes to the caller when it exits, and
 /// bytes on the lifeline are signals for it.
-fn init_loop(lifeline: Option<OwnedFd>, mut report_to: Option<(libc::pid_t, std::fs::File)>) -> ! {
+fn init_loop(
+    lifeline: OwnedFd,
+    detach: bool,
+    mut report_to: Option<(libc::pid_t, std::fs::File)>,
+) -> ! {
+    let mut lifeline = Some(lifeline);
     let set = sigset();
     // SAFETY: signalfd on a valid sigset; the returned descriptor is owned below.
     let sfd = unsafe { libc::signalfd(-1, &set, libc::SFD_CLOEXEC) };
@@ -477,6 +479,10 @@ fn init_loop(lifeline: Option<OwnedFd>, mut report_to: Option<(libc::pid_t, std:
             if got == 0 {
                 // SAFETY: ending PID 1 makes the kernel kill the rest of the namespace.
                 unsafe { libc::_exit(0) };
+            }
+            if detach && sigs[..got].contains(&agentkernel_core::backend::LIFELINE_RELEASE) {
+                lifeline = None;
+                continue;
             }
             if let Some((command, _)) = &report_to {
                 for sig in &sigs[..got] {

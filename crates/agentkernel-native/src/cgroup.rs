@@ -24,6 +24,10 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// How long `freeze` waits for every process to stop (one in an uninterruptible wait, e.g. on
 /// slow I/O, stops only when it returns).
 const FREEZE_WAIT: Duration = Duration::from_secs(5);
+/// How long an empty group nobody holds and no process ever joined may be its maker's between
+/// making and holding it before it counts as a leftover even while some group is being made
+/// (makers hold the parent meanwhile, so this is only for a sweeper that finds it busy).
+pub const UNHELD_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -190,6 +194,20 @@ impl Cgroup {
     }
 
     /// Creates the groups of instance `id` with `limits` applied. On error nothing is left.
+    /// `create`, then `hold`, with no moment between them at which a sweeper could take the
+    /// new groups for a leftover: the maker holds the parent of all groups shared meanwhile
+    /// ([`Cgroup::remove_if_leftover`]).
+    pub fn create_held(
+        id: &str,
+        limits: &Limits,
+    ) -> Result<(Cgroup, Option<OwnedFd>), CgroupError> {
+        let making = lock_parent(rustix::fs::FlockOperation::LockShared);
+        let group = Cgroup::create(id, limits)?;
+        let held = group.hold();
+        drop(making);
+        Ok((group, held))
+    }
+
     pub fn create(id: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
         let group = Cgroup::open(id);
         let h = group.hierarchies;
@@ -363,6 +381,29 @@ impl Cgroup {
         .ok()?;
         rustix::fs::flock(&fd, rustix::fs::FlockOperation::LockShared).ok()?;
         Some(fd)
+    }
+
+    /// Removes the groups if they are what an ended sandbox left: empty, not held by a live
+    /// owner ([`Cgroup::hold`]), and either used (their sandbox ran and ended) or not being
+    /// made (a maker holds the parent of all groups from before it makes a group until it
+    /// holds it, [`Cgroup::create_held`]; checked under that lock, so no maker can slip in)
+    /// or, when some group is being made, older than [`UNHELD_GRACE`]. Never kills: a group a
+    /// process joined meanwhile is kept. Returns whether the groups were removed.
+    pub fn remove_if_leftover(&self) -> bool {
+        let unmade = lock_parent(rustix::fs::FlockOperation::NonBlockingLockExclusive);
+        let leftover = self.pids().is_empty()
+            && !self.is_held()
+            && (self.was_used() == Some(true)
+                || unmade.is_some()
+                || self.age().is_some_and(|age| age >= UNHELD_GRACE));
+        leftover
+            && self
+                .dirs()
+                .iter()
+                .all(|dir| match std::fs::remove_dir(dir) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                })
     }
 
     /// Whether a live process holds the groups ([`Cgroup::hold`]).
@@ -564,6 +605,26 @@ fn cpu_quota(vcpus: f64) -> u64 {
 
 /// Creates `root/agentkernel/<id>`; in v2, first enables `controllers` for the children of the
 /// root and of `agentkernel/`.
+/// A lock on the parent of every sandbox's group in the first hierarchy (made if missing):
+/// makers hold it shared from before they make a group until they hold the group.
+fn lock_parent(op: rustix::fs::FlockOperation) -> Option<OwnedFd> {
+    let root = Hierarchies::get().roots().into_iter().next()?;
+    let parent = root.join(PARENT);
+    match std::fs::create_dir(&parent) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(_) => return None,
+    }
+    let fd = rustix::fs::open(
+        &parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    rustix::fs::flock(&fd, op).ok()?;
+    Some(fd)
+}
+
 fn make_dir(root: &Path, id: &str, controllers: &[&str]) -> Result<PathBuf, CgroupError> {
     let parent = root.join(PARENT);
     match std::fs::create_dir(&parent) {
@@ -594,4 +655,45 @@ fn make_dir(root: &Path, id: &str, controllers: &[&str]) -> Result<PathBuf, Cgro
 
 fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
     std::fs::write(path, value).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            memory_mb: 64,
+            pids: 16,
+            vcpus: 0.0,
+            disk_mb: 64,
+            disk_explicit: false,
+        }
+    }
+
+    /// The sweep's rule on real groups (run as root, like the suite): a held group stays, a
+    /// group never used stays while some maker is between making and holding one, and goes
+    /// once none is — young as it is.
+    #[test]
+    fn a_group_goes_only_when_nobody_holds_or_makes_it() {
+        let id = format!("unit-sweep-{}", std::process::id());
+        let (group, held) = Cgroup::create_held(&id, &limits()).expect("make a group");
+        assert!(held.is_some(), "the maker holds its group");
+        assert!(!group.remove_if_leftover(), "a held group was taken");
+        drop(held);
+        // Another maker is between making a group and holding it.
+        let making = lock_parent(rustix::fs::FlockOperation::LockShared).expect("parent lock");
+        assert!(
+            !group.remove_if_leftover(),
+            "taken while a group was being made"
+        );
+        drop(making);
+        // Other tests make groups meanwhile (for milliseconds each); past UNHELD_GRACE the
+        // group goes even then.
+        let deadline = Instant::now() + UNHELD_GRACE + Duration::from_secs(1);
+        while !group.remove_if_leftover() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(group.age().is_none(), "its directories are gone");
+    }
 }

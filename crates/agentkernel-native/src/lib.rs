@@ -68,19 +68,16 @@ pub enum NativeError {
 
 /// Whether this host can run native sandboxes; the reason when not.
 /// Removes the cgroups of sandboxes that ended without their owner cleaning up (a CLI or
-/// server killed with SIGKILL): groups that are empty and were used. Cheap enough for every
-/// command (one directory listing and a few small reads per group), so whatever a killed
-/// process leaves is gone at the next agentkernel command, not at the next `gc`. A group never
-/// used may belong to a sandbox still booting and is left to `gc` and its grace period.
+/// server killed with SIGKILL): groups that are leftovers by
+/// [`cgroup::Cgroup::remove_if_leftover`] (empty, not held, and used or not being made). Cheap enough for every command (one
+/// directory listing and a few small reads per group), so whatever a killed process leaves is
+/// gone at the next agentkernel command, not at the next `gc`. Never kills a process.
 pub fn sweep_ended_sandboxes() -> Vec<String> {
     cgroup::Cgroup::list_ids()
         .into_iter()
         .filter(|id| {
             let group = cgroup::Cgroup::open(id);
-            group.pids().is_empty()
-                && group.was_used() == Some(true)
-                && !group.is_held()
-                && group.destroy().is_ok()
+            group.remove_if_leftover()
         })
         .collect()
 }
@@ -129,8 +126,7 @@ pub struct Running {
 /// Creates the cgroups, boots the init into its namespaces and root, and connects the network.
 /// On error nothing is left behind: no process, cgroup, mount or pin.
 pub fn start(spec: &StartSpec<'_>) -> Result<Running, NativeError> {
-    let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
-    let _owner = group.hold();
+    let (group, _owner) = cgroup::Cgroup::create_held(spec.id, &spec.policy.limits)?;
     let result = boot_and_connect(spec, &group);
     if result.is_err() {
         let _ = group.destroy();
@@ -259,8 +255,7 @@ pub fn run_throwaway(
     command: &CommandSpec<'_>,
     sink: &mut Sink<'_>,
 ) -> Result<(ExitStatus, Ending), NativeError> {
-    let group = cgroup::Cgroup::create(spec.id, &spec.policy.limits)?;
-    let _owner = group.hold();
+    let (group, _owner) = cgroup::Cgroup::create_held(spec.id, &spec.policy.limits)?;
     let result = run_in_group(spec, command, &group, sink);
     let destroyed = group.destroy();
     let outcome = result?;

@@ -505,6 +505,11 @@ impl Backend for MicroVmBackend {
     /// lock nobody holds (no start in progress): killed, and their runtime directories
     /// removed. A running throwaway VM is left alone: it powers off by itself when the process
     /// that owns it ends (its lifeline port closes).
+    /// A throwaway VM powers off with its owner, but its runtime directory stays behind.
+    fn outlives_its_owner(&self) -> bool {
+        true
+    }
+
     fn collect_garbage(&self, live_instances: &[String], _sandboxes: &[String]) -> Vec<String> {
         let mut removed = Vec::new();
         let Ok(dirs) = std::fs::read_dir(self.vm_dir()) else {

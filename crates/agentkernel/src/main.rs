@@ -40,8 +40,10 @@ fn main() {
     if let Some(code) = roles::dispatch() {
         std::process::exit(code);
     }
-    // What a killed agentkernel process left behind goes before anything else runs.
+    // What a killed agentkernel process left behind goes before anything else runs: native
+    // sandboxes' groups, and the throwaway sandboxes of other backends that dead owners marked.
     let _ = agentkernel_native::sweep_ended_sandboxes();
+    let _ = agentkernel_engine::owners::sweep(&agentkernel_core::paths::agentkernel_home());
     let cli = match Cli::parse_from_args(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => {

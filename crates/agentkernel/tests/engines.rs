@@ -298,6 +298,38 @@ fn gc_removes_containers_whose_sandbox_is_gone(e: &E) {
     assert!(e.containers().is_empty(), "{:?}", e.containers());
 }
 
+/// A `run` killed with SIGKILL leaves its container only until the next agentkernel command
+/// of any kind (here `--version`), not until `gc`: the run marked it as its own, and the next
+/// command finds the owner dead.
+fn a_killed_run_leaves_no_container_after_the_next_command(e: &E) {
+    e.ok(&["images", "pull", "--quiet", "busybox:latest"]);
+    for delay_ms in [300u64, 1200] {
+        let mut child = e
+            .cmd(&[
+                "run",
+                "-B",
+                e.b(),
+                "--image",
+                "busybox:latest",
+                "--no-network",
+                "--",
+                "sleep",
+                "60",
+            ])
+            .spawn()
+            .expect("spawn run");
+        // Killed once its container exists, or after the delay.
+        let deadline = Instant::now() + Duration::from_millis(delay_ms);
+        while e.containers().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    e.ok(&["--version"]);
+    assert!(e.containers().is_empty(), "left: {:?}", e.containers());
+}
+
 fn bad_input_is_125_and_leaves_nothing(e: &E) {
     let out = e.run(&[
         "run",
@@ -692,5 +724,6 @@ per_engine!(
     disk_limit_sizes_tmp_and_is_never_half_applied,
     masked_paths_are_empty_and_read_only,
     gc_removes_containers_whose_sandbox_is_gone,
+    a_killed_run_leaves_no_container_after_the_next_command,
     bad_input_is_125_and_leaves_nothing,
 );

@@ -245,21 +245,49 @@ fn assert_nothing_left(home: &str, cgroup_prefix: &str, process_args: &str) {
     // (the micro-VM tests keep both cores busy with TCG guests while this runs beside them;
     // 2 s was once too short there): give it ten seconds — a survivor of a 200 s sleep is
     // still caught.
-    let listed = || {
+    let survivors = || -> Vec<String> {
         let ps = std::process::Command::new("ps")
-            .args(["-eo", "stat=,args="])
+            .args(["-eo", "pid=,stat=,args="])
             .output()
             .expect("ps");
-        String::from_utf8_lossy(&ps.stdout).lines().any(|l| {
-            let (stat, args) = l.trim_start().split_once(' ').unwrap_or(("", ""));
-            !stat.starts_with('Z') && args.trim() == process_args
-        })
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split_whitespace();
+                let (pid, stat) = (fields.next()?, fields.next()?);
+                let args = fields.collect::<Vec<_>>().join(" ");
+                (!stat.starts_with('Z') && args == process_args).then(|| pid.to_string())
+            })
+            .collect()
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while listed() && std::time::Instant::now() < deadline {
+    while !survivors().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    assert!(!listed(), "a sandbox process survived: {process_args}");
+    // What a survivor is, for whoever reads the failure: its state, namespaces, groups and
+    // parent (a process of another test with the same arguments would show it).
+    let described: Vec<String> = survivors()
+        .iter()
+        .map(|pid| {
+            let read =
+                |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).unwrap_or_default();
+            let status: String = read("status")
+                .lines()
+                .filter(|l| ["State", "PPid", "NSpid"].iter().any(|k| l.starts_with(k)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap_or_default();
+            format!(
+                "pid {pid}: {status}, pid ns {}, cgroups {:?}",
+                ns.display(),
+                read("cgroup")
+            )
+        })
+        .collect();
+    assert!(
+        described.is_empty(),
+        "a sandbox process survived: {process_args}: {described:?}"
+    );
 }
 
 #[test]
@@ -515,4 +543,67 @@ fn a_killed_run_leaves_nothing_after_the_next_command() {
         leftover.len()
     );
     assert!(ak.list_json().is_empty(), "{:?}", ak.list_json());
+}
+
+/// A `start` killed with SIGKILL while it boots takes its half-started sandbox along: the
+/// init holds a lifeline to its starter until the sandbox is recorded, so no unrecorded init
+/// is left holding the sandbox's disk. Every time, the sandbox is either running (the kill came
+/// after it was recorded) or stopped and startable at once, and no process of an earlier
+/// attempt survives.
+#[test]
+fn a_killed_start_leaves_a_startable_sandbox() {
+    let ak = Ak::new();
+    ak.ok(&["create", "halfway"]);
+    // A first start and stop, so that the kills land in the boot rather than the image's
+    // preparation; its duration spaces the kills over a whole start.
+    let began = std::time::Instant::now();
+    ak.ok(&["start", "halfway"]);
+    let took = began.elapsed().as_millis() as u64;
+    ak.ok(&["stop", "halfway"]);
+    for delay_ms in (1..=12).map(|k| took * k / 10) {
+        let mut child = ak.cmd(&["start", "halfway"]).spawn().expect("spawn start");
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        // Whatever the kill interrupted, the sandbox starts (or already runs) and runs commands.
+        ak.ok(&["start", "halfway"]);
+        let out = ak.ok(&["exec", "halfway", "--", "echo", "usable"]);
+        assert_eq!(out.stdout.trim(), "usable", "after a kill at {delay_ms} ms");
+        // Exactly one group: the running sandbox's (an unrecorded init would keep another).
+        // An init the kill ended may still be leaving (the kernel tears its namespaces down
+        // after RCU grace periods, seconds on a loaded machine): its group goes at the first
+        // command after that.
+        let instances = || {
+            let mut ids: Vec<String> = cgroups_matching("halfway-")
+                .iter()
+                .filter_map(|g| g.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            ids.sort();
+            ids.dedup();
+            ids
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while instances().len() > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            ak.ok(&["--version"]);
+        }
+        let described: Vec<String> = cgroups_matching("halfway-")
+            .iter()
+            .map(|g| {
+                let procs = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
+                format!(
+                    "{}: {}",
+                    g.display(),
+                    procs.split_whitespace().collect::<Vec<_>>().join(",")
+                )
+            })
+            .collect();
+        assert_eq!(
+            instances().len(),
+            1,
+            "after a kill at {delay_ms} ms: {described:#?}"
+        );
+        ak.ok(&["stop", "halfway"]);
+    }
+    ak.ok(&["remove", "halfway"]);
 }
