@@ -109,6 +109,11 @@ pub trait Backend {
     fn resolve_image(&self, image: &ImageRef, store: &ImageStore) -> Result<Rootfs> {
         Ok(store.resolve(image)?)
     }
+    /// Refuses a sandbox the backend could never start (a policy it cannot enforce), when it
+    /// is resolved: `create` fails then, with nothing made, rather than every later `start`.
+    fn check_spec(&self, _spec: &SandboxSpec, _rootfs: &Rootfs) -> Result<()> {
+        Ok(())
+    }
     /// A throwaway sandbox for one command (`run`): started, the command run, torn down.
     /// Backends with a cheaper one-shot path (a container whose command is the user's)
     /// override it.

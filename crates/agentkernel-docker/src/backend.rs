@@ -102,6 +102,10 @@ impl Backend for DockerBackend {
         Ok(self.client.run_once(spec, rootfs, exec, sink, c)?)
     }
 
+    fn check_spec(&self, spec: &SandboxSpec, _rootfs: &Rootfs) -> Result<()> {
+        Ok(crate::policy::check(self.client.flavor(), &spec.policy)?)
+    }
+
     fn start(
         &self,
         spec: &SandboxSpec,

@@ -247,6 +247,7 @@ impl Engine {
         if let Some(t) = &template {
             self.apply_template(t, req, &mut spec)?;
         }
+        backend.check_spec(&spec, &rootfs)?;
         Ok((spec, rootfs, backend))
     }
 

@@ -269,6 +269,10 @@ impl Backend for MicroVmBackend {
         }
     }
 
+    fn check_spec(&self, spec: &SandboxSpec, rootfs: &Rootfs) -> Result<()> {
+        self.check(spec, rootfs)
+    }
+
     fn start(
         &self,
         spec: &SandboxSpec,

@@ -691,6 +691,11 @@ fn gvisor_refuses_network(e: &E) {
         "{out:?}"
     );
     assert!(e.containers().is_empty());
+    // `create` refuses it too, rather than making a sandbox no `start` can start.
+    let out = e.run(&["create", "never", "-B", e.b(), "--image", "busybox:latest"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("--no-network"), "{out:?}");
+    assert!(e.ak.list_json().is_empty(), "{:?}", e.ak.list_json());
 }
 
 macro_rules! per_engine {
