@@ -48,9 +48,9 @@ TARGETS=(
   "mcp_tool_arguments     agentkernel-mcp     tools::fuzz::fuzz_mcp_tool_arguments"
 )
 
-wanted() {
-  [ $# -eq 0 ] && return 0
+wanted() { # NAME [TARGET...]: true if NAME is among the targets, or none is given
   local name="$1"; shift
+  [ $# -eq 0 ] && return 0
   for w in "$@"; do [ "$w" = "$name" ] && return 0; done
   return 1
 }

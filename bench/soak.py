@@ -402,6 +402,7 @@ class Soak:
         lock = threading.Lock()
         stats = {}   # op -> {"ok": n, "throttled": n, "failed": n, "lat": [...], "statuses": {}}
         errors = {}
+        throttles = {}
         stop = threading.Event()
         owned = {}   # thread id -> sandbox name (files op)
         base = {"image": a.image}
@@ -439,6 +440,9 @@ class Soak:
             dt = time.perf_counter() - t0
             if st in (429, 503):
                 note(op, "throttled", status=st)
+                with lock:
+                    k = f"{op} {st}: " + re.sub(r"\d+", "N", str(j.get("error", j)))[:200]
+                    throttles[k] = throttles.get(k, 0) + 1
                 time.sleep(float(retry or 1))
                 raise Throttled()
             if st != expect:
@@ -587,6 +591,7 @@ class Soak:
         res["ops"] = ops
         res["totals"] = total
         res["requests_per_s"] = round(sum(total.values()) / max(res["wall_s"], 1), 2)
+        res["throttle_reasons"] = throttles
         res["errors"] = dict(sorted(errors.items(), key=lambda kv: -kv[1]["count"])[:30])
         res["samples"] = samples
         res["failure_times_s"] = fail_times
@@ -646,6 +651,8 @@ class Soak:
             for k, v in list(s["errors"].items())[:15]:
                 print(f"  error x{v['count']}: {k}")
                 print(f"     e.g. {v['example'][:300]}")
+            for k, v in s.get("throttle_reasons", {}).items():
+                print(f"  throttled x{v}: {k}")
             print(f"first 10% of samples: {s['first_10pct']}")
             print(f"last 10% of samples:  {s['last_10pct']}")
             print(f"max: {s['max']}")

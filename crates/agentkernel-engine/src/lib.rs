@@ -639,8 +639,30 @@ impl Engine {
             runtime: None,
             spec,
         };
-        let _lock = lock::SandboxLock::acquire(&self.home, &name)?;
-        if req.caller != resolve::Caller::Local {
+        let lock = lock::SandboxLock::acquire(&self.home, &name)?;
+        let inserted = self.insert_within_limit(&rec, req.caller, &config);
+        if inserted.is_err() && matches!(self.store().and_then(|s| s.get(&name)), Ok(None)) {
+            // Refused: no sandbox of that name, so no lock file for it either.
+            lock.remove_file();
+        }
+        inserted?;
+        self.audit.record(AuditEvent::SandboxCreated {
+            name: name.clone(),
+            image: rec.spec.image.display(),
+            backend: rec.spec.backend.to_string(),
+        });
+        Ok(self.info(&rec))
+    }
+
+    /// Stores a new sandbox's record, unless a remote caller would pass the server's
+    /// `[server] max_sandboxes`.
+    fn insert_within_limit(
+        &self,
+        rec: &SandboxRecord,
+        caller: resolve::Caller,
+        config: &Config,
+    ) -> Result<()> {
+        if caller != resolve::Caller::Local {
             let most = config.server.max_sandboxes.unwrap_or(DEFAULT_MAX_SANDBOXES);
             let count = self.store()?.list()?.len();
             if count >= most {
@@ -649,13 +671,7 @@ impl Engine {
                 )));
             }
         }
-        self.store()?.insert(&rec)?;
-        self.audit.record(AuditEvent::SandboxCreated {
-            name: name.clone(),
-            image: rec.spec.image.display(),
-            backend: rec.spec.backend.to_string(),
-        });
-        Ok(self.info(&rec))
+        self.store()?.insert(rec)
     }
 
     fn get_record(&self, name: &str) -> Result<SandboxRecord> {
@@ -810,7 +826,15 @@ impl Engine {
 
     /// Stops and deletes a sandbox and everything it wrote.
     pub fn remove(&self, name: &str) -> Result<()> {
-        let _lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let lock = lock::SandboxLock::acquire(&self.home, name)?;
+        let result = self.remove_locked(name);
+        if matches!(self.store().and_then(|s| s.get(name)), Ok(None)) {
+            lock.remove_file();
+        }
+        result
+    }
+
+    fn remove_locked(&self, name: &str) -> Result<()> {
         let rec = match self.get_record(name) {
             // A record that does not verify: its spec and runtime are not trusted, so nothing
             // they name is stopped; what still runs is in no verified record, and `gc` removes

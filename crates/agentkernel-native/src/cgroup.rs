@@ -24,6 +24,10 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// How long `freeze` waits for every process to stop (one in an uninterruptible wait, e.g. on
 /// slow I/O, stops only when it returns).
 const FREEZE_WAIT: Duration = Duration::from_secs(5);
+/// An agentkernel from before the parent lock (or another installation's) makes and holds its
+/// groups without it, within milliseconds: a never-used group younger than this may be its,
+/// being made, whatever the lock says.
+pub const UNLOCKED_MAKER_GRACE: Duration = Duration::from_secs(1);
 /// How long an empty group nobody holds and no process ever joined may be its maker's between
 /// making and holding it before it counts as a leftover even while some group is being made
 /// (makers hold the parent meanwhile, so this is only for a sweeper that finds it busy).
@@ -387,15 +391,17 @@ impl Cgroup {
     /// owner ([`Cgroup::hold`]), and either used (their sandbox ran and ended) or not being
     /// made (a maker holds the parent of all groups from before it makes a group until it
     /// holds it, [`Cgroup::create_held`]; checked under that lock, so no maker can slip in)
-    /// or, when some group is being made, older than [`UNHELD_GRACE`]. Never kills: a group a
+    /// and older than [`UNLOCKED_MAKER_GRACE`], or, when some group is being made, older than
+    /// [`UNHELD_GRACE`]. Never kills: a group a
     /// process joined meanwhile is kept. Returns whether the groups were removed.
     pub fn remove_if_leftover(&self) -> bool {
         let unmade = lock_parent(rustix::fs::FlockOperation::NonBlockingLockExclusive);
         let leftover = self.pids().is_empty()
             && !self.is_held()
             && (self.was_used() == Some(true)
-                || unmade.is_some()
-                || self.age().is_some_and(|age| age >= UNHELD_GRACE));
+                || self.age().is_some_and(|age| {
+                    (unmade.is_some() && age >= UNLOCKED_MAKER_GRACE) || age >= UNHELD_GRACE
+                }));
         leftover
             && self
                 .dirs()
@@ -688,8 +694,8 @@ mod tests {
             "taken while a group was being made"
         );
         drop(making);
-        // Other tests make groups meanwhile (for milliseconds each); past UNHELD_GRACE the
-        // group goes even then.
+        // It goes once older than UNLOCKED_MAKER_GRACE; other tests make groups meanwhile (for
+        // milliseconds each), and past UNHELD_GRACE it goes even then.
         let deadline = Instant::now() + UNHELD_GRACE + Duration::from_secs(1);
         while !group.remove_if_leftover() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

@@ -93,10 +93,15 @@ pub fn streamed(
     tokio::task::spawn_blocking(move || {
         let events = tx.clone();
         let result = {
-            let mut sink = |event: ExecEvent| match events.blocking_send(Msg::Event(event)) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            };
+            // Not `blocking_send`: a backend may call the sink from inside a runtime of its
+            // own (the container backends drive their engine's API on one), where tokio's
+            // blocking calls panic. futures' executor blocks only this thread, wherever it is.
+            let mut sink =
+                |event: ExecEvent| match futures_executor::block_on(events.send(Msg::Event(event)))
+                {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                };
             op(
                 &mut sink,
                 Controls {

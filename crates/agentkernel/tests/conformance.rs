@@ -180,6 +180,47 @@ impl Http {
     }
 }
 
+// ---- HTTP streaming ---------------------------------------------------------------------
+
+/// `POST /run/stream` sends a command's output as it comes and ends with `done` and the exit
+/// code, on every backend. (A container backend calls the stream's sink from inside its
+/// engine's runtime, where the sink's blocking send once panicked: the stream then sent
+/// keep-alives forever and its container outlived the server.)
+fn http_run_streams_to_done(b: &B) {
+    let h = Http::start(b);
+    let (status, body) = h.post(
+        "/run/stream",
+        &json!({
+            "command": ["sh", "-c", "echo streamed; echo apart >&2; exit 3"],
+            "image": "busybox:latest",
+            "backend": b.b(),
+            "no_network": true,
+            "timeout_ms": 60000,
+        }),
+    );
+    assert_eq!(status, 200, "{body}\n--- server log\n{}", h.srv.log());
+    let text = body.as_str().unwrap_or_default();
+    let data_of = |event: &str| -> Vec<Value> {
+        text.split("\n\n")
+            .filter(|block| block.lines().any(|l| l == format!("event: {event}")))
+            .filter_map(|block| block.lines().find_map(|l| l.strip_prefix("data: ")))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect()
+    };
+    let output = |stream: &str| -> String {
+        data_of("output")
+            .iter()
+            .filter(|d| d["stream"] == stream)
+            .filter_map(|d| d["data"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(output("stdout"), "streamed\n", "{text}");
+    assert_eq!(output("stderr"), "apart\n", "{text}");
+    let done = data_of("done");
+    assert_eq!(done.len(), 1, "{text}\n--- server log\n{}", h.srv.log());
+    assert_eq!(done[0]["exit_code"], 3, "{text}");
+}
+
 // ---- files ------------------------------------------------------------------------------
 
 /// `cp` in and out, and the HTTP files API with the statuses docs/http-api.md promises.
@@ -1209,6 +1250,7 @@ macro_rules! per_backend {
 }
 
 per_backend!(
+    http_run_streams_to_done,
     stats_measure_each_sandbox,
     files_through_cp_and_http,
     detached_commands_start_report_and_die,
