@@ -206,6 +206,21 @@ impl Client {
                 && let Some(existing) = self.list(docker, Some(&spec.name)).await?.first()
                 && let Some(id) = existing.id.clone()
             {
+                // Running, though the store says the sandbox is not: an earlier start was
+                // killed before it recorded the sandbox. Its network may already be routed to a
+                // proxy that is gone: restarted, it comes up clean. (Asked first: Podman
+                // answers a start of a running container as if it had started it.)
+                if existing.state.as_ref().is_some_and(|s| s.to_string() == "running") {
+                    let stop = bollard::query_parameters::StopContainerOptions {
+                        t: Some(0),
+                        ..Default::default()
+                    };
+                    match docker.stop_container(&id, Some(stop)).await {
+                        Ok(()) => {}
+                        Err(e) if status_of(&e) == Some(304) => {}
+                        Err(e) => return Err(self.api(format!("stop container {id}"))(e)),
+                    }
+                }
                 match docker.start_container(&id, None).await {
                     Ok(()) => {}
                     Err(e) if status_of(&e) == Some(304) => {}

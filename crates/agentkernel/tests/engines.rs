@@ -330,6 +330,46 @@ fn a_killed_run_leaves_no_container_after_the_next_command(e: &E) {
     assert!(e.containers().is_empty(), "left: {:?}", e.containers());
 }
 
+/// A `start` killed with SIGKILL at any point leaves a sandbox that starts again and runs
+/// commands: a container left running by a start killed before it recorded the sandbox is
+/// restarted clean, not adopted with its network still routed to a proxy that died.
+fn a_killed_start_leaves_a_startable_sandbox(e: &E) {
+    // With a network where the engine has one (gVisor's sandboxes have none).
+    let network: &[&str] = if e.b() == "gvisor" {
+        &["--no-network"]
+    } else {
+        &[]
+    };
+    let mut create = vec![
+        "create",
+        "halfway",
+        "-B",
+        e.b(),
+        "--image",
+        "busybox:latest",
+    ];
+    create.extend_from_slice(network);
+    e.ok(&create);
+    let began = Instant::now();
+    e.ok(&["start", "halfway"]);
+    let took = began.elapsed().as_millis() as u64;
+    e.ok(&["stop", "halfway"]);
+    for delay_ms in (1..=10).map(|k| took * k / 8) {
+        let mut child = e.cmd(&["start", "halfway"]).spawn().expect("spawn start");
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        let out = e.run(&["start", "halfway"]);
+        assert!(
+            out.code == 0,
+            "start after a kill at {delay_ms} ms of {took}: {out:?}"
+        );
+        let out = e.ok(&["exec", "halfway", "--", "echo", "usable"]);
+        assert_eq!(out.stdout.trim(), "usable", "after a kill at {delay_ms} ms");
+        e.ok(&["stop", "halfway"]);
+    }
+}
+
 fn bad_input_is_125_and_leaves_nothing(e: &E) {
     let out = e.run(&[
         "run",
@@ -730,5 +770,6 @@ per_engine!(
     masked_paths_are_empty_and_read_only,
     gc_removes_containers_whose_sandbox_is_gone,
     a_killed_run_leaves_no_container_after_the_next_command,
+    a_killed_start_leaves_a_startable_sandbox,
     bad_input_is_125_and_leaves_nothing,
 );
