@@ -210,7 +210,11 @@ impl Client {
                 // killed before it recorded the sandbox. Its network may already be routed to a
                 // proxy that is gone: restarted, it comes up clean. (Asked first: Podman
                 // answers a start of a running container as if it had started it.)
-                if existing.state.as_ref().is_some_and(|s| s.to_string() == "running") {
+                if existing
+                    .state
+                    .as_ref()
+                    .is_some_and(|s| s.to_string() == "running")
+                {
                     let stop = bollard::query_parameters::StopContainerOptions {
                         t: Some(0),
                         ..Default::default()
