@@ -486,7 +486,7 @@ class CopyIn(Persistent):
     name = "cp-in"
 
     def start(self):
-        return self.h.spawn("cp", str(self.h.big), f"{self.sb}:/tmp/big.bin")
+        return self.h.spawn("cp", str(self.h.big), f"{self.sb}:/workspace/big.bin")
 
 
 class CopyOut(Persistent):
@@ -495,11 +495,11 @@ class CopyOut(Persistent):
     def prepare(self):
         super().prepare()
         if self.i == 0:
-            self.h.ak("cp", str(self.h.big), f"{self.sb}:/tmp/big.bin", check=True)
+            self.h.ak("cp", str(self.h.big), f"{self.sb}:/workspace/big.bin", check=True)
         self.out = self.h.work / f"out-{self.i}.bin"
 
     def start(self):
-        return self.h.spawn("cp", f"{self.sb}:/tmp/big.bin", str(self.out))
+        return self.h.spawn("cp", f"{self.sb}:/workspace/big.bin", str(self.out))
 
     def after(self):
         # A copy out the kill interrupted may leave its destination: that is the user's file.
@@ -725,6 +725,9 @@ def calibrate(t: Target) -> float:
     else:
         proc.wait(timeout=300)
         duration = time.time() - start
+        # A target whose operation fails anyway would test nothing.
+        if proc.returncode != 0:
+            raise RuntimeError(f"its operation exits {proc.returncode} when nobody kills it")
     t.after()
     return max(duration, 0.05)
 

@@ -287,6 +287,7 @@ impl Backend for MicroVmBackend {
             Persistence::Persistent { dir } => {
                 std::fs::create_dir_all(dir)
                     .map_err(BackendError::io(format!("create {}", dir.display())))?;
+                self.end_unrecorded(&spec.name, instance);
                 Some(disk::upper_disk(dir, spec.policy.limits.disk_mb)?)
             }
         };
@@ -369,9 +370,17 @@ impl Backend for MicroVmBackend {
                 return Err(e);
             }
         };
-        // From here the store (persistent) or the lifeline (throwaway: the guest powers off
-        // when its owner's connection closes) says whether the VM is in use.
-        drop(owner);
+        // From here the lifeline says whether a throwaway VM is in use (the guest powers off
+        // when its owner's connection closes). A persistent VM's owner lock stays held until
+        // the engine has recorded it: its lifeline is that lock, released by
+        // `Started::release`, so a VM whose start was killed before that is known for a
+        // leftover at once (`end_unrecorded`, `gc`).
+        let lifeline = if ephemeral {
+            drop(owner);
+            lifeline
+        } else {
+            Some(std::os::fd::OwnedFd::from(owner))
+        };
         Ok(Started {
             runtime: RuntimeState {
                 instance: instance.to_string(),
@@ -604,6 +613,33 @@ fn owner_held(rt: &RuntimeDir) -> bool {
         return false;
     };
     rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err()
+}
+
+impl MicroVmBackend {
+    /// Ends the VMs of sandbox `name` other than `instance` whose owner lock nobody holds: a
+    /// persistent sandbox is started under its sandbox lock, and only when the store says it is
+    /// not running, so such a VM was left by a start killed before the engine recorded it. It
+    /// would hold the sandbox's disk and fail this start.
+    fn end_unrecorded(&self, name: &str, instance: &str) {
+        let Ok(dirs) = std::fs::read_dir(self.vm_dir()) else {
+            return;
+        };
+        for entry in dirs.flatten() {
+            let rt = RuntimeDir { dir: entry.path() };
+            let other = std::fs::read_to_string(rt.instance_file()).unwrap_or_default();
+            let of_this_sandbox = other
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|id| id.len() == 8 && id.bytes().all(|b| b.is_ascii_hexdigit()));
+            if !of_this_sandbox || other == instance || owner_held(&rt) {
+                continue;
+            }
+            if let Some(vmm) = vmm::read_pid(&rt) {
+                vmm.kill();
+            }
+            remove_runtime_dir(&rt);
+        }
+    }
 }
 
 fn remove_runtime_dir(rt: &RuntimeDir) {

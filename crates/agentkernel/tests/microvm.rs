@@ -324,3 +324,41 @@ fn gc_removes_disks_and_templates_of_removed_images() {
     assert_eq!(count("images", Some(".ext4")), 0, "{out:?}");
     assert_eq!(count("templates", None), 0, "{out:?}");
 }
+
+/// A `start` killed with SIGKILL while its VM boots leaves a sandbox that starts again: the VM's
+/// owner lock stays held until the engine has recorded the sandbox, so the next start knows a
+/// VM of that sandbox whose lock is free for a leftover and ends it (it held the sandbox's
+/// disk: every later `start` failed with QEMU's "Failed to get \"write\" lock").
+#[test]
+fn a_killed_start_leaves_a_startable_sandbox() {
+    let ak = Ak::new();
+    let mut create = vec!["create", "halfway"];
+    create.extend_from_slice(VM);
+    ak.ok(&create);
+    let began = std::time::Instant::now();
+    ak.ok(&["start", "halfway"]);
+    let took = began.elapsed();
+    ak.ok(&["stop", "halfway"]);
+    for k in [3u32, 6, 9] {
+        let mut child = ak.cmd(&["start", "halfway"]).spawn().expect("spawn start");
+        std::thread::sleep(took * k / 10);
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+        ak.ok(&["start", "halfway"]);
+        let out = ak.ok(&["exec", "halfway", "--", "echo", "usable"]);
+        assert_eq!(
+            out.stdout.trim(),
+            "usable",
+            "after a kill at {k}/10 of a start"
+        );
+        assert_eq!(
+            vmms_of(&ak).len(),
+            1,
+            "after a kill at {k}/10: {:?}",
+            vmms_of(&ak)
+        );
+        ak.ok(&["stop", "halfway"]);
+    }
+    ak.ok(&["remove", "halfway"]);
+    assert!(vmms_of(&ak).is_empty(), "{:?}", vmms_of(&ak));
+}
