@@ -46,6 +46,11 @@ pub struct ExitStatus {
     pub oom_killed: bool,
     /// The request's timeout elapsed and the command was killed.
     pub timed_out: bool,
+    /// With `oom_killed`: how much of the sandbox's memory, in MB, was files it had written to
+    /// filesystems kept in memory (`/tmp`; a throwaway run's root and `/workspace`), so that a
+    /// disk fill is not reported as a memory hog. `None` where the backend cannot tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_in_memory_mb: Option<u64>,
 }
 
 /// The stream every exec yields: `Started`, then output chunks as produced, then `Exit`.

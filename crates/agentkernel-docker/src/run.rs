@@ -514,8 +514,7 @@ impl Client {
             Some(sig) = recv(&mut signals) => return Ok(ExitStatus {
                 code: 128 + sig,
                 signal: Some(sig),
-                oom_killed: false,
-                timed_out: false,
+                ..ExitStatus::default()
             }),
         };
         let watch = self.oom_watch(docker, id).await;
@@ -908,9 +907,8 @@ fn exit_status(code: i64, ending: Ending) -> ExitStatus {
         } else {
             code
         },
-        signal: None,
-        oom_killed: false,
         timed_out,
+        ..ExitStatus::default()
     }
 }
 

@@ -444,6 +444,21 @@ impl Cgroup {
         pids
     }
 
+    /// The bytes of the sandbox's memory that are files on in-memory filesystems (tmpfs):
+    /// `shmem` in `memory.stat` (v1: `total_shmem`, with its children).
+    pub fn shmem_bytes(&self) -> Option<u64> {
+        let h = self.hierarchies;
+        let (root, key) = if h.v2_has("memory") {
+            (h.v2.as_ref(), "shmem ")
+        } else {
+            (h.v1_memory.as_ref(), "total_shmem ")
+        };
+        std::fs::read_to_string(root?.join(PARENT).join(&self.id).join("memory.stat"))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|n| n.trim().parse().ok()))
+    }
+
     /// How many processes the kernel's OOM killer has killed in this sandbox so far.
     pub fn oom_kills(&self) -> u64 {
         let h = self.hierarchies;

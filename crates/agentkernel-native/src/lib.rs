@@ -320,11 +320,16 @@ fn run_in_group(
         command.signals,
         command.forward_stdin,
     );
+    // Read while the sandbox's filesystems still exist: they go with its init.
+    let files_in_memory = group.shmem_bytes();
     // The init exits when its lifeline closes and takes every process of the sandbox with it.
     drop(launched);
     boot::reap(booted.pid);
     let (mut status, ending) = relayed?;
     status.oom_killed = group.oom_kills() > oom_before;
+    if status.oom_killed {
+        status.files_in_memory_mb = files_in_memory.map(|b| b >> 20);
+    }
     let _ = sink(ExecEvent::Exit(status));
     Ok((status, ending))
 }
@@ -365,6 +370,9 @@ pub fn exec(spec: &ExecSpec<'_>, sink: &mut Sink<'_>) -> Result<(ExitStatus, End
         spec.command.forward_stdin,
     )?;
     status.oom_killed = group.oom_kills() > oom_before;
+    if status.oom_killed {
+        status.files_in_memory_mb = group.shmem_bytes().map(|b| b >> 20);
+    }
     let _ = sink(ExecEvent::Exit(status));
     Ok((status, ending))
 }

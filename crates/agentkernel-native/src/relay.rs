@@ -165,8 +165,8 @@ pub fn relay(
     let mut exit = ExitStatus {
         code: status.code().unwrap_or(0),
         signal: status.signal(),
-        oom_killed: false,
         timed_out: ending == Ending::TimedOut,
+        ..ExitStatus::default()
     };
     if let Some(sig) = exit.signal {
         exit.code = 128 + sig;

@@ -734,6 +734,8 @@ fn stream_exec(
                                 signal,
                                 oom_killed,
                                 timed_out,
+                                // The guest's tmpfs is its own memory, not the host's to read.
+                                files_in_memory_mb: None,
                             };
                             let _ = sink(ExecEvent::Exit(status));
                             return Ok(status);

@@ -583,15 +583,26 @@ fn attach(args: cli::AttachArgs) -> Result<i32, EngineError> {
 /// Explains abnormal endings on stderr and returns the exit code to use.
 fn report_exit(status: &ExitStatus, memory_limit_mb: u64) -> i32 {
     if status.oom_killed {
-        if memory_limit_mb > 0 {
-            eprintln!(
-                "agentkernel: the command was killed: out of memory (sandbox limit {memory_limit_mb} MB)"
-            );
-        } else {
-            eprintln!("agentkernel: the command was killed: out of memory (sandbox limit reached)");
-        }
+        eprintln!("{}", oom_message(status, memory_limit_mb));
     } else if status.timed_out {
         eprintln!("agentkernel: the command timed out and was killed");
     }
     status.code
+}
+
+/// What the CLI says when the memory limit killed the command; when most of the memory was
+/// files the sandbox wrote to filesystems kept in memory, it says so: a disk fill is not a
+/// memory hog, and the way out differs.
+pub(crate) fn oom_message(status: &ExitStatus, memory_limit_mb: u64) -> String {
+    let limit = if memory_limit_mb > 0 {
+        format!("sandbox limit {memory_limit_mb} MB")
+    } else {
+        "sandbox limit reached".to_string()
+    };
+    match status.files_in_memory_mb {
+        Some(files) if files > 0 && files * 2 >= memory_limit_mb => format!(
+            "agentkernel: the command was killed: out of memory ({limit}): {files} MB of it were files written in the sandbox, which keeps /tmp (and a run its whole root) in memory: write less there, write to a volume (-v), or raise --memory"
+        ),
+        _ => format!("agentkernel: the command was killed: out of memory ({limit})"),
+    }
 }

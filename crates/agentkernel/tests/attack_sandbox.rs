@@ -586,6 +586,34 @@ fn a_run_cannot_write_past_its_disk_limit() {
     assert_eq!(out.stdout, "/ rc=1\n/tmp rc=1\n/dev/shm rc=1\n", "{out:?}");
 }
 
+/// A run keeps its root and /tmp in memory: filling them past the memory limit (the disk limit
+/// being larger) ends in the OOM killer, and the message says it was files, not a memory hog,
+/// and what to do. (Only where the init starts the command: with a network the OOM killer may
+/// take the sandbox's init first, its filesystems go with it, and the plain message is given;
+/// see docs/reliability.md.)
+#[test]
+fn a_disk_fill_past_the_memory_limit_says_it_was_files() {
+    let ak = Ak::new();
+    let out = ak.run(&[
+        "run",
+        "--memory",
+        "64",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        "exec dd if=/dev/zero of=/tmp/fill bs=1M count=200",
+    ]);
+    assert_eq!(out.code, 137, "{out:?}");
+    assert!(
+        out.stderr.contains("out of memory (sandbox limit 64 MB)")
+            && out
+                .stderr
+                .contains("MB of it were files written in the sandbox"),
+        "{out:?}"
+    );
+}
+
 /// Masked paths (where a bind would show agentkernel's state directory) are empty and
 /// read-only inside, even inside a read-write project mount, and the host's files under them
 /// stay as they were. The path is put into the sandbox's stored spec, as the engine does.
