@@ -260,7 +260,12 @@ fn assert_nothing_left(home: &str, cgroup_prefix: &str, process_args: &str) {
                 let mut fields = l.split_whitespace();
                 let (pid, stat) = (fields.next()?, fields.next()?);
                 let args = fields.collect::<Vec<_>>().join(" ");
-                (!stat.starts_with('Z') && args == process_args).then(|| pid.to_string())
+                // A sandbox's process lives in the sandbox's pid namespace: one in ours with the
+                // same arguments is someone else's (a shell on the host ran `sleep 300` once).
+                let theirs = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+                let ours = std::fs::read_link("/proc/self/ns/pid").ok();
+                (!stat.starts_with('Z') && args == process_args && theirs != ours)
+                    .then(|| pid.to_string())
             })
             .collect()
     };
