@@ -816,6 +816,9 @@ def main():
             except Exception as e:
                 print(f"{backend:8} {name:12} could not run: {e}", flush=True)
                 summary.append((backend, name, 0, 0, 0, 0, 0, 0, f"could not run: {e}"))
+                for sandbox in h.listed():
+                    h.ak("remove", sandbox)
+                subprocess.run(["rm", "-rf", str(work)], check=False)
                 continue
             rounds = failures = left = kept = gone = 0
             slowest = 0.0
