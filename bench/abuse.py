@@ -45,7 +45,6 @@ import argparse
 import glob
 import http.client
 import json
-import math
 import os
 import random
 import re
@@ -58,6 +57,8 @@ import tempfile
 import threading
 import time
 
+from hostprobe import Sampler, attribute, pct, proc_status  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN = os.path.join(REPO, "target/x86_64-unknown-linux-gnu/debug/agentkernel")
 MB = 1024 * 1024
@@ -67,53 +68,9 @@ DEFAULT_DISK_MB = 10240
 DEFAULT_MEMORY_MB = 2048
 DEFAULT_PIDS = 1024
 
-SAMPLER = r"""
-import json, os, signal, sys, time
-iv = float(sys.argv[1]); out = []; stop = [False]
-signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__(0, True))
-env = {"PATH": "/usr/bin:/bin"}
-nxt = time.monotonic()
-while not stop[0]:
-    t = time.perf_counter()
-    pid = os.posix_spawn("/bin/true", ["true"], env)
-    os.waitpid(pid, 0)
-    out.append(round((time.perf_counter() - t) * 1000, 3))
-    nxt += iv
-    d = nxt - time.monotonic()
-    if d > 0:
-        time.sleep(d)
-    else:
-        nxt = time.monotonic()
-json.dump(out, sys.stdout)
-"""
-
 
 def log(msg):
     print(f"[abuse {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs, p):
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
-
-
-class Sampler:
-    """A separate process (so the harness's own threads and GIL never delay it) that runs
-    `true` every interval and reports the wall times when it gets SIGTERM."""
-
-    def __init__(self, interval):
-        self.p = subprocess.Popen([sys.executable, "-c", SAMPLER, str(interval)],
-                                  stdout=subprocess.PIPE, text=True)
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        out, _ = self.p.communicate(timeout=30)
-        xs = json.loads(out or "[]")
-        return {"n": len(xs), "p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99),
-                "max_ms": max(xs) if xs else None,
-                "over_50ms": sum(1 for x in xs if x > 50)}
 
 
 CGROUP_PIDS = ["/sys/fs/cgroup/pids/agentkernel/*/pids.current",
@@ -126,38 +83,6 @@ CGROUP_MEM = ["/sys/fs/cgroup/memory/agentkernel/*/memory.usage_in_bytes",
               "/sys/fs/cgroup/memory/agentkernel-test-docker/*/memory.usage_in_bytes",
               "/sys/fs/cgroup/memory/libpod_parent/*/memory.usage_in_bytes",
               "/sys/fs/cgroup/memory/libpod_parent/*/*/memory.usage_in_bytes"]
-
-
-def proc_status(pid):
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM"):
-                    out[k] = int(v.split()[0]) * 1024
-                elif k == "Threads":
-                    out[k] = int(v)
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def attribute(pid, home, bin_path, cmd):
-    """Whose agentkernel process this is, on a machine others use too: "mine" when its command
-    line names this run's binary or home, or its mount namespace shows the home (a sandbox's
-    overlay lower layers live there); "foreign" when its mounts are readable and do not; else
-    "unknown" (a zombie has no mounts to read)."""
-    if cmd.startswith(bin_path) or home in cmd:
-        return "mine"
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    if home in text:
-        return "mine"
-    return "foreign" if text else "unknown"
 
 
 def read_int(path):

@@ -35,7 +35,6 @@ import argparse
 import glob
 import http.client
 import json
-import math
 import os
 import random
 import re
@@ -47,39 +46,14 @@ import tempfile
 import threading
 import time
 
+from hostprobe import Sampler, attribute, pct, proc_status  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BIN = os.path.join(REPO, "target/x86_64-unknown-linux-gnu/debug/agentkernel")
-
-SAMPLER = r"""
-import json, os, signal, sys, time
-iv = float(sys.argv[1]); out = []; stop = [False]
-signal.signal(signal.SIGTERM, lambda *a: stop.__setitem__(0, True))
-env = {"PATH": "/usr/bin:/bin"}
-nxt = time.monotonic()
-while not stop[0]:
-    t = time.perf_counter()
-    pid = os.posix_spawn("/bin/true", ["true"], env)
-    os.waitpid(pid, 0)
-    out.append(round((time.perf_counter() - t) * 1000, 3))
-    nxt += iv
-    d = nxt - time.monotonic()
-    if d > 0:
-        time.sleep(d)
-    else:
-        nxt = time.monotonic()
-json.dump(out, sys.stdout)
-"""
 
 
 def log(msg):
     print(f"[soak {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def pct(xs, p):
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
 
 
 def dist(xs):
@@ -88,19 +62,6 @@ def dist(xs):
     return {"n": len(xs), "p50": round(pct(xs, 50), 1), "p90": round(pct(xs, 90), 1),
             "p99": round(pct(xs, 99), 1), "max": round(max(xs), 1), "min": round(min(xs), 1),
             "mean": round(sum(xs) / len(xs), 1)}
-
-
-class Sampler:
-    def __init__(self, interval=0.1):
-        self.p = subprocess.Popen([sys.executable, "-c", SAMPLER, str(interval)],
-                                  stdout=subprocess.PIPE, text=True)
-
-    def stop(self):
-        self.p.send_signal(signal.SIGTERM)
-        out, _ = self.p.communicate(timeout=30)
-        xs = json.loads(out or "[]")
-        return {"n": len(xs), "p50_ms": pct(xs, 50), "p99_ms": pct(xs, 99),
-                "max_ms": max(xs) if xs else None, "over_50ms": sum(1 for x in xs if x > 50)}
 
 
 def cgroups():
@@ -143,23 +104,6 @@ def agentkernel_procs(bin_path, exclude=()):
     return out
 
 
-def attribute(pid, home, bin_path, cmd):
-    """Whose agentkernel process this is, on a machine others use too: "mine" when its command
-    line names this run's binary or home, or its mount namespace shows the home (a sandbox's
-    overlay lower layers live there); "foreign" when its mounts are readable and do not; else
-    "unknown" (a zombie has no mounts to read)."""
-    if cmd.startswith(bin_path) or home in cmd:
-        return "mine"
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            text = f.read()
-    except OSError:
-        text = ""
-    if home in text:
-        return "mine"
-    return "foreign" if text else "unknown"
-
-
 def descendants(pid):
     children = {}
     for d in os.listdir("/proc"):
@@ -173,21 +117,6 @@ def descendants(pid):
         for c in children.get(p, []):
             out.append(c)
             todo.append(c)
-    return out
-
-
-def proc_status(pid):
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                k, _, v = line.partition(":")
-                if k in ("VmRSS", "VmHWM"):
-                    out[k] = int(v.split()[0]) * 1024
-                elif k == "Threads":
-                    out[k] = int(v)
-    except (OSError, ValueError):
-        pass
     return out
 
 
